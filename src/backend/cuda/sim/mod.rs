@@ -1,0 +1,1 @@
+//! A PTX interpreter implementing [`super::driver::GpuDriver`] on the CPU.

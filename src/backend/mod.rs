@@ -1,0 +1,130 @@
+//! The seam between the model and the hardware.
+//!
+//! `model.rs` calls these ops and nothing else. They are at the granularity a GPU would fuse
+//! (an RMSNorm fused with its residual add, attention including the KV-cache append), not tiny
+//! tensor primitives, so each backend can pick its own layouts and fusions.
+//!
+//! Conventions shared by every backend:
+//! - Activations ([`Backend::Buf`]) are row-major `[rows, width]` with f32 semantics (a backend
+//!   may store them narrower, and says so). Buffers are allocated once, sized for the largest
+//!   batch; `rows` says how many rows an op touches.
+//! - A weight ([`Backend::Mat`]) is uploaded once. A linear layer is `[out, in]` as Hugging Face
+//!   stores it, and `matmul` computes `out[r, o] = Σ_i x[r, i] · w[o, i] (+ bias[o])`.
+//! - Positions are contiguous: row `r` of a batch sits at position `pos0 + r`.
+
+pub mod cpu;
+pub mod cuda;
+
+use crate::error::Result;
+use crate::loader::WeightTensor;
+
+/// Shape of the KV cache: `layers × ctx × n_kv_heads × head_dim` for K and again for V.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvShape {
+    pub layers: usize,
+    pub ctx: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvShape {
+    /// Bytes of K plus V per token at `bytes_per_elem`.
+    pub fn bytes_per_token(&self, bytes_per_elem: usize) -> usize {
+        2 * self.layers * self.n_kv_heads * self.head_dim * bytes_per_elem
+    }
+}
+
+/// Everything attention needs to know about one layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnParams {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Softmax scale, normally 1/√head_dim.
+    pub scale: f32,
+    /// Sliding window: a query at position p sees keys at positions j with p - j < window.
+    /// None: full causal attention.
+    pub window: Option<usize>,
+}
+
+pub trait Backend: Send + Sync {
+    /// An activation buffer.
+    type Buf: Send;
+    /// An uploaded weight (matrix, vector or table).
+    type Mat: Send + Sync;
+    /// The KV cache of all layers.
+    type Kv: Send;
+
+    /// A human-readable description ("cpu avx512-bf16, 2 threads", "cuda H200", "sim").
+    fn name(&self) -> String;
+
+    fn upload(&self, w: &WeightTensor) -> Result<Self::Mat>;
+    /// A zeroed buffer of `len` f32 elements.
+    fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    fn alloc_kv(&self, shape: KvShape) -> Result<Self::Kv>;
+
+    /// `out[r, :] = table[tokens[r], :]`. Token ids were range-checked by the caller.
+    fn embed(&self, out: &mut Self::Buf, table: &Self::Mat, tokens: &[u32]) -> Result<()>;
+    /// `out[r] = x[r] / rms(x[r]) · w`, with rms(x) = sqrt(mean(x²) + eps).
+    fn rms_norm(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Mat, rows: usize, eps: f32) -> Result<()>;
+    /// The residual add fused with the next norm: `residual += x; out = rms_norm(residual) · w`.
+    fn add_rms_norm(
+        &self,
+        out: &mut Self::Buf,
+        residual: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Mat,
+        rows: usize,
+        eps: f32,
+    ) -> Result<()>;
+    /// `out[r, o] = Σ_i x[r, i] · w[o, i] + bias[o]` for `r < rows`.
+    fn matmul(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Mat, bias: Option<&Self::Mat>, rows: usize) -> Result<()>;
+    /// Per-head RMSNorm in place (Qwen3's q_norm / k_norm): `x` is `[rows, heads, head_dim]`,
+    /// `w` is `[head_dim]`.
+    fn head_rms_norm(&self, x: &mut Self::Buf, w: &Self::Mat, rows: usize, heads: usize, eps: f32) -> Result<()>;
+    /// Rotary embedding in place, Hugging Face's rotate-half layout: for head h, i < head_dim/2,
+    /// angle = (pos0 + r) · inv_freq[i], the pair (x[i], x[i + head_dim/2]) is rotated by angle.
+    fn rope(&self, x: &mut Self::Buf, rows: usize, heads: usize, head_dim: usize, pos0: usize, inv_freq: &Self::Mat) -> Result<()>;
+    /// Append `k`, `v` (`[rows, n_kv_heads · head_dim]`) to the cache of `layer` at positions
+    /// `pos0..pos0 + rows`, then causal (optionally windowed) attention of `q`
+    /// (`[rows, n_heads · head_dim]`) over positions `0..=pos0 + r`, grouped-query style:
+    /// query head h reads kv head h / (n_heads / n_kv_heads). Writes `[rows, n_heads · head_dim]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        out: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        kv: &mut Self::Kv,
+        layer: usize,
+        rows: usize,
+        pos0: usize,
+        p: &AttnParams,
+    ) -> Result<()>;
+    /// `gate[i] = silu(gate[i]) · up[i]` for `i < len`, silu(x) = x / (1 + e^-x).
+    fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
+    /// `x[i] += y[i]` for `i < len`.
+    fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
+    /// Copy `out.len()` values starting at element `offset` of `buf` to the host.
+    fn read(&self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()>;
+    /// Index of the largest of `len` values at `offset` (first one on ties), computed where the
+    /// data lives so greedy decoding moves one integer per token.
+    fn argmax(&self, buf: &Self::Buf, offset: usize, len: usize) -> Result<u32>;
+
+    /// Per-op timings gathered since the last call, when the backend was built with profiling
+    /// on. Each entry: (op name, calls, seconds, bytes moved, flops).
+    fn take_profile(&self) -> Vec<OpProfile> {
+        Vec::new()
+    }
+}
+
+/// One row of a per-op timing profile.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OpProfile {
+    pub op: String,
+    pub calls: u64,
+    pub seconds: f64,
+    pub bytes: f64,
+    pub flops: f64,
+}

@@ -1,0 +1,1 @@
+//! Tokenizers loaded from tokenizer.json (byte-level BPE and SentencePiece-style BPE).
