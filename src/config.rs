@@ -10,8 +10,12 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -26,9 +30,16 @@ pub enum Arch {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (equivalently inv_freq / factor).
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1's frequency-dependent scaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -73,7 +84,11 @@ fn opt_usize(v: &Value, key: &str) -> Option<usize> {
 pub(crate) fn token_ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|x| x as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -82,7 +97,10 @@ impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<ModelConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::MissingFile { path: path.to_path_buf(), what: "config.json".into() }
+                Error::MissingFile {
+                    path: path.to_path_buf(),
+                    what: "config.json".into(),
+                }
             } else {
                 Error::io(path, e)
             }
@@ -127,11 +145,17 @@ impl ModelConfig {
         }
         .unwrap_or(hidden_size / num_heads);
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(Error::json(path, format!("head_dim must be even and positive, got {head_dim}")));
+            return Err(Error::json(
+                path,
+                format!("head_dim must be even and positive, got {head_dim}"),
+            ));
         }
 
         // RoPE: new style `rope_parameters` or old style `rope_theta` + `rope_scaling`.
-        let rope_obj = v.get("rope_parameters").filter(|x| x.is_object()).or_else(|| v.get("rope_scaling").filter(|x| x.is_object()));
+        let rope_obj = v
+            .get("rope_parameters")
+            .filter(|x| x.is_object())
+            .or_else(|| v.get("rope_scaling").filter(|x| x.is_object()));
         let rope_theta = rope_obj
             .and_then(|r| r.get("rope_theta"))
             .and_then(Value::as_f64)
@@ -140,9 +164,15 @@ impl ModelConfig {
         let rope_scaling = match rope_obj {
             None => RopeScaling::None,
             Some(r) => {
-                let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(Value::as_str).unwrap_or("default");
+                let kind = r
+                    .get("rope_type")
+                    .or_else(|| r.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
                 let f = |k: &str| -> Result<f64> {
-                    r.get(k).and_then(Value::as_f64).ok_or_else(|| Error::json(path, format!("rope scaling {kind:?} needs {k:?}")))
+                    r.get(k).and_then(Value::as_f64).ok_or_else(|| {
+                        Error::json(path, format!("rope scaling {kind:?} needs {k:?}"))
+                    })
                 };
                 match kind {
                     "default" => RopeScaling::None,
@@ -163,13 +193,19 @@ impl ModelConfig {
             }
         };
         if r_partial(v) {
-            return Err(Error::json(path, "partial_rotary_factor < 1 is not supported"));
+            return Err(Error::json(
+                path,
+                "partial_rotary_factor < 1 is not supported",
+            ));
         }
 
         let layer_windows = layer_windows(v, arch, num_layers, path)?;
         let attention_bias = match arch {
             Arch::Qwen2 => true,
-            _ => v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
+            _ => v
+                .get("attention_bias")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         };
         Ok(ModelConfig {
             arch,
@@ -181,11 +217,17 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             vocab_size: get_usize(v, "vocab_size", path)?,
-            rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6) as f32,
+            rms_norm_eps: v
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-6) as f32,
             rope_theta,
             rope_scaling,
             max_position_embeddings: opt_usize(v, "max_position_embeddings").unwrap_or(2048),
-            tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             attention_bias,
             qk_norm: arch == Arch::Qwen3,
             layer_windows,
@@ -206,7 +248,12 @@ impl ModelConfig {
                 let scaled = match self.rope_scaling {
                     RopeScaling::None => inv,
                     RopeScaling::Linear { factor } => inv / factor,
-                    RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
+                    RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_max_position_embeddings: old,
+                    } => {
                         let low_wavelen = old / low_freq_factor;
                         let high_wavelen = old / high_freq_factor;
                         let wavelen = 2.0 * std::f64::consts::PI / inv;
@@ -215,7 +262,8 @@ impl ModelConfig {
                         } else if wavelen > low_wavelen {
                             inv / factor
                         } else {
-                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * inv / factor + smooth * inv
                         }
                     }
@@ -237,7 +285,10 @@ impl ModelConfig {
 fn r_partial(v: &Value) -> bool {
     let p = v
         .get("partial_rotary_factor")
-        .or_else(|| v.get("rope_parameters").and_then(|r| r.get("partial_rotary_factor")))
+        .or_else(|| {
+            v.get("rope_parameters")
+                .and_then(|r| r.get("partial_rotary_factor"))
+        })
         .and_then(Value::as_f64);
     p.is_some_and(|p| p < 1.0)
 }
@@ -247,17 +298,31 @@ fn r_partial(v: &Value) -> bool {
 /// - Qwen2 / Qwen3: `layer_types` when present ("sliding_attention" / "full_attention"); else
 ///   layers i ≥ max_window_layers when `use_sliding_window` is true.
 /// - Llama: never.
-fn layer_windows(v: &Value, arch: Arch, num_layers: usize, path: &Path) -> Result<Vec<Option<usize>>> {
+fn layer_windows(
+    v: &Value,
+    arch: Arch,
+    num_layers: usize,
+    path: &Path,
+) -> Result<Vec<Option<usize>>> {
     let window = opt_usize(v, "sliding_window");
     match arch {
         Arch::Llama => Ok(vec![None; num_layers]),
         Arch::Mistral => Ok(vec![window; num_layers]),
         Arch::Qwen2 | Arch::Qwen3 => {
-            let use_sw = v.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false);
+            let use_sw = v
+                .get("use_sliding_window")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             let window = if use_sw { window } else { None };
             if let Some(types) = v.get("layer_types").and_then(Value::as_array) {
                 if types.len() != num_layers {
-                    return Err(Error::json(path, format!("layer_types has {} entries for {num_layers} layers", types.len())));
+                    return Err(Error::json(
+                        path,
+                        format!(
+                            "layer_types has {} entries for {num_layers} layers",
+                            types.len()
+                        ),
+                    ));
                 }
                 return types
                     .iter()
@@ -269,7 +334,9 @@ fn layer_windows(v: &Value, arch: Arch, num_layers: usize, path: &Path) -> Resul
                     .collect();
             }
             let max_window_layers = opt_usize(v, "max_window_layers").unwrap_or(num_layers);
-            Ok((0..num_layers).map(|i| if i >= max_window_layers { window } else { None }).collect())
+            Ok((0..num_layers)
+                .map(|i| if i >= max_window_layers { window } else { None })
+                .collect())
         }
     }
 }

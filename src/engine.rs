@@ -77,7 +77,13 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { threads: 0, context_len: None, max_batch: 128, all_logits: false, profile: false }
+        LoadOptions {
+            threads: 0,
+            context_len: None,
+            max_batch: 128,
+            all_logits: false,
+            profile: false,
+        }
     }
 }
 
@@ -94,14 +100,30 @@ impl ModelFiles {
     /// `path` is a model directory, or a .safetensors file with config.json beside it.
     pub fn resolve(path: &Path) -> Result<ModelFiles> {
         if !path.exists() {
-            return Err(Error::MissingFile { path: path.to_path_buf(), what: "model (no such file or directory)".into() });
+            return Err(Error::MissingFile {
+                path: path.to_path_buf(),
+                what: "model (no such file or directory)".into(),
+            });
         }
         if path.is_dir() {
-            return Ok(ModelFiles { dir: path.to_path_buf(), weights: path.to_path_buf() });
+            return Ok(ModelFiles {
+                dir: path.to_path_buf(),
+                weights: path.to_path_buf(),
+            });
         }
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
-        Ok(ModelFiles { dir, weights: path.to_path_buf() })
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        Ok(ModelFiles {
+            dir,
+            weights: path.to_path_buf(),
+        })
     }
 }
 
@@ -166,11 +188,27 @@ impl Model {
         B::Mat: Send + 'static,
         B::Kv: Send + 'static,
     {
-        let ctx = opts.context_len.unwrap_or(config.max_position_embeddings.min(4096));
+        let ctx = opts
+            .context_len
+            .unwrap_or(config.max_position_embeddings.min(4096));
         let num_parameters = count_parameters(&config, weights);
         let vocab = config.vocab_size;
-        let t = Transformer::new(config, weights, backend, ctx, opts.max_batch.min(ctx), opts.all_logits)?;
-        Ok(Model { engine: Box::new(t), eos_ids, num_parameters, cached: Vec::new(), logits: vec![0.0; vocab], files })
+        let t = Transformer::new(
+            config,
+            weights,
+            backend,
+            ctx,
+            opts.max_batch.min(ctx),
+            opts.all_logits,
+        )?;
+        Ok(Model {
+            engine: Box::new(t),
+            eos_ids,
+            num_parameters,
+            cached: Vec::new(),
+            logits: vec![0.0; vocab],
+            files,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -223,7 +261,11 @@ impl Model {
 
     /// Run `tokens` from an empty cache and hand the logits of every position to `f`
     /// (position, logits). Needs `LoadOptions::all_logits`.
-    pub fn for_each_position_logits(&mut self, tokens: &[u32], mut f: impl FnMut(usize, &[f32])) -> Result<()> {
+    pub fn for_each_position_logits(
+        &mut self,
+        tokens: &[u32],
+        mut f: impl FnMut(usize, &[f32]),
+    ) -> Result<()> {
         self.reset();
         if tokens.len() > self.context_len() {
             return Err(Error::arg(format!(

@@ -22,7 +22,12 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 256, sampling: SamplerConfig::default(), stop_ids: Vec::new(), ignore_eos: false }
+        GenerateOptions {
+            max_new_tokens: 256,
+            sampling: SamplerConfig::default(),
+            stop_ids: Vec::new(),
+            ignore_eos: false,
+        }
     }
 }
 
@@ -75,13 +80,20 @@ impl Model {
         }
         let vocab = self.config().vocab_size as u32;
         if let Some(&bad) = prompt.iter().find(|&&t| t >= vocab) {
-            return Err(Error::arg(format!("token id {bad} is out of range for a vocabulary of {vocab}")));
+            return Err(Error::arg(format!(
+                "token id {bad} is out of range for a vocabulary of {vocab}"
+            )));
         }
         let mut sampler = Sampler::new(opts.sampling.clone())?;
 
         // Reuse the longest cached prefix; always recompute at least the last prompt token,
         // whose logits we need.
-        let mut reuse = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let mut reuse = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         reuse = reuse.min(prompt.len() - 1);
         self.cached.truncate(reuse);
 
@@ -110,7 +122,8 @@ impl Model {
             if self.cached.len() >= ctx {
                 break StopReason::ContextFull;
             }
-            self.engine.forward(&[next], self.cached.len(), Logits::Last)?;
+            self.engine
+                .forward(&[next], self.cached.len(), Logits::Last)?;
             self.cached.push(next);
             steps += 1;
             next = self.choose(&mut sampler, &history)?;

@@ -83,14 +83,23 @@ impl<B: Backend> Transformer<B> {
     /// Check every tensor against the config, upload it, and allocate the buffers and a KV cache
     /// of `ctx` positions. `max_batch` is how many positions one forward step processes at
     /// most; longer inputs are processed in chunks.
-    pub fn new(config: ModelConfig, weights: &Weights, backend: B, ctx: usize, max_batch: usize, all_logits: bool) -> Result<Self> {
+    pub fn new(
+        config: ModelConfig,
+        weights: &Weights,
+        backend: B,
+        ctx: usize,
+        max_batch: usize,
+        all_logits: bool,
+    ) -> Result<Self> {
         let c = &config;
         if ctx == 0 || max_batch == 0 {
             return Err(Error::arg("context length and batch size must be positive"));
         }
         let (hidden, inter, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
         let (q_dim, kv_dim, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
-        let up = |name: &str, shape: &[usize]| -> Result<B::Mat> { backend.upload(weights.get_shaped(name, shape)?) };
+        let up = |name: &str, shape: &[usize]| -> Result<B::Mat> {
+            backend.upload(weights.get_shaped(name, shape)?)
+        };
         let opt = |name: &str, shape: &[usize], present: bool| -> Result<Option<B::Mat>> {
             if present {
                 up(name, shape).map(Some)
@@ -115,17 +124,33 @@ impl<B: Backend> Transformer<B> {
                 q_norm: opt(&format!("{p}.self_attn.q_norm.weight"), &[hd], c.qk_norm)?,
                 k_norm: opt(&format!("{p}.self_attn.k_norm.weight"), &[hd], c.qk_norm)?,
                 o_proj: up(&format!("{p}.self_attn.o_proj.weight"), &[hidden, q_dim])?,
-                post_attention_layernorm: up(&format!("{p}.post_attention_layernorm.weight"), &[hidden])?,
+                post_attention_layernorm: up(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[hidden],
+                )?,
                 gate_proj: up(&format!("{p}.mlp.gate_proj.weight"), &[inter, hidden])?,
                 up_proj: up(&format!("{p}.mlp.up_proj.weight"), &[inter, hidden])?,
                 down_proj: up(&format!("{p}.mlp.down_proj.weight"), &[hidden, inter])?,
             });
         }
         let norm = up("model.norm.weight", &[hidden])?;
-        let lm_head = if c.tie_word_embeddings { None } else { Some(up("lm_head.weight", &[vocab, hidden])?) };
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(up("lm_head.weight", &[vocab, hidden])?)
+        };
         let inv = c.rope_inv_freq();
-        let inv_freq = backend.upload(&WeightTensor::from_f32("rope.inv_freq", vec![inv.len()], &inv))?;
-        let kv = backend.alloc_kv(KvShape { layers: c.num_layers, ctx, n_kv_heads: c.num_kv_heads, head_dim: hd })?;
+        let inv_freq = backend.upload(&WeightTensor::from_f32(
+            "rope.inv_freq",
+            vec![inv.len()],
+            &inv,
+        ))?;
+        let kv = backend.alloc_kv(KvShape {
+            layers: c.num_layers,
+            ctx,
+            n_kv_heads: c.num_kv_heads,
+            head_dim: hd,
+        })?;
         let all_logits_rows = if all_logits { max_batch } else { 1 };
         let a = |n: usize| backend.alloc(n);
         let s = Scratch {
@@ -141,7 +166,20 @@ impl<B: Backend> Transformer<B> {
             last: a(hidden)?,
             logits: a(all_logits_rows * vocab)?,
         };
-        Ok(Transformer { config, backend, embed_tokens, layers, norm, lm_head, inv_freq, kv, s, max_batch, all_logits_rows, ctx })
+        Ok(Transformer {
+            config,
+            backend,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            kv,
+            s,
+            max_batch,
+            all_logits_rows,
+            ctx,
+        })
     }
 
     pub fn backend(&self) -> &B {
@@ -171,11 +209,15 @@ impl<B: Backend> Transformer<B> {
             )));
         }
         if which == Logits::All && self.all_logits_rows < self.max_batch {
-            return Err(Error::arg("this model was loaded without all-position logits"));
+            return Err(Error::arg(
+                "this model was loaded without all-position logits",
+            ));
         }
         let vocab = self.config.vocab_size as u32;
         if let Some(&bad) = tokens.iter().find(|&&t| t >= vocab) {
-            return Err(Error::arg(format!("token id {bad} is out of range for a vocabulary of {vocab}")));
+            return Err(Error::arg(format!(
+                "token id {bad} is out of range for a vocabulary of {vocab}"
+            )));
         }
         let mut pos = pos0;
         for chunk in tokens.chunks(self.max_batch) {
@@ -217,7 +259,14 @@ impl<B: Backend> Transformer<B> {
             b.matmul(&mut s.o, &s.att, &w.o_proj, None, n)?;
 
             // MLP block: x += o, h = norm(x), then SwiGLU.
-            b.add_rms_norm(&mut s.h, &mut s.x, &s.o, &w.post_attention_layernorm, n, eps)?;
+            b.add_rms_norm(
+                &mut s.h,
+                &mut s.x,
+                &s.o,
+                &w.post_attention_layernorm,
+                n,
+                eps,
+            )?;
             b.matmul(&mut s.gate, &s.h, &w.gate_proj, None, n)?;
             b.matmul(&mut s.up, &s.h, &w.up_proj, None, n)?;
             b.silu_mul(&mut s.gate, &s.up, n * inter)?;

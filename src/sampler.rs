@@ -24,7 +24,14 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, seed: 0 }
+        SamplerConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -83,7 +90,11 @@ impl Sampler {
     pub fn new(config: SamplerConfig) -> Result<Sampler> {
         config.validate()?;
         let rng = Rng::new(config.seed);
-        Ok(Sampler { config, rng, cand: Vec::new() })
+        Ok(Sampler {
+            config,
+            rng,
+            cand: Vec::new(),
+        })
     }
 
     /// Apply the repetition penalty in place to the logits of tokens in `history`.
@@ -111,8 +122,14 @@ impl Sampler {
             return crate::backend::cpu::argmax(logits) as u32;
         }
         self.cand.clear();
-        self.cand.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l / c.temperature)));
-        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        self.cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l / c.temperature)),
+        );
+        let by_logit_desc =
+            |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if c.top_k > 0 && c.top_k < self.cand.len() {
             self.cand.select_nth_unstable_by(c.top_k - 1, by_logit_desc);
             self.cand.truncate(c.top_k);
@@ -162,7 +179,10 @@ mod tests {
     use super::*;
 
     fn cfg(t: f32) -> SamplerConfig {
-        SamplerConfig { temperature: t, ..Default::default() }
+        SamplerConfig {
+            temperature: t,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -175,8 +195,15 @@ mod tests {
     fn seeded_sampling_is_reproducible() {
         let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 17) as f32 * 0.3).collect();
         let run = |seed| {
-            let mut s = Sampler::new(SamplerConfig { temperature: 1.0, seed, ..Default::default() }).unwrap();
-            (0..50).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            let mut s = Sampler::new(SamplerConfig {
+                temperature: 1.0,
+                seed,
+                ..Default::default()
+            })
+            .unwrap();
+            (0..50)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
@@ -184,7 +211,12 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let mut s = Sampler::new(SamplerConfig { temperature: 5.0, top_k: 1, ..Default::default() }).unwrap();
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 5.0,
+            top_k: 1,
+            ..Default::default()
+        })
+        .unwrap();
         for _ in 0..20 {
             assert_eq!(s.sample(&mut [0.0, 1.0, 0.5, 0.99], &[]), 1);
         }
@@ -195,15 +227,26 @@ mod tests {
         // probabilities ≈ [0.64, 0.24, 0.09, 0.03]: top_p 0.7 keeps two, min_p 0.3 keeps two.
         let logits = [2.0f32, 1.0, 0.0, -1.0];
         for conf in [
-            SamplerConfig { temperature: 1.0, top_p: 0.7, ..Default::default() },
-            SamplerConfig { temperature: 1.0, min_p: 0.3, ..Default::default() },
+            SamplerConfig {
+                temperature: 1.0,
+                top_p: 0.7,
+                ..Default::default()
+            },
+            SamplerConfig {
+                temperature: 1.0,
+                min_p: 0.3,
+                ..Default::default()
+            },
         ] {
             let mut s = Sampler::new(conf).unwrap();
             let mut seen = [0; 4];
             for _ in 0..2000 {
                 seen[s.sample(&mut logits.clone(), &[]) as usize] += 1;
             }
-            assert!(seen[0] > 0 && seen[1] > 0 && seen[2] == 0 && seen[3] == 0, "{seen:?}");
+            assert!(
+                seen[0] > 0 && seen[1] > 0 && seen[2] == 0 && seen[3] == 0,
+                "{seen:?}"
+            );
         }
     }
 
@@ -211,14 +254,20 @@ mod tests {
     fn temperature_sampling_follows_the_distribution() {
         let logits = [0.0f32, (3.0f32).ln()]; // p = [0.25, 0.75]
         let mut s = Sampler::new(cfg(1.0)).unwrap();
-        let ones = (0..20000).filter(|_| s.sample(&mut logits.clone(), &[]) == 1).count();
+        let ones = (0..20000)
+            .filter(|_| s.sample(&mut logits.clone(), &[]) == 1)
+            .count();
         let p = ones as f64 / 20000.0;
         assert!((p - 0.75).abs() < 0.02, "p = {p}"); // 0.02 ≈ 6.5 standard errors
     }
 
     #[test]
     fn repetition_penalty_matches_hugging_face() {
-        let s = Sampler::new(SamplerConfig { repetition_penalty: 2.0, ..Default::default() }).unwrap();
+        let s = Sampler::new(SamplerConfig {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        })
+        .unwrap();
         let mut l = [4.0f32, -4.0, 1.0];
         s.penalize(&mut l, &[0, 1, 0]);
         assert_eq!(l, [2.0, -8.0, 1.0]);
@@ -226,8 +275,20 @@ mod tests {
 
     #[test]
     fn invalid_settings_are_errors() {
-        assert!(Sampler::new(SamplerConfig { top_p: 0.0, ..Default::default() }).is_err());
-        assert!(Sampler::new(SamplerConfig { temperature: -1.0, ..Default::default() }).is_err());
-        assert!(Sampler::new(SamplerConfig { repetition_penalty: 0.0, ..Default::default() }).is_err());
+        assert!(Sampler::new(SamplerConfig {
+            top_p: 0.0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(Sampler::new(SamplerConfig {
+            temperature: -1.0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(Sampler::new(SamplerConfig {
+            repetition_penalty: 0.0,
+            ..Default::default()
+        })
+        .is_err());
     }
 }

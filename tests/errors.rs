@@ -29,7 +29,11 @@ impl Scratch {
         serde_json::from_str(&fs::read_to_string(self.path("config.json")).unwrap()).unwrap()
     }
     fn set_config(&self, v: &Value) {
-        fs::write(self.path("config.json"), serde_json::to_string_pretty(v).unwrap()).unwrap();
+        fs::write(
+            self.path("config.json"),
+            serde_json::to_string_pretty(v).unwrap(),
+        )
+        .unwrap();
     }
 }
 
@@ -40,7 +44,13 @@ impl Drop for Scratch {
 }
 
 fn load(dir: &Path) -> Result<Model, Error> {
-    Model::load(dir, &LoadOptions { threads: 1, ..LoadOptions::default() })
+    Model::load(
+        dir,
+        &LoadOptions {
+            threads: 1,
+            ..LoadOptions::default()
+        },
+    )
 }
 
 /// Rewrite model.safetensors with `edit` applied to its header JSON and `data` as the data.
@@ -101,7 +111,10 @@ fn config_missing_a_field() {
     c.as_object_mut().unwrap().remove("hidden_size");
     s.set_config(&c);
     let e = load(&s.0).err().unwrap();
-    assert!(matches!(e, Error::Json { .. }) && e.to_string().contains("hidden_size"), "{e}");
+    assert!(
+        matches!(e, Error::Json { .. }) && e.to_string().contains("hidden_size"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -113,7 +126,12 @@ fn unknown_architecture_lists_the_supported_ones() {
     let e = load(&s.0).err().unwrap();
     assert!(matches!(e, Error::UnknownArchitecture { .. }), "{e}");
     let m = e.to_string();
-    assert!(m.contains("GPTNeoXForCausalLM") && m.contains("LlamaForCausalLM") && m.contains("Qwen3ForCausalLM"), "{m}");
+    assert!(
+        m.contains("GPTNeoXForCausalLM")
+            && m.contains("LlamaForCausalLM")
+            && m.contains("Qwen3ForCausalLM"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -123,14 +141,21 @@ fn missing_tensor_is_named() {
         &s.path("model.safetensors"),
         |h| {
             // Renaming keeps the data layout valid while the model's tensor disappears.
-            let t = h.as_object_mut().unwrap().remove("model.layers.1.mlp.up_proj.weight").unwrap();
+            let t = h
+                .as_object_mut()
+                .unwrap()
+                .remove("model.layers.1.mlp.up_proj.weight")
+                .unwrap();
             h["model.layers.1.mlp.up_projection.weight"] = t;
         },
         None,
     );
     let e = load(&s.0).err().unwrap();
     assert!(matches!(e, Error::MissingTensor { .. }), "{e}");
-    assert!(e.to_string().contains("model.layers.1.mlp.up_proj.weight"), "{e}");
+    assert!(
+        e.to_string().contains("model.layers.1.mlp.up_proj.weight"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -142,7 +167,10 @@ fn wrong_shape_says_expected_and_got() {
     let e = load(&s.0).err().unwrap();
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
     let m = e.to_string();
-    assert!(m.contains("gate_proj") && m.contains("[96, 64]") && m.contains("[128, 64]"), "{m}");
+    assert!(
+        m.contains("gate_proj") && m.contains("[96, 64]") && m.contains("[128, 64]"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -158,7 +186,10 @@ fn unsupported_dtype_is_named() {
     );
     let e = load(&s.0).err().unwrap();
     assert!(matches!(e, Error::UnsupportedDtype { .. }), "{e}");
-    assert!(e.to_string().contains("model.norm.weight") && e.to_string().contains("I32"), "{e}");
+    assert!(
+        e.to_string().contains("model.norm.weight") && e.to_string().contains("I32"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -166,10 +197,17 @@ fn offsets_past_the_end_of_the_file() {
     let s = Scratch::of("llama_mha_tied", "trunc");
     let len = fs::metadata(s.path("model.safetensors")).unwrap().len();
     // Cut the data region short: the last tensor's offsets now lie past the end.
-    rewrite_safetensors(&s.path("model.safetensors"), |_| {}, Some((len / 2) as usize));
+    rewrite_safetensors(
+        &s.path("model.safetensors"),
+        |_| {},
+        Some((len / 2) as usize),
+    );
     let e = load(&s.0).err().unwrap();
     assert!(matches!(e, Error::BadWeights { .. }), "{e}");
-    assert!(e.to_string().contains("past the end") && e.to_string().contains("model.safetensors"), "{e}");
+    assert!(
+        e.to_string().contains("past the end") && e.to_string().contains("model.safetensors"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -183,25 +221,44 @@ fn header_length_past_the_end_and_tiny_files() {
     assert!(matches!(e, Error::BadWeights { .. }), "{e}");
     fs::write(&p, [1u8, 2, 3]).unwrap();
     let e = load(&s.0).err().unwrap();
-    assert!(matches!(e, Error::BadWeights { .. }) && e.to_string().contains("too short"), "{e}");
+    assert!(
+        matches!(e, Error::BadWeights { .. }) && e.to_string().contains("too short"),
+        "{e}"
+    );
     fs::write(&p, [2u8, 0, 0, 0, 0, 0, 0, 0, b'{', b'x']).unwrap();
     let e = load(&s.0).err().unwrap();
-    assert!(matches!(e, Error::BadWeights { .. }) && e.to_string().contains("JSON"), "{e}");
+    assert!(
+        matches!(e, Error::BadWeights { .. }) && e.to_string().contains("JSON"),
+        "{e}"
+    );
 }
 
 #[test]
 fn shape_and_offsets_disagree() {
     let s = Scratch::of("llama_mha_tied", "span");
-    rewrite_safetensors(&s.path("model.safetensors"), |h| h["model.norm.weight"]["shape"] = json!([65]), None);
+    rewrite_safetensors(
+        &s.path("model.safetensors"),
+        |h| h["model.norm.weight"]["shape"] = json!([65]),
+        None,
+    );
     let e = load(&s.0).err().unwrap();
-    assert!(matches!(e, Error::BadWeights { .. }) && e.to_string().contains("model.norm.weight"), "{e}");
+    assert!(
+        matches!(e, Error::BadWeights { .. }) && e.to_string().contains("model.norm.weight"),
+        "{e}"
+    );
 }
 
 #[test]
 fn shard_index_naming_a_missing_shard() {
     let s = Scratch::of("llama_sharded", "shard");
-    let files: Vec<_> = fs::read_dir(&s.0).unwrap().map(|e| e.unwrap().path()).collect();
-    let shard = files.iter().find(|p| p.to_string_lossy().contains("-of-")).unwrap();
+    let files: Vec<_> = fs::read_dir(&s.0)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let shard = files
+        .iter()
+        .find(|p| p.to_string_lossy().contains("-of-"))
+        .unwrap();
     fs::remove_file(shard).unwrap();
     let e = load(&s.0).err().unwrap();
     assert!(matches!(e, Error::MissingFile { .. }), "{e}");
@@ -210,13 +267,30 @@ fn shard_index_naming_a_missing_shard() {
 #[test]
 fn token_ids_out_of_range_and_prompts_too_long() {
     let dir = common::fixtures_dir().join("llama_mha_tied");
-    let mut m = Model::load(&dir, &LoadOptions { threads: 1, context_len: Some(16), ..LoadOptions::default() }).unwrap();
-    let opts = GenerateOptions { max_new_tokens: 2, ..Default::default() };
+    let mut m = Model::load(
+        &dir,
+        &LoadOptions {
+            threads: 1,
+            context_len: Some(16),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let opts = GenerateOptions {
+        max_new_tokens: 2,
+        ..Default::default()
+    };
     let e = m.generate(&[1, 256, 3], &opts, |_| true).err().unwrap();
-    assert!(matches!(e, Error::InvalidArgument(_)) && e.to_string().contains("256"), "{e}");
+    assert!(
+        matches!(e, Error::InvalidArgument(_)) && e.to_string().contains("256"),
+        "{e}"
+    );
     let long: Vec<u32> = (0..16).collect();
     let e = m.generate(&long, &opts, |_| true).err().unwrap();
-    assert!(matches!(e, Error::InvalidArgument(_)) && e.to_string().contains("context"), "{e}");
+    assert!(
+        matches!(e, Error::InvalidArgument(_)) && e.to_string().contains("context"),
+        "{e}"
+    );
     let e = m.generate(&[], &opts, |_| true).err().unwrap();
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
     // The model is still usable after the errors.
@@ -232,8 +306,20 @@ fn token_ids_out_of_range_and_prompts_too_long() {
 #[test]
 fn generation_stops_at_the_context_end() {
     let dir = common::fixtures_dir().join("llama_mha_tied");
-    let mut m = Model::load(&dir, &LoadOptions { threads: 1, context_len: Some(8), ..LoadOptions::default() }).unwrap();
-    let opts = GenerateOptions { max_new_tokens: 100, ignore_eos: true, ..Default::default() };
+    let mut m = Model::load(
+        &dir,
+        &LoadOptions {
+            threads: 1,
+            context_len: Some(8),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let opts = GenerateOptions {
+        max_new_tokens: 100,
+        ignore_eos: true,
+        ..Default::default()
+    };
     let stats = m.generate(&[1, 2, 3], &opts, |_| true).unwrap();
     assert_eq!(stats.stop, minfer::StopReason::ContextFull);
     assert_eq!(stats.generated_tokens, 6); // positions 3..8 computed, one more token chosen

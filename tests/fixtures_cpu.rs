@@ -9,7 +9,12 @@ use minfer::{LoadOptions, Model};
 fn load(dir: &Path, all_logits: bool) -> Model {
     // A small max_batch makes the 40-token prompts run in several chunks, so chunked prefill is
     // exercised too.
-    let opts = LoadOptions { threads: 2, all_logits, max_batch: 16, ..LoadOptions::default() };
+    let opts = LoadOptions {
+        threads: 2,
+        all_logits,
+        max_batch: 16,
+        ..LoadOptions::default()
+    };
     Model::load(dir, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
@@ -21,7 +26,11 @@ const REL_TOL: f32 = 1e-4;
 #[test]
 fn every_variant_matches_transformers() {
     let variants = common::variants();
-    assert!(variants.len() >= 11, "expected the fixture set, found {}", variants.len());
+    assert!(
+        variants.len() >= 11,
+        "expected the fixture set, found {}",
+        variants.len()
+    );
     for dir in variants {
         common::check_variant(&dir, REL_TOL, &load);
     }
@@ -35,7 +44,11 @@ fn generation_reuses_the_cached_prefix() {
     let prompt = common::ids(&case["prompt"]);
     let greedy = common::ids(&case["greedy"]);
     let mut m = load(&dir, false);
-    let opts = minfer::GenerateOptions { max_new_tokens: 8, ignore_eos: true, ..Default::default() };
+    let opts = minfer::GenerateOptions {
+        max_new_tokens: 8,
+        ignore_eos: true,
+        ..Default::default()
+    };
     let mut first = Vec::new();
     m.generate(&prompt, &opts, |t| {
         first.push(t);

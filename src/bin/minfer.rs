@@ -37,14 +37,35 @@ struct Args {
 
 /// Options that take a value; everything else starting with `--` is a boolean flag.
 const VALUED: &[&str] = &[
-    "ids", "prompt", "threads", "ctx", "temperature", "top-k", "top-p", "min-p", "repeat-penalty", "seed",
-    "max-new-tokens", "system", "device", "prompt-len", "gen-len", "trace", "dtype", "quantize", "stop",
+    "ids",
+    "prompt",
+    "threads",
+    "ctx",
+    "temperature",
+    "top-k",
+    "top-p",
+    "min-p",
+    "repeat-penalty",
+    "seed",
+    "max-new-tokens",
+    "system",
+    "device",
+    "prompt-len",
+    "gen-len",
+    "trace",
+    "dtype",
+    "quantize",
+    "stop",
 ];
 const BOOLEAN: &[&str] = &["json", "chat", "special", "profile", "ignore-eos", "help"];
 
 impl Args {
     fn parse(raw: impl Iterator<Item = String>) -> Result<Args> {
-        let mut a = Args { positional: Vec::new(), opts: BTreeMap::new(), flags: Vec::new() };
+        let mut a = Args {
+            positional: Vec::new(),
+            opts: BTreeMap::new(),
+            flags: Vec::new(),
+        };
         let mut it = raw.peekable();
         while let Some(s) = it.next() {
             if let Some(name) = s.strip_prefix("--") {
@@ -55,7 +76,9 @@ impl Args {
                 if VALUED.contains(&name.as_str()) {
                     let v = match inline {
                         Some(v) => v,
-                        None => it.next().ok_or_else(|| Error::arg(format!("--{name} needs a value")))?,
+                        None => it
+                            .next()
+                            .ok_or_else(|| Error::arg(format!("--{name} needs a value")))?,
                     };
                     a.opts.insert(name, v);
                 } else if BOOLEAN.contains(&name.as_str()) {
@@ -77,7 +100,10 @@ impl Args {
     fn get<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>> {
         match self.opts.get(name) {
             None => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| Error::arg(format!("--{name}: cannot parse {v:?}"))),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| Error::arg(format!("--{name}: cannot parse {v:?}"))),
         }
     }
 
@@ -86,18 +112,29 @@ impl Args {
     }
 
     fn model_path(&self) -> Result<PathBuf> {
-        self.positional.get(1).map(PathBuf::from).ok_or_else(|| Error::arg("missing MODEL argument"))
+        self.positional
+            .get(1)
+            .map(PathBuf::from)
+            .ok_or_else(|| Error::arg("missing MODEL argument"))
     }
 }
 
 fn parse_ids(s: &str) -> Result<Vec<u32>> {
     s.split(',')
-        .map(|t| t.trim().parse::<u32>().map_err(|_| Error::arg(format!("--ids: {t:?} is not a token id"))))
+        .map(|t| {
+            t.trim()
+                .parse::<u32>()
+                .map_err(|_| Error::arg(format!("--ids: {t:?} is not a token id")))
+        })
         .collect()
 }
 
 fn load_options(a: &Args) -> Result<LoadOptions> {
-    Ok(LoadOptions { threads: a.get_or("threads", 0)?, context_len: a.get("ctx")?, ..LoadOptions::default() })
+    Ok(LoadOptions {
+        threads: a.get_or("threads", 0)?,
+        context_len: a.get("ctx")?,
+        ..LoadOptions::default()
+    })
 }
 
 fn sampler_config(a: &Args) -> Result<SamplerConfig> {
@@ -117,8 +154,18 @@ fn json_f64(x: f64) -> serde_json::Value {
 }
 
 fn cmd_logits(a: &Args) -> Result<()> {
-    let ids = parse_ids(a.opts.get("ids").ok_or_else(|| Error::arg("logits needs --ids"))?)?;
-    let mut model = Model::load(&a.model_path()?, &LoadOptions { all_logits: true, ..load_options(a)? })?;
+    let ids = parse_ids(
+        a.opts
+            .get("ids")
+            .ok_or_else(|| Error::arg("logits needs --ids"))?,
+    )?;
+    let mut model = Model::load(
+        &a.model_path()?,
+        &LoadOptions {
+            all_logits: true,
+            ..load_options(a)?
+        },
+    )?;
     let (argmax, last) = model.score(&ids)?;
     if a.flag("json") {
         let v = serde_json::json!({ "argmax": argmax, "logits": last });
@@ -138,7 +185,11 @@ fn cmd_logits(a: &Args) -> Result<()> {
 fn cmd_generate(a: &Args) -> Result<()> {
     let ids = match a.opts.get("ids") {
         Some(s) => parse_ids(s)?,
-        None => return Err(Error::arg("generate needs --ids (text prompts need a tokenizer)")),
+        None => {
+            return Err(Error::arg(
+                "generate needs --ids (text prompts need a tokenizer)",
+            ))
+        }
     };
     let mut model = Model::load(&a.model_path()?, &load_options(a)?)?;
     let opts = GenerateOptions {

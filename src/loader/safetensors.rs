@@ -77,7 +77,10 @@ fn dtype_bits(s: &str) -> Option<usize> {
 pub fn read_header(path: &Path) -> Result<Header> {
     let mut file = std::fs::File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::MissingFile { path: path.to_path_buf(), what: "safetensors file".into() }
+            Error::MissingFile {
+                path: path.to_path_buf(),
+                what: "safetensors file".into(),
+            }
         } else {
             Error::io(path, e)
         }
@@ -85,7 +88,9 @@ pub fn read_header(path: &Path) -> Result<Header> {
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let bad = |m: String| Error::bad_weights(path, m);
     if file_len < 8 {
-        return Err(bad(format!("file is {file_len} bytes: too short for a safetensors header")));
+        return Err(bad(format!(
+            "file is {file_len} bytes: too short for a safetensors header"
+        )));
     }
     let mut len8 = [0u8; 8];
     file.read_exact(&mut len8).map_err(|e| Error::io(path, e))?;
@@ -94,12 +99,17 @@ pub fn read_header(path: &Path) -> Result<Header> {
         return Err(bad(format!("header length {n} exceeds the 100 MB limit")));
     }
     if 8 + n > file_len {
-        return Err(bad(format!("header length {n} runs past the end of the file ({file_len} bytes)")));
+        return Err(bad(format!(
+            "header length {n} runs past the end of the file ({file_len} bytes)"
+        )));
     }
     let mut json = vec![0u8; n as usize];
     file.read_exact(&mut json).map_err(|e| Error::io(path, e))?;
-    let v: Value = serde_json::from_slice(&json).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
+    let v: Value =
+        serde_json::from_slice(&json).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("header is not a JSON object".into()))?;
     let data_start = 8 + n as usize;
     let data_len = (file_len - 8 - n) as usize;
 
@@ -116,7 +126,11 @@ pub fn read_header(path: &Path) -> Result<Header> {
         let shape: Vec<usize> = info
             .get("shape")
             .and_then(Value::as_array)
-            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
+            .and_then(|a| {
+                a.iter()
+                    .map(|d| d.as_u64().map(|d| d as usize))
+                    .collect::<Option<Vec<_>>>()
+            })
             .ok_or_else(|| bad(format!("tensor {name:?}: missing or invalid shape")))?;
         let offs = info
             .get("data_offsets")
@@ -130,19 +144,33 @@ pub fn read_header(path: &Path) -> Result<Header> {
                 "tensor {name:?}: data_offsets [{begin}, {end}] lie past the end of the data region ({data_len} bytes)"
             )));
         }
-        let bits = dtype_bits(&dtype).ok_or_else(|| bad(format!("tensor {name:?}: unknown dtype {dtype:?}")))?;
+        let bits = dtype_bits(&dtype)
+            .ok_or_else(|| bad(format!("tensor {name:?}: unknown dtype {dtype:?}")))?;
         let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        let want = numel.and_then(|n| n.checked_mul(bits)).map(|b| b.div_ceil(8));
+        let want = numel
+            .and_then(|n| n.checked_mul(bits))
+            .map(|b| b.div_ceil(8));
         if want != Some(end - begin) {
             return Err(bad(format!(
                 "tensor {name:?}: shape {shape:?} of {dtype} needs {want:?} bytes but data_offsets span {}",
                 end - begin
             )));
         }
-        tensors.push(TensorHeader { name: name.clone(), dtype, shape, begin, end });
+        tensors.push(TensorHeader {
+            name: name.clone(),
+            dtype,
+            shape,
+            begin,
+            end,
+        });
     }
     tensors.sort_by_key(|t| t.begin);
-    Ok(Header { path: path.to_path_buf(), data_start, file_len, tensors })
+    Ok(Header {
+        path: path.to_path_buf(),
+        data_start,
+        file_len,
+        tensors,
+    })
 }
 
 /// The safetensors files of a checkpoint: `model.safetensors`, or the shards an index names.
@@ -163,12 +191,19 @@ pub fn checkpoint_files(path: &Path) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(Value::as_object)
             .ok_or_else(|| Error::json(&index, "missing field \"weight_map\""))?;
-        let mut files: Vec<String> = map.values().filter_map(Value::as_str).map(str::to_string).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
         files.sort();
         files.dedup();
         for f in &files {
             if f.contains('/') || f.contains('\\') || f.starts_with('.') {
-                return Err(Error::json(&index, format!("shard name {f:?} is not a plain file name")));
+                return Err(Error::json(
+                    &index,
+                    format!("shard name {f:?} is not a plain file name"),
+                ));
             }
         }
         return Ok(files.into_iter().map(|f| path.join(f)).collect());
@@ -189,7 +224,10 @@ pub fn load(path: &Path) -> Result<Weights> {
         let header = read_header(&file)?;
         let storage = Arc::new(Storage::map(&file)?);
         if storage.bytes().len() as u64 != header.file_len {
-            return Err(Error::bad_weights(&file, "file changed size while being opened"));
+            return Err(Error::bad_weights(
+                &file,
+                "file changed size while being opened",
+            ));
         }
         for t in header.tensors {
             let Some(dtype) = t.dtype() else {
@@ -211,9 +249,16 @@ pub fn load(path: &Path) -> Result<Weights> {
                 w = w.to_owned_aligned();
             }
             if tensors.insert(t.name.clone(), w).is_some() {
-                return Err(Error::bad_weights(&file, format!("tensor {:?} appears in more than one shard", t.name)));
+                return Err(Error::bad_weights(
+                    &file,
+                    format!("tensor {:?} appears in more than one shard", t.name),
+                ));
             }
         }
     }
-    Ok(Weights { path: path.to_path_buf(), tensors, unsupported })
+    Ok(Weights {
+        path: path.to_path_buf(),
+        tensors,
+        unsupported,
+    })
 }

@@ -28,11 +28,19 @@ pub fn expected(dir: &Path) -> Value {
 }
 
 pub fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 pub fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 /// Check one fixture variant: last-position logits within `rel_tol × max|logit|` of
@@ -42,19 +50,40 @@ pub fn check_variant(dir: &Path, rel_tol: f32, load: &dyn Fn(&Path, bool) -> Mod
     let name = dir.file_name().unwrap().to_string_lossy().to_string();
     let exp = expected(dir);
     let mut scorer = load(dir, true);
-    assert_eq!(scorer.num_parameters(), exp["num_parameters"].as_u64().unwrap(), "{name}: parameter count");
+    assert_eq!(
+        scorer.num_parameters(),
+        exp["num_parameters"].as_u64().unwrap(),
+        "{name}: parameter count"
+    );
     let mut generator = load(dir, false);
     for case in exp["cases"].as_array().unwrap() {
         let prompt = ids(&case["prompt"]);
         let want_logits = floats(&case["last_logits"]);
         let tol = rel_tol * case["max_abs_logit"].as_f64().unwrap() as f32;
         let (argmax, logits) = scorer.score(&prompt).unwrap();
-        let worst = logits.iter().zip(&want_logits).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(worst <= tol, "{name}, prompt len {}: max |Δlogit| = {worst:e} > tol {tol:e}", prompt.len());
-        assert_eq!(argmax, ids(&case["argmax"]), "{name}, prompt len {}: argmax per position", prompt.len());
+        let worst = logits
+            .iter()
+            .zip(&want_logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= tol,
+            "{name}, prompt len {}: max |Δlogit| = {worst:e} > tol {tol:e}",
+            prompt.len()
+        );
+        assert_eq!(
+            argmax,
+            ids(&case["argmax"]),
+            "{name}, prompt len {}: argmax per position",
+            prompt.len()
+        );
 
         let want_greedy = ids(&case["greedy"]);
-        let opts = GenerateOptions { max_new_tokens: want_greedy.len(), ignore_eos: true, ..Default::default() };
+        let opts = GenerateOptions {
+            max_new_tokens: want_greedy.len(),
+            ignore_eos: true,
+            ..Default::default()
+        };
         generator.reset();
         let mut got = Vec::new();
         generator
@@ -63,6 +92,11 @@ pub fn check_variant(dir: &Path, rel_tol: f32, load: &dyn Fn(&Path, bool) -> Mod
                 true
             })
             .unwrap();
-        assert_eq!(got, want_greedy, "{name}, prompt len {}: greedy continuation", prompt.len());
+        assert_eq!(
+            got,
+            want_greedy,
+            "{name}, prompt len {}: greedy continuation",
+            prompt.len()
+        );
     }
 }

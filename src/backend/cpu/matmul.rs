@@ -11,7 +11,13 @@ use crate::error::{Error, Result};
 use crate::loader::{DType, WeightTensor};
 
 /// Plain reference: one output at a time, f32 accumulation, no SIMD, no threads.
-pub fn matmul_reference(out: &mut [f32], x: &[f32], rows: usize, w: &WeightTensor, bias: Option<&[f32]>) -> Result<()> {
+pub fn matmul_reference(
+    out: &mut [f32],
+    x: &[f32],
+    rows: usize,
+    w: &WeightTensor,
+    bias: Option<&[f32]>,
+) -> Result<()> {
     let (n_out, n_in) = dims(w)?;
     let wf = w.to_f32_vec()?;
     for r in 0..rows {
@@ -29,26 +35,51 @@ pub fn matmul_reference(out: &mut [f32], x: &[f32], rows: usize, w: &WeightTenso
 fn dims(w: &WeightTensor) -> Result<(usize, usize)> {
     match w.shape[..] {
         [o, i] => Ok((o, i)),
-        _ => Err(Error::ShapeMismatch { name: w.name.clone(), expected: vec![0, 0], got: w.shape.clone() }),
+        _ => Err(Error::ShapeMismatch {
+            name: w.name.clone(),
+            expected: vec![0, 0],
+            got: w.shape.clone(),
+        }),
     }
 }
 
 /// The product, parallel over output features.
-pub fn matmul(out: &mut [f32], x: &[f32], rows: usize, w: &WeightTensor, bias: Option<&[f32]>) -> Result<()> {
+pub fn matmul(
+    out: &mut [f32],
+    x: &[f32],
+    rows: usize,
+    w: &WeightTensor,
+    bias: Option<&[f32]>,
+) -> Result<()> {
     let (n_out, n_in) = dims(w)?;
     if x.len() < rows * n_in || out.len() < rows * n_out {
-        return Err(Error::arg(format!("matmul {}: buffers too small for {rows} rows", w.name)));
+        return Err(Error::arg(format!(
+            "matmul {}: buffers too small for {rows} rows",
+            w.name
+        )));
     }
     let row_dot = |o: usize, xr: &[f32]| -> f32 {
         match w.dtype {
-            DType::F32 => dot_f32(xr, &w.as_f32().expect("aligned at upload")[o * n_in..(o + 1) * n_in]),
-            DType::BF16 => dot_bf16(xr, &w.as_bf16().expect("aligned at upload")[o * n_in..(o + 1) * n_in]),
-            DType::F16 => dot_f16(xr, &w.as_f16().expect("aligned at upload")[o * n_in..(o + 1) * n_in]),
+            DType::F32 => dot_f32(
+                xr,
+                &w.as_f32().expect("aligned at upload")[o * n_in..(o + 1) * n_in],
+            ),
+            DType::BF16 => dot_bf16(
+                xr,
+                &w.as_bf16().expect("aligned at upload")[o * n_in..(o + 1) * n_in],
+            ),
+            DType::F16 => dot_f16(
+                xr,
+                &w.as_f16().expect("aligned at upload")[o * n_in..(o + 1) * n_in],
+            ),
             _ => f32::NAN,
         }
     };
     if w.dtype.is_quantized() {
-        return Err(Error::UnsupportedDtype { name: w.name.clone(), dtype: w.dtype.to_string() });
+        return Err(Error::UnsupportedDtype {
+            name: w.name.clone(),
+            dtype: w.dtype.to_string(),
+        });
     }
     // out is [rows, n_out]; compute column blocks in parallel, all rows per weight row.
     let mut cols: Vec<Vec<f32>> = Vec::new();
@@ -56,7 +87,14 @@ pub fn matmul(out: &mut [f32], x: &[f32], rows: usize, w: &WeightTensor, bias: O
     let results: Vec<(usize, Vec<f32>)> = (0..n_out)
         .into_par_iter()
         .with_min_len(16)
-        .map(|o| (o, (0..rows).map(|r| row_dot(o, &x[r * n_in..(r + 1) * n_in]) + bias.map_or(0.0, |b| b[o])).collect()))
+        .map(|o| {
+            (
+                o,
+                (0..rows)
+                    .map(|r| row_dot(o, &x[r * n_in..(r + 1) * n_in]) + bias.map_or(0.0, |b| b[o]))
+                    .collect(),
+            )
+        })
         .collect();
     for (o, vals) in results {
         for (r, v) in vals.into_iter().enumerate() {
@@ -78,5 +116,8 @@ fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
 
 /// Row `row` of a (possibly quantized) matrix as f32, for embedding lookups.
 pub fn dequantize_row(w: &WeightTensor, row: usize, out: &mut [f32]) -> Result<()> {
-    Err(Error::UnsupportedDtype { name: w.name.clone(), dtype: format!("{} (row {row}, {} values)", w.dtype, out.len()) })
+    Err(Error::UnsupportedDtype {
+        name: w.name.clone(),
+        dtype: format!("{} (row {row}, {} values)", w.dtype, out.len()),
+    })
 }

@@ -35,13 +35,21 @@ pub struct CpuBackend {
 impl CpuBackend {
     /// `threads == 0` uses every core.
     pub fn new(threads: usize) -> Result<CpuBackend> {
-        let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("minfer-cpu-{i}"))
             .build()
             .map_err(|e| Error::Device(format!("cannot start {threads} CPU threads: {e}")))?;
-        Ok(CpuBackend { pool, threads, profile: None })
+        Ok(CpuBackend {
+            pool,
+            threads,
+            profile: None,
+        })
     }
 
     /// Record time, bytes and flops per op (see [`Backend::take_profile`]).
@@ -54,7 +62,13 @@ impl CpuBackend {
         self.threads
     }
 
-    fn run<T: Send>(&self, op: impl FnOnce() -> String, bytes: f64, flops: f64, f: impl FnOnce() -> T + Send) -> T {
+    fn run<T: Send>(
+        &self,
+        op: impl FnOnce() -> String,
+        bytes: f64,
+        flops: f64,
+        f: impl FnOnce() -> T + Send,
+    ) -> T {
         match &self.profile {
             None => self.pool.install(f),
             Some(p) => {
@@ -63,7 +77,10 @@ impl CpuBackend {
                 let dt = t.elapsed().as_secs_f64();
                 let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
                 let name = op();
-                let e = p.entry(name.clone()).or_insert_with(|| OpProfile { op: name, ..Default::default() });
+                let e = p.entry(name.clone()).or_insert_with(|| OpProfile {
+                    op: name,
+                    ..Default::default()
+                });
                 e.calls += 1;
                 e.seconds += dt;
                 e.bytes += bytes;
@@ -76,13 +93,20 @@ impl CpuBackend {
 
 /// "model.layers.7.mlp.down_proj.weight" → "mlp.down_proj": one profile row per kind of weight.
 fn op_label(prefix: &str, name: &str) -> String {
-    let short = name.strip_prefix("model.layers.").map_or(name, |rest| rest.split_once('.').map_or(rest, |(_, r)| r));
-    format!("{prefix} {}", short.strip_suffix(".weight").unwrap_or(short))
+    let short = name
+        .strip_prefix("model.layers.")
+        .map_or(name, |rest| rest.split_once('.').map_or(rest, |(_, r)| r));
+    format!(
+        "{prefix} {}",
+        short.strip_suffix(".weight").unwrap_or(short)
+    )
 }
 
 fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
     if have < need {
-        return Err(Error::arg(format!("{what}: buffer holds {have} values, the op needs {need}")));
+        return Err(Error::arg(format!(
+            "{what}: buffer holds {have} values, the op needs {need}"
+        )));
     }
     Ok(())
 }
@@ -107,9 +131,17 @@ impl Backend for CpuBackend {
     fn upload(&self, w: &WeightTensor) -> Result<WeightTensor> {
         if w.shape.len() == 1 && w.dtype != DType::F32 {
             // Vectors (norms, biases, tables) are tiny: hold them as f32.
-            return Ok(WeightTensor::from_f32(w.name.clone(), w.shape.clone(), &w.to_f32_vec()?));
+            return Ok(WeightTensor::from_f32(
+                w.name.clone(),
+                w.shape.clone(),
+                &w.to_f32_vec()?,
+            ));
         }
-        Ok(if w.is_aligned() { w.clone() } else { w.to_owned_aligned() })
+        Ok(if w.is_aligned() {
+            w.clone()
+        } else {
+            w.to_owned_aligned()
+        })
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
@@ -122,28 +154,42 @@ impl Backend for CpuBackend {
             .checked_mul(shape.ctx)
             .and_then(|x| x.checked_mul(shape.n_kv_heads * shape.head_dim))
             .ok_or_else(|| Error::arg("KV cache size overflows"))?;
-        Ok(CpuKv { shape, k: vec![0.0; n], v: vec![0.0; n] })
+        Ok(CpuKv {
+            shape,
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+        })
     }
 
     fn embed(&self, out: &mut Vec<f32>, table: &WeightTensor, tokens: &[u32]) -> Result<()> {
         let [vocab, dim] = table.shape[..] else {
-            return Err(Error::ShapeMismatch { name: table.name.clone(), expected: vec![0, 0], got: table.shape.clone() });
+            return Err(Error::ShapeMismatch {
+                name: table.name.clone(),
+                expected: vec![0, 0],
+                got: table.shape.clone(),
+            });
         };
         check_len("embed", out.len(), tokens.len() * dim)?;
         for (r, &t) in tokens.iter().enumerate() {
             let t = t as usize;
             if t >= vocab {
-                return Err(Error::arg(format!("token id {t} is out of range for a vocabulary of {vocab}")));
+                return Err(Error::arg(format!(
+                    "token id {t} is out of range for a vocabulary of {vocab}"
+                )));
             }
             let row = &mut out[r * dim..(r + 1) * dim];
             match table.dtype {
-                DType::F32 => row.copy_from_slice(&table.as_f32().ok_or_else(|| misaligned(table))?[t * dim..(t + 1) * dim]),
+                DType::F32 => row.copy_from_slice(
+                    &table.as_f32().ok_or_else(|| misaligned(table))?[t * dim..(t + 1) * dim],
+                ),
                 DType::BF16 => {
-                    let src = &table.as_bf16().ok_or_else(|| misaligned(table))?[t * dim..(t + 1) * dim];
+                    let src =
+                        &table.as_bf16().ok_or_else(|| misaligned(table))?[t * dim..(t + 1) * dim];
                     row.iter_mut().zip(src).for_each(|(o, s)| *o = s.to_f32());
                 }
                 DType::F16 => {
-                    let src = &table.as_f16().ok_or_else(|| misaligned(table))?[t * dim..(t + 1) * dim];
+                    let src =
+                        &table.as_f16().ok_or_else(|| misaligned(table))?[t * dim..(t + 1) * dim];
                     row.iter_mut().zip(src).for_each(|(o, s)| *o = s.to_f32());
                 }
                 _ => matmul::dequantize_row(table, t, row)?,
@@ -152,12 +198,24 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rms_norm(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &WeightTensor, rows: usize, eps: f32) -> Result<()> {
+    fn rms_norm(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &WeightTensor,
+        rows: usize,
+        eps: f32,
+    ) -> Result<()> {
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let dim = w.len();
         check_len("rms_norm", out.len().min(x.len()), rows * dim)?;
         for r in 0..rows {
-            rms_norm_row(&mut out[r * dim..(r + 1) * dim], &x[r * dim..(r + 1) * dim], w, eps);
+            rms_norm_row(
+                &mut out[r * dim..(r + 1) * dim],
+                &x[r * dim..(r + 1) * dim],
+                w,
+                eps,
+            );
         }
         Ok(())
     }
@@ -173,26 +231,51 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let dim = w.len();
-        check_len("add_rms_norm", out.len().min(x.len()).min(residual.len()), rows * dim)?;
+        check_len(
+            "add_rms_norm",
+            out.len().min(x.len()).min(residual.len()),
+            rows * dim,
+        )?;
         for r in 0..rows {
             let res = &mut residual[r * dim..(r + 1) * dim];
-            res.iter_mut().zip(&x[r * dim..(r + 1) * dim]).for_each(|(a, b)| *a += b);
+            res.iter_mut()
+                .zip(&x[r * dim..(r + 1) * dim])
+                .for_each(|(a, b)| *a += b);
             rms_norm_row(&mut out[r * dim..(r + 1) * dim], res, w, eps);
         }
         Ok(())
     }
 
-    fn matmul(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &WeightTensor, bias: Option<&WeightTensor>, rows: usize) -> Result<()> {
+    fn matmul(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &WeightTensor,
+        bias: Option<&WeightTensor>,
+        rows: usize,
+    ) -> Result<()> {
         let bias = match bias {
             Some(b) => Some(b.as_f32().ok_or_else(|| misaligned(b))?),
             None => None,
         };
         let bytes = w.bytes().len() as f64;
         let flops = 2.0 * rows as f64 * w.numel() as f64;
-        self.run(|| op_label("matmul", &w.name), bytes, flops, || matmul::matmul(out, x, rows, w, bias))
+        self.run(
+            || op_label("matmul", &w.name),
+            bytes,
+            flops,
+            || matmul::matmul(out, x, rows, w, bias),
+        )
     }
 
-    fn head_rms_norm(&self, x: &mut Vec<f32>, w: &WeightTensor, rows: usize, heads: usize, eps: f32) -> Result<()> {
+    fn head_rms_norm(
+        &self,
+        x: &mut Vec<f32>,
+        w: &WeightTensor,
+        rows: usize,
+        heads: usize,
+        eps: f32,
+    ) -> Result<()> {
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let hd = w.len();
         check_len("head_rms_norm", x.len(), rows * heads * hd)?;
@@ -207,7 +290,15 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rope(&self, x: &mut Vec<f32>, rows: usize, heads: usize, head_dim: usize, pos0: usize, inv_freq: &WeightTensor) -> Result<()> {
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        inv_freq: &WeightTensor,
+    ) -> Result<()> {
         let inv = inv_freq.as_f32().ok_or_else(|| misaligned(inv_freq))?;
         let half = head_dim / 2;
         check_len("rope table", inv.len(), half)?;
@@ -248,7 +339,11 @@ impl Backend for CpuBackend {
             return Err(Error::arg("attention parameters do not match the KV cache"));
         }
         if pos0 + rows > s.ctx {
-            return Err(Error::arg(format!("positions {pos0}..{} exceed the context of {}", pos0 + rows, s.ctx)));
+            return Err(Error::arg(format!(
+                "positions {pos0}..{} exceed the context of {}",
+                pos0 + rows,
+                s.ctx
+            )));
         }
         check_len("attention k/v", k.len().min(v.len()), rows * kv_dim)?;
         let q_dim = p.n_heads * p.head_dim;
@@ -271,14 +366,17 @@ impl Backend for CpuBackend {
             kv_bytes,
             flops,
             || {
-                out[..rows * q_dim].par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
-                    let (r, h) = (idx / p.n_heads, idx % p.n_heads);
-                    let pos = pos0 + r;
-                    let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                    let qh = &q[r * q_dim + h * hd..r * q_dim + (h + 1) * hd];
-                    let off = (h / group) * hd;
-                    attend_one(o, qh, kc, vc, kv_dim, off, first, pos, p.scale);
-                });
+                out[..rows * q_dim]
+                    .par_chunks_mut(hd)
+                    .enumerate()
+                    .for_each(|(idx, o)| {
+                        let (r, h) = (idx / p.n_heads, idx % p.n_heads);
+                        let pos = pos0 + r;
+                        let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                        let qh = &q[r * q_dim + h * hd..r * q_dim + (h + 1) * hd];
+                        let off = (h / group) * hd;
+                        attend_one(o, qh, kc, vc, kv_dim, off, first, pos, p.scale);
+                    });
             },
         );
         Ok(())
@@ -286,17 +384,30 @@ impl Backend for CpuBackend {
 
     fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
         check_len("silu_mul", gate.len().min(up.len()), len)?;
-        gate[..len].iter_mut().zip(&up[..len]).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+        gate[..len]
+            .iter_mut()
+            .zip(&up[..len])
+            .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
         Ok(())
     }
 
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) -> Result<()> {
         check_len("add", x.len().min(y.len()), len)?;
-        x[..len].iter_mut().zip(&y[..len]).for_each(|(a, b)| *a += b);
+        x[..len]
+            .iter_mut()
+            .zip(&y[..len])
+            .for_each(|(a, b)| *a += b);
         Ok(())
     }
 
-    fn copy_rows(&self, dst: &mut Vec<f32>, src: &Vec<f32>, src_row: usize, rows: usize, width: usize) -> Result<()> {
+    fn copy_rows(
+        &self,
+        dst: &mut Vec<f32>,
+        src: &Vec<f32>,
+        src_row: usize,
+        rows: usize,
+        width: usize,
+    ) -> Result<()> {
         check_len("copy_rows src", src.len(), (src_row + rows) * width)?;
         check_len("copy_rows dst", dst.len(), rows * width)?;
         dst[..rows * width].copy_from_slice(&src[src_row * width..(src_row + rows) * width]);
@@ -317,13 +428,18 @@ impl Backend for CpuBackend {
     fn take_profile(&self) -> Vec<OpProfile> {
         match &self.profile {
             None => Vec::new(),
-            Some(p) => std::mem::take(&mut *p.lock().unwrap_or_else(|e| e.into_inner())).into_values().collect(),
+            Some(p) => std::mem::take(&mut *p.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_values()
+                .collect(),
         }
     }
 }
 
 fn misaligned(w: &WeightTensor) -> Error {
-    Error::UnsupportedDtype { name: w.name.clone(), dtype: format!("{} (expected f32 after upload)", w.dtype) }
+    Error::UnsupportedDtype {
+        name: w.name.clone(),
+        dtype: format!("{} (expected f32 after upload)", w.dtype),
+    }
 }
 
 /// Index of the first maximum (NaN never wins).
@@ -343,7 +459,17 @@ const KEY_BLOCK: usize = 64;
 /// One query head against keys `first..=last`: softmax(q·K / √d) · V, computed block by block
 /// with a running maximum so no score buffer is needed.
 #[allow(clippy::too_many_arguments)]
-fn attend_one(out: &mut [f32], q: &[f32], kc: &[f32], vc: &[f32], stride: usize, off: usize, first: usize, last: usize, scale: f32) {
+fn attend_one(
+    out: &mut [f32],
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    stride: usize,
+    off: usize,
+    first: usize,
+    last: usize,
+    scale: f32,
+) {
     let hd = q.len();
     out.fill(0.0);
     let mut m = f32::NEG_INFINITY;
