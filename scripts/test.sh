@@ -22,8 +22,8 @@ cargo fmt --check
 step "build: CPU-only library (no default features), CLI, and the cuda feature"
 cargo build --lib --no-default-features
 cargo build --release
-cargo build --features cuda --all-targets
+cargo build --features cuda --tests
+cargo build --release --benches
 
-step "tests"
-cargo test --release --all-targets
-cargo test --doc
+step "tests (release profile: the PTX interpreter and real-model tests need optimised code)"
+cargo test --release
