@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, OpProfile};
+use crate::backend::{Backend, OpProfile, TraceEvent};
 use crate::config::{token_ids, ModelConfig};
 use crate::error::{Error, Result};
 use crate::loader::{safetensors, Weights};
@@ -26,6 +26,7 @@ pub trait Engine: Send {
     fn max_batch(&self) -> usize;
     fn backend_name(&self) -> String;
     fn take_profile(&self) -> Vec<OpProfile>;
+    fn take_trace(&self) -> Vec<TraceEvent>;
 }
 
 impl<B: Backend> Engine for Transformer<B>
@@ -57,6 +58,9 @@ where
     }
     fn take_profile(&self) -> Vec<OpProfile> {
         Transformer::take_profile(self)
+    }
+    fn take_trace(&self) -> Vec<TraceEvent> {
+        self.backend().take_trace()
     }
 }
 
@@ -151,10 +155,30 @@ pub fn count_parameters(config: &ModelConfig, weights: &Weights) -> u64 {
         .sum()
 }
 
+/// Bytes of weights read by one decode step: every tensor once, except that an untied
+/// embedding table contributes one row only.
+pub fn decode_weight_bytes(config: &ModelConfig, weights: &Weights) -> u64 {
+    weights
+        .tensors
+        .iter()
+        .filter(|(name, _)| !(config.tie_word_embeddings && name.as_str() == "lm_head.weight"))
+        .map(|(name, t)| {
+            let b = t.bytes().len() as u64;
+            if name == "model.embed_tokens.weight" && !config.tie_word_embeddings {
+                b / config.vocab_size as u64
+            } else {
+                b
+            }
+        })
+        .sum()
+}
+
 pub struct Model {
     pub(crate) engine: Box<dyn Engine>,
     pub(crate) eos_ids: Vec<u32>,
     num_parameters: u64,
+    /// Weight bytes one decode step reads (every matrix and vector; one embedding row).
+    decode_weight_bytes: u64,
     /// Tokens whose keys and values are in the cache, in order (reused across calls).
     pub(crate) cached: Vec<u32>,
     /// Host copy of one row of logits.
@@ -192,6 +216,7 @@ impl Model {
             .context_len
             .unwrap_or(config.max_position_embeddings.min(4096));
         let num_parameters = count_parameters(&config, weights);
+        let decode_weight_bytes = decode_weight_bytes(&config, weights);
         let vocab = config.vocab_size;
         let t = Transformer::new(
             config,
@@ -205,6 +230,7 @@ impl Model {
             engine: Box::new(t),
             eos_ids,
             num_parameters,
+            decode_weight_bytes,
             cached: Vec::new(),
             logits: vec![0.0; vocab],
             files,
@@ -235,6 +261,33 @@ impl Model {
 
     pub fn files(&self) -> &ModelFiles {
         &self.files
+    }
+
+    /// Weight bytes one decode step reads (for GB/s figures).
+    pub fn decode_weight_bytes(&self) -> u64 {
+        self.decode_weight_bytes
+    }
+
+    /// KV-cache bytes one decode step reads at position `pos` (K and V of every layer, f32).
+    pub fn kv_bytes_read_at(&self, pos: usize) -> u64 {
+        let c = self.config();
+        (2 * c.num_layers * c.kv_dim() * 4 * pos) as u64
+    }
+
+    /// A random-weight model with the published shapes of `preset` (see [`crate::synthetic`]):
+    /// for benchmarks without a download.
+    pub fn synthetic(preset: &str, dtype: crate::loader::DType, opts: &LoadOptions) -> Result<Model> {
+        let config = crate::synthetic::preset_config(preset)?;
+        let weights = crate::synthetic::random_weights(&config, dtype, 0x5eed)?;
+        let backend = CpuBackend::new(opts.threads)?.with_profiling(opts.profile);
+        let files = ModelFiles { dir: PathBuf::from(format!("synthetic:{preset}")), weights: PathBuf::new() };
+        let eos = config.eos_token_ids.clone();
+        Self::from_parts(config, &weights, backend, eos, opts, files)
+    }
+
+    /// Timeline of individual op executions since the last call (needs `LoadOptions::profile`).
+    pub fn take_trace(&self) -> Vec<TraceEvent> {
+        self.engine.take_trace()
     }
 
     /// Forget the KV cache.

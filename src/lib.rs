@@ -17,6 +17,7 @@
 //! ```
 
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod generate;
 pub mod loader;
 pub mod model;
 pub mod sampler;
+pub mod synthetic;
 pub mod tokenizer;
 
 pub use config::ModelConfig;

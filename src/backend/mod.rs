@@ -155,6 +155,20 @@ pub trait Backend: Send + Sync {
     fn take_profile(&self) -> Vec<OpProfile> {
         Vec::new()
     }
+
+    /// The individual op executions recorded since the last call (profiling on), for a
+    /// Chrome / Perfetto trace.
+    fn take_trace(&self) -> Vec<TraceEvent> {
+        Vec::new()
+    }
+}
+
+/// One op execution on a timeline (microseconds since the backend started).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceEvent {
+    pub name: String,
+    pub start_us: f64,
+    pub dur_us: f64,
 }
 
 /// One row of a per-op timing profile.

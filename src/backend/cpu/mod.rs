@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::{AttnParams, Backend, KvShape, OpProfile};
+use super::{AttnParams, Backend, KvShape, OpProfile, TraceEvent};
 use crate::error::{Error, Result};
 use crate::loader::{DType, WeightTensor};
 
@@ -29,8 +29,18 @@ pub struct CpuKv {
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
-    profile: Option<Mutex<BTreeMap<String, OpProfile>>>,
+    profile: Option<Mutex<Profile>>,
 }
+
+/// Per-op totals and a bounded timeline of individual executions.
+struct Profile {
+    origin: Instant,
+    totals: BTreeMap<String, OpProfile>,
+    events: Vec<TraceEvent>,
+}
+
+/// The timeline keeps at most this many events (a few decode steps of a large model).
+const MAX_TRACE_EVENTS: usize = 100_000;
 
 impl CpuBackend {
     /// `threads == 0` uses every core.
@@ -54,7 +64,7 @@ impl CpuBackend {
 
     /// Record time, bytes and flops per op (see [`Backend::take_profile`]).
     pub fn with_profiling(mut self, on: bool) -> Self {
-        self.profile = on.then(|| Mutex::new(BTreeMap::new()));
+        self.profile = on.then(|| Mutex::new(Profile { origin: Instant::now(), totals: BTreeMap::new(), events: Vec::new() }));
         self
     }
 
@@ -62,32 +72,32 @@ impl CpuBackend {
         self.threads
     }
 
-    fn run<T: Send>(
-        &self,
-        op: impl FnOnce() -> String,
-        bytes: f64,
-        flops: f64,
-        f: impl FnOnce() -> T + Send,
-    ) -> T {
-        match &self.profile {
-            None => self.pool.install(f),
-            Some(p) => {
-                let t = Instant::now();
-                let r = self.pool.install(f);
-                let dt = t.elapsed().as_secs_f64();
-                let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-                let name = op();
-                let e = p.entry(name.clone()).or_insert_with(|| OpProfile {
-                    op: name,
-                    ..Default::default()
-                });
-                e.calls += 1;
-                e.seconds += dt;
-                e.bytes += bytes;
-                e.flops += flops;
-                r
-            }
+    fn begin(&self) -> Option<Instant> {
+        self.profile.as_ref().map(|_| Instant::now())
+    }
+
+    fn end(&self, t: Option<Instant>, op: impl FnOnce() -> String, bytes: f64, flops: f64) {
+        let (Some(t), Some(p)) = (t, &self.profile) else { return };
+        let dt = t.elapsed().as_secs_f64();
+        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+        let name = op();
+        if p.events.len() < MAX_TRACE_EVENTS {
+            let start_us = (t - p.origin).as_secs_f64() * 1e6;
+            p.events.push(TraceEvent { name: name.clone(), start_us, dur_us: dt * 1e6 });
         }
+        let e = p.totals.entry(name.clone()).or_insert_with(|| OpProfile { op: name, ..Default::default() });
+        e.calls += 1;
+        e.seconds += dt;
+        e.bytes += bytes;
+        e.flops += flops;
+    }
+
+    /// Run `f` on this backend's thread pool, timed when profiling.
+    fn run<T: Send>(&self, op: impl FnOnce() -> String, bytes: f64, flops: f64, f: impl FnOnce() -> T + Send) -> T {
+        let t = self.begin();
+        let r = self.pool.install(f);
+        self.end(t, op, bytes, flops);
+        r
     }
 }
 
@@ -162,6 +172,7 @@ impl Backend for CpuBackend {
     }
 
     fn embed(&self, out: &mut Vec<f32>, table: &WeightTensor, tokens: &[u32]) -> Result<()> {
+        let t0 = self.begin();
         let [vocab, dim] = table.shape[..] else {
             return Err(Error::ShapeMismatch {
                 name: table.name.clone(),
@@ -195,6 +206,7 @@ impl Backend for CpuBackend {
                 _ => matmul::dequantize_row(table, t, row)?,
             }
         }
+        self.end(t0, || "embed".into(), (tokens.len() * dim * 4) as f64, 0.0);
         Ok(())
     }
 
@@ -206,6 +218,7 @@ impl Backend for CpuBackend {
         rows: usize,
         eps: f32,
     ) -> Result<()> {
+        let t0 = self.begin();
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let dim = w.len();
         check_len("rms_norm", out.len().min(x.len()), rows * dim)?;
@@ -217,6 +230,7 @@ impl Backend for CpuBackend {
                 eps,
             );
         }
+        self.end(t0, || "rms_norm".into(), (rows * dim * 8) as f64, (rows * dim * 3) as f64);
         Ok(())
     }
 
@@ -229,6 +243,7 @@ impl Backend for CpuBackend {
         rows: usize,
         eps: f32,
     ) -> Result<()> {
+        let t0 = self.begin();
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let dim = w.len();
         check_len(
@@ -243,6 +258,7 @@ impl Backend for CpuBackend {
                 .for_each(|(a, b)| *a += b);
             rms_norm_row(&mut out[r * dim..(r + 1) * dim], res, w, eps);
         }
+        self.end(t0, || "add_rms_norm".into(), (rows * dim * 16) as f64, (rows * dim * 4) as f64);
         Ok(())
     }
 
@@ -276,6 +292,7 @@ impl Backend for CpuBackend {
         heads: usize,
         eps: f32,
     ) -> Result<()> {
+        let t0 = self.begin();
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let hd = w.len();
         check_len("head_rms_norm", x.len(), rows * heads * hd)?;
@@ -287,6 +304,7 @@ impl Backend for CpuBackend {
             tmp[..hd].copy_from_slice(head);
             rms_norm_row(head, &tmp[..hd], w, eps);
         }
+        self.end(t0, || "head_rms_norm".into(), (rows * heads * hd * 8) as f64, (rows * heads * hd * 3) as f64);
         Ok(())
     }
 
@@ -299,6 +317,7 @@ impl Backend for CpuBackend {
         pos0: usize,
         inv_freq: &WeightTensor,
     ) -> Result<()> {
+        let t0 = self.begin();
         let inv = inv_freq.as_f32().ok_or_else(|| misaligned(inv_freq))?;
         let half = head_dim / 2;
         check_len("rope table", inv.len(), half)?;
@@ -318,6 +337,7 @@ impl Backend for CpuBackend {
                 }
             }
         }
+        self.end(t0, || "rope".into(), (rows * heads * head_dim * 8) as f64, (rows * heads * head_dim * 3) as f64);
         Ok(())
     }
 
@@ -383,20 +403,24 @@ impl Backend for CpuBackend {
     }
 
     fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
+        let t0 = self.begin();
         check_len("silu_mul", gate.len().min(up.len()), len)?;
         gate[..len]
             .iter_mut()
             .zip(&up[..len])
             .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+        self.end(t0, || "silu_mul".into(), (len * 12) as f64, (len * 5) as f64);
         Ok(())
     }
 
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) -> Result<()> {
+        let t0 = self.begin();
         check_len("add", x.len().min(y.len()), len)?;
         x[..len]
             .iter_mut()
             .zip(&y[..len])
             .for_each(|(a, b)| *a += b);
+        self.end(t0, || "add".into(), (len * 12) as f64, len as f64);
         Ok(())
     }
 
@@ -428,9 +452,16 @@ impl Backend for CpuBackend {
     fn take_profile(&self) -> Vec<OpProfile> {
         match &self.profile {
             None => Vec::new(),
-            Some(p) => std::mem::take(&mut *p.lock().unwrap_or_else(|e| e.into_inner()))
+            Some(p) => std::mem::take(&mut p.lock().unwrap_or_else(|e| e.into_inner()).totals)
                 .into_values()
                 .collect(),
+        }
+    }
+
+    fn take_trace(&self) -> Vec<TraceEvent> {
+        match &self.profile {
+            None => Vec::new(),
+            Some(p) => std::mem::take(&mut p.lock().unwrap_or_else(|e| e.into_inner()).events),
         }
     }
 }
