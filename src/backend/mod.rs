@@ -106,6 +106,8 @@ pub trait Backend: Send + Sync {
     fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
     /// `x[i] += y[i]` for `i < len`.
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
+    /// Copy rows `src_row..src_row + rows` of `src` (row width `width`) to rows `0..rows` of `dst`.
+    fn copy_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, src_row: usize, rows: usize, width: usize) -> Result<()>;
     /// Copy `out.len()` values starting at element `offset` of `buf` to the host.
     fn read(&self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()>;
     /// Index of the largest of `len` values at `offset` (first one on ties), computed where the

@@ -238,10 +238,15 @@ pub struct Weights {
     /// Where they came from (for error messages).
     pub path: PathBuf,
     pub tensors: BTreeMap<String, WeightTensor>,
+    /// Tensors present in the checkpoint in a dtype we do not compute with (name → dtype).
+    pub unsupported: BTreeMap<String, String>,
 }
 
 impl Weights {
     pub fn get(&self, name: &str) -> Result<&WeightTensor> {
+        if let Some(dtype) = self.unsupported.get(name) {
+            return Err(Error::UnsupportedDtype { name: name.to_string(), dtype: dtype.clone() });
+        }
         self.tensors
             .get(name)
             .ok_or_else(|| Error::MissingTensor { name: name.to_string(), path: self.path.clone() })

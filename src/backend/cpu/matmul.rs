@@ -75,3 +75,8 @@ fn dot_bf16(a: &[f32], b: &[bf16]) -> f32 {
 fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
 }
+
+/// Row `row` of a (possibly quantized) matrix as f32, for embedding lookups.
+pub fn dequantize_row(w: &WeightTensor, row: usize, out: &mut [f32]) -> Result<()> {
+    Err(Error::UnsupportedDtype { name: w.name.clone(), dtype: format!("{} (row {row}, {} values)", w.dtype, out.len()) })
+}

@@ -301,3 +301,9 @@ pub fn measure_read_bandwidth(bytes: usize, reps: usize) -> f64 {
     }
     (words * 8) as f64 / best / 1e9
 }
+
+/// The process-wide table's instruction sets, for display ("avx512+bf16+vnni").
+pub fn describe() -> &'static str {
+    static D: OnceLock<String> = OnceLock::new();
+    D.get_or_init(|| kernels().describe())
+}
