@@ -20,7 +20,11 @@ pub struct BenchOptions {
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions { prompt_len: 128, gen_len: 64, repeats: 3 }
+        BenchOptions {
+            prompt_len: 128,
+            gen_len: 64,
+            repeats: 3,
+        }
     }
 }
 
@@ -49,7 +53,9 @@ pub fn median(v: &[f64]) -> f64 {
 /// Random prompt ids (seeded), avoiding nothing in particular: speed does not depend on them.
 pub fn random_prompt(vocab: usize, len: usize, seed: u64) -> Vec<u32> {
     let mut rng = Rng::new(seed);
-    (0..len).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
+    (0..len)
+        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+        .collect()
 }
 
 /// Prefill `prompt_len` tokens, then decode `gen_len` (greedy, EOS ignored); `repeats` times
@@ -57,7 +63,11 @@ pub fn random_prompt(vocab: usize, len: usize, seed: u64) -> Vec<u32> {
 pub fn run(model: &mut Model, opts: &BenchOptions) -> Result<BenchResult> {
     let vocab = model.config().vocab_size;
     let prompt = random_prompt(vocab, opts.prompt_len.max(1), 1);
-    let gen = GenerateOptions { max_new_tokens: opts.gen_len.max(1), ignore_eos: true, ..Default::default() };
+    let gen = GenerateOptions {
+        max_new_tokens: opts.gen_len.max(1),
+        ignore_eos: true,
+        ..Default::default()
+    };
     let mut pre = Vec::new();
     let mut dec = Vec::new();
     for pass in 0..=opts.repeats.max(1) {
@@ -82,14 +92,22 @@ pub fn run(model: &mut Model, opts: &BenchOptions) -> Result<BenchResult> {
 }
 
 /// One prefill and `steps` decode steps with profiling on: the per-op profile and timeline.
-pub fn profile(model: &mut Model, prompt_len: usize, steps: usize) -> Result<(Vec<OpProfile>, Vec<TraceEvent>, f64)> {
+pub fn profile(
+    model: &mut Model,
+    prompt_len: usize,
+    steps: usize,
+) -> Result<(Vec<OpProfile>, Vec<TraceEvent>, f64)> {
     let vocab = model.config().vocab_size;
     let prompt = random_prompt(vocab, prompt_len.max(1), 2);
     model.reset();
     let _ = model.take_profile();
     let _ = model.take_trace();
     let t = Instant::now();
-    let gen = GenerateOptions { max_new_tokens: steps.max(1), ignore_eos: true, ..Default::default() };
+    let gen = GenerateOptions {
+        max_new_tokens: steps.max(1),
+        ignore_eos: true,
+        ..Default::default()
+    };
     model.generate(&prompt, &gen, |_| true)?;
     let wall = t.elapsed().as_secs_f64();
     Ok((model.take_profile(), model.take_trace(), wall))
@@ -99,7 +117,11 @@ pub fn profile(model: &mut Model, prompt_len: usize, steps: usize) -> Result<(Ve
 pub fn time_forward(model: &mut Model, tokens: &[u32]) -> Result<f64> {
     model.reset();
     let t = Instant::now();
-    let gen = GenerateOptions { max_new_tokens: 1, ignore_eos: true, ..Default::default() };
+    let gen = GenerateOptions {
+        max_new_tokens: 1,
+        ignore_eos: true,
+        ..Default::default()
+    };
     model.generate(tokens, &gen, |_| true)?;
     Ok(t.elapsed().as_secs_f64())
 }

@@ -276,11 +276,18 @@ impl Model {
 
     /// A random-weight model with the published shapes of `preset` (see [`crate::synthetic`]):
     /// for benchmarks without a download.
-    pub fn synthetic(preset: &str, dtype: crate::loader::DType, opts: &LoadOptions) -> Result<Model> {
+    pub fn synthetic(
+        preset: &str,
+        dtype: crate::loader::DType,
+        opts: &LoadOptions,
+    ) -> Result<Model> {
         let config = crate::synthetic::preset_config(preset)?;
         let weights = crate::synthetic::random_weights(&config, dtype, 0x5eed)?;
         let backend = CpuBackend::new(opts.threads)?.with_profiling(opts.profile);
-        let files = ModelFiles { dir: PathBuf::from(format!("synthetic:{preset}")), weights: PathBuf::new() };
+        let files = ModelFiles {
+            dir: PathBuf::from(format!("synthetic:{preset}")),
+            weights: PathBuf::new(),
+        };
         let eos = config.eos_token_ids.clone();
         Self::from_parts(config, &weights, backend, eos, opts, files)
     }

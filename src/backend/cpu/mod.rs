@@ -64,7 +64,13 @@ impl CpuBackend {
 
     /// Record time, bytes and flops per op (see [`Backend::take_profile`]).
     pub fn with_profiling(mut self, on: bool) -> Self {
-        self.profile = on.then(|| Mutex::new(Profile { origin: Instant::now(), totals: BTreeMap::new(), events: Vec::new() }));
+        self.profile = on.then(|| {
+            Mutex::new(Profile {
+                origin: Instant::now(),
+                totals: BTreeMap::new(),
+                events: Vec::new(),
+            })
+        });
         self
     }
 
@@ -77,15 +83,24 @@ impl CpuBackend {
     }
 
     fn end(&self, t: Option<Instant>, op: impl FnOnce() -> String, bytes: f64, flops: f64) {
-        let (Some(t), Some(p)) = (t, &self.profile) else { return };
+        let (Some(t), Some(p)) = (t, &self.profile) else {
+            return;
+        };
         let dt = t.elapsed().as_secs_f64();
         let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
         let name = op();
         if p.events.len() < MAX_TRACE_EVENTS {
             let start_us = (t - p.origin).as_secs_f64() * 1e6;
-            p.events.push(TraceEvent { name: name.clone(), start_us, dur_us: dt * 1e6 });
+            p.events.push(TraceEvent {
+                name: name.clone(),
+                start_us,
+                dur_us: dt * 1e6,
+            });
         }
-        let e = p.totals.entry(name.clone()).or_insert_with(|| OpProfile { op: name, ..Default::default() });
+        let e = p.totals.entry(name.clone()).or_insert_with(|| OpProfile {
+            op: name,
+            ..Default::default()
+        });
         e.calls += 1;
         e.seconds += dt;
         e.bytes += bytes;
@@ -93,7 +108,13 @@ impl CpuBackend {
     }
 
     /// Run `f` on this backend's thread pool, timed when profiling.
-    fn run<T: Send>(&self, op: impl FnOnce() -> String, bytes: f64, flops: f64, f: impl FnOnce() -> T + Send) -> T {
+    fn run<T: Send>(
+        &self,
+        op: impl FnOnce() -> String,
+        bytes: f64,
+        flops: f64,
+        f: impl FnOnce() -> T + Send,
+    ) -> T {
         let t = self.begin();
         let r = self.pool.install(f);
         self.end(t, op, bytes, flops);
@@ -230,7 +251,12 @@ impl Backend for CpuBackend {
                 eps,
             );
         }
-        self.end(t0, || "rms_norm".into(), (rows * dim * 8) as f64, (rows * dim * 3) as f64);
+        self.end(
+            t0,
+            || "rms_norm".into(),
+            (rows * dim * 8) as f64,
+            (rows * dim * 3) as f64,
+        );
         Ok(())
     }
 
@@ -258,7 +284,12 @@ impl Backend for CpuBackend {
                 .for_each(|(a, b)| *a += b);
             rms_norm_row(&mut out[r * dim..(r + 1) * dim], res, w, eps);
         }
-        self.end(t0, || "add_rms_norm".into(), (rows * dim * 16) as f64, (rows * dim * 4) as f64);
+        self.end(
+            t0,
+            || "add_rms_norm".into(),
+            (rows * dim * 16) as f64,
+            (rows * dim * 4) as f64,
+        );
         Ok(())
     }
 
@@ -304,7 +335,12 @@ impl Backend for CpuBackend {
             tmp[..hd].copy_from_slice(head);
             rms_norm_row(head, &tmp[..hd], w, eps);
         }
-        self.end(t0, || "head_rms_norm".into(), (rows * heads * hd * 8) as f64, (rows * heads * hd * 3) as f64);
+        self.end(
+            t0,
+            || "head_rms_norm".into(),
+            (rows * heads * hd * 8) as f64,
+            (rows * heads * hd * 3) as f64,
+        );
         Ok(())
     }
 
@@ -337,7 +373,12 @@ impl Backend for CpuBackend {
                 }
             }
         }
-        self.end(t0, || "rope".into(), (rows * heads * head_dim * 8) as f64, (rows * heads * head_dim * 3) as f64);
+        self.end(
+            t0,
+            || "rope".into(),
+            (rows * heads * head_dim * 8) as f64,
+            (rows * heads * head_dim * 3) as f64,
+        );
         Ok(())
     }
 
@@ -409,7 +450,12 @@ impl Backend for CpuBackend {
             .iter_mut()
             .zip(&up[..len])
             .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
-        self.end(t0, || "silu_mul".into(), (len * 12) as f64, (len * 5) as f64);
+        self.end(
+            t0,
+            || "silu_mul".into(),
+            (len * 12) as f64,
+            (len * 5) as f64,
+        );
         Ok(())
     }
 
