@@ -12,12 +12,11 @@
 //!   rows × up to 4 activation rows, see `simd::vector::tile`), so a weight tile is loaded from
 //!   memory once per block and reused from L1. Decode is the same loop with one activation row:
 //!   four independent weight streams per step.
-//! - bf16 weights at prefill (rows > 1) on CPUs with AVX-512 BF16 use `vdpbf16ps`: the
-//!   activations are rounded to bf16 once per call (into a reusable thread-local buffer), which
-//!   adds a relative error of up to 2⁻⁹ per product (~4e-3 of Σ|x·w| at worst, typically far
-//!   less since the roundings are independent). Decode keeps f32 activations: it is bound by
-//!   memory, not arithmetic. Off by default (it breaks 1e-4 parity with transformers); `MINFER_BF16_DOT=1` turns it on. f32 and f16 weights always
-//!   use f32 arithmetic (f16 is widened in registers).
+//! - bf16 and f16 weights are widened to f32 in registers; all arithmetic is f32. Where the CPU
+//!   has AVX-512 BF16 and the table enables it (opt-in: `MINFER_BF16_DOT=1`, see `simd`),
+//!   bf16 weights at prefill (rows > 1) use `vdpbf16ps` instead: the activations are rounded
+//!   to bf16 once per call (into a reusable thread-local buffer), adding up to 2⁻⁹ relative
+//!   error per product. Decode never does: it is bound by memory, not arithmetic.
 //!
 //! Nothing here allocates per call after the first call on a thread (the bf16 buffer grows to
 //! the largest activation seen and is kept).
