@@ -121,3 +121,72 @@ fn errors_exit_2_with_a_hint() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn bench_reports_speeds_profile_and_trace() {
+    let d = common::fixtures_dir().join("qwen3_norms");
+    let trace = std::env::temp_dir().join(format!("minfer-trace-{}.json", std::process::id()));
+    let (code, stdout, stderr) = minfer(&[
+        "bench",
+        d.to_str().unwrap(),
+        "--prompt-len",
+        "9",
+        "--gen-len",
+        "5",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        "--profile",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for k in [
+        "prefill_tok_s",
+        "decode_tok_s",
+        "decode_gb_s",
+        "read_bandwidth_gb_s",
+    ] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    // The profile lists the ops of both phases.
+    assert!(
+        stderr.contains("attention")
+            && stderr.contains("matmul mlp.down_proj")
+            && stderr.contains("head_rms_norm"),
+        "{stderr}"
+    );
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = t["traceEvents"].as_array().unwrap();
+    assert!(
+        events.len() > 20
+            && events
+                .iter()
+                .all(|e| e["ph"] == "X" && e["dur"].as_f64().unwrap() >= 0.0)
+    );
+    let _ = std::fs::remove_file(trace);
+}
+
+#[test]
+fn bench_on_a_synthetic_model() {
+    let (code, stdout, stderr) = minfer(&[
+        "bench",
+        "synthetic:smollm2-135m",
+        "--dtype",
+        "f16",
+        "--prompt-len",
+        "4",
+        "--gen-len",
+        "2",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["parameters"], 134515008); // SmolLM2-135M's published count
+}
