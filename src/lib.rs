@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod error;
 pub mod loader;
+pub mod quant;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
