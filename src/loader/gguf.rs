@@ -865,6 +865,7 @@ fn hf_weights(file: &GgufFile, config: &Value, keep_quantized: bool) -> Result<W
     Ok(Weights {
         path: file.path.clone(),
         tensors,
+        unsupported: BTreeMap::new(),
     })
 }
 

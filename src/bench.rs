@@ -1,0 +1,114 @@
+//! End-to-end speed: prefill and decode tokens per second, achieved bandwidth, and how that
+//! compares with the machine's own measured read bandwidth (measured in the same run, because
+//! the machines we run on are shared and noisy). Used by `minfer bench` and `benches/`.
+
+use std::time::Instant;
+
+use crate::backend::{OpProfile, TraceEvent};
+use crate::engine::Model;
+use crate::error::Result;
+use crate::generate::GenerateOptions;
+use crate::sampler::Rng;
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub prompt_len: usize,
+    pub gen_len: usize,
+    /// Measured passes; medians are reported.
+    pub repeats: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions { prompt_len: 128, gen_len: 64, repeats: 3 }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct BenchResult {
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+    /// Bytes one decode step reads on average (weights + the KV cache at the mean position).
+    pub decode_bytes_per_token: f64,
+    pub decode_gb_s: f64,
+    /// All passes, for the spread.
+    pub prefill_runs: Vec<f64>,
+    pub decode_runs: Vec<f64>,
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+    }
+}
+
+/// Random prompt ids (seeded), avoiding nothing in particular: speed does not depend on them.
+pub fn random_prompt(vocab: usize, len: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed);
+    (0..len).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
+}
+
+/// Prefill `prompt_len` tokens, then decode `gen_len` (greedy, EOS ignored); `repeats` times
+/// after one warm-up pass.
+pub fn run(model: &mut Model, opts: &BenchOptions) -> Result<BenchResult> {
+    let vocab = model.config().vocab_size;
+    let prompt = random_prompt(vocab, opts.prompt_len.max(1), 1);
+    let gen = GenerateOptions { max_new_tokens: opts.gen_len.max(1), ignore_eos: true, ..Default::default() };
+    let mut pre = Vec::new();
+    let mut dec = Vec::new();
+    for pass in 0..=opts.repeats.max(1) {
+        model.reset();
+        let stats = model.generate(&prompt, &gen, |_| true)?;
+        if pass > 0 {
+            pre.push(stats.prefill_tok_s);
+            dec.push(stats.decode_tok_s);
+        }
+    }
+    let mean_pos = opts.prompt_len + opts.gen_len / 2;
+    let bytes = model.decode_weight_bytes() as f64 + model.kv_bytes_read_at(mean_pos) as f64;
+    let decode_tok_s = median(&dec);
+    Ok(BenchResult {
+        prefill_tok_s: median(&pre),
+        decode_tok_s,
+        decode_bytes_per_token: bytes,
+        decode_gb_s: bytes * decode_tok_s / 1e9,
+        prefill_runs: pre,
+        decode_runs: dec,
+    })
+}
+
+/// One prefill and `steps` decode steps with profiling on: the per-op profile and timeline.
+pub fn profile(model: &mut Model, prompt_len: usize, steps: usize) -> Result<(Vec<OpProfile>, Vec<TraceEvent>, f64)> {
+    let vocab = model.config().vocab_size;
+    let prompt = random_prompt(vocab, prompt_len.max(1), 2);
+    model.reset();
+    let _ = model.take_profile();
+    let _ = model.take_trace();
+    let t = Instant::now();
+    let gen = GenerateOptions { max_new_tokens: steps.max(1), ignore_eos: true, ..Default::default() };
+    model.generate(&prompt, &gen, |_| true)?;
+    let wall = t.elapsed().as_secs_f64();
+    Ok((model.take_profile(), model.take_trace(), wall))
+}
+
+/// Score a sequence and return its total time (used by kernel-level benches).
+pub fn time_forward(model: &mut Model, tokens: &[u32]) -> Result<f64> {
+    model.reset();
+    let t = Instant::now();
+    let gen = GenerateOptions { max_new_tokens: 1, ignore_eos: true, ..Default::default() };
+    model.generate(tokens, &gen, |_| true)?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Chrome / Perfetto trace JSON ("X" complete events on one thread).
+pub fn chrome_trace(events: &[TraceEvent]) -> serde_json::Value {
+    let evs: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::json!({"name": e.name, "ph": "X", "ts": e.start_us, "dur": e.dur_us, "pid": 1, "tid": 1}))
+        .collect();
+    serde_json::json!({ "traceEvents": evs, "displayTimeUnit": "ms" })
+}
