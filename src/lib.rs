@@ -24,6 +24,7 @@ pub mod error;
 pub mod generate;
 pub mod loader;
 pub mod model;
+pub mod quant;
 pub mod sampler;
 pub mod synthetic;
 pub mod tokenizer;
