@@ -12,7 +12,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, OpProfile, TraceEvent};
 use crate::config::{token_ids, ModelConfig};
 use crate::error::{Error, Result};
-use crate::loader::{safetensors, Weights};
+use crate::loader::{gguf, safetensors, Weights};
 use crate::model::{Logits, Transformer};
 
 /// The transformer on some backend, as the rest of the library sees it.
@@ -77,6 +77,8 @@ pub struct LoadOptions {
     pub all_logits: bool,
     /// Record per-op timings (see [`Model::take_profile`]).
     pub profile: bool,
+    /// GGUF only: keep quantized tensors in their block format (else dequantize to f32 at load).
+    pub keep_quantized: bool,
 }
 
 impl Default for LoadOptions {
@@ -87,6 +89,7 @@ impl Default for LoadOptions {
             max_batch: 128,
             all_logits: false,
             profile: false,
+            keep_quantized: false,
         }
     }
 }
@@ -127,6 +130,67 @@ impl ModelFiles {
         Ok(ModelFiles {
             dir,
             weights: path.to_path_buf(),
+        })
+    }
+
+    pub fn is_gguf(&self) -> bool {
+        is_gguf(&self.weights)
+    }
+}
+
+/// A .gguf file (by extension, or by its magic when the extension is something else).
+pub fn is_gguf(path: &Path) -> bool {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        return true;
+    }
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+        && &magic == b"GGUF"
+}
+
+/// What a checkpoint is made of once read: config, weights, and the tokenizer definition when
+/// it is embedded (GGUF); directories keep tokenizer.json on disk.
+pub struct Checkpoint {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    pub eos_ids: Vec<u32>,
+    pub files: ModelFiles,
+    /// GGUF only: the equivalent tokenizer.json and tokenizer_config.json.
+    pub embedded_tokenizer: Option<(Value, Value)>,
+}
+
+impl Checkpoint {
+    /// Read a directory, .safetensors or .gguf checkpoint (weights mapped, not copied, except
+    /// GGUF tensors dequantized at load).
+    pub fn open(path: &Path, keep_quantized: bool) -> Result<Checkpoint> {
+        let files = ModelFiles::resolve(path)?;
+        if files.is_gguf() {
+            let ck = gguf::load(&files.weights, keep_quantized)?;
+            let config = ModelConfig::from_json(&ck.config, &files.weights)?;
+            let mut eos = config.eos_token_ids.clone();
+            eos.extend(token_ids(ck.generation_config.get("eos_token_id")));
+            eos.sort_unstable();
+            eos.dedup();
+            return Ok(Checkpoint {
+                config,
+                weights: ck.weights,
+                eos_ids: eos,
+                files,
+                embedded_tokenizer: Some((ck.tokenizer_json, ck.tokenizer_config)),
+            });
+        }
+        let config = ModelConfig::from_file(&files.dir.join("config.json"))?;
+        let weights = safetensors::load(&files.weights)?;
+        let eos_ids = eos_ids(&config, &files.dir)?;
+        Ok(Checkpoint {
+            config,
+            weights,
+            eos_ids,
+            files,
+            embedded_tokenizer: None,
         })
     }
 }
@@ -187,15 +251,12 @@ pub struct Model {
 }
 
 impl Model {
-    /// Load a Hugging Face checkpoint (directory, or .safetensors file with config.json beside
-    /// it) onto the CPU.
+    /// Load a checkpoint (Hugging Face directory, .safetensors file with config.json beside it,
+    /// or .gguf file) onto the CPU.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
-        let files = ModelFiles::resolve(path)?;
-        let config = ModelConfig::from_file(&files.dir.join("config.json"))?;
-        let weights = safetensors::load(&files.weights)?;
-        let eos = eos_ids(&config, &files.dir)?;
+        let ck = Checkpoint::open(path, opts.keep_quantized)?;
         let backend = CpuBackend::new(opts.threads)?.with_profiling(opts.profile);
-        Self::from_parts(config, &weights, backend, eos, opts, files)
+        Self::from_parts(ck.config, &ck.weights, backend, ck.eos_ids, opts, ck.files)
     }
 
     /// Build a model from already-loaded weights on any backend.
