@@ -190,3 +190,29 @@ fn bench_on_a_synthetic_model() {
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["parameters"], 134515008); // SmolLM2-135M's published count
 }
+
+#[test]
+fn logits_can_show_every_intermediate_value() {
+    let d = common::fixtures_dir().join("qwen3_norms");
+    let (code, stdout, stderr) = minfer(&[
+        "logits",
+        d.to_str().unwrap(),
+        "--ids",
+        "5,6,7",
+        "--activations",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let acts = v["activations"].as_array().unwrap();
+    let ops: Vec<&str> = acts.iter().map(|a| a["op"].as_str().unwrap()).collect();
+    // embed, 2 layers × (norm, q, k, v, q_norm, k_norm, rope q, rope k, attention, o, residual,
+    // norm, gate, up, silu, down, add) = 17, final norm, lm_head.
+    assert_eq!(ops.len(), 1 + 2 * 17 + 2, "{ops:?}");
+    assert_eq!(ops[0], "embed");
+    assert_eq!(ops[2], "model.layers.0.self_attn.q_proj");
+    assert_eq!(ops[ops.len() - 1], "model.embed_tokens"); // tied lm_head
+                                                          // The q_proj output is [3 rows, 4 heads × 32]: mean and rms are consistent with its values.
+    assert_eq!(acts[2]["len"], 3 * 128);
+    assert!(acts[2]["rms"].as_f64().unwrap() > 0.0);
+}

@@ -13,7 +13,8 @@ minfer — transformer inference from scratch
 
 USAGE:
   minfer generate MODEL (--ids 1,2,3 | --prompt TEXT) [--max-new-tokens N] [sampling] [--json]
-  minfer logits   MODEL --ids 1,2,3 [--json]
+  minfer logits   MODEL --ids 1,2,3 [--activations] [--json]
+                  (--activations: every op's output: mean, rms, min, max, first values)
   minfer bench    MODEL [--prompt-len N] [--gen-len M] [--repeats R] [--profile] [--trace FILE] [--json]
   minfer help
 
@@ -60,7 +61,15 @@ const VALUED: &[&str] = &[
     "stop",
     "repeats",
 ];
-const BOOLEAN: &[&str] = &["json", "chat", "special", "profile", "ignore-eos", "help"];
+const BOOLEAN: &[&str] = &[
+    "activations",
+    "json",
+    "chat",
+    "special",
+    "profile",
+    "ignore-eos",
+    "help",
+];
 
 impl Args {
     fn parse(raw: impl Iterator<Item = String>) -> Result<Args> {
@@ -162,18 +171,48 @@ fn cmd_logits(a: &Args) -> Result<()> {
             .get("ids")
             .ok_or_else(|| Error::arg("logits needs --ids"))?,
     )?;
-    let mut model = Model::load(
-        &a.model_path()?,
-        &LoadOptions {
-            all_logits: true,
-            ..load_options(a)?
-        },
-    )?;
+    let dump = a.flag("activations");
+    let lo = LoadOptions {
+        all_logits: true,
+        record_activations: dump,
+        ..load_options(a)?
+    };
+    let mut model = Model::load(&a.model_path()?, &lo)?;
     let (argmax, last) = model.score(&ids)?;
+    let acts = model.take_activations();
     if a.flag("json") {
-        let v = serde_json::json!({ "argmax": argmax, "logits": last });
+        let mut v = serde_json::json!({ "argmax": argmax, "logits": last });
+        if dump {
+            v["activations"] = acts.iter().map(activation_summary).collect();
+        }
         println!("{v}");
     } else {
+        if dump {
+            println!(
+                "{:<4} {:<44} {:>5} {:>10} {:>10} {:>10} {:>10}  first values",
+                "#", "op", "rows", "mean", "rms", "min", "max"
+            );
+            for (i, act) in acts.iter().enumerate() {
+                let s = activation_summary(act);
+                let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
+                let head: Vec<String> = act
+                    .values
+                    .iter()
+                    .take(4)
+                    .map(|x| format!("{x:.4}"))
+                    .collect();
+                println!(
+                    "{i:<4} {:<44} {:>5} {:>10.4} {:>10.4} {:>10.4} {:>10.4}  [{}]",
+                    act.op,
+                    act.rows,
+                    f("mean"),
+                    f("rms"),
+                    f("min"),
+                    f("max"),
+                    head.join(", ")
+                );
+            }
+        }
         println!("argmax per position: {argmax:?}");
         let mut top: Vec<(usize, f32)> = last.iter().copied().enumerate().collect();
         top.sort_by(|x, y| y.1.total_cmp(&x.1));
@@ -183,6 +222,21 @@ fn cmd_logits(a: &Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Summary statistics of one op's output, for `logits --activations`.
+fn activation_summary(act: &minfer::backend::Activation) -> serde_json::Value {
+    let v = &act.values;
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let rms = (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / n).sqrt();
+    let min = v.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    serde_json::json!({
+        "op": act.op, "rows": act.rows, "len": v.len(),
+        "mean": json_f64(mean), "rms": json_f64(rms), "min": json_f64(min as f64), "max": json_f64(max as f64),
+        "first": v.iter().take(8).map(|&x| json_f64(x as f64)).collect::<Vec<_>>(),
+    })
 }
 
 fn cmd_generate(a: &Args) -> Result<()> {
