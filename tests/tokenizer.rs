@@ -105,3 +105,28 @@ fn check_parity(name: &str) {
 fn parity_smollm2() {
     check_parity("smollm2");
 }
+
+#[test]
+fn parity_qwen2() {
+    check_parity("qwen2");
+}
+
+#[test]
+fn parity_gpt2ish() {
+    check_parity("gpt2ish");
+}
+
+#[test]
+fn parity_llama3ish() {
+    check_parity("llama3ish");
+}
+
+#[test]
+fn parity_llama2ish() {
+    check_parity("llama2ish");
+}
+
+#[test]
+fn parity_mistralish() {
+    check_parity("mistralish");
+}
