@@ -22,6 +22,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod inspect;
 pub mod loader;
 pub mod model;
 pub mod quant;
