@@ -19,6 +19,7 @@
 pub mod backend;
 pub mod bench;
 pub mod config;
+pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod generate;
