@@ -20,7 +20,11 @@ pub struct BenchOptions {
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions { prompt_len: 128, gen_len: 64, repeats: 3 }
+        BenchOptions {
+            prompt_len: 128,
+            gen_len: 64,
+            repeats: 3,
+        }
     }
 }
 
@@ -49,7 +53,9 @@ pub fn median(v: &[f64]) -> f64 {
 /// Random prompt ids (seeded), avoiding nothing in particular: speed does not depend on them.
 pub fn random_prompt(vocab: usize, len: usize, seed: u64) -> Vec<u32> {
     let mut rng = Rng::new(seed);
-    (0..len).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
+    (0..len)
+        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+        .collect()
 }
 
 /// Prefill `prompt_len` tokens, then decode `gen_len` (greedy, EOS ignored); `repeats` times
@@ -57,7 +63,11 @@ pub fn random_prompt(vocab: usize, len: usize, seed: u64) -> Vec<u32> {
 pub fn run(model: &mut Model, opts: &BenchOptions) -> Result<BenchResult> {
     let vocab = model.config().vocab_size;
     let prompt = random_prompt(vocab, opts.prompt_len.max(1), 1);
-    let gen = GenerateOptions { max_new_tokens: opts.gen_len.max(1), ignore_eos: true, ..Default::default() };
+    let gen = GenerateOptions {
+        max_new_tokens: opts.gen_len.max(1),
+        ignore_eos: true,
+        ..Default::default()
+    };
     let mut pre = Vec::new();
     let mut dec = Vec::new();
     for pass in 0..=opts.repeats.max(1) {
@@ -81,25 +91,67 @@ pub fn run(model: &mut Model, opts: &BenchOptions) -> Result<BenchResult> {
     })
 }
 
-/// One prefill and `steps` decode steps with profiling on: the per-op profile and timeline.
-pub fn profile(model: &mut Model, prompt_len: usize, steps: usize) -> Result<(Vec<OpProfile>, Vec<TraceEvent>, f64)> {
+/// Per-op profiles of one prefill of `prompt_len` tokens and of `steps` decode steps, and
+/// the timeline of both (needs a model loaded with `LoadOptions::profile`).
+pub struct Profiles {
+    pub prefill: Vec<OpProfile>,
+    pub prefill_seconds: f64,
+    pub decode: Vec<OpProfile>,
+    pub decode_seconds: f64,
+    pub decode_steps: usize,
+    pub trace: Vec<TraceEvent>,
+}
+
+pub fn profile(model: &mut Model, prompt_len: usize, steps: usize) -> Result<Profiles> {
     let vocab = model.config().vocab_size;
-    let prompt = random_prompt(vocab, prompt_len.max(1), 2);
+    let mut prompt = random_prompt(vocab, prompt_len.max(1), 2);
     model.reset();
     let _ = model.take_profile();
     let _ = model.take_trace();
+    let one = GenerateOptions {
+        max_new_tokens: 1,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut first = 0;
     let t = Instant::now();
-    let gen = GenerateOptions { max_new_tokens: steps.max(1), ignore_eos: true, ..Default::default() };
-    model.generate(&prompt, &gen, |_| true)?;
-    let wall = t.elapsed().as_secs_f64();
-    Ok((model.take_profile(), model.take_trace(), wall))
+    model.generate(&prompt, &one, |id| {
+        first = id;
+        true
+    })?;
+    let prefill_seconds = t.elapsed().as_secs_f64();
+    let prefill = model.take_profile();
+    // Continue from the cache: each of these steps computes exactly one new position.
+    prompt.push(first);
+    let gen = GenerateOptions {
+        max_new_tokens: steps.max(1),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let stats = model.generate(&prompt, &gen, |_| true)?;
+    let decode_seconds = t.elapsed().as_secs_f64();
+    let decode = model.take_profile();
+    let decode_steps = stats.generated_tokens;
+    Ok(Profiles {
+        prefill,
+        prefill_seconds,
+        decode,
+        decode_seconds,
+        decode_steps,
+        trace: model.take_trace(),
+    })
 }
 
 /// Score a sequence and return its total time (used by kernel-level benches).
 pub fn time_forward(model: &mut Model, tokens: &[u32]) -> Result<f64> {
     model.reset();
     let t = Instant::now();
-    let gen = GenerateOptions { max_new_tokens: 1, ignore_eos: true, ..Default::default() };
+    let gen = GenerateOptions {
+        max_new_tokens: 1,
+        ignore_eos: true,
+        ..Default::default()
+    };
     model.generate(tokens, &gen, |_| true)?;
     Ok(t.elapsed().as_secs_f64())
 }
@@ -111,4 +163,32 @@ pub fn chrome_trace(events: &[TraceEvent]) -> serde_json::Value {
         .map(|e| serde_json::json!({"name": e.name, "ph": "X", "ts": e.start_us, "dur": e.dur_us, "pid": 1, "tid": 1}))
         .collect();
     serde_json::json!({ "traceEvents": evs, "displayTimeUnit": "ms" })
+}
+
+/// The arithmetic ceiling used in profiles: GFLOP/s of our own f32 matrix product on a problem
+/// that stays in cache (64 rows × a 256×512 f32 weight, 512 KB), on the current rayon pool.
+/// A yardstick measured in the same run, not the datasheet peak.
+pub fn measure_matmul_gflops() -> f64 {
+    use crate::loader::WeightTensor;
+    let (rows, n_out, n_in) = (64, 256, 512);
+    let w: Vec<f32> = (0..n_out * n_in)
+        .map(|i| ((i % 97) as f32 - 48.0) * 1e-3)
+        .collect();
+    let w = WeightTensor::from_f32("yardstick", vec![n_out, n_in], &w);
+    let x: Vec<f32> = (0..rows * n_in)
+        .map(|i| ((i % 89) as f32 - 44.0) * 1e-2)
+        .collect();
+    let mut out = vec![0.0f32; rows * n_out];
+    let mut best = f64::INFINITY;
+    for _ in 0..20 {
+        let t = Instant::now();
+        for _ in 0..10 {
+            if crate::backend::cpu::matmul::matmul(&mut out, &x, rows, &w, None).is_err() {
+                return f64::NAN;
+            }
+        }
+        best = best.min(t.elapsed().as_secs_f64() / 10.0);
+    }
+    std::hint::black_box(&out);
+    (2 * rows * n_out * n_in) as f64 / best / 1e9
 }

@@ -49,12 +49,20 @@ pub fn preset_config_json(name: &str) -> Result<Value> {
             "max_position_embeddings": 8192, "tie_word_embeddings": false,
             "bos_token_id": 128000, "eos_token_id": 128001
         }),
-        other => return Err(Error::arg(format!("unknown synthetic model {other:?}; presets: {}", PRESETS.join(", ")))),
+        other => {
+            return Err(Error::arg(format!(
+                "unknown synthetic model {other:?}; presets: {}",
+                PRESETS.join(", ")
+            )))
+        }
     })
 }
 
 pub fn preset_config(name: &str) -> Result<ModelConfig> {
-    ModelConfig::from_json(&preset_config_json(name)?, Path::new(&format!("synthetic:{name}")))
+    ModelConfig::from_json(
+        &preset_config_json(name)?,
+        Path::new(&format!("synthetic:{name}")),
+    )
 }
 
 /// Every tensor name and shape the model reads, in checkpoint order.
@@ -102,25 +110,48 @@ pub fn random_weights(config: &ModelConfig, dtype: DType, seed: u64) -> Result<W
         .map(|(k, (name, shape))| {
             let n: usize = shape.iter().product();
             let is_norm = name.ends_with("norm.weight");
-            let amp = if shape.len() == 2 { 1.0 / (shape[1] as f32).sqrt() } else { 0.02 };
+            let amp = if shape.len() == 2 {
+                1.0 / (shape[1] as f32).sqrt()
+            } else {
+                0.02
+            };
             let mut words = vec![0u64; (n * dtype.block().1).div_ceil(8)];
             let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
-            bytes[..n * dtype.block().1].par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
-                let mut rng = Rng::new(seed ^ ((k as u64) << 32) ^ c as u64);
-                let elem = dtype.block().1;
-                for e in chunk.chunks_exact_mut(elem) {
-                    let x = if is_norm { 1.0 } else { (rng.next_f32() * 2.0 - 1.0) * amp };
-                    match dtype {
-                        DType::F32 => e.copy_from_slice(&x.to_le_bytes()),
-                        DType::F16 => e.copy_from_slice(&half::f16::from_f32(x).to_le_bytes()),
-                        _ => e.copy_from_slice(&half::bf16::from_f32(x).to_le_bytes()),
+            bytes[..n * dtype.block().1]
+                .par_chunks_mut(1 << 16)
+                .enumerate()
+                .for_each(|(c, chunk)| {
+                    let mut rng = Rng::new(seed ^ ((k as u64) << 32) ^ c as u64);
+                    let elem = dtype.block().1;
+                    for e in chunk.chunks_exact_mut(elem) {
+                        let x = if is_norm {
+                            1.0
+                        } else {
+                            (rng.next_f32() * 2.0 - 1.0) * amp
+                        };
+                        match dtype {
+                            DType::F32 => e.copy_from_slice(&x.to_le_bytes()),
+                            DType::F16 => e.copy_from_slice(&half::f16::from_f32(x).to_le_bytes()),
+                            _ => e.copy_from_slice(&half::bf16::from_f32(x).to_le_bytes()),
+                        }
                     }
-                }
-            });
+                });
             let len = n * dtype.block().1;
-            let t = WeightTensor::new(name.clone(), dtype, shape, Arc::new(Storage::Owned(words)), 0, len, path)?;
+            let t = WeightTensor::new(
+                name.clone(),
+                dtype,
+                shape,
+                Arc::new(Storage::Owned(words)),
+                0,
+                len,
+                path,
+            )?;
             Ok((name, t))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Weights { path: path.to_path_buf(), tensors: tensors.into_iter().collect(), unsupported: Default::default() })
+    Ok(Weights {
+        path: path.to_path_buf(),
+        tensors: tensors.into_iter().collect(),
+        unsupported: Default::default(),
+    })
 }

@@ -16,7 +16,7 @@
 //!   activations are rounded to bf16 once per call (into a reusable thread-local buffer), which
 //!   adds a relative error of up to 2⁻⁹ per product (~4e-3 of Σ|x·w| at worst, typically far
 //!   less since the roundings are independent). Decode keeps f32 activations: it is bound by
-//!   memory, not arithmetic. `MINFER_BF16_DOT=0` turns this off. f32 and f16 weights always
+//!   memory, not arithmetic. Off by default (it breaks 1e-4 parity with transformers); `MINFER_BF16_DOT=1` turns it on. f32 and f16 weights always
 //!   use f32 arithmetic (f16 is widened in registers).
 //!
 //! Nothing here allocates per call after the first call on a thread (the bf16 buffer grows to

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::{AttnParams, Backend, KvShape, OpProfile, TraceEvent};
+use super::{Activation, AttnParams, Backend, KvShape, OpProfile, TraceEvent};
 use crate::error::{Error, Result};
 use crate::loader::{DType, WeightTensor};
 
@@ -30,6 +30,7 @@ pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
     profile: Option<Mutex<Profile>>,
+    activations: Option<Mutex<Vec<Activation>>>,
 }
 
 /// Per-op totals and a bounded timeline of individual executions.
@@ -59,12 +60,36 @@ impl CpuBackend {
             pool,
             threads,
             profile: None,
+            activations: None,
         })
+    }
+
+    /// Keep a copy of every op's output (see [`Backend::take_activations`]). Slow; for study.
+    pub fn with_activations(mut self, on: bool) -> Self {
+        self.activations = on.then(|| Mutex::new(Vec::new()));
+        self
+    }
+
+    fn observe(&self, op: impl FnOnce() -> String, rows: usize, values: &[f32]) {
+        if let Some(a) = &self.activations {
+            let mut a = a.lock().unwrap_or_else(|e| e.into_inner());
+            a.push(Activation {
+                op: op(),
+                rows,
+                values: values.to_vec(),
+            });
+        }
     }
 
     /// Record time, bytes and flops per op (see [`Backend::take_profile`]).
     pub fn with_profiling(mut self, on: bool) -> Self {
-        self.profile = on.then(|| Mutex::new(Profile { origin: Instant::now(), totals: BTreeMap::new(), events: Vec::new() }));
+        self.profile = on.then(|| {
+            Mutex::new(Profile {
+                origin: Instant::now(),
+                totals: BTreeMap::new(),
+                events: Vec::new(),
+            })
+        });
         self
     }
 
@@ -77,15 +102,24 @@ impl CpuBackend {
     }
 
     fn end(&self, t: Option<Instant>, op: impl FnOnce() -> String, bytes: f64, flops: f64) {
-        let (Some(t), Some(p)) = (t, &self.profile) else { return };
+        let (Some(t), Some(p)) = (t, &self.profile) else {
+            return;
+        };
         let dt = t.elapsed().as_secs_f64();
         let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
         let name = op();
         if p.events.len() < MAX_TRACE_EVENTS {
             let start_us = (t - p.origin).as_secs_f64() * 1e6;
-            p.events.push(TraceEvent { name: name.clone(), start_us, dur_us: dt * 1e6 });
+            p.events.push(TraceEvent {
+                name: name.clone(),
+                start_us,
+                dur_us: dt * 1e6,
+            });
         }
-        let e = p.totals.entry(name.clone()).or_insert_with(|| OpProfile { op: name, ..Default::default() });
+        let e = p.totals.entry(name.clone()).or_insert_with(|| OpProfile {
+            op: name,
+            ..Default::default()
+        });
         e.calls += 1;
         e.seconds += dt;
         e.bytes += bytes;
@@ -93,7 +127,13 @@ impl CpuBackend {
     }
 
     /// Run `f` on this backend's thread pool, timed when profiling.
-    fn run<T: Send>(&self, op: impl FnOnce() -> String, bytes: f64, flops: f64, f: impl FnOnce() -> T + Send) -> T {
+    fn run<T: Send>(
+        &self,
+        op: impl FnOnce() -> String,
+        bytes: f64,
+        flops: f64,
+        f: impl FnOnce() -> T + Send,
+    ) -> T {
         let t = self.begin();
         let r = self.pool.install(f);
         self.end(t, op, bytes, flops);
@@ -207,6 +247,7 @@ impl Backend for CpuBackend {
             }
         }
         self.end(t0, || "embed".into(), (tokens.len() * dim * 4) as f64, 0.0);
+        self.observe(|| "embed".into(), tokens.len(), &out[..tokens.len() * dim]);
         Ok(())
     }
 
@@ -218,6 +259,7 @@ impl Backend for CpuBackend {
         rows: usize,
         eps: f32,
     ) -> Result<()> {
+        let w_name = w.name.trim_end_matches(".weight").to_string();
         let t0 = self.begin();
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let dim = w.len();
@@ -230,7 +272,13 @@ impl Backend for CpuBackend {
                 eps,
             );
         }
-        self.end(t0, || "rms_norm".into(), (rows * dim * 8) as f64, (rows * dim * 3) as f64);
+        self.end(
+            t0,
+            || "rms_norm".into(),
+            (rows * dim * 8) as f64,
+            (rows * dim * 3) as f64,
+        );
+        self.observe(|| w_name.clone(), rows, &out[..rows * dim]);
         Ok(())
     }
 
@@ -243,6 +291,7 @@ impl Backend for CpuBackend {
         rows: usize,
         eps: f32,
     ) -> Result<()> {
+        let w_name = w.name.trim_end_matches(".weight").to_string();
         let t0 = self.begin();
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let dim = w.len();
@@ -258,7 +307,18 @@ impl Backend for CpuBackend {
                 .for_each(|(a, b)| *a += b);
             rms_norm_row(&mut out[r * dim..(r + 1) * dim], res, w, eps);
         }
-        self.end(t0, || "add_rms_norm".into(), (rows * dim * 16) as f64, (rows * dim * 4) as f64);
+        self.end(
+            t0,
+            || "add_rms_norm".into(),
+            (rows * dim * 16) as f64,
+            (rows * dim * 4) as f64,
+        );
+        self.observe(
+            || "residual += sublayer".to_string(),
+            rows,
+            &residual[..rows * dim],
+        );
+        self.observe(|| w_name.clone(), rows, &out[..rows * dim]);
         Ok(())
     }
 
@@ -281,7 +341,16 @@ impl Backend for CpuBackend {
             bytes,
             flops,
             || matmul::matmul(out, x, rows, w, bias),
-        )
+        )?;
+        if self.activations.is_some() {
+            let n = rows * w.shape[0];
+            self.observe(
+                || w.name.trim_end_matches(".weight").to_string(),
+                rows,
+                &out[..n],
+            );
+        }
+        Ok(())
     }
 
     fn head_rms_norm(
@@ -292,6 +361,7 @@ impl Backend for CpuBackend {
         heads: usize,
         eps: f32,
     ) -> Result<()> {
+        let w_name = w.name.trim_end_matches(".weight").to_string();
         let t0 = self.begin();
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let hd = w.len();
@@ -304,7 +374,13 @@ impl Backend for CpuBackend {
             tmp[..hd].copy_from_slice(head);
             rms_norm_row(head, &tmp[..hd], w, eps);
         }
-        self.end(t0, || "head_rms_norm".into(), (rows * heads * hd * 8) as f64, (rows * heads * hd * 3) as f64);
+        self.end(
+            t0,
+            || "head_rms_norm".into(),
+            (rows * heads * hd * 8) as f64,
+            (rows * heads * hd * 3) as f64,
+        );
+        self.observe(|| w_name.clone(), rows, &x[..rows * heads * hd]);
         Ok(())
     }
 
@@ -337,7 +413,17 @@ impl Backend for CpuBackend {
                 }
             }
         }
-        self.end(t0, || "rope".into(), (rows * heads * head_dim * 8) as f64, (rows * heads * head_dim * 3) as f64);
+        self.end(
+            t0,
+            || "rope".into(),
+            (rows * heads * head_dim * 8) as f64,
+            (rows * heads * head_dim * 3) as f64,
+        );
+        self.observe(
+            || format!("rope ({heads} heads)"),
+            rows,
+            &x[..rows * heads * head_dim],
+        );
         Ok(())
     }
 
@@ -399,6 +485,11 @@ impl Backend for CpuBackend {
                     });
             },
         );
+        self.observe(
+            || format!("attention layer {layer}"),
+            rows,
+            &out[..rows * q_dim],
+        );
         Ok(())
     }
 
@@ -409,7 +500,13 @@ impl Backend for CpuBackend {
             .iter_mut()
             .zip(&up[..len])
             .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
-        self.end(t0, || "silu_mul".into(), (len * 12) as f64, (len * 5) as f64);
+        self.end(
+            t0,
+            || "silu_mul".into(),
+            (len * 12) as f64,
+            (len * 5) as f64,
+        );
+        self.observe(|| "silu_mul".into(), 0, &gate[..len]);
         Ok(())
     }
 
@@ -421,6 +518,7 @@ impl Backend for CpuBackend {
             .zip(&y[..len])
             .for_each(|(a, b)| *a += b);
         self.end(t0, || "add".into(), (len * 12) as f64, len as f64);
+        self.observe(|| "residual add".into(), 0, &x[..len]);
         Ok(())
     }
 
@@ -455,6 +553,13 @@ impl Backend for CpuBackend {
             Some(p) => std::mem::take(&mut p.lock().unwrap_or_else(|e| e.into_inner()).totals)
                 .into_values()
                 .collect(),
+        }
+    }
+
+    fn take_activations(&self) -> Vec<Activation> {
+        match &self.activations {
+            None => Vec::new(),
+            Some(a) => std::mem::take(&mut *a.lock().unwrap_or_else(|e| e.into_inner())),
         }
     }
 

@@ -6,7 +6,7 @@
 //! process-wide table is picked on first use and cached ([`kernels`]). `MINFER_SIMD=scalar|avx2|
 //! avx512|neon` overrides the choice at start-up (an ISA the CPU lacks falls back to the best
 //! available one: the library cannot print, and refusing to run would help nobody), and
-//! `MINFER_BF16_DOT=0` keeps bf16-weight products in f32 even where `vdpbf16ps` exists.
+//! `MINFER_BF16_DOT=1` opts in to `vdpbf16ps` for bf16-weight prefill (activations rounded to bf16).
 //!
 //! Deliberately not here: threading (callers split work with rayon) and anything that
 //! allocates per call.
@@ -184,9 +184,11 @@ impl Kernels {
             .find_map(Kernels::for_isa)
             .unwrap_or_else(Kernels::scalar);
         let k = forced.and_then(Kernels::for_isa).unwrap_or(best);
+        // Rounding activations to bf16 moves logits by ~1e-2 relative, which breaks parity with
+        // transformers (f32 activations over bf16 weights): opt in with MINFER_BF16_DOT=1.
         match std::env::var("MINFER_BF16_DOT").as_deref() {
-            Ok("0") | Ok("off") | Ok("false") => k.without_bf16_dot(),
-            _ => k,
+            Ok("1") | Ok("on") | Ok("true") => k,
+            _ => k.without_bf16_dot(),
         }
     }
 
