@@ -19,9 +19,11 @@
 pub mod backend;
 pub mod bench;
 pub mod config;
+pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod inspect;
 pub mod loader;
 pub mod model;
 pub mod quant;

@@ -776,3 +776,61 @@ fn real_smollm2_loads() {
         DType::Q8_0
     );
 }
+
+// ---- convert -------------------------------------------------------------------------------------
+
+#[test]
+fn convert_round_trips_through_safetensors() {
+    use minfer::config::ModelConfig;
+    use minfer::loader::safetensors;
+    let src = fixture("tiny-llama.gguf");
+    let ck = gguf::load(&src, false).unwrap();
+    for (dtype, name) in [(DType::F32, "conv-f32"), (DType::BF16, "conv-bf16")] {
+        let out = tmp(name);
+        minfer::convert::gguf_to_hf(&src, &out, dtype).unwrap();
+        let cfg = ModelConfig::from_file(&out.join("config.json")).unwrap();
+        assert_eq!(
+            (cfg.num_layers, cfg.hidden_size, cfg.num_kv_heads),
+            (2, 32, 2)
+        );
+        let w = safetensors::load(&out).unwrap();
+        assert_eq!(w.tensors.len(), ck.weights.tensors.len());
+        for (n, t) in &ck.weights.tensors {
+            let c = w.get(n).unwrap();
+            assert_eq!(c.shape, t.shape, "{n}");
+            assert_eq!(c.dtype, dtype, "{n}");
+            let want: Vec<f32> = t.to_f32_vec().unwrap();
+            let got = c.to_f32_vec().unwrap();
+            for (g, v) in got.iter().zip(&want) {
+                // f32 is copied exactly; bf16 is the round-to-nearest-even of the same value.
+                let v = if dtype == DType::BF16 {
+                    half::bf16::from_f32(*v).to_f32()
+                } else {
+                    *v
+                };
+                assert_eq!(g.to_bits(), v.to_bits(), "{n}");
+            }
+        }
+        let tok: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer.json")).unwrap())
+                .unwrap();
+        assert_eq!(tok, ck.tokenizer_json);
+        let tc: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(tc["chat_template"], "{{ messages[0]['content'] }}");
+        let gc: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("generation_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(gc["eos_token_id"], 2);
+        let a = minfer::inspect::inspect(&out).unwrap();
+        let b = minfer::inspect::inspect(&src).unwrap();
+        assert_eq!(a.parameters, b.parameters);
+    }
+    assert!(matches!(
+        minfer::convert::gguf_to_hf(&src, &tmp("conv-q8"), DType::Q8_0),
+        Err(Error::InvalidArgument(_))
+    ));
+}
