@@ -150,3 +150,29 @@ fn argument_mismatch_is_an_error() {
     let e = launch(&d, "vec_add.ptx", "vec_add_f32", cfg(1, 32, 0), &args).unwrap_err();
     assert!(e.contains("parameter `n`"), "{e}");
 }
+
+/// Every shipped kernel parses and decodes (running them against the CPU reference is the
+/// kernels' own tests, tests/cuda_*.rs).
+#[test]
+fn every_shipped_kernel_decodes() {
+    let dir = format!("{}/kernels", env!("CARGO_MANIFEST_DIR"));
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        eprintln!("skipping: no kernels/ directory");
+        return;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("ptx") {
+            continue;
+        }
+        let src = std::fs::read_to_string(&p).unwrap();
+        let d = SimDriver::new();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if let Err(e) = d.load_module(&name, &src) {
+            panic!("{e}");
+        }
+        n += 1;
+    }
+    eprintln!("{n} kernel modules decoded");
+}
