@@ -5,6 +5,7 @@
 //! or the GPU (hand-written PTX through the CUDA driver, or the PTX interpreter).
 
 pub mod backend;
+pub mod device;
 pub mod error;
 pub mod loader;
 pub mod tokenizer;
