@@ -471,3 +471,122 @@ fn warp_collectives_match_cuda_semantics() {
         assert_eq!(&out[t * 12..t * 12 + 12], &want, "thread {t}");
     }
 }
+
+fn upload_u16(d: &SimDriver, v: &[u16]) -> DevPtr {
+    let p = d.alloc(v.len() * 2).unwrap();
+    d.copy_to_device(p, bytemuck::cast_slice(v)).unwrap();
+    p
+}
+
+/// A (16x16) · B (16x8) + C against a CPU matmul in f64.
+fn check_mma(entry: &str, bf16: bool) {
+    let d = SimDriver::new();
+    let mut rng = Rng(if bf16 { 5 } else { 6 });
+    let round = |x: f32| -> (u16, f32) {
+        if bf16 {
+            let h = half::bf16::from_f32(x);
+            (h.to_bits(), h.to_f32())
+        } else {
+            let h = half::f16::from_f32(x);
+            (h.to_bits(), h.to_f32())
+        }
+    };
+    let a: Vec<(u16, f32)> = (0..256).map(|_| round(rng.f32() * 2.0)).collect();
+    let b: Vec<(u16, f32)> = (0..128).map(|_| round(rng.f32() * 2.0)).collect(); // [k][n]
+    let c: Vec<f32> = (0..128).map(|_| rng.f32()).collect();
+    let a_bits: Vec<u16> = a.iter().map(|x| x.0).collect();
+    let b_bits: Vec<u16> = if bf16 {
+        b.iter().map(|x| x.0).collect()
+    } else {
+        // f16 kernel takes B transposed: [n][k]
+        (0..128).map(|i| b[(i % 16) * 8 + i / 16].0).collect()
+    };
+    let (pa, pb, pc, pd) = (
+        upload_u16(&d, &a_bits),
+        upload_u16(&d, &b_bits),
+        upload_f32(&d, &c),
+        zeros(&d, 512),
+    );
+    launch(
+        &d,
+        "mma.ptx",
+        entry,
+        cfg(1, 32, 0),
+        &[
+            KernelArg::Ptr(pa),
+            KernelArg::Ptr(pb),
+            KernelArg::Ptr(pc),
+            KernelArg::Ptr(pd),
+        ],
+    )
+    .unwrap();
+    let out = download_f32(&d, pd, 128);
+    for i in 0..16 {
+        for j in 0..8 {
+            let mut s = c[i * 8 + j] as f64;
+            let mut mag = s.abs();
+            for k in 0..16 {
+                let p = a[i * 16 + k].1 as f64 * b[k * 8 + j].1 as f64;
+                s += p;
+                mag += p.abs();
+            }
+            // Products of 16-bit floats are exact in f32; 17 f32 additions: a few ulp of the
+            // magnitude sum.
+            let got = out[i * 8 + j] as f64;
+            assert!(
+                (got - s).abs() <= 1e-6 * mag + 1e-7,
+                "{entry} D[{i}][{j}] = {got}, want {s}"
+            );
+        }
+    }
+}
+
+#[test]
+fn mma_bf16_tile_matches_cpu_matmul() {
+    check_mma("mma_bf16", true);
+}
+
+#[test]
+fn mma_f16_tile_matches_cpu_matmul() {
+    check_mma("mma_f16", false);
+}
+
+#[test]
+fn ldmatrix_variants() {
+    let d = SimDriver::new();
+    let m: Vec<u16> = (0..256u16)
+        .map(|i| i.wrapping_mul(0x9e37) ^ 0x5a5a)
+        .collect();
+    let (pi, po) = (upload_u16(&d, &m), zeros(&d, 32 * 44));
+    launch(
+        &d,
+        "ldmatrix.ptx",
+        "ldmatrix_all",
+        cfg(1, 32, 512),
+        &[KernelArg::Ptr(pi), KernelArg::Ptr(po)],
+    )
+    .unwrap();
+    let out = download_u32(&d, po, 32 * 11);
+    // Matrix mat, row r, col c sits at element mat*64 + r*8 + c. Thread l holds row l/4,
+    // columns 2*(l%4) and +1 (transposed: those become rows, l/4 the column).
+    let el = |mat: usize, r: usize, c: usize| m[mat * 64 + r * 8 + c] as u32;
+    for l in 0..32 {
+        let (r, c) = (l / 4, 2 * (l % 4));
+        let plain = |mat| el(mat, r, c) | el(mat, r, c + 1) << 16;
+        let trans = |mat| el(mat, c, r) | el(mat, c + 1, r) << 16;
+        let want = [
+            plain(0),
+            plain(1),
+            plain(2),
+            plain(3),
+            trans(0),
+            trans(1),
+            trans(2),
+            trans(3),
+            plain(0),
+            plain(1),
+            trans(0),
+        ];
+        assert_eq!(&out[l * 11..l * 11 + 11], &want, "lane {l}");
+    }
+}

@@ -519,6 +519,13 @@ impl<'a> Parser<'a> {
                         self.expect_punct(';')?;
                         body.push(BodyItem::Decl(d));
                     }
+                    ".extern" => {
+                        self.pos += 1;
+                        let mut d = self.var_decl(line)?;
+                        d.is_extern = true;
+                        self.expect_punct(';')?;
+                        body.push(BodyItem::Decl(d));
+                    }
                     ".pragma" => {
                         self.pos += 1;
                         while !self.eat_punct(';') {
