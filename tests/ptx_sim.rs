@@ -590,3 +590,269 @@ fn ldmatrix_variants() {
         assert_eq!(&out[l * 11..l * 11 + 11], &want, "lane {l}");
     }
 }
+
+#[test]
+fn atomics_and_reductions() {
+    let d = SimDriver::new();
+    let n = 96u32;
+    let init: [u32; 10] = [0, i32::MIN as u32, u32::MAX, 0, 0, 0, 0, 0, 0, 0];
+    let (pc, po) = (upload_u32(&d, &init), zeros(&d, n as usize * 8));
+    launch(
+        &d,
+        "atomics.ptx",
+        "atomics",
+        cfg(1, n, 0),
+        &[KernelArg::Ptr(pc), KernelArg::Ptr(po)],
+    )
+    .unwrap();
+    let c = download_u32(&d, pc, 10);
+    let out = download_u32(&d, po, n as usize * 2);
+    let vals: Vec<i32> = (0..n).map(|t| ((t * 37) % 101) as i32 - 50).collect();
+    assert_eq!(c[0], n);
+    assert_eq!(c[1] as i32, *vals.iter().max().unwrap());
+    assert_eq!(c[2], vals.iter().map(|v| (v + 1000) as u32).min().unwrap());
+    assert_eq!(c[3], 2 * n);
+    assert!(c[4] < n, "exch leaves some thread's id");
+    assert_eq!(f32::from_bits(c[5]), 0.5 * n as f32);
+    assert_eq!(c[6], n % 7, "atom.inc wraps at 6");
+    assert_eq!(
+        c[8] as u64 | (c[9] as u64) << 32,
+        (0..n as u64).sum::<u64>()
+    );
+    let mut tickets: Vec<u32> = out[..n as usize].to_vec();
+    tickets.sort_unstable();
+    assert_eq!(tickets, (0..n).collect::<Vec<_>>());
+    let mut shared: Vec<u32> = out[n as usize..].to_vec();
+    shared.sort_unstable();
+    assert_eq!(shared, (0..n).map(|k| 100 + 3 * k).collect::<Vec<_>>());
+}
+
+#[test]
+fn cp_async_sizes_and_zero_fill() {
+    let d = SimDriver::new();
+    let src: Vec<u32> = (0..64).map(|i| 0x1000 + i).collect();
+    let (ps, po) = (upload_u32(&d, &src), zeros(&d, 256));
+    launch(
+        &d,
+        "cp_async.ptx",
+        "cp_async",
+        cfg(1, 32, 0),
+        &[KernelArg::Ptr(ps), KernelArg::Ptr(po)],
+    )
+    .unwrap();
+    let out = download_u32(&d, po, 64);
+    for i in 0..64 {
+        let want = match i {
+            0..=31 => src[i],
+            32..=47 if i % 2 == 0 => src[i],
+            32..=55 => 0,
+            _ => 0xAAAA_AAAA,
+        };
+        assert_eq!(out[i], want, "word {i}");
+    }
+}
+
+/// Line number of the `// @marker` comment in a tests/ptx file.
+fn line_of(file: &str, marker: &str) -> usize {
+    let tag = format!("// @{marker}");
+    ptx(file)
+        .lines()
+        .position(|l| l.trim_end().ends_with(&tag))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("{tag} not in {file}"))
+}
+
+fn expect_fault(
+    file: &str,
+    entry: &str,
+    c: LaunchConfig,
+    args: &[KernelArg],
+    d: &SimDriver,
+    needles: &[&str],
+) -> String {
+    let e = launch(d, file, entry, c, args).expect_err("the planted fault was not caught");
+    for n in needles {
+        assert!(e.contains(n), "error should mention {n:?}: {e}");
+    }
+    e
+}
+
+#[test]
+fn planted_out_of_bounds_read() {
+    let d = SimDriver::new();
+    let a = upload_u32(&d, &[1, 2, 3, 4, 5]);
+    let o = zeros(&d, 64);
+    let line = format!("faults.ptx:{}", line_of("faults.ptx", "oob"));
+    // Six threads over five elements: thread 5 reads 0 bytes past the end.
+    let e = expect_fault(
+        "faults.ptx",
+        "oob_read",
+        cfg(1, 6, 0),
+        &[KernelArg::Ptr(a), KernelArg::Ptr(o)],
+        &d,
+        &[
+            "oob_read",
+            &line,
+            "out-of-bounds global load",
+            "thread (5, 0, 0)",
+            "block (0, 0, 0)",
+        ],
+    );
+    assert!(e.contains(&format!("{:#x}", a.0 + 20)), "{e}");
+    // The same kernel within bounds runs.
+    launch(
+        &d,
+        "faults.ptx",
+        "oob_read",
+        cfg(1, 5, 0),
+        &[KernelArg::Ptr(a), KernelArg::Ptr(o)],
+    )
+    .unwrap();
+}
+
+#[test]
+fn planted_misaligned_access() {
+    let d = SimDriver::new();
+    let a = zeros(&d, 16);
+    let line = format!("faults.ptx:{}", line_of("faults.ptx", "misaligned"));
+    expect_fault(
+        "faults.ptx",
+        "misaligned",
+        cfg(1, 1, 0),
+        &[KernelArg::Ptr(a)],
+        &d,
+        &["misaligned", &line, &format!("{:#x}", a.0 + 2)],
+    );
+}
+
+#[test]
+fn planted_uninitialised_reads() {
+    let d = SimDriver::new();
+    let a = d.alloc(16).unwrap();
+    d.copy_to_device(a, &[1, 2, 3, 4]).unwrap(); // bytes 0..4 only
+    let o = zeros(&d, 4);
+    let line = format!("faults.ptx:{}", line_of("faults.ptx", "uninit"));
+    expect_fault(
+        "faults.ptx",
+        "uninit_read",
+        cfg(1, 1, 0),
+        &[KernelArg::Ptr(a), KernelArg::Ptr(o)],
+        &d,
+        &["uninitialised global", &line],
+    );
+    let line = format!("faults.ptx:{}", line_of("faults.ptx", "local_uninit"));
+    expect_fault(
+        "faults.ptx",
+        "local_uninit",
+        cfg(1, 1, 0),
+        &[KernelArg::Ptr(o)],
+        &d,
+        &["uninitialised local", &line],
+    );
+}
+
+#[test]
+fn planted_shared_memory_race() {
+    let d = SimDriver::new();
+    let o = zeros(&d, 4);
+    let read = format!("faults.ptx:{}", line_of("faults.ptx", "race_read"));
+    let write = format!("line {}", line_of("faults.ptx", "race_write"));
+    expect_fault(
+        "faults.ptx",
+        "shared_race",
+        cfg(1, 64, 0),
+        &[KernelArg::Ptr(o)],
+        &d,
+        &["race", &read, &write, "warp 1", "warp 0"],
+    );
+    // With the barrier in between, the same exchange is clean.
+    launch(
+        &d,
+        "faults.ptx",
+        "shared_no_race",
+        cfg(2, 64, 0),
+        &[KernelArg::Ptr(o)],
+    )
+    .unwrap();
+    assert_eq!(download_u32(&d, o, 1), [77]);
+}
+
+#[test]
+fn planted_divergent_barrier_deadlock() {
+    let d = SimDriver::new();
+    let a = format!("line {}", line_of("faults.ptx", "bar_a"));
+    let b = format!("line {}", line_of("faults.ptx", "bar_b"));
+    expect_fault(
+        "faults.ptx",
+        "divergent_barrier",
+        cfg(1, 64, 0),
+        &[],
+        &d,
+        &["deadlock", &a, &b],
+    );
+}
+
+#[test]
+fn planted_shared_out_of_bounds_and_bad_membermask() {
+    let d = SimDriver::new();
+    let line = format!("faults.ptx:{}", line_of("faults.ptx", "shared_oob"));
+    expect_fault(
+        "faults.ptx",
+        "shared_oob",
+        cfg(1, 1, 64),
+        &[],
+        &d,
+        &["out-of-bounds shared store", &line, "shared size 64"],
+    );
+    // With 68 bytes of dynamic shared memory the same store is in bounds.
+    launch(&d, "faults.ptx", "shared_oob", cfg(1, 1, 68), &[]).unwrap();
+    let line = format!("faults.ptx:{}", line_of("faults.ptx", "membermask"));
+    expect_fault(
+        "faults.ptx",
+        "bad_membermask",
+        cfg(1, 32, 0),
+        &[],
+        &d,
+        &["membermask 0xffffffff", "0x0000ffff", &line],
+    );
+}
+
+#[test]
+fn unknown_instruction_and_modifier_name_their_line() {
+    let d = SimDriver::new();
+    let e = d
+        .load_module("unknown_op.ptx", &ptx("unknown_op.ptx"))
+        .unwrap_err()
+        .to_string();
+    let line = format!("unknown_op.ptx:{}", line_of("unknown_op.ptx", "unknown"));
+    assert!(e.contains(&line) && e.contains("frobnicate.b32"), "{e}");
+    let e = d
+        .load_module("bad_modifier.ptx", &ptx("bad_modifier.ptx"))
+        .unwrap_err()
+        .to_string();
+    let line = format!("bad_modifier.ptx:{}", line_of("bad_modifier.ptx", "badmod"));
+    assert!(e.contains(&line) && e.contains("add.rz.f32"), "{e}");
+}
+
+#[test]
+fn host_side_errors() {
+    let d = SimDriver::new();
+    let p = d.alloc(16).unwrap();
+    assert!(d.free(p.offset(4)).is_err(), "free of an interior pointer");
+    assert!(
+        d.copy_to_device(p.offset(8), &[0; 16]).is_err(),
+        "copy past the end"
+    );
+    d.free(p).unwrap();
+    assert!(d.free(p).is_err(), "double free");
+    assert!(d.copy_to_device(p, &[0; 4]).is_err(), "use after free");
+    assert_eq!(d.bytes_allocated(), 0);
+    let m = d.load_module("vec_add.ptx", &ptx("vec_add.ptx")).unwrap();
+    assert!(d
+        .function(m, "nope")
+        .unwrap_err()
+        .to_string()
+        .contains("vec_add_f32"));
+    assert_eq!(d.compute_capability(), (9, 0));
+    assert!(d.total_memory() > 0);
+}
