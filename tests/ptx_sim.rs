@@ -856,3 +856,89 @@ fn host_side_errors() {
     assert_eq!(d.compute_capability(), (9, 0));
     assert!(d.total_memory() > 0);
 }
+
+#[test]
+fn state_spaces_and_addressing() {
+    let d = SimDriver::new();
+    let (bx, by, gx, gy) = (8u32, 5u32, 3u32, 2u32);
+    let n = (bx * by * gx * gy) as usize;
+    let po = zeros(&d, n * 32);
+    let c = LaunchConfig {
+        grid: (gx, gy, 1),
+        block: (bx, by, 1),
+        shared_bytes: 0,
+    };
+    launch(&d, "addressing.ptx", "addressing", c, &[KernelArg::Ptr(po)]).unwrap();
+    let out = download_u32(&d, po, n * 8);
+    for cy in 0..gy {
+        for cx in 0..gx {
+            for ty in 0..by {
+                for tx in 0..bx {
+                    let t = ty * bx + tx;
+                    let blk = cy * gx + cx;
+                    let gid = blk * bx * by + t;
+                    let (lane, warp) = (t % 32, t / 32);
+                    let want = [
+                        [10, 20, 30, 40][(t % 4) as usize],
+                        3 + blk,
+                        gid * 3,
+                        gid + 1000,
+                        lane | warp << 8 | lane << 16,
+                        ((gid as u64 * 0x1_0000_0001) >> 3) as u32,
+                        tx | ty << 8 | cy << 16,
+                        gid,
+                    ];
+                    let g = gid as usize;
+                    assert_eq!(
+                        &out[g * 8..g * 8 + 8],
+                        &want,
+                        "block ({cx},{cy}) thread ({tx},{ty})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn profiling_counters_show_coalescing_and_bank_conflicts() {
+    let d = SimDriver::new();
+    let a = upload_u32(&d, &(0..32 * 32).collect::<Vec<u32>>());
+    let o = zeros(&d, 32 * 4);
+    let args = [KernelArg::Ptr(a), KernelArg::Ptr(o)];
+    d.set_profiling(true);
+    launch(&d, "counters.ptx", "coalesced", cfg(1, 32, 0), &args).unwrap();
+    launch(&d, "counters.ptx", "coalesced", cfg(1, 32, 0), &args).unwrap();
+    launch(&d, "counters.ptx", "strided", cfg(1, 32, 0), &args).unwrap();
+    let c = d.take_counters();
+    assert!(d.take_counters().is_empty(), "taking resets");
+    let get = |k: &str| {
+        c.iter()
+            .find(|x| x.kernel == k)
+            .unwrap_or_else(|| panic!("no counters for {k}"))
+    };
+    let (co, st) = (get("coalesced"), get("strided"));
+    assert_eq!(co.launches, 2);
+    assert_eq!(
+        co.warp_instructions,
+        2 * 13,
+        "13 instructions incl. ret, one warp, two launches"
+    );
+    assert_eq!(
+        (co.global_load_bytes, co.global_store_bytes),
+        (2 * 128, 2 * 128)
+    );
+    assert_eq!((co.shared_load_bytes, co.shared_store_bytes), (0, 2 * 128));
+    // One 128-byte warp load plus one 128-byte store: 4 sectors each, the ideal.
+    assert_eq!((co.global_sectors, co.global_sectors_ideal), (2 * 8, 2 * 8));
+    assert_eq!(co.bank_conflicts, 0);
+    // Strided: the load touches 32 sectors (ideal 4); the store is still coalesced.
+    assert_eq!((st.global_sectors, st.global_sectors_ideal), (32 + 4, 8));
+    // 32 distinct words in one bank: 32 wavefronts, 31 extra.
+    assert_eq!(st.bank_conflicts, 31);
+    assert!(co.seconds >= 0.0);
+    // Off again: nothing is gathered.
+    d.set_profiling(false);
+    launch(&d, "counters.ptx", "coalesced", cfg(1, 32, 0), &args).unwrap();
+    assert!(d.take_counters().is_empty());
+}
