@@ -51,7 +51,7 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         file: "elementwise.ptx",
         ptx: include_str!("../../../kernels/elementwise.ptx"),
-        entries: &["silu_mul_f32", "add_f32"],
+        entries: &["silu_mul_f32", "add_f32", "copy_f32"],
     },
     KernelSource {
         file: "kv_cache.ptx",
@@ -95,6 +95,7 @@ pub struct Kernels {
     pub attn_combine_f32: Kernel,
     pub silu_mul_f32: Kernel,
     pub add_f32: Kernel,
+    pub copy_f32: Kernel,
     pub kv_append_f32: Kernel,
     pub argmax_f32: Kernel,
     pub cast_f32_bf16: Kernel,
@@ -139,6 +140,7 @@ impl Kernels {
             attn_combine_f32: get("attn_combine_f32")?,
             silu_mul_f32: get("silu_mul_f32")?,
             add_f32: get("add_f32")?,
+            copy_f32: get("copy_f32")?,
             kv_append_f32: get("kv_append_f32")?,
             argmax_f32: get("argmax_f32")?,
             cast_f32_bf16: get("cast_f32_bf16")?,
