@@ -885,6 +885,36 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         )
     }
 
+    fn copy_rows(
+        &self,
+        dst: &mut CudaBuf<D>,
+        src: &CudaBuf<D>,
+        src_row: usize,
+        rows: usize,
+        width: usize,
+    ) -> Result<()> {
+        let op = "copy_rows";
+        let n = rows * width;
+        if n == 0 {
+            return Ok(());
+        }
+        check_len(op, "src", src.len.saturating_sub(src_row * width), n)?;
+        check_len(op, "dst", dst.len, n)?;
+        self.launch(
+            self.k.copy_f32,
+            (grid_stride_blocks(n), 1, 1),
+            BLOCK,
+            0,
+            &[
+                KernelArg::Ptr(dst.ptr),
+                KernelArg::Ptr(src.ptr.offset(src_row * width * 4)),
+                KernelArg::U32(u32_arg(op, "rows * width", n)?),
+            ],
+            8.0 * n as f64,
+            0.0,
+        )
+    }
+
     fn read(&self, buf: &CudaBuf<D>, offset: usize, out: &mut [f32]) -> Result<()> {
         check_len("read", "buffer", buf.len.saturating_sub(offset), out.len())?;
         if out.is_empty() {
