@@ -20,6 +20,7 @@ pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod convert;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod generate;
