@@ -91,26 +91,56 @@ pub fn run(model: &mut Model, opts: &BenchOptions) -> Result<BenchResult> {
     })
 }
 
-/// One prefill and `steps` decode steps with profiling on: the per-op profile and timeline.
-pub fn profile(
-    model: &mut Model,
-    prompt_len: usize,
-    steps: usize,
-) -> Result<(Vec<OpProfile>, Vec<TraceEvent>, f64)> {
+/// Per-op profiles of one prefill of `prompt_len` tokens and of `steps` decode steps, and
+/// the timeline of both (needs a model loaded with `LoadOptions::profile`).
+pub struct Profiles {
+    pub prefill: Vec<OpProfile>,
+    pub prefill_seconds: f64,
+    pub decode: Vec<OpProfile>,
+    pub decode_seconds: f64,
+    pub decode_steps: usize,
+    pub trace: Vec<TraceEvent>,
+}
+
+pub fn profile(model: &mut Model, prompt_len: usize, steps: usize) -> Result<Profiles> {
     let vocab = model.config().vocab_size;
-    let prompt = random_prompt(vocab, prompt_len.max(1), 2);
+    let mut prompt = random_prompt(vocab, prompt_len.max(1), 2);
     model.reset();
     let _ = model.take_profile();
     let _ = model.take_trace();
+    let one = GenerateOptions {
+        max_new_tokens: 1,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut first = 0;
     let t = Instant::now();
+    model.generate(&prompt, &one, |id| {
+        first = id;
+        true
+    })?;
+    let prefill_seconds = t.elapsed().as_secs_f64();
+    let prefill = model.take_profile();
+    // Continue from the cache: each of these steps computes exactly one new position.
+    prompt.push(first);
     let gen = GenerateOptions {
         max_new_tokens: steps.max(1),
         ignore_eos: true,
         ..Default::default()
     };
-    model.generate(&prompt, &gen, |_| true)?;
-    let wall = t.elapsed().as_secs_f64();
-    Ok((model.take_profile(), model.take_trace(), wall))
+    let t = Instant::now();
+    let stats = model.generate(&prompt, &gen, |_| true)?;
+    let decode_seconds = t.elapsed().as_secs_f64();
+    let decode = model.take_profile();
+    let decode_steps = stats.generated_tokens;
+    Ok(Profiles {
+        prefill,
+        prefill_seconds,
+        decode,
+        decode_seconds,
+        decode_steps,
+        trace: model.take_trace(),
+    })
 }
 
 /// Score a sequence and return its total time (used by kernel-level benches).
@@ -133,4 +163,32 @@ pub fn chrome_trace(events: &[TraceEvent]) -> serde_json::Value {
         .map(|e| serde_json::json!({"name": e.name, "ph": "X", "ts": e.start_us, "dur": e.dur_us, "pid": 1, "tid": 1}))
         .collect();
     serde_json::json!({ "traceEvents": evs, "displayTimeUnit": "ms" })
+}
+
+/// The arithmetic ceiling used in profiles: GFLOP/s of our own f32 matrix product on a problem
+/// that stays in cache (64 rows × a 256×512 f32 weight, 512 KB), on the current rayon pool.
+/// A yardstick measured in the same run, not the datasheet peak.
+pub fn measure_matmul_gflops() -> f64 {
+    use crate::loader::WeightTensor;
+    let (rows, n_out, n_in) = (64, 256, 512);
+    let w: Vec<f32> = (0..n_out * n_in)
+        .map(|i| ((i % 97) as f32 - 48.0) * 1e-3)
+        .collect();
+    let w = WeightTensor::from_f32("yardstick", vec![n_out, n_in], &w);
+    let x: Vec<f32> = (0..rows * n_in)
+        .map(|i| ((i % 89) as f32 - 44.0) * 1e-2)
+        .collect();
+    let mut out = vec![0.0f32; rows * n_out];
+    let mut best = f64::INFINITY;
+    for _ in 0..20 {
+        let t = Instant::now();
+        for _ in 0..10 {
+            if crate::backend::cpu::matmul::matmul(&mut out, &x, rows, &w, None).is_err() {
+                return f64::NAN;
+            }
+        }
+        best = best.min(t.elapsed().as_secs_f64() / 10.0);
+    }
+    std::hint::black_box(&out);
+    (2 * rows * n_out * n_in) as f64 / best / 1e9
 }

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, OpProfile, TraceEvent};
+use crate::backend::{Activation, Backend, OpProfile, TraceEvent};
 use crate::config::{token_ids, ModelConfig};
 use crate::error::{Error, Result};
-use crate::loader::{safetensors, Weights};
+use crate::loader::{gguf, safetensors, Weights};
 use crate::model::{Logits, Transformer};
 
 /// The transformer on some backend, as the rest of the library sees it.
@@ -27,6 +27,7 @@ pub trait Engine: Send {
     fn backend_name(&self) -> String;
     fn take_profile(&self) -> Vec<OpProfile>;
     fn take_trace(&self) -> Vec<TraceEvent>;
+    fn take_activations(&self) -> Vec<Activation>;
 }
 
 impl<B: Backend> Engine for Transformer<B>
@@ -62,6 +63,9 @@ where
     fn take_trace(&self) -> Vec<TraceEvent> {
         self.backend().take_trace()
     }
+    fn take_activations(&self) -> Vec<Activation> {
+        self.backend().take_activations()
+    }
 }
 
 /// How to load a model.
@@ -77,6 +81,10 @@ pub struct LoadOptions {
     pub all_logits: bool,
     /// Record per-op timings (see [`Model::take_profile`]).
     pub profile: bool,
+    /// CPU only: keep a copy of every op's output (see [`Model::take_activations`]). Slow.
+    pub record_activations: bool,
+    /// GGUF only: keep quantized tensors in their block format (else dequantize to f32 at load).
+    pub keep_quantized: bool,
 }
 
 impl Default for LoadOptions {
@@ -87,6 +95,8 @@ impl Default for LoadOptions {
             max_batch: 128,
             all_logits: false,
             profile: false,
+            keep_quantized: false,
+            record_activations: false,
         }
     }
 }
@@ -127,6 +137,70 @@ impl ModelFiles {
         Ok(ModelFiles {
             dir,
             weights: path.to_path_buf(),
+        })
+    }
+
+    pub fn is_gguf(&self) -> bool {
+        is_gguf(&self.weights)
+    }
+}
+
+/// A .gguf file (by extension, or by its magic when the extension is something else).
+pub fn is_gguf(path: &Path) -> bool {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        return true;
+    }
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+        && &magic == b"GGUF"
+}
+
+/// What a checkpoint is made of once read: config, weights, and the tokenizer definition when
+/// it is embedded (GGUF); directories keep tokenizer.json on disk.
+pub struct Checkpoint {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    pub eos_ids: Vec<u32>,
+    pub files: ModelFiles,
+    /// GGUF only: the equivalent tokenizer.json and tokenizer_config.json.
+    pub embedded_tokenizer: Option<(Value, Value)>,
+}
+
+impl Checkpoint {
+    /// Read a directory, .safetensors or .gguf checkpoint (weights mapped, not copied, except
+    /// GGUF tensors dequantized at load).
+    pub fn open(path: &Path, keep_quantized: bool) -> Result<Checkpoint> {
+        let files = ModelFiles::resolve(path)?;
+        if files.is_gguf() {
+            let ck = gguf::load(&files.weights, keep_quantized)?;
+            let config = ModelConfig::from_json(&ck.config, &files.weights)?;
+            let mut eos = config.eos_token_ids.clone();
+            eos.extend(token_ids(ck.generation_config.get("eos_token_id")));
+            eos.sort_unstable();
+            eos.dedup();
+            return Ok(Checkpoint {
+                config,
+                weights: ck.weights,
+                eos_ids: eos,
+                files,
+                embedded_tokenizer: Some((ck.tokenizer_json, ck.tokenizer_config)),
+            });
+        }
+        let config = ModelConfig::from_file(&files.dir.join("config.json"))?;
+        let weights = safetensors::load(&files.weights)?;
+        let eos_ids = eos_ids(&config, &files.dir)?;
+        Ok(Checkpoint {
+            config,
+            weights,
+            eos_ids,
+            files,
+            embedded_tokenizer: None,
         })
     }
 }
@@ -187,15 +261,14 @@ pub struct Model {
 }
 
 impl Model {
-    /// Load a Hugging Face checkpoint (directory, or .safetensors file with config.json beside
-    /// it) onto the CPU.
+    /// Load a checkpoint (Hugging Face directory, .safetensors file with config.json beside it,
+    /// or .gguf file) onto the CPU.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
-        let files = ModelFiles::resolve(path)?;
-        let config = ModelConfig::from_file(&files.dir.join("config.json"))?;
-        let weights = safetensors::load(&files.weights)?;
-        let eos = eos_ids(&config, &files.dir)?;
-        let backend = CpuBackend::new(opts.threads)?.with_profiling(opts.profile);
-        Self::from_parts(config, &weights, backend, eos, opts, files)
+        let ck = Checkpoint::open(path, opts.keep_quantized)?;
+        let backend = CpuBackend::new(opts.threads)?
+            .with_profiling(opts.profile)
+            .with_activations(opts.record_activations);
+        Self::from_parts(ck.config, &ck.weights, backend, ck.eos_ids, opts, ck.files)
     }
 
     /// Build a model from already-loaded weights on any backend.
@@ -292,6 +365,12 @@ impl Model {
         Self::from_parts(config, &weights, backend, eos, opts, files)
     }
 
+    /// Every op's output since the last call, in execution order (needs
+    /// `LoadOptions::record_activations`): the intermediate values of the forward pass.
+    pub fn take_activations(&self) -> Vec<Activation> {
+        self.engine.take_activations()
+    }
+
     /// Timeline of individual op executions since the last call (needs `LoadOptions::profile`).
     pub fn take_trace(&self) -> Vec<TraceEvent> {
         self.engine.take_trace()
@@ -351,5 +430,52 @@ impl Model {
         })();
         self.logits = row;
         result
+    }
+}
+
+/// Perplexity of a token sequence under the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Perplexity {
+    /// exp(mean NLL) over tokens 1..n, each predicted from its prefix.
+    pub ppl: f64,
+    pub mean_nll: f64,
+    /// Standard error of the mean NLL (sample standard deviation / √count).
+    pub nll_stderr: f64,
+    /// ppl's standard error by the delta method: ppl × nll_stderr.
+    pub ppl_stderr: f64,
+    pub count: usize,
+}
+
+impl Model {
+    /// Perplexity of `tokens` (needs `LoadOptions::all_logits`): every token after the first is
+    /// scored given all the tokens before it, in one pass over the sequence.
+    pub fn perplexity(&mut self, tokens: &[u32]) -> Result<Perplexity> {
+        if tokens.len() < 2 {
+            return Err(Error::arg("perplexity needs at least two tokens"));
+        }
+        let mut nll = Vec::with_capacity(tokens.len() - 1);
+        self.for_each_position_logits(tokens, |pos, logits| {
+            if let Some(&next) = tokens.get(pos + 1) {
+                let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let lse = m + logits
+                    .iter()
+                    .map(|&l| (l as f64 - m).exp())
+                    .sum::<f64>()
+                    .ln();
+                nll.push(lse - logits[next as usize] as f64);
+            }
+        })?;
+        let n = nll.len() as f64;
+        let mean = nll.iter().sum::<f64>() / n;
+        let var = nll.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        let se = (var / n).sqrt();
+        let ppl = mean.exp();
+        Ok(Perplexity {
+            ppl,
+            mean_nll: mean,
+            nll_stderr: se,
+            ppl_stderr: ppl * se,
+            count: nll.len(),
+        })
     }
 }

@@ -19,11 +19,15 @@
 pub mod backend;
 pub mod bench;
 pub mod config;
+pub mod convert;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod inspect;
 pub mod loader;
 pub mod model;
+pub mod quant;
 pub mod sampler;
 pub mod synthetic;
 pub mod tokenizer;

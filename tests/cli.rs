@@ -121,3 +121,98 @@ fn errors_exit_2_with_a_hint() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn bench_reports_speeds_profile_and_trace() {
+    let d = common::fixtures_dir().join("qwen3_norms");
+    let trace = std::env::temp_dir().join(format!("minfer-trace-{}.json", std::process::id()));
+    let (code, stdout, stderr) = minfer(&[
+        "bench",
+        d.to_str().unwrap(),
+        "--prompt-len",
+        "9",
+        "--gen-len",
+        "5",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        "--profile",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for k in [
+        "prefill_tok_s",
+        "decode_tok_s",
+        "decode_gb_s",
+        "read_bandwidth_gb_s",
+    ] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    // The profile lists the ops of both phases.
+    assert!(
+        stderr.contains("attention")
+            && stderr.contains("matmul mlp.down_proj")
+            && stderr.contains("head_rms_norm"),
+        "{stderr}"
+    );
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = t["traceEvents"].as_array().unwrap();
+    assert!(
+        events.len() > 20
+            && events
+                .iter()
+                .all(|e| e["ph"] == "X" && e["dur"].as_f64().unwrap() >= 0.0)
+    );
+    let _ = std::fs::remove_file(trace);
+}
+
+#[test]
+fn bench_on_a_synthetic_model() {
+    let (code, stdout, stderr) = minfer(&[
+        "bench",
+        "synthetic:smollm2-135m",
+        "--dtype",
+        "f16",
+        "--prompt-len",
+        "4",
+        "--gen-len",
+        "2",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["parameters"], 134515008); // SmolLM2-135M's published count
+}
+
+#[test]
+fn logits_can_show_every_intermediate_value() {
+    let d = common::fixtures_dir().join("qwen3_norms");
+    let (code, stdout, stderr) = minfer(&[
+        "logits",
+        d.to_str().unwrap(),
+        "--ids",
+        "5,6,7",
+        "--activations",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let acts = v["activations"].as_array().unwrap();
+    let ops: Vec<&str> = acts.iter().map(|a| a["op"].as_str().unwrap()).collect();
+    // embed, 2 layers × (norm, q, k, v, q_norm, k_norm, rope q, rope k, attention, o, residual,
+    // norm, gate, up, silu, down, add) = 17, final norm, lm_head.
+    assert_eq!(ops.len(), 1 + 2 * 17 + 2, "{ops:?}");
+    assert_eq!(ops[0], "embed");
+    assert_eq!(ops[2], "model.layers.0.self_attn.q_proj");
+    assert_eq!(ops[ops.len() - 1], "model.embed_tokens"); // tied lm_head
+                                                          // The q_proj output is [3 rows, 4 heads × 32]: mean and rms are consistent with its values.
+    assert_eq!(acts[2]["len"], 3 * 128);
+    assert!(acts[2]["rms"].as_f64().unwrap() > 0.0);
+}

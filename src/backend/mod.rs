@@ -161,6 +161,21 @@ pub trait Backend: Send + Sync {
     fn take_trace(&self) -> Vec<TraceEvent> {
         Vec::new()
     }
+
+    /// The output of every op since the last call, when the backend records activations (for
+    /// people studying the forward pass: compare with a Hugging Face forward hook).
+    fn take_activations(&self) -> Vec<Activation> {
+        Vec::new()
+    }
+}
+
+/// One op's output: a label naming the op (and its weight, where it has one) and the values
+/// it wrote, row-major `[rows, width]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Activation {
+    pub op: String,
+    pub rows: usize,
+    pub values: Vec<f32>,
 }
 
 /// One op execution on a timeline (microseconds since the backend started).

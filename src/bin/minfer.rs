@@ -13,11 +13,14 @@ minfer — transformer inference from scratch
 
 USAGE:
   minfer generate MODEL (--ids 1,2,3 | --prompt TEXT) [--max-new-tokens N] [sampling] [--json]
-  minfer logits   MODEL --ids 1,2,3 [--json]
+  minfer logits   MODEL --ids 1,2,3 [--activations] [--json]
+                  (--activations: every op's output: mean, rms, min, max, first values)
+  minfer bench    MODEL [--prompt-len N] [--gen-len M] [--repeats R] [--profile] [--trace FILE] [--json]
   minfer help
 
 MODEL is a Hugging Face directory (config.json + *.safetensors), or a .safetensors file with
-config.json beside it.
+config.json beside it. `bench` also takes synthetic:NAME (random weights with the published shapes
+of smollm2-135m, qwen2-1.5b, qwen2-7b, llama3-8b; --dtype f32|f16|bf16, default bf16).
 
 OPTIONS:
   --threads N          CPU threads (default: all cores)
@@ -56,8 +59,17 @@ const VALUED: &[&str] = &[
     "dtype",
     "quantize",
     "stop",
+    "repeats",
 ];
-const BOOLEAN: &[&str] = &["json", "chat", "special", "profile", "ignore-eos", "help"];
+const BOOLEAN: &[&str] = &[
+    "activations",
+    "json",
+    "chat",
+    "special",
+    "profile",
+    "ignore-eos",
+    "help",
+];
 
 impl Args {
     fn parse(raw: impl Iterator<Item = String>) -> Result<Args> {
@@ -159,18 +171,48 @@ fn cmd_logits(a: &Args) -> Result<()> {
             .get("ids")
             .ok_or_else(|| Error::arg("logits needs --ids"))?,
     )?;
-    let mut model = Model::load(
-        &a.model_path()?,
-        &LoadOptions {
-            all_logits: true,
-            ..load_options(a)?
-        },
-    )?;
+    let dump = a.flag("activations");
+    let lo = LoadOptions {
+        all_logits: true,
+        record_activations: dump,
+        ..load_options(a)?
+    };
+    let mut model = Model::load(&a.model_path()?, &lo)?;
     let (argmax, last) = model.score(&ids)?;
+    let acts = model.take_activations();
     if a.flag("json") {
-        let v = serde_json::json!({ "argmax": argmax, "logits": last });
+        let mut v = serde_json::json!({ "argmax": argmax, "logits": last });
+        if dump {
+            v["activations"] = acts.iter().map(activation_summary).collect();
+        }
         println!("{v}");
     } else {
+        if dump {
+            println!(
+                "{:<4} {:<44} {:>5} {:>10} {:>10} {:>10} {:>10}  first values",
+                "#", "op", "rows", "mean", "rms", "min", "max"
+            );
+            for (i, act) in acts.iter().enumerate() {
+                let s = activation_summary(act);
+                let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
+                let head: Vec<String> = act
+                    .values
+                    .iter()
+                    .take(4)
+                    .map(|x| format!("{x:.4}"))
+                    .collect();
+                println!(
+                    "{i:<4} {:<44} {:>5} {:>10.4} {:>10.4} {:>10.4} {:>10.4}  [{}]",
+                    act.op,
+                    act.rows,
+                    f("mean"),
+                    f("rms"),
+                    f("min"),
+                    f("max"),
+                    head.join(", ")
+                );
+            }
+        }
         println!("argmax per position: {argmax:?}");
         let mut top: Vec<(usize, f32)> = last.iter().copied().enumerate().collect();
         top.sort_by(|x, y| y.1.total_cmp(&x.1));
@@ -180,6 +222,21 @@ fn cmd_logits(a: &Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Summary statistics of one op's output, for `logits --activations`.
+fn activation_summary(act: &minfer::backend::Activation) -> serde_json::Value {
+    let v = &act.values;
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let rms = (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / n).sqrt();
+    let min = v.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    serde_json::json!({
+        "op": act.op, "rows": act.rows, "len": v.len(),
+        "mean": json_f64(mean), "rms": json_f64(rms), "min": json_f64(min as f64), "max": json_f64(max as f64),
+        "first": v.iter().take(8).map(|&x| json_f64(x as f64)).collect::<Vec<_>>(),
+    })
 }
 
 fn cmd_generate(a: &Args) -> Result<()> {
@@ -229,11 +286,170 @@ fn cmd_generate(a: &Args) -> Result<()> {
     Ok(())
 }
 
+fn cmd_bench(a: &Args) -> Result<()> {
+    use minfer::bench;
+    let path = a.model_path()?;
+    let opts = bench::BenchOptions {
+        prompt_len: a.get_or("prompt-len", 128)?,
+        gen_len: a.get_or("gen-len", 64)?,
+        repeats: a.get_or("repeats", 3)?,
+    };
+    let want_profile = a.flag("profile") || a.opts.contains_key("trace");
+    let lo = LoadOptions {
+        context_len: Some(
+            a.get::<usize>("ctx")?
+                .unwrap_or(opts.prompt_len + opts.gen_len + 8),
+        ),
+        ..load_options(a)?
+    };
+    let path_str = path.to_string_lossy().to_string();
+    let load = |profile: bool| -> Result<Model> {
+        let lo = LoadOptions {
+            profile,
+            ..lo.clone()
+        };
+        match path_str.strip_prefix("synthetic:") {
+            Some(preset) => {
+                let dtype = match a.opts.get("dtype").map(String::as_str).unwrap_or("bf16") {
+                    "f32" => minfer::loader::DType::F32,
+                    "f16" => minfer::loader::DType::F16,
+                    "bf16" => minfer::loader::DType::BF16,
+                    other => {
+                        return Err(Error::arg(format!(
+                            "--dtype: {other:?} is not f32, f16 or bf16"
+                        )))
+                    }
+                };
+                Model::synthetic(preset, dtype, &lo)
+            }
+            None => Model::load(&path, &lo),
+        }
+    };
+    let mut model = load(false)?;
+    let threads = lo.threads;
+    // The machine's read bandwidth, measured now with the same thread count.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        })
+        .build()
+        .map_err(|e| Error::Device(e.to_string()))?;
+    let bw_before =
+        pool.install(|| minfer::backend::cpu::simd::measure_read_bandwidth(512 << 20, 3));
+    let r = bench::run(&mut model, &opts)?;
+    let bw_after =
+        pool.install(|| minfer::backend::cpu::simd::measure_read_bandwidth(512 << 20, 3));
+    let bw = bw_before.max(bw_after);
+    let frac = r.decode_gb_s / bw;
+    if a.flag("json") {
+        let v = serde_json::json!({
+            "model": path_str, "backend": model.backend_name(), "parameters": model.num_parameters(),
+            "prompt_len": opts.prompt_len, "gen_len": opts.gen_len,
+            "prefill_tok_s": json_f64(r.prefill_tok_s), "decode_tok_s": json_f64(r.decode_tok_s),
+            "decode_gb_s": json_f64(r.decode_gb_s), "read_bandwidth_gb_s": json_f64(bw),
+            "decode_fraction_of_bandwidth": json_f64(frac),
+            "prefill_runs": r.prefill_runs, "decode_runs": r.decode_runs,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "model    {path_str}: {} parameters on {}",
+            model.num_parameters(),
+            model.backend_name()
+        );
+        println!(
+            "prefill  pp{:<5} {:>9.1} tok/s   (median of {}: {:?})",
+            opts.prompt_len,
+            r.prefill_tok_s,
+            r.prefill_runs.len(),
+            r.prefill_runs
+                .iter()
+                .map(|x| (x * 10.0).round() / 10.0)
+                .collect::<Vec<_>>()
+        );
+        println!(
+            "decode   tg{:<5} {:>9.1} tok/s   {:.2} GB/s = {:.0}% of the measured read bandwidth ({:.1} GB/s)",
+            opts.gen_len,
+            r.decode_tok_s,
+            r.decode_gb_s,
+            100.0 * frac,
+            bw
+        );
+    }
+    if want_profile {
+        drop(model);
+        let mut model = load(true)?;
+        let p = bench::profile(&mut model, opts.prompt_len, opts.gen_len.min(16))?;
+        if a.flag("profile") {
+            let peak = pool.install(bench::measure_matmul_gflops);
+            eprintln!(
+                "\nprefill of {} tokens: {:.1} ms",
+                opts.prompt_len,
+                p.prefill_seconds * 1e3
+            );
+            print_profile(&p.prefill, p.prefill_seconds, bw, peak);
+            eprintln!(
+                "\n{} decode steps: {:.2} ms/token",
+                p.decode_steps,
+                p.decode_seconds * 1e3 / p.decode_steps.max(1) as f64
+            );
+            print_profile(&p.decode, p.decode_seconds, bw, peak);
+            eprintln!("limits measured now: read bandwidth {bw:.1} GB/s; in-cache f32 matmul {peak:.1} GFLOP/s");
+        }
+        if let Some(file) = a.opts.get("trace") {
+            let json = bench::chrome_trace(&p.trace);
+            std::fs::write(file, json.to_string()).map_err(|e| Error::io(file, e))?;
+            eprintln!(
+                "trace: {} events written to {file} (open in ui.perfetto.dev or chrome://tracing)",
+                p.trace.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The per-op table: share of time, achieved GB/s and GFLOP/s, and the fraction of the
+/// machine's limit for whichever of the two binds that op.
+fn print_profile(rows: &[minfer::backend::OpProfile], wall: f64, bw_gb_s: f64, peak_gflops: f64) {
+    let mut rows = rows.to_vec();
+    rows.sort_by(|x, y| y.seconds.total_cmp(&x.seconds));
+    let total: f64 = rows.iter().map(|r| r.seconds).sum();
+    eprintln!(
+        "{:<34} {:>7} {:>10} {:>7} {:>9} {:>10} {:>8}",
+        "op", "calls", "ms", "share", "GB/s", "GFLOP/s", "% limit"
+    );
+    for r in &rows {
+        let gbs = r.bytes / r.seconds / 1e9;
+        let gfs = r.flops / r.seconds / 1e9;
+        let limit = (gbs / bw_gb_s).max(gfs / peak_gflops);
+        eprintln!(
+            "{:<34} {:>7} {:>10.2} {:>6.1}% {:>9.2} {:>10.2} {:>7.0}%",
+            r.op,
+            r.calls,
+            r.seconds * 1e3,
+            100.0 * r.seconds / total.max(1e-12),
+            gbs,
+            gfs,
+            100.0 * limit
+        );
+    }
+    eprintln!(
+        "{:<34} {:>7} {:>10.2}   (wall {:.2} ms; the rest is sampling and glue)",
+        "total",
+        "",
+        total * 1e3,
+        wall * 1e3
+    );
+}
+
 fn try_main() -> Result<()> {
     let a = Args::parse(std::env::args().skip(1))?;
     match a.positional.first().map(String::as_str) {
         Some("logits") => cmd_logits(&a),
         Some("generate") => cmd_generate(&a),
+        Some("bench") => cmd_bench(&a),
         Some("help") | None => {
             print!("{USAGE}");
             Ok(())

@@ -5,6 +5,7 @@
 //! The model asks for tensors by their Hugging Face names; the loader that built the
 //! [`Weights`] has already checked every offset against the file length.
 
+pub mod gguf;
 pub mod safetensors;
 
 use std::collections::BTreeMap;

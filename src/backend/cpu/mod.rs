@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::{AttnParams, Backend, KvShape, OpProfile, TraceEvent};
+use super::{Activation, AttnParams, Backend, KvShape, OpProfile, TraceEvent};
 use crate::error::{Error, Result};
 use crate::loader::{DType, WeightTensor};
 
@@ -30,6 +30,7 @@ pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
     profile: Option<Mutex<Profile>>,
+    activations: Option<Mutex<Vec<Activation>>>,
 }
 
 /// Per-op totals and a bounded timeline of individual executions.
@@ -59,7 +60,25 @@ impl CpuBackend {
             pool,
             threads,
             profile: None,
+            activations: None,
         })
+    }
+
+    /// Keep a copy of every op's output (see [`Backend::take_activations`]). Slow; for study.
+    pub fn with_activations(mut self, on: bool) -> Self {
+        self.activations = on.then(|| Mutex::new(Vec::new()));
+        self
+    }
+
+    fn observe(&self, op: impl FnOnce() -> String, rows: usize, values: &[f32]) {
+        if let Some(a) = &self.activations {
+            let mut a = a.lock().unwrap_or_else(|e| e.into_inner());
+            a.push(Activation {
+                op: op(),
+                rows,
+                values: values.to_vec(),
+            });
+        }
     }
 
     /// Record time, bytes and flops per op (see [`Backend::take_profile`]).
@@ -228,6 +247,7 @@ impl Backend for CpuBackend {
             }
         }
         self.end(t0, || "embed".into(), (tokens.len() * dim * 4) as f64, 0.0);
+        self.observe(|| "embed".into(), tokens.len(), &out[..tokens.len() * dim]);
         Ok(())
     }
 
@@ -239,6 +259,7 @@ impl Backend for CpuBackend {
         rows: usize,
         eps: f32,
     ) -> Result<()> {
+        let w_name = w.name.trim_end_matches(".weight").to_string();
         let t0 = self.begin();
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let dim = w.len();
@@ -257,6 +278,7 @@ impl Backend for CpuBackend {
             (rows * dim * 8) as f64,
             (rows * dim * 3) as f64,
         );
+        self.observe(|| w_name.clone(), rows, &out[..rows * dim]);
         Ok(())
     }
 
@@ -269,6 +291,7 @@ impl Backend for CpuBackend {
         rows: usize,
         eps: f32,
     ) -> Result<()> {
+        let w_name = w.name.trim_end_matches(".weight").to_string();
         let t0 = self.begin();
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let dim = w.len();
@@ -290,6 +313,12 @@ impl Backend for CpuBackend {
             (rows * dim * 16) as f64,
             (rows * dim * 4) as f64,
         );
+        self.observe(
+            || "residual += sublayer".to_string(),
+            rows,
+            &residual[..rows * dim],
+        );
+        self.observe(|| w_name.clone(), rows, &out[..rows * dim]);
         Ok(())
     }
 
@@ -312,7 +341,16 @@ impl Backend for CpuBackend {
             bytes,
             flops,
             || matmul::matmul(out, x, rows, w, bias),
-        )
+        )?;
+        if self.activations.is_some() {
+            let n = rows * w.shape[0];
+            self.observe(
+                || w.name.trim_end_matches(".weight").to_string(),
+                rows,
+                &out[..n],
+            );
+        }
+        Ok(())
     }
 
     fn head_rms_norm(
@@ -323,6 +361,7 @@ impl Backend for CpuBackend {
         heads: usize,
         eps: f32,
     ) -> Result<()> {
+        let w_name = w.name.trim_end_matches(".weight").to_string();
         let t0 = self.begin();
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let hd = w.len();
@@ -341,6 +380,7 @@ impl Backend for CpuBackend {
             (rows * heads * hd * 8) as f64,
             (rows * heads * hd * 3) as f64,
         );
+        self.observe(|| w_name.clone(), rows, &x[..rows * heads * hd]);
         Ok(())
     }
 
@@ -378,6 +418,11 @@ impl Backend for CpuBackend {
             || "rope".into(),
             (rows * heads * head_dim * 8) as f64,
             (rows * heads * head_dim * 3) as f64,
+        );
+        self.observe(
+            || format!("rope ({heads} heads)"),
+            rows,
+            &x[..rows * heads * head_dim],
         );
         Ok(())
     }
@@ -440,6 +485,11 @@ impl Backend for CpuBackend {
                     });
             },
         );
+        self.observe(
+            || format!("attention layer {layer}"),
+            rows,
+            &out[..rows * q_dim],
+        );
         Ok(())
     }
 
@@ -456,6 +506,7 @@ impl Backend for CpuBackend {
             (len * 12) as f64,
             (len * 5) as f64,
         );
+        self.observe(|| "silu_mul".into(), 0, &gate[..len]);
         Ok(())
     }
 
@@ -467,6 +518,7 @@ impl Backend for CpuBackend {
             .zip(&y[..len])
             .for_each(|(a, b)| *a += b);
         self.end(t0, || "add".into(), (len * 12) as f64, len as f64);
+        self.observe(|| "residual add".into(), 0, &x[..len]);
         Ok(())
     }
 
@@ -501,6 +553,13 @@ impl Backend for CpuBackend {
             Some(p) => std::mem::take(&mut p.lock().unwrap_or_else(|e| e.into_inner()).totals)
                 .into_values()
                 .collect(),
+        }
+    }
+
+    fn take_activations(&self) -> Vec<Activation> {
+        match &self.activations {
+            None => Vec::new(),
+            Some(a) => std::mem::take(&mut *a.lock().unwrap_or_else(|e| e.into_inner())),
         }
     }
 
