@@ -747,6 +747,8 @@ pub(crate) fn matmul_quant(
             n_out,
             rows.saturating_mul(n_out).saturating_mul(n_in),
             |o0, o1| {
+                // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
+                #[allow(clippy::redundant_locals)]
                 let dst = dst;
                 let mut tmp = [0f32; 4];
                 for r0 in (0..rows).step_by(rb) {
@@ -806,6 +808,8 @@ fn dequant_dot(
         n_out,
         rows.saturating_mul(n_out).saturating_mul(n_in),
         |o0, o1| {
+            // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
+            #[allow(clippy::redundant_locals)]
             let dst = dst;
             let mut blk = [0f32; 256];
             for o in o0..o1 {
