@@ -83,7 +83,9 @@ impl Device {
             Device::Cuda(i) => {
                 let n = cuda_device_count()?;
                 if i >= n {
-                    return Err(Error::Device(format!("cuda:{i} requested, {n} CUDA device(s) present")));
+                    return Err(Error::Device(format!(
+                        "cuda:{i} requested, {n} CUDA device(s) present"
+                    )));
                 }
                 Ok(Device::Cuda(i))
             }

@@ -49,9 +49,17 @@ fn buffers_are_freed() {
     {
         let _x = b.alloc(1000).expect("alloc");
         let _w = b
-            .upload(&minfer::loader::WeightTensor::from_f32("w", vec![3, 4], &[1.0; 12]))
+            .upload(&minfer::loader::WeightTensor::from_f32(
+                "w",
+                vec![3, 4],
+                &[1.0; 12],
+            ))
             .expect("upload");
         assert!(b.driver().bytes_allocated() > before);
     }
-    assert_eq!(b.driver().bytes_allocated(), before, "CudaBuf / CudaMat free on drop");
+    assert_eq!(
+        b.driver().bytes_allocated(),
+        before,
+        "CudaBuf / CudaMat free on drop"
+    );
 }
