@@ -758,6 +758,12 @@ fn real_smollm2_loads() {
         .as_str()
         .unwrap()
         .contains("<|im_start|>"));
+    // The tokenizer.json the reference fixture holds (SmolLM2's own pre-tokenizer, with the
+    // Digits step transformers' GGUF conversion drops).
+    let reference =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real/smollm2_tokenizer.json");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&reference).unwrap()).unwrap();
+    same_tokenizer(tok, &r);
     let quantized = gguf::load(&path, true).unwrap();
     assert_eq!(
         quantized
@@ -833,4 +839,29 @@ fn convert_round_trips_through_safetensors() {
         minfer::convert::gguf_to_hf(&src, &tmp("conv-q8"), DType::Q8_0),
         Err(Error::InvalidArgument(_))
     ));
+}
+
+/// Two tokenizer.json files that tokenize identically: same vocabulary, merges (either
+/// serialization: "a b" or ["a", "b"]), added tokens, normalizer, pre-tokenizer and decoder.
+fn same_tokenizer(ours: &Value, theirs: &Value) {
+    let merges = |v: &Value| -> Vec<String> {
+        v["model"]["merges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| match m {
+                Value::String(s) => s.clone(),
+                Value::Array(p) => format!("{} {}", p[0].as_str().unwrap(), p[1].as_str().unwrap()),
+                other => panic!("merge {other}"),
+            })
+            .collect()
+    };
+    assert_eq!(ours["model"]["vocab"], theirs["model"]["vocab"], "vocab");
+    assert!(merges(ours) == merges(theirs), "merges differ");
+    for key in ["added_tokens", "normalizer", "pre_tokenizer", "decoder"] {
+        assert_eq!(ours[key], theirs[key], "{key}");
+    }
+    for key in ["type", "byte_fallback", "fuse_unk", "ignore_merges"] {
+        assert_eq!(ours["model"][key], theirs["model"][key], "model.{key}");
+    }
 }

@@ -1122,10 +1122,9 @@ fn byte_level_tokenizer(
             })
             .collect::<Result<Vec<_>>>()?,
     };
-    let post = match bos {
-        Some(_) => bos_template(bos),
-        None => byte_level(true, false, true),
-    };
+    // Without BOS the post-processor has nothing to add: ids are what the model produced. (A
+    // ByteLevel post-processor, which some tokenizer.json files carry, only adjusts offsets.)
+    let post = bos_template(bos);
     Ok(json!({
         "version": "1.0",
         "truncation": null,
