@@ -865,3 +865,14 @@ fn same_tokenizer(ours: &Value, theirs: &Value) {
         assert_eq!(ours["model"][key], theirs["model"][key], "model.{key}");
     }
 }
+
+#[test]
+fn end_of_turn_token_joins_eos_in_generation_config() {
+    let ck = gguf::load(&tiny_model("llama", true).write("noeot.gguf"), false).unwrap();
+    assert_eq!(ck.generation_config["eos_token_id"], 0);
+    let mut w = tiny_model("llama", true);
+    w.u32("tokenizer.ggml.eot_token_id", 6);
+    let ck = gguf::load(&w.write("eot.gguf"), false).unwrap();
+    assert_eq!(ck.generation_config["eos_token_id"], serde_json::json!([0, 6]));
+    assert_eq!(ck.tokenizer_config["eot_token"], "<think>");
+}
