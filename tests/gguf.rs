@@ -876,3 +876,45 @@ fn end_of_turn_token_joins_eos_in_generation_config() {
     assert_eq!(ck.generation_config["eos_token_id"], serde_json::json!([0, 6]));
     assert_eq!(ck.tokenizer_config["eot_token"], "<think>");
 }
+
+/// splitmix64, for deterministic corruption.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[test]
+fn corrupted_files_error_and_never_panic() {
+    // Flip bytes of the gguf-py file (mostly in the header, where the structure is) and load
+    // every result both ways: each must be Ok or a typed error, never a panic or an abort.
+    let original = std::fs::read(fixture("tiny-llama.gguf")).unwrap();
+    let header_len = gguf::read_header(&fixture("tiny-llama.gguf")).unwrap().data_offset as usize;
+    let mut rng = 20261128u64;
+    let p = tmp("corrupt.gguf");
+    let mut errors = 0;
+    for round in 0..400 {
+        let mut bytes = original.clone();
+        for _ in 0..1 + round % 4 {
+            let at = (splitmix(&mut rng) as usize) % header_len;
+            bytes[at] = match splitmix(&mut rng) % 4 {
+                0 => 0xFF,
+                1 => 0,
+                2 => bytes[at] ^ (1 << (splitmix(&mut rng) % 8)),
+                _ => splitmix(&mut rng) as u8,
+            };
+        }
+        std::fs::write(&p, &bytes).unwrap();
+        if gguf::read_header(&p).is_err() {
+            errors += 1;
+        }
+        let _ = gguf::load(&p, false);
+        let _ = gguf::load(&p, true);
+        let _ = minfer::inspect::inspect(&p);
+    }
+    // Most corruptions of a header are detected; some (a byte of a float, a character of a
+    // string) are legal values.
+    assert!(errors > 50, "only {errors} of 400 corruptions detected");
+}
