@@ -873,7 +873,10 @@ fn end_of_turn_token_joins_eos_in_generation_config() {
     let mut w = tiny_model("llama", true);
     w.u32("tokenizer.ggml.eot_token_id", 6);
     let ck = gguf::load(&w.write("eot.gguf"), false).unwrap();
-    assert_eq!(ck.generation_config["eos_token_id"], serde_json::json!([0, 6]));
+    assert_eq!(
+        ck.generation_config["eos_token_id"],
+        serde_json::json!([0, 6])
+    );
     assert_eq!(ck.tokenizer_config["eot_token"], "<think>");
 }
 
@@ -891,7 +894,9 @@ fn corrupted_files_error_and_never_panic() {
     // Flip bytes of the gguf-py file (mostly in the header, where the structure is) and load
     // every result both ways: each must be Ok or a typed error, never a panic or an abort.
     let original = std::fs::read(fixture("tiny-llama.gguf")).unwrap();
-    let header_len = gguf::read_header(&fixture("tiny-llama.gguf")).unwrap().data_offset as usize;
+    let header_len = gguf::read_header(&fixture("tiny-llama.gguf"))
+        .unwrap()
+        .data_offset as usize;
     let mut rng = 20261128u64;
     let p = tmp("corrupt.gguf");
     let mut errors = 0;
@@ -917,4 +922,13 @@ fn corrupted_files_error_and_never_panic() {
     // Most corruptions of a header are detected; some (a byte of a float, a character of a
     // string) are legal values.
     assert!(errors > 50, "only {errors} of 400 corruptions detected");
+}
+
+#[test]
+fn version_2_reads_like_version_3() {
+    let mut w = tiny_model("qwen2", false);
+    w.version = 2;
+    let f = gguf::read_header(&w.write("v2.gguf")).unwrap();
+    assert_eq!(f.version, 2);
+    assert!(gguf::load(&w.write("v2.gguf"), false).is_ok());
 }
