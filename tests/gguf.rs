@@ -932,3 +932,14 @@ fn version_2_reads_like_version_3() {
     assert_eq!(f.version, 2);
     assert!(gguf::load(&w.write("v2.gguf"), false).is_ok());
 }
+
+#[test]
+fn llama31_rope_freqs_is_refused_by_load_but_inspected() {
+    let mut w = tiny_model("llama", true);
+    w.f32_tensor("rope_freqs.weight", &[2], &[1.0, 8.0]);
+    let p = w.write("rope_freqs.gguf");
+    let m = bad_weights_message(gguf::load(&p, false));
+    assert!(m.contains("rope_freqs"), "{m}");
+    let r = minfer::inspect::inspect(&p).unwrap();
+    assert_eq!(r.breakdown.other, 2);
+}

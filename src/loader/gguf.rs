@@ -576,6 +576,11 @@ pub fn load(path: &Path, keep_quantized: bool) -> Result<GgufCheckpoint> {
             supported: SUPPORTED_ARCHITECTURES.to_vec(),
         });
     }
+    if file.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
+        // llama.cpp bakes Llama 3.1's rope scaling into per-dimension factors and drops the
+        // parameters; recovering them is guesswork, and silently ignoring them is wrong.
+        return Err(file.err("rope_freqs.weight (Llama 3.1-style rope scaling) is not supported"));
+    }
     let config = hf_config(&file)?;
     let weights = hf_weights(&file, &config, keep_quantized)?;
     let (tokenizer_json, tokenizer_config) = hf_tokenizer(&file)?;
@@ -653,11 +658,6 @@ pub fn hf_config(file: &GgufFile) -> Result<Value> {
             return Err(file.err(format!("rope scaling type {other:?} is not supported")))
         }
     };
-    if file.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
-        // llama.cpp bakes Llama 3.1's rope scaling into per-dimension factors and drops the
-        // parameters; recovering them is guesswork, and silently ignoring them is wrong.
-        return Err(file.err("rope_freqs.weight (Llama 3.1-style rope scaling) is not supported"));
-    }
 
     let mut c = json!({
         "architectures": [architectures],
