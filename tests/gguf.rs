@@ -943,3 +943,26 @@ fn llama31_rope_freqs_is_refused_by_load_but_inspected() {
     let r = minfer::inspect::inspect(&p).unwrap();
     assert_eq!(r.breakdown.other, 2);
 }
+
+#[test]
+fn sentencepiece_tokenizer_encodes_like_hf_tokenizers() {
+    let ck = gguf::load(&fixture("tiny-llama.gguf"), false).unwrap();
+    let tok =
+        minfer::tokenizer::Tokenizer::from_json(&ck.tokenizer_json, Some(&ck.tokenizer_config))
+            .unwrap();
+    let cases = json_file("tiny-llama.encodings.json");
+    for case in cases.as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.encode(text, false).unwrap(), want, "{text:?}");
+        // With special tokens, our post-processor adds BOS as a real Llama tokenizer.json does.
+        let with_bos = tok.encode(text, true).unwrap();
+        assert_eq!(with_bos[0], 1, "{text:?}");
+        assert_eq!(&with_bos[1..], &want[..], "{text:?}");
+    }
+}
