@@ -88,7 +88,9 @@ pub struct LoadOptions {
     pub profile: bool,
     /// CPU only: keep a copy of every op's output (see [`Model::take_activations`]). Slow.
     pub record_activations: bool,
-    /// GGUF only: keep quantized tensors in their block format (else dequantize to f32 at load).
+    /// GGUF only: keep quantized tensors in their block format and compute on them with the
+    /// integer kernels (CPU); false dequantizes them to f32 at load. GPU devices always
+    /// dequantize (the PTX kernels take f32/f16/bf16 weights).
     pub keep_quantized: bool,
 }
 
@@ -101,7 +103,7 @@ impl Default for LoadOptions {
             max_batch: 128,
             all_logits: false,
             profile: false,
-            keep_quantized: false,
+            keep_quantized: true,
             record_activations: false,
         }
     }
@@ -271,7 +273,13 @@ impl Model {
     /// Load a checkpoint (Hugging Face directory, .safetensors file with config.json beside it,
     /// or .gguf file) onto the CPU.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
-        let ck = Checkpoint::open(path, opts.keep_quantized)?;
+        let device = opts.device.resolve()?;
+        let keep_quantized = opts.keep_quantized && device == Device::Cpu;
+        let opts = &LoadOptions {
+            device,
+            ..opts.clone()
+        };
+        let ck = Checkpoint::open(path, keep_quantized)?;
         let tokenizer = match &ck.embedded_tokenizer {
             Some((json, config)) => Some(Tokenizer::from_json(json, Some(config))?),
             None => {
@@ -283,7 +291,12 @@ impl Model {
                 }
             }
         };
-        let mut model = Self::on_device(ck.config, &ck.weights, ck.eos_ids, opts, ck.files)?;
+        // Stop at the tokenizer's EOS too (a chat model's end-of-turn token is often only there).
+        let mut eos = ck.eos_ids;
+        eos.extend(tokenizer.iter().flat_map(Tokenizer::eos_ids));
+        eos.sort_unstable();
+        eos.dedup();
+        let mut model = Self::on_device(ck.config, &ck.weights, eos, opts, ck.files)?;
         model.tokenizer = tokenizer;
         Ok(model)
     }

@@ -34,6 +34,7 @@ OPTIONS (every command that runs a model):
                                    sim = the PTX kernels on the built-in interpreter, slowly)
   --threads N          CPU threads (default: all cores)
   --ctx N              KV-cache length (default: min(max_position_embeddings, 4096))
+  --dequantize         GGUF: dequantize quantized weights to f32 at load (default: use them as stored)
   --temperature T      0 = greedy (default 0)
   --top-k K  --top-p P  --min-p M  --repeat-penalty R  --seed S
   --max-new-tokens N   (default 256)
@@ -75,6 +76,7 @@ const VALUED: &[&str] = &[
 ];
 const BOOLEAN: &[&str] = &[
     "raw",
+    "dequantize",
     "activations",
     "json",
     "chat",
@@ -159,6 +161,7 @@ fn load_options(a: &Args) -> Result<LoadOptions> {
         device: a.get_or("device", Device::Auto)?,
         threads: a.get_or("threads", 0)?,
         context_len: a.get("ctx")?,
+        keep_quantized: !a.flag("dequantize"),
         ..LoadOptions::default()
     })
 }
