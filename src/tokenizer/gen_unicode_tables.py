@@ -95,6 +95,21 @@ def main():
     print("];")
     print()
 
+    # NFC quick check: code points whose NFC_Quick_Check is No (NFC changes them on their own)
+    # or Maybe (they may compose with what precedes them). Text without these, whose combining
+    # classes never decrease, is already NFC.
+    second = set()
+    for cp in range(MAX):
+        d = ud.decomposition(chr(cp))
+        if d and not d.startswith("<"):
+            parts = [int(x, 16) for x in d.split()]
+            if len(parts) == 2 and ud.normalize("NFC", chr(parts[0]) + chr(parts[1])) == chr(cp):
+                second.add(parts[1])
+    second.update(range(0x1161, 0x1176))
+    second.update(range(0x11A8, 0x11C3))
+    emit_ranges("NFC_QC_NO_MAYBE", "NFC_Quick_Check = No or Maybe.",
+                ranges(lambda cp: cp in second or ud.normalize("NFC", chr(cp)) != chr(cp)))
+
     # Primary composites: pairs (a, b) -> c where c's canonical decomposition is exactly two
     # code points a b and NFC(a b) == c (this excludes composition exclusions and singletons).
     comp = []

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use added::{AddedToken, Matcher, Segment};
-use bpe::{Bpe, BpeOptions};
+use bpe::{Bpe, BpeOptions, FastMap};
 use decoder::{Decoder, DecoderState, Step};
 use normalize::Normalizer;
 use pretok::SplitPattern;
@@ -428,7 +428,8 @@ impl Tokenizer {
             .get("vocab")
             .and_then(Value::as_object)
             .ok_or_else(|| terr("model.vocab is not an object"))?;
-        let mut vocab = HashMap::with_capacity(vocab_json.len());
+        let mut vocab = FastMap::default();
+        vocab.reserve(vocab_json.len());
         let mut max_id = 0u32;
         for (k, v) in vocab_json {
             let id = v
@@ -541,7 +542,9 @@ impl Tokenizer {
             .into_iter()
             .collect();
 
-        let bpe = Bpe::new(vocab, &merges, opts).map_err(|e| terr(format!("model.merges: {e}")))?;
+        let byte_chars = pretok::byte_to_char_table();
+        let bpe = Bpe::new(vocab, &merges, opts, byte_level.then_some(&byte_chars))
+            .map_err(|e| terr(format!("model.merges: {e}")))?;
         // Normalized added tokens are matched in normalized text, so their patterns are
         // normalized too (as tokenizers does).
         let raw_matcher = Matcher::new(
@@ -578,7 +581,7 @@ impl Tokenizer {
             normalizer,
             pre,
             byte_level,
-            byte_chars: pretok::byte_to_char_table(),
+            byte_chars,
             post,
             decoder,
             bos,
@@ -761,11 +764,14 @@ impl Tokenizer {
             let piece = &sc.buf[a..b];
             if self.byte_level {
                 sc.mapped.clear();
-                sc.mapped
-                    .extend(piece.bytes().map(|x| self.byte_chars[x as usize]));
-                self.bpe.tokenize_piece(piece.as_bytes(), &sc.mapped, ids);
+                if self.bpe.ignore_merges() || !self.bpe.has_byte_level_ids() {
+                    sc.mapped
+                        .extend(piece.bytes().map(|x| self.byte_chars[x as usize]));
+                }
+                self.bpe
+                    .tokenize_piece(piece.as_bytes(), &sc.mapped, true, ids);
             } else {
-                self.bpe.tokenize_piece(piece.as_bytes(), piece, ids);
+                self.bpe.tokenize_piece(piece.as_bytes(), piece, false, ids);
             }
         }
     }

@@ -117,11 +117,29 @@ fn compose_pair(a: char, b: char) -> Option<char> {
         .and_then(|i| char::from_u32(t::COMPOSE[i].1))
 }
 
-/// Unicode Normalization Form C. Text made only of code points below U+0300 is already NFC
-/// (nothing there decomposes canonically into a different sequence or combines), so it is
-/// returned borrowed without work: that covers ASCII and Latin-1 prose.
+/// The NFC quick check of UAX #15: true when `s` is certainly NFC already (no character with
+/// NFC_Quick_Check No or Maybe, and combining classes never decrease).
+fn is_nfc_quick(s: &str) -> bool {
+    let mut last = 0u8;
+    for c in s.chars() {
+        // Nothing below U+0300 is No/Maybe or has a non-zero combining class.
+        if (c as u32) < 0x300 {
+            last = 0;
+            continue;
+        }
+        let cc = ccc(c);
+        if (cc != 0 && last > cc) || in_ranges(&t::NFC_QC_NO_MAYBE, c as u32) {
+            return false;
+        }
+        last = cc;
+    }
+    true
+}
+
+/// Unicode Normalization Form C. Text that passes the quick check (nearly all real text) is
+/// returned borrowed without work.
 pub fn nfc(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.chars().all(|c| (c as u32) < 0x300) {
+    if is_nfc_quick(s) {
         return std::borrow::Cow::Borrowed(s);
     }
     // 1. Full canonical decomposition.
