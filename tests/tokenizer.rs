@@ -248,13 +248,31 @@ fn unsupported_types_are_named() {
     j["model"]["merges"] = json!([["nope", "zzz"]]);
     let m = tokenizer_error(Tokenizer::from_json(&j, None));
     assert!(m.contains("nope"), "{m}");
-    // A bad chat template is a Tokenizer error at load.
+    // A chat template that does not parse: the tokenizer still loads (generation does not
+    // need it); rendering reports the parse error.
     let cfg = json!({"chat_template": "{% for %}"});
     let j: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
             .unwrap();
-    let m = tokenizer_error(Tokenizer::from_json(&j, Some(&cfg)));
-    assert!(m.contains("chat_template"), "{m}");
+    let tok = Tokenizer::from_json(&j, Some(&cfg)).unwrap();
+    assert!(tok.has_chat_template());
+    match tok.apply_chat_template(
+        &[ChatMessage {
+            role: "user".into(),
+            content: "x".into(),
+        }],
+        true,
+    ) {
+        Err(Error::Tokenizer(m)) => assert!(m.contains("chat_template does not parse"), "{m}"),
+        other => panic!("expected a template error, got {other:?}"),
+    }
+    // A tokenizer without a template says so.
+    let tok = Tokenizer::from_json(&j, None).unwrap();
+    assert!(!tok.has_chat_template());
+    assert!(matches!(
+        tok.apply_chat_template(&[], false),
+        Err(Error::Tokenizer(_))
+    ));
 }
 
 #[test]

@@ -386,7 +386,14 @@ impl Tokenizer {
         } else {
             None
         };
-        Tokenizer::from_json(&tok, cfg.as_ref()).map_err(|e| match e {
+        // Newer Hugging Face repositories keep the template in its own file.
+        let jinja_path = path.with_file_name("chat_template.jinja");
+        let jinja = if jinja_path.exists() {
+            Some(std::fs::read_to_string(&jinja_path).map_err(|e| Error::io(&jinja_path, e))?)
+        } else {
+            None
+        };
+        Tokenizer::build(&tok, cfg.as_ref(), jinja).map_err(|e| match e {
             Error::Tokenizer(m) => Error::Tokenizer(format!("{}: {m}", path.display())),
             other => other,
         })
@@ -397,6 +404,14 @@ impl Tokenizer {
     pub fn from_json(
         tokenizer_json: &Value,
         tokenizer_config: Option<&Value>,
+    ) -> Result<Tokenizer> {
+        Tokenizer::build(tokenizer_json, tokenizer_config, None)
+    }
+
+    fn build(
+        tokenizer_json: &Value,
+        tokenizer_config: Option<&Value>,
+        chat_template_file: Option<String>,
     ) -> Result<Tokenizer> {
         let j = tokenizer_json;
         let model = j
@@ -566,10 +581,7 @@ impl Tokenizer {
                     (p, i)
                 }),
         );
-        let chat = match tokenizer_config {
-            Some(cfg) => chat::ChatTemplate::from_config(cfg)?,
-            None => None,
-        };
+        let chat = chat::ChatTemplate::from_config(tokenizer_config, chat_template_file)?;
 
         Ok(Tokenizer {
             bpe,
