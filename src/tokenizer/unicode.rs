@@ -219,3 +219,35 @@ mod tests {
         assert_eq!(nfc("e\u{301}\u{301}"), "é\u{301}");
     }
 }
+
+#[cfg(test)]
+mod nfc_oracle {
+    /// Every case of tests/fixtures/tokenizers/nfc.json (Python's unicodedata.normalize).
+    #[test]
+    fn matches_python() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tokenizers/nfc.json");
+        let text = std::fs::read_to_string(&path).expect("nfc.json");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("nfc.json parses");
+        let cases = v["cases"].as_array().expect("cases");
+        assert!(cases.len() > 5000);
+        let mut bad = Vec::new();
+        for c in cases {
+            let (input, want) = (
+                c[0].as_str().unwrap_or_default(),
+                c[1].as_str().unwrap_or_default(),
+            );
+            let got = super::nfc(input);
+            if got != want {
+                bad.push(format!("{input:?}: got {got:?} want {want:?}"));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{} of {} differ:\n{}",
+            bad.len(),
+            cases.len(),
+            bad[..bad.len().min(20)].join("\n")
+        );
+    }
+}
