@@ -436,3 +436,120 @@ fn stream_holds_partial_characters() {
     out.extend(st.flush());
     assert_eq!(out, "日本");
 }
+
+#[test]
+fn tokenizer_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
+}
+
+/// The GGUF metadata a file would hold for a fixture tokenizer, recovered from its
+/// tokenizer.json (the fixtures were themselves built from real GGUF headers).
+fn gguf_meta_of(name: &str, pre: &str) -> minfer::tokenizer::gguf::GgufTokenizerMeta {
+    let dir = fixtures().join(name);
+    let j: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    let vocab = j["model"]["vocab"].as_object().unwrap();
+    let mut tokens = vec![String::new(); vocab.len()];
+    for (k, v) in vocab {
+        tokens[v.as_u64().unwrap() as usize] = k.clone();
+    }
+    let mut token_types = vec![1; tokens.len()];
+    for t in j["added_tokens"].as_array().unwrap() {
+        token_types[t["id"].as_u64().unwrap() as usize] = if t["special"].as_bool().unwrap() {
+            3
+        } else {
+            4
+        };
+    }
+    let merges = j["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| match m {
+            Value::String(s) => s.clone(),
+            Value::Array(a) => format!("{} {}", a[0].as_str().unwrap(), a[1].as_str().unwrap()),
+            _ => unreachable!(),
+        })
+        .collect();
+    let id = |k: &str| {
+        let name = cfg[k]
+            .as_str()
+            .or_else(|| cfg[k]["content"].as_str())
+            .unwrap();
+        vocab[name].as_u64().map(|x| x as u32)
+    };
+    minfer::tokenizer::gguf::GgufTokenizerMeta {
+        model: "gpt2".into(),
+        pre: Some(pre.into()),
+        tokens,
+        token_types,
+        merges,
+        bos_id: id("bos_token"),
+        eos_id: id("eos_token"),
+        unk_id: None,
+        add_bos: Some(cfg["add_bos_token"].as_bool().unwrap()),
+        add_eos: Some(false),
+        chat_template: cfg["chat_template"].as_str().map(str::to_string),
+    }
+}
+
+/// Tokenizers built from GGUF metadata by `hf_json_from_gguf` behave exactly like the
+/// fixture tokenizers (same ids, decoding, BOS handling and chat template).
+#[test]
+fn gguf_metadata_conversion() {
+    use minfer::tokenizer::gguf::hf_json_from_gguf;
+    for (name, pre) in [("qwen2", "deepseek-r1-qwen"), ("smollm2", "smollm")] {
+        let (tj, cfg) = hf_json_from_gguf(&gguf_meta_of(name, pre)).unwrap();
+        let tok = Tokenizer::from_json(&tj, Some(&cfg)).unwrap();
+        let (_, fixture) = load(name);
+        for case in fixture["cases"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            assert_eq!(
+                tok.encode(text, false).unwrap(),
+                ids_of(&case["ids"]),
+                "{name}: {}",
+                short(text)
+            );
+            assert_eq!(
+                tok.encode(text, true).unwrap(),
+                ids_of(&case["ids_special"]),
+                "{name}: {}",
+                short(text)
+            );
+            let d = tok.decode(&ids_of(&case["ids_special"]), true).unwrap();
+            assert_eq!(
+                d,
+                case["decoded_skip_special"].as_str().unwrap(),
+                "{name}: {}",
+                short(text)
+            );
+        }
+        for c in fixture["chat"].as_array().unwrap() {
+            let messages: Vec<ChatMessage> = c["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| ChatMessage {
+                    role: m["role"].as_str().unwrap().into(),
+                    content: m["content"].as_str().unwrap().into(),
+                })
+                .collect();
+            let agp = c["add_generation_prompt"].as_bool().unwrap();
+            assert_eq!(
+                tok.apply_chat_template(&messages, agp).unwrap(),
+                c["rendered"].as_str().unwrap()
+            );
+        }
+    }
+    let mut meta = gguf_meta_of("smollm2", "tekken");
+    let m = tokenizer_error(hf_json_from_gguf(&meta).map(|_| unreachable!()));
+    assert!(m.contains("\"tekken\""), "{m}");
+    meta.model = "llama".into();
+    let m = tokenizer_error(hf_json_from_gguf(&meta).map(|_| unreachable!()));
+    assert!(m.contains("\"llama\""), "{m}");
+}

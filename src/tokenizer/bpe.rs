@@ -61,6 +61,9 @@ impl Hasher for FxHasher {
 
 pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
+/// Piece text -> its ids.
+type PieceCache = FastMap<Box<[u8]>, Box<[u32]>>;
+
 /// Pieces longer than this are not cached (they are rare and would bloat the cache).
 const CACHE_MAX_PIECE: usize = 64;
 /// The cache stops growing here, like the Hugging Face implementation's.
@@ -78,7 +81,7 @@ pub(crate) struct Bpe {
     ignore_merges: bool,
     /// `<0xNN>` ids, when byte_fallback is on and all 256 exist.
     byte_tokens: Option<Box<[u32; 256]>>,
-    cache: Mutex<FastMap<Box<[u8]>, Box<[u32]>>>,
+    cache: Mutex<PieceCache>,
 }
 
 #[derive(Clone, Copy)]

@@ -12,6 +12,7 @@ mod added;
 mod bpe;
 mod chat;
 mod decoder;
+pub mod gguf;
 mod normalize;
 mod pretok;
 mod unicode;
