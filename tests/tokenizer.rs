@@ -122,6 +122,11 @@ fn parity_llama3ish() {
 }
 
 #[test]
+fn parity_qwen35ish() {
+    check_parity("qwen35ish");
+}
+
+#[test]
 fn parity_llama2ish() {
     check_parity("llama2ish");
 }

@@ -50,6 +50,9 @@ def main():
     emit_ranges("NUMBER", "General category N (Nd, Nl, No): regex `\\p{N}`.",
                 ranges(lambda cp: cat(cp).startswith("N")))
 
+    emit_ranges("MARK", "General category M (Mn, Mc, Me): regex `\\p{M}`.",
+                ranges(lambda cp: cat(cp).startswith("M")))
+
     # Canonical combining class, as runs of equal non-zero class.
     ccc = []
     cp = 0

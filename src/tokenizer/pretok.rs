@@ -1,26 +1,30 @@
 //! Pre-tokenization: splitting normalized text into the pieces BPE runs on.
 //!
-//! The Split regexes of real tokenizers (GPT-2, Llama 3, Qwen2) are implemented as hand-written
+//! The Split regexes of real tokenizers (GPT-2, Llama 3, Qwen2, Qwen3.5) are implemented as hand-written
 //! matchers with the exact leftmost-first alternation and backtracking semantics of the regex,
 //! instead of a regex engine. A Split with any other pattern is rejected at load, naming the
 //! pattern. Also here: ByteLevel (add_prefix_space, use_regex), Digits, Metaspace, Sequence.
 //! Not supported: Whitespace, WhitespaceSplit, BertPreTokenizer, Punctuation, CharDelimiterSplit,
 //! UnicodeScripts, and Split behaviours other than Isolated.
 
-use super::unicode::{is_letter, is_number, is_space};
+use super::unicode::{is_letter, is_mark, is_number, is_space};
 
 pub const GPT2_PATTERN: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 pub const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 pub const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen3.5: like Qwen2, with combining marks counted as letters.
+pub const QWEN35_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A regex pattern we implement by hand.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum SplitPattern {
     Gpt2,
-    /// Llama 3 (`\p{N}{1,3}`) and Qwen2 (`\p{N}`): max digits per piece.
+    /// Llama 3 (`\p{N}{1,3}`) and Qwen2 (`\p{N}`): max digits per piece; Qwen3.5 also
+    /// counts `\p{M}` as letters.
     Llama3 {
         max_digits: usize,
+        marks: bool,
     },
 }
 
@@ -28,8 +32,18 @@ impl SplitPattern {
     pub fn recognise(pattern: &str) -> Option<SplitPattern> {
         match pattern {
             GPT2_PATTERN => Some(SplitPattern::Gpt2),
-            LLAMA3_PATTERN => Some(SplitPattern::Llama3 { max_digits: 3 }),
-            QWEN2_PATTERN => Some(SplitPattern::Llama3 { max_digits: 1 }),
+            LLAMA3_PATTERN => Some(SplitPattern::Llama3 {
+                max_digits: 3,
+                marks: false,
+            }),
+            QWEN2_PATTERN => Some(SplitPattern::Llama3 {
+                max_digits: 1,
+                marks: false,
+            }),
+            QWEN35_PATTERN => Some(SplitPattern::Llama3 {
+                max_digits: 1,
+                marks: true,
+            }),
             _ => None,
         }
     }
@@ -39,7 +53,14 @@ impl SplitPattern {
     fn match_at(self, s: &str, i: usize) -> usize {
         match self {
             SplitPattern::Gpt2 => gpt2_match(s, i),
-            SplitPattern::Llama3 { max_digits } => llama3_match(s, i, max_digits),
+            SplitPattern::Llama3 {
+                max_digits,
+                marks: false,
+            } => llama3_match(s, i, max_digits, is_letter),
+            SplitPattern::Llama3 {
+                max_digits,
+                marks: true,
+            } => llama3_match(s, i, max_digits, |c| is_letter(c) || is_mark(c)),
         }
     }
 
@@ -137,7 +158,16 @@ fn gpt2_match(s: &str, i: usize) -> usize {
     whitespace_tail(s, i)
 }
 
-fn llama3_match(s: &str, i: usize, max_digits: usize) -> usize {
+/// The Llama 3 family of patterns; `is_letter` is the letter class (`\p{L}`, or `[\p{L}\p{M}]`
+/// for Qwen3.5, where "other" excludes marks too).
+#[inline]
+fn llama3_match(
+    s: &str,
+    i: usize,
+    max_digits: usize,
+    is_letter: impl Fn(char) -> bool + Copy,
+) -> usize {
+    let is_other = |c: char| !is_space(c) && !is_letter(c) && !is_number(c);
     let Some(c0) = char_at(s, i) else {
         return s.len();
     };
@@ -253,14 +283,20 @@ mod tests {
 
     #[test]
     fn llama3_examples() {
-        let p = SplitPattern::Llama3 { max_digits: 3 };
+        let p = SplitPattern::Llama3 {
+            max_digits: 3,
+            marks: false,
+        };
         assert_eq!(
             pieces(p, "I'M 12345 x"),
             ["I", "'M", " ", "123", "45", " x"]
         );
         assert_eq!(pieces(p, "a  \n  b"), ["a", "  \n", " ", " b"]);
         assert_eq!(pieces(p, "x.\n\ny\tz"), ["x", ".\n\n", "y", "\tz"]);
-        let q = SplitPattern::Llama3 { max_digits: 1 };
+        let q = SplitPattern::Llama3 {
+            max_digits: 1,
+            marks: false,
+        };
         assert_eq!(pieces(q, "12"), ["1", "2"]);
     }
 

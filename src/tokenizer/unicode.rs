@@ -36,6 +36,12 @@ pub fn is_number(c: char) -> bool {
     in_ranges(&t::NUMBER, c as u32)
 }
 
+/// `\p{M}`: general category Mark.
+#[inline]
+pub fn is_mark(c: char) -> bool {
+    !c.is_ascii() && in_ranges(&t::MARK, c as u32)
+}
+
 /// `\s` as Oniguruma (and Rust's regex) define it for Unicode text: the White_Space property,
 /// which std's `char::is_whitespace` implements (this set has not changed in many versions).
 #[inline]
