@@ -500,6 +500,7 @@ fn gguf_meta_of(name: &str, pre: &str) -> minfer::tokenizer::gguf::GgufTokenizer
         add_bos: Some(cfg["add_bos_token"].as_bool().unwrap()),
         add_eos: Some(false),
         chat_template: cfg["chat_template"].as_str().map(str::to_string),
+        ..Default::default()
     }
 }
 
@@ -554,7 +555,69 @@ fn gguf_metadata_conversion() {
     let mut meta = gguf_meta_of("smollm2", "tekken");
     let m = tokenizer_error(hf_json_from_gguf(&meta).map(|_| unreachable!()));
     assert!(m.contains("\"tekken\""), "{m}");
-    meta.model = "llama".into();
+    meta.model = "t5".into();
     let m = tokenizer_error(hf_json_from_gguf(&meta).map(|_| unreachable!()));
-    assert!(m.contains("\"llama\""), "{m}");
+    assert!(m.contains("\"t5\""), "{m}");
+    // A SentencePiece file with neither scores nor merges cannot be converted.
+    meta.model = "llama".into();
+    meta.merges.clear();
+    let m = tokenizer_error(hf_json_from_gguf(&meta).map(|_| unreachable!()));
+    assert!(m.contains("scores"), "{m}");
+}
+
+/// A SentencePiece GGUF (tokens + scores, no merges): merges recovered from the scores must
+/// tokenize exactly like the tokenizer the fixture script built with transformers'
+/// generate_merges from the same metadata.
+#[test]
+fn gguf_sentencepiece_conversion() {
+    use minfer::tokenizer::gguf::{hf_json_from_gguf, GgufTokenizerMeta};
+    let path = fixtures().join("llama2ish_gguf.json");
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let m = &fixture["meta"];
+    let meta = GgufTokenizerMeta {
+        model: m["model"].as_str().unwrap().into(),
+        tokens: m["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect(),
+        token_types: m["token_types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_i64().unwrap() as i32)
+            .collect(),
+        scores: m["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_f64().unwrap() as f32)
+            .collect(),
+        bos_id: Some(m["bos_id"].as_u64().unwrap() as u32),
+        eos_id: Some(m["eos_id"].as_u64().unwrap() as u32),
+        unk_id: Some(m["unk_id"].as_u64().unwrap() as u32),
+        add_bos: m["add_bos"].as_bool(),
+        add_eos: m["add_eos"].as_bool(),
+        add_space_prefix: m["add_space_prefix"].as_bool(),
+        ..Default::default()
+    };
+    let (tj, cfg) = hf_json_from_gguf(&meta).unwrap();
+    let tok = Tokenizer::from_json(&tj, Some(&cfg)).unwrap();
+    assert_eq!(tok.bos_id(), Some(1));
+    assert_eq!(tok.eos_ids(), vec![2]);
+    let mut failures = Vec::new();
+    for case in fixture["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let sp = ids_of(&case["ids_special"]);
+        if tok.encode(text, false).unwrap() != ids_of(&case["ids"])
+            || tok.encode(text, true).unwrap() != sp
+        {
+            failures.push(format!("encode {}", short(text)));
+        }
+        if tok.decode(&sp, false).unwrap() != case["decoded"].as_str().unwrap() {
+            failures.push(format!("decode {}", short(text)));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
