@@ -127,6 +127,16 @@ fn parity_qwen35ish() {
 }
 
 #[test]
+fn parity_tekkenish() {
+    check_parity("tekkenish");
+}
+
+#[test]
+fn parity_gpt4oish() {
+    check_parity("gpt4oish");
+}
+
+#[test]
 fn parity_llama2ish() {
     check_parity("llama2ish");
 }

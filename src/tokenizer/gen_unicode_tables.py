@@ -53,6 +53,12 @@ def main():
     emit_ranges("MARK", "General category M (Mn, Mc, Me): regex `\\p{M}`.",
                 ranges(lambda cp: cat(cp).startswith("M")))
 
+    # The case-aware letter classes of the Tekken (Mistral Nemo) and GPT-4o (o200k) patterns.
+    emit_ranges("UPPERISH", "`[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]`.",
+                ranges(lambda cp: cat(cp) in ("Lu", "Lt", "Lm", "Lo") or cat(cp).startswith("M")))
+    emit_ranges("LOWERISH", "`[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]`.",
+                ranges(lambda cp: cat(cp) in ("Ll", "Lm", "Lo") or cat(cp).startswith("M")))
+
     # Canonical combining class, as runs of equal non-zero class.
     ccc = []
     cp = 0

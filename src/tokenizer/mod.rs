@@ -197,7 +197,7 @@ fn parse_pretok(v: &Value, ctx: &str, out: &mut Vec<PreTok>) -> Result<()> {
             };
             let Some(p) = SplitPattern::recognise(re) else {
                 return Err(terr(format!(
-                    "{ctx}: Split regex `{re}` is not one minfer implements (the GPT-2, Llama 3, Qwen2 and Qwen3.5 patterns are)"
+                    "{ctx}: Split regex `{re}` is not one minfer implements (the GPT-2, Llama 3, Qwen2, Qwen3.5, Tekken and GPT-4o patterns are)"
                 )));
             };
             let behavior = v.get("behavior").and_then(Value::as_str).unwrap_or("Isolated");

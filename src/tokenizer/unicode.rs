@@ -42,6 +42,24 @@ pub fn is_mark(c: char) -> bool {
     !c.is_ascii() && in_ranges(&t::MARK, c as u32)
 }
 
+/// `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]`
+#[inline]
+pub fn is_upperish(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_uppercase();
+    }
+    in_ranges(&t::UPPERISH, c as u32)
+}
+
+/// `[\p{Ll}\p{Lm}\p{Lo}\p{M}]`
+#[inline]
+pub fn is_lowerish(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_lowercase();
+    }
+    in_ranges(&t::LOWERISH, c as u32)
+}
+
 /// `\s` as Oniguruma (and Rust's regex) define it for Unicode text: the White_Space property,
 /// which std's `char::is_whitespace` implements (this set has not changed in many versions).
 #[inline]
