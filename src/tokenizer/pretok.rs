@@ -251,8 +251,8 @@ fn upper_star_lower_plus(s: &str, j: usize) -> Option<usize> {
     // The character after the U run is not L, so L+ ends right after the last U that is also L.
     s[j..u]
         .char_indices()
-        .filter(|&(_, c)| is_lowerish(c))
-        .last()
+        .rev()
+        .find(|&(_, c)| is_lowerish(c))
         .map(|(k, c)| j + k + c.len_utf8())
 }
 
