@@ -102,15 +102,18 @@ fn terr(msg: impl std::fmt::Display) -> Error {
     Error::Tokenizer(msg.to_string())
 }
 
-pub(crate) fn byte_level_decode_map() -> &'static HashMap<char, u8> {
-    static MAP: OnceLock<HashMap<char, u8>> = OnceLock::new();
-    MAP.get_or_init(|| {
-        pretok::byte_to_char_table()
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect()
-    })
+/// The byte a ByteLevel character stands for (the inverse of `pretok::byte_to_char_table`,
+/// whose characters all lie below U+0144).
+pub(crate) fn byte_of_level_char(c: char) -> Option<u8> {
+    static INV: OnceLock<[i16; 0x144]> = OnceLock::new();
+    let inv = INV.get_or_init(|| {
+        let mut inv = [-1i16; 0x144];
+        for (b, &c) in pretok::byte_to_char_table().iter().enumerate() {
+            inv[c as usize] = b as i16;
+        }
+        inv
+    });
+    inv.get(c as usize).and_then(|&b| u8::try_from(b).ok())
 }
 
 fn get_str<'a>(v: &'a Value, key: &str, ctx: &str) -> Result<&'a str> {
