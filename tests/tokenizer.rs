@@ -255,6 +255,13 @@ fn unsupported_types_are_named() {
         json!({"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false}]}),
     ));
     assert!(m.contains(re), "error should quote the unknown regex: {m}");
+    // An absurd id is an error, not a 16 GB allocation.
+    let m = tokenizer_error(with_part(
+        "gpt2ish",
+        "added_tokens",
+        json!([{"id": 4_000_000_000u64, "content": "<x>", "special": true}]),
+    ));
+    assert!(m.contains("4000000000"), "{m}");
     // A merge naming a token that is not in the vocabulary.
     let dir = fixtures().join("gpt2ish");
     let mut j: Value =

@@ -483,7 +483,8 @@ impl Tokenizer {
                 let id = t
                     .get("id")
                     .and_then(Value::as_u64)
-                    .ok_or_else(|| terr(format!("{ctx}: missing id")))?
+                    .filter(|&x| x < u32::MAX as u64)
+                    .ok_or_else(|| terr(format!("{ctx}: missing or bad id")))?
                     as u32;
                 let content = get_str(t, "content", &ctx)?.to_string();
                 let special = get_bool(t, "special", false);
@@ -498,6 +499,13 @@ impl Tokenizer {
                 });
                 max_id = max_id.max(id);
             }
+        }
+        // Ids are dense in real vocabularies; a wild one would make the id table enormous.
+        let entries = vocab.len() + added.len();
+        if max_id as usize > 2 * entries + 65_536 {
+            return Err(terr(format!(
+                "token id {max_id} is far beyond the {entries} tokens defined"
+            )));
         }
         let mut pieces: Vec<Option<String>> = vec![None; max_id as usize + 1];
         for (k, &id) in &vocab {
