@@ -12,7 +12,6 @@ mod added;
 mod bpe;
 mod chat;
 mod decoder;
-pub mod gguf;
 mod normalize;
 mod pretok;
 mod unicode;
