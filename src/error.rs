@@ -12,19 +12,29 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// A file could not be opened or read.
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A required file is not there (config.json, model.safetensors, tokenizer.json ...).
     MissingFile { path: PathBuf, what: String },
     /// A JSON file did not parse or lacks a required field.
     Json { path: PathBuf, message: String },
     /// config.json names an architecture we do not implement.
-    UnknownArchitecture { found: String, supported: Vec<&'static str> },
+    UnknownArchitecture {
+        found: String,
+        supported: Vec<&'static str>,
+    },
     /// A weight file (safetensors / GGUF) is malformed: bad header, offsets past the end ...
     BadWeights { path: PathBuf, message: String },
     /// A tensor the model needs is not in the checkpoint.
     MissingTensor { name: String, path: PathBuf },
     /// A tensor has the wrong shape for the config.
-    ShapeMismatch { name: String, expected: Vec<usize>, got: Vec<usize> },
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
     /// A tensor's dtype is not one we can compute with.
     UnsupportedDtype { name: String, dtype: String },
     /// A caller-supplied argument is invalid (token id out of range, prompt too long ...).
@@ -39,13 +49,22 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn json(path: impl Into<PathBuf>, message: impl fmt::Display) -> Self {
-        Error::Json { path: path.into(), message: message.to_string() }
+        Error::Json {
+            path: path.into(),
+            message: message.to_string(),
+        }
     }
     pub fn bad_weights(path: impl Into<PathBuf>, message: impl fmt::Display) -> Self {
-        Error::BadWeights { path: path.into(), message: message.to_string() }
+        Error::BadWeights {
+            path: path.into(),
+            message: message.to_string(),
+        }
     }
     pub fn arg(message: impl fmt::Display) -> Self {
         Error::InvalidArgument(message.to_string())
@@ -87,8 +106,15 @@ impl fmt::Display for Error {
             Error::MissingTensor { name, path } => {
                 write!(f, "tensor {name:?} not found in {}", path.display())
             }
-            Error::ShapeMismatch { name, expected, got } => {
-                write!(f, "tensor {name:?}: expected shape {expected:?}, got {got:?}")
+            Error::ShapeMismatch {
+                name,
+                expected,
+                got,
+            } => {
+                write!(
+                    f,
+                    "tensor {name:?}: expected shape {expected:?}, got {got:?}"
+                )
             }
             Error::UnsupportedDtype { name, dtype } => {
                 write!(f, "tensor {name:?}: unsupported dtype {dtype}")

@@ -66,7 +66,14 @@ pub trait Backend: Send + Sync {
     /// `out[r, :] = table[tokens[r], :]`. Token ids were range-checked by the caller.
     fn embed(&self, out: &mut Self::Buf, table: &Self::Mat, tokens: &[u32]) -> Result<()>;
     /// `out[r] = x[r] / rms(x[r]) · w`, with rms(x) = sqrt(mean(x²) + eps).
-    fn rms_norm(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Mat, rows: usize, eps: f32) -> Result<()>;
+    fn rms_norm(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Mat,
+        rows: usize,
+        eps: f32,
+    ) -> Result<()>;
     /// The residual add fused with the next norm: `residual += x; out = rms_norm(residual) · w`.
     fn add_rms_norm(
         &self,
@@ -78,13 +85,35 @@ pub trait Backend: Send + Sync {
         eps: f32,
     ) -> Result<()>;
     /// `out[r, o] = Σ_i x[r, i] · w[o, i] + bias[o]` for `r < rows`.
-    fn matmul(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Self::Mat, bias: Option<&Self::Mat>, rows: usize) -> Result<()>;
+    fn matmul(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Mat,
+        bias: Option<&Self::Mat>,
+        rows: usize,
+    ) -> Result<()>;
     /// Per-head RMSNorm in place (Qwen3's q_norm / k_norm): `x` is `[rows, heads, head_dim]`,
     /// `w` is `[head_dim]`.
-    fn head_rms_norm(&self, x: &mut Self::Buf, w: &Self::Mat, rows: usize, heads: usize, eps: f32) -> Result<()>;
+    fn head_rms_norm(
+        &self,
+        x: &mut Self::Buf,
+        w: &Self::Mat,
+        rows: usize,
+        heads: usize,
+        eps: f32,
+    ) -> Result<()>;
     /// Rotary embedding in place, Hugging Face's rotate-half layout: for head h, i < head_dim/2,
     /// angle = (pos0 + r) · inv_freq[i], the pair (x[i], x[i + head_dim/2]) is rotated by angle.
-    fn rope(&self, x: &mut Self::Buf, rows: usize, heads: usize, head_dim: usize, pos0: usize, inv_freq: &Self::Mat) -> Result<()>;
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        inv_freq: &Self::Mat,
+    ) -> Result<()>;
     /// Append `k`, `v` (`[rows, n_kv_heads · head_dim]`) to the cache of `layer` at positions
     /// `pos0..pos0 + rows`, then causal (optionally windowed) attention of `q`
     /// (`[rows, n_heads · head_dim]`) over positions `0..=pos0 + r`, grouped-query style:
@@ -106,6 +135,15 @@ pub trait Backend: Send + Sync {
     fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
     /// `x[i] += y[i]` for `i < len`.
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
+    /// Copy rows `src_row..src_row + rows` of `src` (row width `width`) to rows `0..rows` of `dst`.
+    fn copy_rows(
+        &self,
+        dst: &mut Self::Buf,
+        src: &Self::Buf,
+        src_row: usize,
+        rows: usize,
+        width: usize,
+    ) -> Result<()>;
     /// Copy `out.len()` values starting at element `offset` of `buf` to the host.
     fn read(&self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()>;
     /// Index of the largest of `len` values at `offset` (first one on ties), computed where the
@@ -117,6 +155,35 @@ pub trait Backend: Send + Sync {
     fn take_profile(&self) -> Vec<OpProfile> {
         Vec::new()
     }
+
+    /// The individual op executions recorded since the last call (profiling on), for a
+    /// Chrome / Perfetto trace.
+    fn take_trace(&self) -> Vec<TraceEvent> {
+        Vec::new()
+    }
+
+    /// The output of every op since the last call, when the backend records activations (for
+    /// people studying the forward pass: compare with a Hugging Face forward hook).
+    fn take_activations(&self) -> Vec<Activation> {
+        Vec::new()
+    }
+}
+
+/// One op's output: a label naming the op (and its weight, where it has one) and the values
+/// it wrote, row-major `[rows, width]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Activation {
+    pub op: String,
+    pub rows: usize,
+    pub values: Vec<f32>,
+}
+
+/// One op execution on a timeline (microseconds since the backend started).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceEvent {
+    pub name: String,
+    pub start_us: f64,
+    pub dur_us: f64,
 }
 
 /// One row of a per-op timing profile.

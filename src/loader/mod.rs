@@ -5,6 +5,7 @@
 //! The model asks for tensors by their Hugging Face names; the loader that built the
 //! [`Weights`] has already checked every offset against the file length.
 
+pub mod gguf;
 pub mod safetensors;
 
 use std::collections::BTreeMap;
@@ -161,20 +162,47 @@ impl WeightTensor {
                 format!("tensor {name:?}: shape {shape:?} of {dtype} needs {want:?} bytes, the header gives {len}"),
             ));
         }
-        Ok(WeightTensor { name, dtype, shape, storage, start, len })
+        Ok(WeightTensor {
+            name,
+            dtype,
+            shape,
+            storage,
+            start,
+            len,
+        })
     }
 
     /// A tensor owning a copy of `values` (used for computed tables and dequantized weights).
     pub fn from_f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> WeightTensor {
         let bytes: &[u8] = bytemuck::cast_slice(values);
         let storage = Arc::new(Storage::owned(bytes));
-        WeightTensor { name: name.into(), dtype: DType::F32, shape, storage, start: 0, len: bytes.len() }
+        WeightTensor {
+            name: name.into(),
+            dtype: DType::F32,
+            shape,
+            storage,
+            start: 0,
+            len: bytes.len(),
+        }
     }
 
     /// A tensor owning arbitrary bytes of `dtype` (the caller guarantees the size matches).
-    pub fn from_bytes(name: impl Into<String>, dtype: DType, shape: Vec<usize>, bytes: &[u8]) -> Result<WeightTensor> {
+    pub fn from_bytes(
+        name: impl Into<String>,
+        dtype: DType,
+        shape: Vec<usize>,
+        bytes: &[u8],
+    ) -> Result<WeightTensor> {
         let storage = Arc::new(Storage::owned(bytes));
-        WeightTensor::new(name, dtype, shape, storage, 0, bytes.len(), Path::new("<memory>"))
+        WeightTensor::new(
+            name,
+            dtype,
+            shape,
+            storage,
+            0,
+            bytes.len(),
+            Path::new("<memory>"),
+        )
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -187,13 +215,19 @@ impl WeightTensor {
 
     /// The data as f32, if the dtype is f32 and the bytes are 4-aligned.
     pub fn as_f32(&self) -> Option<&[f32]> {
-        (self.dtype == DType::F32).then(|| bytemuck::try_cast_slice(self.bytes()).ok()).flatten()
+        (self.dtype == DType::F32)
+            .then(|| bytemuck::try_cast_slice(self.bytes()).ok())
+            .flatten()
     }
     pub fn as_bf16(&self) -> Option<&[bf16]> {
-        (self.dtype == DType::BF16).then(|| bytemuck::try_cast_slice(self.bytes()).ok()).flatten()
+        (self.dtype == DType::BF16)
+            .then(|| bytemuck::try_cast_slice(self.bytes()).ok())
+            .flatten()
     }
     pub fn as_f16(&self) -> Option<&[f16]> {
-        (self.dtype == DType::F16).then(|| bytemuck::try_cast_slice(self.bytes()).ok()).flatten()
+        (self.dtype == DType::F16)
+            .then(|| bytemuck::try_cast_slice(self.bytes()).ok())
+            .flatten()
     }
 
     /// Whether the typed views above will succeed (mmapped data can be misaligned when a
@@ -210,18 +244,34 @@ impl WeightTensor {
     /// The same tensor copied into aligned owned storage.
     pub fn to_owned_aligned(&self) -> WeightTensor {
         let storage = Arc::new(Storage::owned(self.bytes()));
-        WeightTensor { storage, start: 0, ..self.clone() }
+        WeightTensor {
+            storage,
+            start: 0,
+            ..self.clone()
+        }
     }
 
     /// Every element as f32 (dequantizing when needed). Allocates: for load time and tests only.
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
         let b = self.bytes();
         Ok(match self.dtype {
-            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            DType::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            DType::BF16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            DType::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            DType::F16 => b
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::BF16 => b
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
             other => {
-                return Err(Error::UnsupportedDtype { name: self.name.clone(), dtype: other.to_string() })
+                return Err(Error::UnsupportedDtype {
+                    name: self.name.clone(),
+                    dtype: other.to_string(),
+                })
             }
         })
     }
@@ -238,20 +288,33 @@ pub struct Weights {
     /// Where they came from (for error messages).
     pub path: PathBuf,
     pub tensors: BTreeMap<String, WeightTensor>,
+    /// Tensors present in the checkpoint in a dtype we do not compute with (name → dtype).
+    pub unsupported: BTreeMap<String, String>,
 }
 
 impl Weights {
     pub fn get(&self, name: &str) -> Result<&WeightTensor> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| Error::MissingTensor { name: name.to_string(), path: self.path.clone() })
+        if let Some(dtype) = self.unsupported.get(name) {
+            return Err(Error::UnsupportedDtype {
+                name: name.to_string(),
+                dtype: dtype.clone(),
+            });
+        }
+        self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            path: self.path.clone(),
+        })
     }
 
     /// The tensor, checked to have exactly `shape`.
     pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<&WeightTensor> {
         let t = self.get(name)?;
         if t.shape != shape {
-            return Err(Error::ShapeMismatch { name: name.to_string(), expected: shape.to_vec(), got: t.shape.clone() });
+            return Err(Error::ShapeMismatch {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                got: t.shape.clone(),
+            });
         }
         Ok(t)
     }

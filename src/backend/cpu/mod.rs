@@ -1,3 +1,639 @@
-//! The CPU backend: rayon-parallel ops over f32 activations, SIMD dot products.
+//! The CPU backend: f32 activations, weights used in place from the memory map, rayon threads,
+//! SIMD dot products (runtime-detected, see `simd`).
+//!
+//! Every op here is the plain math; the heavy lifting (matrix products over each weight dtype)
+//! lives in `matmul`. The KV cache is f32, laid out `[layer][position][kv_head][head_dim]`.
+//! Nothing here allocates per token: buffers come from the model, attention keeps its scores
+//! in a fixed-size stack block (online softmax over blocks of keys).
+
 pub mod matmul;
 pub mod simd;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::{Activation, AttnParams, Backend, KvShape, OpProfile, TraceEvent};
+use crate::error::{Error, Result};
+use crate::loader::{DType, WeightTensor};
+
+/// The KV cache: K and V for every layer, `[layer][ctx][n_kv_heads · head_dim]`.
+pub struct CpuKv {
+    shape: KvShape,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    threads: usize,
+    profile: Option<Mutex<Profile>>,
+    activations: Option<Mutex<Vec<Activation>>>,
+}
+
+/// Per-op totals and a bounded timeline of individual executions.
+struct Profile {
+    origin: Instant,
+    totals: BTreeMap<String, OpProfile>,
+    events: Vec<TraceEvent>,
+}
+
+/// The timeline keeps at most this many events (a few decode steps of a large model).
+const MAX_TRACE_EVENTS: usize = 100_000;
+
+impl CpuBackend {
+    /// `threads == 0` uses every core.
+    pub fn new(threads: usize) -> Result<CpuBackend> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("minfer-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::Device(format!("cannot start {threads} CPU threads: {e}")))?;
+        Ok(CpuBackend {
+            pool,
+            threads,
+            profile: None,
+            activations: None,
+        })
+    }
+
+    /// Keep a copy of every op's output (see [`Backend::take_activations`]). Slow; for study.
+    pub fn with_activations(mut self, on: bool) -> Self {
+        self.activations = on.then(|| Mutex::new(Vec::new()));
+        self
+    }
+
+    fn observe(&self, op: impl FnOnce() -> String, rows: usize, values: &[f32]) {
+        if let Some(a) = &self.activations {
+            let mut a = a.lock().unwrap_or_else(|e| e.into_inner());
+            a.push(Activation {
+                op: op(),
+                rows,
+                values: values.to_vec(),
+            });
+        }
+    }
+
+    /// Record time, bytes and flops per op (see [`Backend::take_profile`]).
+    pub fn with_profiling(mut self, on: bool) -> Self {
+        self.profile = on.then(|| {
+            Mutex::new(Profile {
+                origin: Instant::now(),
+                totals: BTreeMap::new(),
+                events: Vec::new(),
+            })
+        });
+        self
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn begin(&self) -> Option<Instant> {
+        self.profile.as_ref().map(|_| Instant::now())
+    }
+
+    fn end(&self, t: Option<Instant>, op: impl FnOnce() -> String, bytes: f64, flops: f64) {
+        let (Some(t), Some(p)) = (t, &self.profile) else {
+            return;
+        };
+        let dt = t.elapsed().as_secs_f64();
+        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+        let name = op();
+        if p.events.len() < MAX_TRACE_EVENTS {
+            let start_us = (t - p.origin).as_secs_f64() * 1e6;
+            p.events.push(TraceEvent {
+                name: name.clone(),
+                start_us,
+                dur_us: dt * 1e6,
+            });
+        }
+        let e = p.totals.entry(name.clone()).or_insert_with(|| OpProfile {
+            op: name,
+            ..Default::default()
+        });
+        e.calls += 1;
+        e.seconds += dt;
+        e.bytes += bytes;
+        e.flops += flops;
+    }
+
+    /// Run `f` on this backend's thread pool, timed when profiling.
+    fn run<T: Send>(
+        &self,
+        op: impl FnOnce() -> String,
+        bytes: f64,
+        flops: f64,
+        f: impl FnOnce() -> T + Send,
+    ) -> T {
+        let t = self.begin();
+        let r = self.pool.install(f);
+        self.end(t, op, bytes, flops);
+        r
+    }
+}
+
+/// "model.layers.7.mlp.down_proj.weight" → "mlp.down_proj": one profile row per kind of weight.
+fn op_label(prefix: &str, name: &str) -> String {
+    let short = name
+        .strip_prefix("model.layers.")
+        .map_or(name, |rest| rest.split_once('.').map_or(rest, |(_, r)| r));
+    format!(
+        "{prefix} {}",
+        short.strip_suffix(".weight").unwrap_or(short)
+    )
+}
+
+fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(Error::arg(format!(
+            "{what}: buffer holds {have} values, the op needs {need}"
+        )));
+    }
+    Ok(())
+}
+
+fn rms_norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ss + eps).sqrt();
+    for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
+        *o = wi * (xi * inv);
+    }
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type Mat = WeightTensor;
+    type Kv = CpuKv;
+
+    fn name(&self) -> String {
+        format!("cpu ({}, {} threads)", simd::describe(), self.threads)
+    }
+
+    fn upload(&self, w: &WeightTensor) -> Result<WeightTensor> {
+        if w.shape.len() == 1 && w.dtype != DType::F32 {
+            // Vectors (norms, biases, tables) are tiny: hold them as f32.
+            return Ok(WeightTensor::from_f32(
+                w.name.clone(),
+                w.shape.clone(),
+                &w.to_f32_vec()?,
+            ));
+        }
+        Ok(if w.is_aligned() {
+            w.clone()
+        } else {
+            w.to_owned_aligned()
+        })
+    }
+
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn alloc_kv(&self, shape: KvShape) -> Result<CpuKv> {
+        let n = shape
+            .layers
+            .checked_mul(shape.ctx)
+            .and_then(|x| x.checked_mul(shape.n_kv_heads * shape.head_dim))
+            .ok_or_else(|| Error::arg("KV cache size overflows"))?;
+        Ok(CpuKv {
+            shape,
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+        })
+    }
+
+    fn embed(&self, out: &mut Vec<f32>, table: &WeightTensor, tokens: &[u32]) -> Result<()> {
+        let t0 = self.begin();
+        let [vocab, dim] = table.shape[..] else {
+            return Err(Error::ShapeMismatch {
+                name: table.name.clone(),
+                expected: vec![0, 0],
+                got: table.shape.clone(),
+            });
+        };
+        check_len("embed", out.len(), tokens.len() * dim)?;
+        for (r, &t) in tokens.iter().enumerate() {
+            let t = t as usize;
+            if t >= vocab {
+                return Err(Error::arg(format!(
+                    "token id {t} is out of range for a vocabulary of {vocab}"
+                )));
+            }
+            let row = &mut out[r * dim..(r + 1) * dim];
+            match table.dtype {
+                DType::F32 => row.copy_from_slice(
+                    &table.as_f32().ok_or_else(|| misaligned(table))?[t * dim..(t + 1) * dim],
+                ),
+                DType::BF16 => {
+                    let src =
+                        &table.as_bf16().ok_or_else(|| misaligned(table))?[t * dim..(t + 1) * dim];
+                    row.iter_mut().zip(src).for_each(|(o, s)| *o = s.to_f32());
+                }
+                DType::F16 => {
+                    let src =
+                        &table.as_f16().ok_or_else(|| misaligned(table))?[t * dim..(t + 1) * dim];
+                    row.iter_mut().zip(src).for_each(|(o, s)| *o = s.to_f32());
+                }
+                _ => matmul::dequantize_row(table, t, row)?,
+            }
+        }
+        self.end(t0, || "embed".into(), (tokens.len() * dim * 4) as f64, 0.0);
+        self.observe(|| "embed".into(), tokens.len(), &out[..tokens.len() * dim]);
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &WeightTensor,
+        rows: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let w_name = w.name.trim_end_matches(".weight").to_string();
+        let t0 = self.begin();
+        let w = w.as_f32().ok_or_else(|| misaligned(w))?;
+        let dim = w.len();
+        check_len("rms_norm", out.len().min(x.len()), rows * dim)?;
+        for r in 0..rows {
+            rms_norm_row(
+                &mut out[r * dim..(r + 1) * dim],
+                &x[r * dim..(r + 1) * dim],
+                w,
+                eps,
+            );
+        }
+        self.end(
+            t0,
+            || "rms_norm".into(),
+            (rows * dim * 8) as f64,
+            (rows * dim * 3) as f64,
+        );
+        self.observe(|| w_name.clone(), rows, &out[..rows * dim]);
+        Ok(())
+    }
+
+    fn add_rms_norm(
+        &self,
+        out: &mut Vec<f32>,
+        residual: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &WeightTensor,
+        rows: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let w_name = w.name.trim_end_matches(".weight").to_string();
+        let t0 = self.begin();
+        let w = w.as_f32().ok_or_else(|| misaligned(w))?;
+        let dim = w.len();
+        check_len(
+            "add_rms_norm",
+            out.len().min(x.len()).min(residual.len()),
+            rows * dim,
+        )?;
+        for r in 0..rows {
+            let res = &mut residual[r * dim..(r + 1) * dim];
+            res.iter_mut()
+                .zip(&x[r * dim..(r + 1) * dim])
+                .for_each(|(a, b)| *a += b);
+            rms_norm_row(&mut out[r * dim..(r + 1) * dim], res, w, eps);
+        }
+        self.end(
+            t0,
+            || "add_rms_norm".into(),
+            (rows * dim * 16) as f64,
+            (rows * dim * 4) as f64,
+        );
+        self.observe(
+            || "residual += sublayer".to_string(),
+            rows,
+            &residual[..rows * dim],
+        );
+        self.observe(|| w_name.clone(), rows, &out[..rows * dim]);
+        Ok(())
+    }
+
+    fn matmul(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &WeightTensor,
+        bias: Option<&WeightTensor>,
+        rows: usize,
+    ) -> Result<()> {
+        let bias = match bias {
+            Some(b) => Some(b.as_f32().ok_or_else(|| misaligned(b))?),
+            None => None,
+        };
+        let bytes = w.bytes().len() as f64;
+        let flops = 2.0 * rows as f64 * w.numel() as f64;
+        self.run(
+            || op_label("matmul", &w.name),
+            bytes,
+            flops,
+            || matmul::matmul(out, x, rows, w, bias),
+        )?;
+        if self.activations.is_some() {
+            let n = rows * w.shape[0];
+            self.observe(
+                || w.name.trim_end_matches(".weight").to_string(),
+                rows,
+                &out[..n],
+            );
+        }
+        Ok(())
+    }
+
+    fn head_rms_norm(
+        &self,
+        x: &mut Vec<f32>,
+        w: &WeightTensor,
+        rows: usize,
+        heads: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let w_name = w.name.trim_end_matches(".weight").to_string();
+        let t0 = self.begin();
+        let w = w.as_f32().ok_or_else(|| misaligned(w))?;
+        let hd = w.len();
+        check_len("head_rms_norm", x.len(), rows * heads * hd)?;
+        let mut tmp = [0f32; 512];
+        if hd > tmp.len() {
+            return Err(Error::arg(format!("head_dim {hd} exceeds 512")));
+        }
+        for head in x[..rows * heads * hd].chunks_exact_mut(hd) {
+            tmp[..hd].copy_from_slice(head);
+            rms_norm_row(head, &tmp[..hd], w, eps);
+        }
+        self.end(
+            t0,
+            || "head_rms_norm".into(),
+            (rows * heads * hd * 8) as f64,
+            (rows * heads * hd * 3) as f64,
+        );
+        self.observe(|| w_name.clone(), rows, &x[..rows * heads * hd]);
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        inv_freq: &WeightTensor,
+    ) -> Result<()> {
+        let t0 = self.begin();
+        let inv = inv_freq.as_f32().ok_or_else(|| misaligned(inv_freq))?;
+        let half = head_dim / 2;
+        check_len("rope table", inv.len(), half)?;
+        check_len("rope", x.len(), rows * heads * head_dim)?;
+        for r in 0..rows {
+            let pos = (pos0 + r) as f32;
+            for h in 0..heads {
+                let v = &mut x[(r * heads + h) * head_dim..(r * heads + h + 1) * head_dim];
+                for i in 0..half {
+                    // transformers forms the angle in f32, then takes cos/sin.
+                    let angle = pos * inv[i];
+                    let (s, c) = (angle as f64).sin_cos();
+                    let (s, c) = (s as f32, c as f32);
+                    let (a, b) = (v[i], v[i + half]);
+                    v[i] = a * c - b * s;
+                    v[i + half] = b * c + a * s;
+                }
+            }
+        }
+        self.end(
+            t0,
+            || "rope".into(),
+            (rows * heads * head_dim * 8) as f64,
+            (rows * heads * head_dim * 3) as f64,
+        );
+        self.observe(
+            || format!("rope ({heads} heads)"),
+            rows,
+            &x[..rows * heads * head_dim],
+        );
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        out: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        kv: &mut CpuKv,
+        layer: usize,
+        rows: usize,
+        pos0: usize,
+        p: &AttnParams,
+    ) -> Result<()> {
+        let s = kv.shape;
+        let kv_dim = s.n_kv_heads * s.head_dim;
+        if p.n_kv_heads != s.n_kv_heads || p.head_dim != s.head_dim || layer >= s.layers {
+            return Err(Error::arg("attention parameters do not match the KV cache"));
+        }
+        if pos0 + rows > s.ctx {
+            return Err(Error::arg(format!(
+                "positions {pos0}..{} exceed the context of {}",
+                pos0 + rows,
+                s.ctx
+            )));
+        }
+        check_len("attention k/v", k.len().min(v.len()), rows * kv_dim)?;
+        let q_dim = p.n_heads * p.head_dim;
+        check_len("attention q/out", q.len().min(out.len()), rows * q_dim)?;
+
+        // Append this batch's K and V.
+        let base = layer * s.ctx * kv_dim;
+        let at = base + pos0 * kv_dim;
+        kv.k[at..at + rows * kv_dim].copy_from_slice(&k[..rows * kv_dim]);
+        kv.v[at..at + rows * kv_dim].copy_from_slice(&v[..rows * kv_dim]);
+
+        let kc = &kv.k[base..base + s.ctx * kv_dim];
+        let vc = &kv.v[base..base + s.ctx * kv_dim];
+        let group = p.n_heads / p.n_kv_heads;
+        let hd = p.head_dim;
+        let kv_bytes = (rows as f64) * 0.5 * (2 * pos0 + rows) as f64 * 2.0 * kv_dim as f64 * 4.0;
+        let flops = 4.0 * (rows as f64) * (pos0 as f64 + rows as f64 / 2.0) * q_dim as f64;
+        self.run(
+            || "attention".to_string(),
+            kv_bytes,
+            flops,
+            || {
+                out[..rows * q_dim]
+                    .par_chunks_mut(hd)
+                    .enumerate()
+                    .for_each(|(idx, o)| {
+                        let (r, h) = (idx / p.n_heads, idx % p.n_heads);
+                        let pos = pos0 + r;
+                        let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                        let qh = &q[r * q_dim + h * hd..r * q_dim + (h + 1) * hd];
+                        let off = (h / group) * hd;
+                        attend_one(o, qh, kc, vc, kv_dim, off, first, pos, p.scale);
+                    });
+            },
+        );
+        self.observe(
+            || format!("attention layer {layer}"),
+            rows,
+            &out[..rows * q_dim],
+        );
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
+        let t0 = self.begin();
+        check_len("silu_mul", gate.len().min(up.len()), len)?;
+        gate[..len]
+            .iter_mut()
+            .zip(&up[..len])
+            .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+        self.end(
+            t0,
+            || "silu_mul".into(),
+            (len * 12) as f64,
+            (len * 5) as f64,
+        );
+        self.observe(|| "silu_mul".into(), 0, &gate[..len]);
+        Ok(())
+    }
+
+    fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) -> Result<()> {
+        let t0 = self.begin();
+        check_len("add", x.len().min(y.len()), len)?;
+        x[..len]
+            .iter_mut()
+            .zip(&y[..len])
+            .for_each(|(a, b)| *a += b);
+        self.end(t0, || "add".into(), (len * 12) as f64, len as f64);
+        self.observe(|| "residual add".into(), 0, &x[..len]);
+        Ok(())
+    }
+
+    fn copy_rows(
+        &self,
+        dst: &mut Vec<f32>,
+        src: &Vec<f32>,
+        src_row: usize,
+        rows: usize,
+        width: usize,
+    ) -> Result<()> {
+        check_len("copy_rows src", src.len(), (src_row + rows) * width)?;
+        check_len("copy_rows dst", dst.len(), rows * width)?;
+        dst[..rows * width].copy_from_slice(&src[src_row * width..(src_row + rows) * width]);
+        Ok(())
+    }
+
+    fn read(&self, buf: &Vec<f32>, offset: usize, out: &mut [f32]) -> Result<()> {
+        check_len("read", buf.len(), offset + out.len())?;
+        out.copy_from_slice(&buf[offset..offset + out.len()]);
+        Ok(())
+    }
+
+    fn argmax(&self, buf: &Vec<f32>, offset: usize, len: usize) -> Result<u32> {
+        check_len("argmax", buf.len(), offset + len)?;
+        Ok(argmax(&buf[offset..offset + len]) as u32)
+    }
+
+    fn take_profile(&self) -> Vec<OpProfile> {
+        match &self.profile {
+            None => Vec::new(),
+            Some(p) => std::mem::take(&mut p.lock().unwrap_or_else(|e| e.into_inner()).totals)
+                .into_values()
+                .collect(),
+        }
+    }
+
+    fn take_activations(&self) -> Vec<Activation> {
+        match &self.activations {
+            None => Vec::new(),
+            Some(a) => std::mem::take(&mut *a.lock().unwrap_or_else(|e| e.into_inner())),
+        }
+    }
+
+    fn take_trace(&self) -> Vec<TraceEvent> {
+        match &self.profile {
+            None => Vec::new(),
+            Some(p) => std::mem::take(&mut p.lock().unwrap_or_else(|e| e.into_inner()).events),
+        }
+    }
+}
+
+fn misaligned(w: &WeightTensor) -> Error {
+    Error::UnsupportedDtype {
+        name: w.name.clone(),
+        dtype: format!("{} (expected f32 after upload)", w.dtype),
+    }
+}
+
+/// Index of the first maximum (NaN never wins).
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] || x[best].is_nan() {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Keys per online-softmax block: scores live in a stack array of this size.
+const KEY_BLOCK: usize = 64;
+
+/// One query head against keys `first..=last`: softmax(q·K / √d) · V, computed block by block
+/// with a running maximum so no score buffer is needed.
+#[allow(clippy::too_many_arguments)]
+fn attend_one(
+    out: &mut [f32],
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    stride: usize,
+    off: usize,
+    first: usize,
+    last: usize,
+    scale: f32,
+) {
+    let hd = q.len();
+    out.fill(0.0);
+    let mut m = f32::NEG_INFINITY;
+    let mut l = 0.0f32;
+    let mut scores = [0f32; KEY_BLOCK];
+    let mut j0 = first;
+    while j0 <= last {
+        let j1 = (j0 + KEY_BLOCK).min(last + 1);
+        let mut bm = f32::NEG_INFINITY;
+        for j in j0..j1 {
+            let sc = simd::dot_f32(q, &kc[j * stride + off..j * stride + off + hd]) * scale;
+            scores[j - j0] = sc;
+            bm = bm.max(sc);
+        }
+        let new_m = m.max(bm);
+        let correction = (m - new_m).exp();
+        if correction != 1.0 {
+            out.iter_mut().for_each(|o| *o *= correction);
+        }
+        l *= correction;
+        for j in j0..j1 {
+            let pj = (scores[j - j0] - new_m).exp();
+            l += pj;
+            simd::axpy(out, pj, &vc[j * stride + off..j * stride + off + hd]);
+        }
+        m = new_m;
+        j0 = j1;
+    }
+    let inv = 1.0 / l;
+    out.iter_mut().for_each(|o| *o *= inv);
+}

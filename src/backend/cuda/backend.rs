@@ -1,0 +1,1052 @@
+//! The CUDA backend: the [`Backend`] ops as launches of kernels/*.ptx through a [`GpuDriver`].
+//!
+//! Written once over the driver seam, so the same host code (allocation, copies, launch shapes,
+//! kernel arguments, precondition checks) runs on a real GPU (`CudarcDriver`) and on the PTX
+//! interpreter (`SimDriver`), which is how it is tested without a GPU.
+//!
+//! Data types on the device:
+//! - activations ([`CudaBuf`]) are f32, as on the CPU; the tensor-core GEMM converts its A
+//!   operand to bf16 in a scratch buffer first and accumulates and writes f32;
+//! - 2-D weights keep their stored dtype (bf16, f16 or f32); 1-D weights (norms, biases,
+//!   inv_freq) are converted to f32 at upload;
+//! - the KV cache is f32 `[layers, ctx, n_kv_heads, head_dim]` for K and again for V.
+//!
+//! Every wrapper checks the preconditions written in its kernel's header (buffer lengths,
+//! alignment multiples, grid limits) and returns an [`Error`] instead of launching a kernel
+//! that would read out of bounds. Per token only the argmax id or the requested logits come
+//! back to the host.
+//!
+//! Not here: CUDA graphs (each op is its own launch: see kernels/README.md for the count per
+//! token), quantized weights, a bf16 KV cache.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::driver::{DevPtr, GpuDriver, KernelArg, LaunchConfig};
+use super::registry::{Kernel, Kernels};
+use crate::backend::{AttnParams, Backend, KvShape, OpProfile};
+use crate::error::{Error, Result};
+use crate::loader::{DType, WeightTensor};
+
+/// Threads per block of the element-wise and row kernels (their headers assume it).
+const BLOCK: u32 = 256;
+/// Cap on grid-stride launches: enough blocks to fill any current GPU several times over.
+const MAX_GRID_STRIDE_BLOCKS: usize = 4096;
+/// At or below this many rows a bf16 matmul uses the matrix-vector kernel (weights streamed
+/// once per row, mostly from L2); above, the tensor-core GEMM.
+const MATVEC_MAX_ROWS: usize = 4;
+/// Dynamic shared memory a block may use without raising the function's attribute.
+const MAX_DYNAMIC_SHARED: usize = 48 * 1024;
+/// grid.y and grid.z limit.
+const MAX_GRID_YZ: usize = 65535;
+
+/// An f32 activation buffer on the device. Freed when dropped.
+pub struct CudaBuf<D: GpuDriver> {
+    drv: Arc<D>,
+    ptr: DevPtr,
+    len: usize,
+}
+
+impl<D: GpuDriver> CudaBuf<D> {
+    /// Number of f32 elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn ptr(&self) -> DevPtr {
+        self.ptr
+    }
+}
+
+impl<D: GpuDriver> Drop for CudaBuf<D> {
+    fn drop(&mut self) {
+        // Nothing useful can be done with a failed free in a destructor.
+        let _ = self.drv.free(self.ptr);
+    }
+}
+
+/// An uploaded weight: a matrix in its stored dtype, or a vector converted to f32.
+pub struct CudaMat<D: GpuDriver> {
+    drv: Arc<D>,
+    ptr: DevPtr,
+    dtype: DType,
+    shape: Vec<usize>,
+    name: String,
+}
+
+impl<D: GpuDriver> CudaMat<D> {
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+impl<D: GpuDriver> Drop for CudaMat<D> {
+    fn drop(&mut self) {
+        let _ = self.drv.free(self.ptr);
+    }
+}
+
+/// The KV cache of all layers, f32.
+pub struct CudaKv<D: GpuDriver> {
+    drv: Arc<D>,
+    k: DevPtr,
+    v: DevPtr,
+    shape: KvShape,
+}
+
+impl<D: GpuDriver> Drop for CudaKv<D> {
+    fn drop(&mut self) {
+        let _ = self.drv.free(self.k);
+        let _ = self.drv.free(self.v);
+    }
+}
+
+/// A device buffer that grows on demand and is reused across calls (token ids, the bf16 copy
+/// of the GEMM's activations, attention partials, the argmax result). Work is stream-ordered,
+/// so reuse by the next launch is safe.
+#[derive(Default)]
+struct Grow {
+    ptr: Option<DevPtr>,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct Scratch {
+    tokens: Grow,
+    bf16: Grow,
+    attn_acc: Grow,
+    attn_ml: Grow,
+    argmax: Grow,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    calls: u64,
+    bytes: f64,
+    flops: f64,
+}
+
+/// The CUDA backend over any driver.
+pub struct CudaBackend<D: GpuDriver> {
+    drv: Arc<D>,
+    k: Kernels,
+    scratch: Mutex<Scratch>,
+    /// Per-kernel call counts and the bytes / FLOPs their headers say they move, while
+    /// profiling is on (None when off).
+    tally: Mutex<Option<BTreeMap<&'static str, Tally>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep going with it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn check_len(op: &str, what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(Error::arg(format!(
+            "{op}: {what} holds {have} elements, {need} needed"
+        )));
+    }
+    Ok(())
+}
+
+fn u32_arg(op: &str, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| {
+        Error::arg(format!(
+            "{op}: {what} = {v} does not fit the kernel's 32-bit index"
+        ))
+    })
+}
+
+fn grid_stride_blocks(n: usize) -> u32 {
+    n.div_ceil(BLOCK as usize).clamp(1, MAX_GRID_STRIDE_BLOCKS) as u32
+}
+
+fn f32_bytes(v: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}
+
+impl<D: GpuDriver> CudaBackend<D> {
+    /// Load every kernel into `drv` (once; the backend owns the modules from here on).
+    pub fn new(drv: D) -> Result<Self> {
+        let drv = Arc::new(drv);
+        let k = Kernels::load(&*drv)?;
+        Ok(CudaBackend {
+            drv,
+            k,
+            scratch: Mutex::new(Scratch::default()),
+            tally: Mutex::new(None),
+        })
+    }
+
+    pub fn driver(&self) -> &D {
+        &self.drv
+    }
+
+    /// Turn per-kernel profiling on or off. On a real GPU this adds timing events around each
+    /// launch; [`Backend::take_profile`] returns what was gathered.
+    pub fn set_profiling(&self, on: bool) {
+        self.drv.set_profiling(on);
+        *lock(&self.tally) = on.then(BTreeMap::new);
+    }
+
+    /// Wait for all queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        self.drv.synchronize()
+    }
+
+    fn launch(
+        &self,
+        k: Kernel,
+        grid: (u32, u32, u32),
+        block: u32,
+        shared: usize,
+        args: &[KernelArg],
+        bytes: f64,
+        flops: f64,
+    ) -> Result<()> {
+        let shared_bytes = u32::try_from(shared)
+            .ok()
+            .filter(|&s| (s as usize) <= MAX_DYNAMIC_SHARED)
+            .ok_or_else(|| {
+                Error::arg(format!(
+                    "{}: {shared} B of shared memory exceeds 48 KB",
+                    k.name
+                ))
+            })?;
+        let cfg = LaunchConfig {
+            grid,
+            block: (block, 1, 1),
+            shared_bytes,
+        };
+        self.drv.launch(k.func, cfg, args)?;
+        if let Some(t) = lock(&self.tally).as_mut() {
+            let e = t.entry(k.name).or_default();
+            e.calls += 1;
+            e.bytes += bytes;
+            e.flops += flops;
+        }
+        Ok(())
+    }
+
+    /// A scratch pointer with at least `bytes` bytes, growing `g` if needed.
+    fn grow(&self, g: &mut Grow, bytes: usize) -> Result<DevPtr> {
+        let bytes = bytes.max(16);
+        if let Some(p) = g.ptr {
+            if g.bytes >= bytes {
+                return Ok(p);
+            }
+            // Freeing synchronizes with the device on the real driver, so no queued kernel
+            // still reads the old buffer.
+            self.drv.synchronize()?;
+            self.drv.free(p)?;
+            g.ptr = None;
+        }
+        // Grow geometrically so a slowly lengthening prompt does not reallocate every call.
+        let want = bytes.max(g.bytes.saturating_mul(2));
+        let p = self.drv.alloc(want)?;
+        g.ptr = Some(p);
+        g.bytes = want;
+        Ok(p)
+    }
+
+    fn alloc_f32_zeroed(&self, len: usize) -> Result<DevPtr> {
+        let bytes = len
+            .checked_mul(4)
+            .ok_or_else(|| Error::arg(format!("alloc: {len} f32 elements overflow")))?;
+        let p = self.drv.alloc(bytes.max(4))?;
+        self.drv.memset_zero(p, bytes.max(4))?;
+        Ok(p)
+    }
+
+    fn cast_f32_bf16(&self, dst: DevPtr, src: DevPtr, n: usize) -> Result<()> {
+        let n32 = u32_arg("cast_f32_bf16", "n", n)?;
+        self.launch(
+            self.k.cast_f32_bf16,
+            (grid_stride_blocks(n), 1, 1),
+            BLOCK,
+            0,
+            &[
+                KernelArg::Ptr(dst),
+                KernelArg::Ptr(src),
+                KernelArg::U32(n32),
+            ],
+            6.0 * n as f64,
+            0.0,
+        )
+    }
+
+    /// Upload f32 values as a bf16 device matrix (for tests and benches of the bf16 kernels
+    /// without a checkpoint; the casting runs on the device, rounding to nearest even).
+    pub fn upload_f32_as_bf16(
+        &self,
+        name: &str,
+        shape: Vec<usize>,
+        values: &[f32],
+    ) -> Result<CudaMat<D>> {
+        let n: usize = shape.iter().product();
+        check_len("upload_f32_as_bf16", name, values.len(), n)?;
+        let tmp = self.drv.alloc((n * 4).max(4))?;
+        let out = (|| {
+            self.drv.copy_to_device(tmp, f32_bytes(&values[..n]))?;
+            let dst = self.drv.alloc((n * 2).max(4))?;
+            self.cast_f32_bf16(dst, tmp, n)?;
+            self.drv.synchronize()?;
+            Ok(CudaMat {
+                drv: self.drv.clone(),
+                ptr: dst,
+                dtype: DType::BF16,
+                shape,
+                name: name.to_string(),
+            })
+        })();
+        self.drv.free(tmp)?;
+        out
+    }
+}
+
+impl<D: GpuDriver> CudaBackend<D> {
+    /// A bf16 matrix back as f32 values, converted on the device (exact). For tests and
+    /// debugging; the forward pass never reads weights back.
+    pub fn download_bf16_as_f32(&self, m: &CudaMat<D>) -> Result<Vec<f32>> {
+        if m.dtype != DType::BF16 {
+            return Err(Error::arg(format!(
+                "download_bf16_as_f32: {:?} is {}",
+                m.name, m.dtype
+            )));
+        }
+        let n = m.numel();
+        let tmp = self.drv.alloc((n * 4).max(4))?;
+        let out = (|| {
+            let n32 = u32_arg("cast_bf16_f32", "n", n)?;
+            self.launch(
+                self.k.cast_bf16_f32,
+                (grid_stride_blocks(n), 1, 1),
+                BLOCK,
+                0,
+                &[
+                    KernelArg::Ptr(tmp),
+                    KernelArg::Ptr(m.ptr),
+                    KernelArg::U32(n32),
+                ],
+                6.0 * n as f64,
+                0.0,
+            )?;
+            let mut v = vec![0f32; n];
+            self.drv
+                .copy_to_host(bytemuck::cast_slice_mut(&mut v), tmp)?;
+            Ok(v)
+        })();
+        self.drv.free(tmp)?;
+        out
+    }
+}
+
+impl<D: GpuDriver> Drop for CudaBackend<D> {
+    fn drop(&mut self) {
+        let s = self.scratch.get_mut().unwrap_or_else(|e| e.into_inner());
+        for g in [&s.tokens, &s.bf16, &s.attn_acc, &s.attn_ml, &s.argmax] {
+            if let Some(p) = g.ptr {
+                let _ = self.drv.free(p);
+            }
+        }
+    }
+}
+
+impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
+    type Buf = CudaBuf<D>;
+    type Mat = CudaMat<D>;
+    type Kv = CudaKv<D>;
+
+    fn name(&self) -> String {
+        format!("cuda {}", self.drv.name())
+    }
+
+    fn upload(&self, w: &WeightTensor) -> Result<CudaMat<D>> {
+        let (bytes, dtype): (Vec<u8>, DType) = match (w.dtype, w.shape.len()) {
+            // 1-D weights (norm scales, biases, inv_freq) are small; f32 keeps their kernels
+            // simple and exact.
+            (DType::F32 | DType::F16 | DType::BF16, 1) => {
+                let v = w.to_f32_vec()?;
+                (f32_bytes(&v).to_vec(), DType::F32)
+            }
+            (DType::F32 | DType::F16 | DType::BF16, 2) => (w.bytes().to_vec(), w.dtype),
+            (DType::F32 | DType::F16 | DType::BF16, n) => {
+                return Err(Error::arg(format!(
+                    "upload: tensor {:?} has {n} dimensions; the CUDA backend takes vectors and matrices",
+                    w.name
+                )))
+            }
+            (other, _) => {
+                return Err(Error::UnsupportedDtype {
+                    name: w.name.clone(),
+                    dtype: other.to_string(),
+                })
+            }
+        };
+        let ptr = self.drv.alloc(bytes.len().max(4))?;
+        if let Err(e) = self.drv.copy_to_device(ptr, &bytes) {
+            let _ = self.drv.free(ptr);
+            return Err(e);
+        }
+        Ok(CudaMat {
+            drv: self.drv.clone(),
+            ptr,
+            dtype,
+            shape: w.shape.clone(),
+            name: w.name.clone(),
+        })
+    }
+
+    fn alloc(&self, len: usize) -> Result<CudaBuf<D>> {
+        let ptr = self.alloc_f32_zeroed(len)?;
+        Ok(CudaBuf {
+            drv: self.drv.clone(),
+            ptr,
+            len,
+        })
+    }
+
+    fn alloc_kv(&self, shape: KvShape) -> Result<CudaKv<D>> {
+        let n = shape
+            .layers
+            .checked_mul(shape.ctx)
+            .and_then(|x| x.checked_mul(shape.n_kv_heads))
+            .and_then(|x| x.checked_mul(shape.head_dim))
+            .ok_or_else(|| Error::arg(format!("alloc_kv: {shape:?} overflows")))?;
+        let k = self.alloc_f32_zeroed(n)?;
+        let v = match self.alloc_f32_zeroed(n) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.drv.free(k);
+                return Err(e);
+            }
+        };
+        Ok(CudaKv {
+            drv: self.drv.clone(),
+            k,
+            v,
+            shape,
+        })
+    }
+
+    fn embed(&self, out: &mut CudaBuf<D>, table: &CudaMat<D>, tokens: &[u32]) -> Result<()> {
+        let op = "embed";
+        let [vocab, dim] = table.shape[..] else {
+            return Err(Error::arg(format!(
+                "{op}: table {:?} is not 2-D",
+                table.name
+            )));
+        };
+        let rows = tokens.len();
+        if rows == 0 {
+            return Ok(());
+        }
+        if rows > MAX_GRID_YZ {
+            return Err(Error::arg(format!(
+                "{op}: {rows} tokens exceed the grid limit {MAX_GRID_YZ}"
+            )));
+        }
+        check_len(op, "out", out.len, rows * dim)?;
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::arg(format!(
+                "{op}: token id {t} >= vocabulary size {vocab}"
+            )));
+        }
+        let kernel = match table.dtype {
+            DType::F32 => self.k.embed_f32,
+            DType::BF16 => self.k.embed_bf16,
+            DType::F16 => self.k.embed_f16,
+            other => {
+                return Err(Error::UnsupportedDtype {
+                    name: table.name.clone(),
+                    dtype: other.to_string(),
+                })
+            }
+        };
+        let dim32 = u32_arg(op, "dim", dim)?;
+        let mut s = lock(&self.scratch);
+        let tok = self.grow(&mut s.tokens, rows * 4)?;
+        self.drv.copy_to_device(tok, bytemuck::cast_slice(tokens))?;
+        let elem = table.dtype.block().1;
+        self.launch(
+            kernel,
+            (dim.div_ceil(256) as u32, rows as u32, 1),
+            256,
+            0,
+            &[
+                KernelArg::Ptr(out.ptr),
+                KernelArg::Ptr(table.ptr),
+                KernelArg::Ptr(tok),
+                KernelArg::U32(dim32),
+            ],
+            (rows * dim * (elem + 4) + rows * 4) as f64,
+            0.0,
+        )
+    }
+
+    fn rms_norm(
+        &self,
+        out: &mut CudaBuf<D>,
+        x: &CudaBuf<D>,
+        w: &CudaMat<D>,
+        rows: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let op = "rms_norm";
+        let dim = norm_weight(op, w)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        check_len(op, "x", x.len, rows * dim)?;
+        check_len(op, "out", out.len, rows * dim)?;
+        self.launch(
+            self.k.rms_norm_f32,
+            (u32_arg(op, "rows", rows)?, 1, 1),
+            BLOCK,
+            0,
+            &[
+                KernelArg::Ptr(out.ptr),
+                KernelArg::Ptr(x.ptr),
+                KernelArg::Ptr(w.ptr),
+                KernelArg::U32(u32_arg(op, "dim", dim)?),
+                KernelArg::F32(eps),
+            ],
+            (rows * dim * 8 + dim * 4) as f64,
+            (rows * dim * 3) as f64,
+        )
+    }
+
+    fn add_rms_norm(
+        &self,
+        out: &mut CudaBuf<D>,
+        residual: &mut CudaBuf<D>,
+        x: &CudaBuf<D>,
+        w: &CudaMat<D>,
+        rows: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let op = "add_rms_norm";
+        let dim = norm_weight(op, w)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        check_len(op, "x", x.len, rows * dim)?;
+        check_len(op, "residual", residual.len, rows * dim)?;
+        check_len(op, "out", out.len, rows * dim)?;
+        self.launch(
+            self.k.add_rms_norm_f32,
+            (u32_arg(op, "rows", rows)?, 1, 1),
+            BLOCK,
+            0,
+            &[
+                KernelArg::Ptr(out.ptr),
+                KernelArg::Ptr(residual.ptr),
+                KernelArg::Ptr(x.ptr),
+                KernelArg::Ptr(w.ptr),
+                KernelArg::U32(u32_arg(op, "dim", dim)?),
+                KernelArg::F32(eps),
+            ],
+            (rows * dim * 16 + dim * 4) as f64,
+            (rows * dim * 4) as f64,
+        )
+    }
+
+    fn matmul(
+        &self,
+        out: &mut CudaBuf<D>,
+        x: &CudaBuf<D>,
+        w: &CudaMat<D>,
+        bias: Option<&CudaMat<D>>,
+        rows: usize,
+    ) -> Result<()> {
+        let op = "matmul";
+        let [n, k] = w.shape[..] else {
+            return Err(Error::arg(format!("{op}: weight {:?} is not 2-D", w.name)));
+        };
+        if rows == 0 || n == 0 {
+            return Ok(());
+        }
+        check_len(op, "x", x.len, rows * k)?;
+        check_len(op, "out", out.len, rows * n)?;
+        if let Some(b) = bias {
+            if b.dtype != DType::F32 || b.numel() != n {
+                return Err(Error::arg(format!(
+                    "{op}: bias {:?} must be {n} values (got {:?} {})",
+                    b.name, b.shape, b.dtype
+                )));
+            }
+        }
+        let bias_ptr = bias.map_or(DevPtr(0), |b| b.ptr);
+        let (n32, k32) = (
+            u32_arg(op, "out features", n)?,
+            u32_arg(op, "in features", k)?,
+        );
+        let multiple = if w.dtype == DType::F32 { 4 } else { 8 };
+        if k == 0 || k % multiple != 0 {
+            return Err(Error::arg(format!(
+                "{op}: weight {:?} has {k} input features; the {} kernels need a positive multiple of {multiple} (16-byte rows)",
+                w.name, w.dtype
+            )));
+        }
+        let elem = w.dtype.block().1;
+        let flops = 2.0 * (rows * n * k) as f64;
+        if w.dtype == DType::BF16 && rows > MATVEC_MAX_ROWS {
+            let m32 = u32_arg(op, "rows", rows)?;
+            let grid_y = rows.div_ceil(64);
+            if grid_y > MAX_GRID_YZ {
+                return Err(Error::arg(format!(
+                    "{op}: {rows} rows exceed the GEMM grid limit"
+                )));
+            }
+            let mut s = lock(&self.scratch);
+            let a16 = self.grow(&mut s.bf16, rows * k * 2)?;
+            self.cast_f32_bf16(a16, x.ptr, rows * k)?;
+            return self.launch(
+                self.k.gemm_bf16,
+                (n.div_ceil(64) as u32, grid_y as u32, 1),
+                128,
+                0,
+                &[
+                    KernelArg::Ptr(out.ptr),
+                    KernelArg::Ptr(a16),
+                    KernelArg::Ptr(w.ptr),
+                    KernelArg::Ptr(bias_ptr),
+                    KernelArg::U32(m32),
+                    KernelArg::U32(n32),
+                    KernelArg::U32(k32),
+                ],
+                (n * k * 2 + rows * k * 2 + rows * n * 4) as f64,
+                flops,
+            );
+        }
+        let kernel = match w.dtype {
+            DType::BF16 => self.k.matvec_bf16,
+            DType::F16 => self.k.matvec_f16,
+            DType::F32 => self.k.matvec_f32,
+            other => {
+                return Err(Error::UnsupportedDtype {
+                    name: w.name.clone(),
+                    dtype: other.to_string(),
+                })
+            }
+        };
+        if rows > MAX_GRID_YZ {
+            return Err(Error::arg(format!(
+                "{op}: {rows} rows exceed the grid limit {MAX_GRID_YZ}"
+            )));
+        }
+        self.launch(
+            kernel,
+            (n.div_ceil(8) as u32, rows as u32, 1),
+            BLOCK,
+            0,
+            &[
+                KernelArg::Ptr(out.ptr),
+                KernelArg::Ptr(x.ptr),
+                KernelArg::Ptr(w.ptr),
+                KernelArg::Ptr(bias_ptr),
+                KernelArg::U32(k32),
+                KernelArg::U32(n32),
+            ],
+            (rows * n * k * elem + rows * k * 4 + rows * n * 4) as f64,
+            flops,
+        )
+    }
+
+    fn head_rms_norm(
+        &self,
+        x: &mut CudaBuf<D>,
+        w: &CudaMat<D>,
+        rows: usize,
+        heads: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let op = "head_rms_norm";
+        let hd = norm_weight(op, w)?;
+        let nvec = rows * heads;
+        if nvec == 0 {
+            return Ok(());
+        }
+        check_len(op, "x", x.len, nvec * hd)?;
+        self.launch(
+            self.k.head_rms_norm_f32,
+            (u32_arg(op, "blocks", nvec.div_ceil(4))?, 1, 1),
+            128,
+            0,
+            &[
+                KernelArg::Ptr(x.ptr),
+                KernelArg::Ptr(w.ptr),
+                KernelArg::U32(u32_arg(op, "rows * heads", nvec)?),
+                KernelArg::U32(u32_arg(op, "head_dim", hd)?),
+                KernelArg::F32(eps),
+            ],
+            (nvec * hd * 8) as f64,
+            (nvec * hd * 3) as f64,
+        )
+    }
+
+    fn rope(
+        &self,
+        x: &mut CudaBuf<D>,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        inv_freq: &CudaMat<D>,
+    ) -> Result<()> {
+        let op = "rope";
+        if head_dim % 2 != 0 {
+            return Err(Error::arg(format!("{op}: head_dim {head_dim} is odd")));
+        }
+        let half = head_dim / 2;
+        if inv_freq.dtype != DType::F32 || inv_freq.numel() != half {
+            return Err(Error::arg(format!(
+                "{op}: inv_freq {:?} must hold head_dim / 2 = {half} f32 values, has {:?}",
+                inv_freq.name, inv_freq.shape
+            )));
+        }
+        let pairs = rows * heads * half;
+        if pairs == 0 {
+            return Ok(());
+        }
+        check_len(op, "x", x.len, rows * heads * head_dim)?;
+        u32_arg(op, "rows * heads * head_dim / 2", pairs)?;
+        if pos0 + rows >= 1 << 24 {
+            return Err(Error::arg(format!(
+                "{op}: position {} is not exact in f32",
+                pos0 + rows
+            )));
+        }
+        self.launch(
+            self.k.rope_f32,
+            (u32_arg(op, "blocks", pairs.div_ceil(256))?, 1, 1),
+            256,
+            0,
+            &[
+                KernelArg::Ptr(x.ptr),
+                KernelArg::Ptr(inv_freq.ptr),
+                KernelArg::U32(u32_arg(op, "rows", rows)?),
+                KernelArg::U32(u32_arg(op, "heads", heads)?),
+                KernelArg::U32(u32_arg(op, "pairs", half)?),
+                KernelArg::U32(pos0 as u32),
+            ],
+            (pairs * 16) as f64,
+            (pairs * 8) as f64,
+        )
+    }
+
+    fn attention(
+        &self,
+        out: &mut CudaBuf<D>,
+        q: &CudaBuf<D>,
+        k: &CudaBuf<D>,
+        v: &CudaBuf<D>,
+        kv: &mut CudaKv<D>,
+        layer: usize,
+        rows: usize,
+        pos0: usize,
+        p: &AttnParams,
+    ) -> Result<()> {
+        let op = "attention";
+        let s = kv.shape;
+        if p.n_kv_heads != s.n_kv_heads || p.head_dim != s.head_dim {
+            return Err(Error::arg(format!(
+                "{op}: params ({} kv heads, head_dim {}) do not match the cache {s:?}",
+                p.n_kv_heads, p.head_dim
+            )));
+        }
+        if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
+            return Err(Error::arg(format!(
+                "{op}: {} heads are not a multiple of {} kv heads",
+                p.n_heads, p.n_kv_heads
+            )));
+        }
+        if p.head_dim == 0 || p.head_dim % 4 != 0 || p.head_dim > 256 {
+            return Err(Error::arg(format!(
+                "{op}: head_dim {} must be a multiple of 4, at most 256",
+                p.head_dim
+            )));
+        }
+        if layer >= s.layers {
+            return Err(Error::arg(format!(
+                "{op}: layer {layer} of a {}-layer cache",
+                s.layers
+            )));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        if pos0 + rows > s.ctx {
+            return Err(Error::arg(format!(
+                "{op}: positions {pos0}..{} exceed the context {}",
+                pos0 + rows,
+                s.ctx
+            )));
+        }
+        if rows > MAX_GRID_YZ {
+            return Err(Error::arg(format!(
+                "{op}: {rows} rows exceed the grid limit {MAX_GRID_YZ}"
+            )));
+        }
+        let window = match p.window {
+            Some(0) => {
+                return Err(Error::arg(format!(
+                    "{op}: a sliding window of 0 sees nothing"
+                )))
+            }
+            Some(w) => w,
+            None => 0,
+        };
+        let (hd, nh, nkv) = (p.head_dim, p.n_heads, p.n_kv_heads);
+        let kvdim = nkv * hd;
+        let group = nh / nkv;
+        check_len(op, "q", q.len, rows * nh * hd)?;
+        check_len(op, "k", k.len, rows * kvdim)?;
+        check_len(op, "v", v.len, rows * kvdim)?;
+        check_len(op, "out", out.len, rows * nh * hd)?;
+
+        // 1. append this step's K and V at positions pos0..pos0+rows of the layer
+        let layer_off = layer * s.ctx * kvdim * 4;
+        let row_off = layer_off + pos0 * kvdim * 4;
+        let n = rows * kvdim;
+        self.launch(
+            self.k.kv_append_f32,
+            (grid_stride_blocks(n), 1, 1),
+            BLOCK,
+            0,
+            &[
+                KernelArg::Ptr(kv.k.offset(row_off)),
+                KernelArg::Ptr(kv.v.offset(row_off)),
+                KernelArg::Ptr(k.ptr),
+                KernelArg::Ptr(v.ptr),
+                KernelArg::U32(u32_arg(op, "rows * kv_dim", n)?),
+            ],
+            16.0 * n as f64,
+            0.0,
+        )?;
+
+        // 2. split the longest visible range into chunks: enough blocks to spread one decode
+        // row's KV read over the GPU, few enough that the combine stays cheap
+        let longest = if window > 0 {
+            (pos0 + rows).min(window)
+        } else {
+            pos0 + rows
+        };
+        let max_chunk_smem = (MAX_DYNAMIC_SHARED / 4 / group).saturating_sub(hd + 2);
+        let mut chunk = longest.div_ceil(64).max(64).next_multiple_of(32).min(4096);
+        if chunk > max_chunk_smem {
+            chunk = max_chunk_smem / 32 * 32;
+        }
+        if chunk == 0 {
+            return Err(Error::arg(format!(
+                "{op}: {group} query heads per kv head of dim {hd} do not fit 48 KB of shared memory"
+            )));
+        }
+        let n_splits = longest.div_ceil(chunk);
+        if n_splits > MAX_GRID_YZ {
+            return Err(Error::arg(format!(
+                "{op}: {n_splits} splits exceed the grid limit"
+            )));
+        }
+        let smem = 4 * group * (hd + chunk + 2);
+        let parts = rows * nh * n_splits;
+        let mut sc = lock(&self.scratch);
+        let acc = self.grow(&mut sc.attn_acc, parts * hd * 4)?;
+        let ml = self.grow(&mut sc.attn_ml, parts * 8)?;
+        let kv_bytes = (rows * longest * kvdim * 8) as f64;
+        self.launch(
+            self.k.attn_split_f32,
+            (nkv as u32, n_splits as u32, rows as u32),
+            256,
+            smem,
+            &[
+                KernelArg::Ptr(acc),
+                KernelArg::Ptr(ml),
+                KernelArg::Ptr(q.ptr),
+                KernelArg::Ptr(kv.k.offset(layer_off)),
+                KernelArg::Ptr(kv.v.offset(layer_off)),
+                KernelArg::U32(nh as u32),
+                KernelArg::U32(nkv as u32),
+                KernelArg::U32(hd as u32),
+                KernelArg::U32(u32_arg(op, "pos0", pos0)?),
+                KernelArg::U32(u32_arg(op, "window", window)?),
+                KernelArg::U32(chunk as u32),
+                KernelArg::F32(p.scale),
+            ],
+            kv_bytes + (rows * nh * hd * 4 + parts * (hd + 2) * 4) as f64,
+            4.0 * (rows * longest * nh * hd) as f64,
+        )?;
+        self.launch(
+            self.k.attn_combine_f32,
+            (nh as u32, rows as u32, 1),
+            128,
+            0,
+            &[
+                KernelArg::Ptr(out.ptr),
+                KernelArg::Ptr(acc),
+                KernelArg::Ptr(ml),
+                KernelArg::U32(n_splits as u32),
+                KernelArg::U32(hd as u32),
+            ],
+            (parts * (hd + 2) * 4 + rows * nh * hd * 4) as f64,
+            (3 * parts * hd) as f64,
+        )
+    }
+
+    fn silu_mul(&self, gate: &mut CudaBuf<D>, up: &CudaBuf<D>, len: usize) -> Result<()> {
+        let op = "silu_mul";
+        if len == 0 {
+            return Ok(());
+        }
+        check_len(op, "gate", gate.len, len)?;
+        check_len(op, "up", up.len, len)?;
+        self.launch(
+            self.k.silu_mul_f32,
+            (grid_stride_blocks(len), 1, 1),
+            BLOCK,
+            0,
+            &[
+                KernelArg::Ptr(gate.ptr),
+                KernelArg::Ptr(up.ptr),
+                KernelArg::U32(u32_arg(op, "len", len)?),
+            ],
+            12.0 * len as f64,
+            5.0 * len as f64,
+        )
+    }
+
+    fn add(&self, x: &mut CudaBuf<D>, y: &CudaBuf<D>, len: usize) -> Result<()> {
+        let op = "add";
+        if len == 0 {
+            return Ok(());
+        }
+        check_len(op, "x", x.len, len)?;
+        check_len(op, "y", y.len, len)?;
+        self.launch(
+            self.k.add_f32,
+            (grid_stride_blocks(len), 1, 1),
+            BLOCK,
+            0,
+            &[
+                KernelArg::Ptr(x.ptr),
+                KernelArg::Ptr(y.ptr),
+                KernelArg::U32(u32_arg(op, "len", len)?),
+            ],
+            12.0 * len as f64,
+            len as f64,
+        )
+    }
+
+    fn copy_rows(
+        &self,
+        dst: &mut CudaBuf<D>,
+        src: &CudaBuf<D>,
+        src_row: usize,
+        rows: usize,
+        width: usize,
+    ) -> Result<()> {
+        let op = "copy_rows";
+        let n = rows * width;
+        if n == 0 {
+            return Ok(());
+        }
+        check_len(op, "src", src.len.saturating_sub(src_row * width), n)?;
+        check_len(op, "dst", dst.len, n)?;
+        self.launch(
+            self.k.copy_f32,
+            (grid_stride_blocks(n), 1, 1),
+            BLOCK,
+            0,
+            &[
+                KernelArg::Ptr(dst.ptr),
+                KernelArg::Ptr(src.ptr.offset(src_row * width * 4)),
+                KernelArg::U32(u32_arg(op, "rows * width", n)?),
+            ],
+            8.0 * n as f64,
+            0.0,
+        )
+    }
+
+    fn read(&self, buf: &CudaBuf<D>, offset: usize, out: &mut [f32]) -> Result<()> {
+        check_len("read", "buffer", buf.len.saturating_sub(offset), out.len())?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        // copy_to_host waits for the queued kernels that write `buf`
+        self.drv
+            .copy_to_host(bytemuck::cast_slice_mut(out), buf.ptr.offset(offset * 4))
+    }
+
+    fn argmax(&self, buf: &CudaBuf<D>, offset: usize, len: usize) -> Result<u32> {
+        let op = "argmax";
+        if len == 0 {
+            return Err(Error::arg(format!("{op}: empty range")));
+        }
+        check_len(op, "buffer", buf.len.saturating_sub(offset), len)?;
+        let mut s = lock(&self.scratch);
+        let res = self.grow(&mut s.argmax, 4)?;
+        self.launch(
+            self.k.argmax_f32,
+            (1, 1, 1),
+            1024,
+            0,
+            &[
+                KernelArg::Ptr(buf.ptr.offset(offset * 4)),
+                KernelArg::U32(u32_arg(op, "len", len)?),
+                KernelArg::Ptr(res),
+            ],
+            4.0 * len as f64,
+            len as f64,
+        )?;
+        let mut id = [0u8; 4];
+        self.drv.copy_to_host(&mut id, res)?;
+        let id = u32::from_le_bytes(id);
+        if id as usize >= len {
+            return Err(Error::Device(format!("{op}: all {len} values are NaN")));
+        }
+        Ok(id)
+    }
+
+    fn take_profile(&self) -> Vec<OpProfile> {
+        let tally = match lock(&self.tally).as_mut() {
+            Some(t) => std::mem::take(t),
+            None => return Vec::new(),
+        };
+        let times: BTreeMap<String, f64> = self
+            .drv
+            .take_counters()
+            .into_iter()
+            .map(|c| (c.kernel.clone(), c.seconds))
+            .collect();
+        tally
+            .into_iter()
+            .map(|(name, t)| OpProfile {
+                op: name.to_string(),
+                calls: t.calls,
+                seconds: times.get(name).copied().unwrap_or(0.0),
+                bytes: t.bytes,
+                flops: t.flops,
+            })
+            .collect()
+    }
+}
+
+/// The length of a 1-D f32 norm weight.
+fn norm_weight<D: GpuDriver>(op: &str, w: &CudaMat<D>) -> Result<usize> {
+    match (w.dtype, &w.shape[..]) {
+        (DType::F32, &[n]) if n > 0 => Ok(n),
+        _ => Err(Error::arg(format!(
+            "{op}: weight {:?} must be a non-empty 1-D vector, is {:?} {}",
+            w.name, w.shape, w.dtype
+        ))),
+    }
+}

@@ -1,0 +1,95 @@
+//! Profiling arithmetic for one warp-wide memory access: 32-byte global sectors touched versus
+//! the minimum, and shared-memory bank conflicts (32 banks of 4 bytes).
+//!
+//! These are models of the hardware, not measurements: sectors are counted per instruction
+//! (no L1/L2 hit modelling), and 8- and 16-byte shared accesses are split into half- and
+//! quarter-warp phases the way NVIDIA documents them. Times are host times.
+
+/// (sectors touched, ideal sectors) for the lanes' accesses `(addr, bytes)`.
+pub fn global_sectors(acc: &[(u64, u32)]) -> (u64, u64) {
+    if acc.is_empty() {
+        return (0, 0);
+    }
+    let mut secs: Vec<u64> = Vec::with_capacity(acc.len() * 2);
+    let mut total = 0u64;
+    for &(a, n) in acc {
+        total += n as u64;
+        let first = a / 32;
+        let last = (a + n as u64 - 1) / 32;
+        for s in first..=last {
+            secs.push(s);
+        }
+    }
+    secs.sort_unstable();
+    secs.dedup();
+    (secs.len() as u64, total.div_ceil(32))
+}
+
+/// Extra wavefronts caused by bank conflicts. `acc` is indexed by lane (`None` = inactive).
+pub fn bank_conflicts(acc: &[Option<(u64, u32)>; 32]) -> u64 {
+    let width = acc.iter().flatten().map(|x| x.1).max().unwrap_or(0);
+    if width == 0 {
+        return 0;
+    }
+    // Threads per phase: 4-byte accesses are served for the whole warp at once, 8-byte ones per
+    // half warp, 16-byte ones per quarter warp.
+    let per_phase = match width {
+        0..=4 => 32,
+        5..=8 => 16,
+        _ => 8,
+    };
+    let mut extra = 0u64;
+    for phase in acc.chunks(per_phase) {
+        // Distinct 4-byte words per bank; the same word is a broadcast, not a conflict.
+        let mut words: Vec<u64> = Vec::new();
+        for &(a, n) in phase.iter().flatten() {
+            let mut w = a / 4;
+            while w * 4 < a + n as u64 {
+                words.push(w);
+                w += 1;
+            }
+        }
+        if words.is_empty() {
+            continue;
+        }
+        words.sort_unstable();
+        words.dedup();
+        let mut per_bank = [0u32; 32];
+        for w in &words {
+            per_bank[(w % 32) as usize] += 1;
+        }
+        let waves = per_bank.iter().copied().max().unwrap_or(0) as u64;
+        extra += waves.saturating_sub(1);
+    }
+    extra
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalesced_and_strided() {
+        let acc: Vec<(u64, u32)> = (0..32).map(|l| (l * 4, 4)).collect();
+        assert_eq!(global_sectors(&acc), (4, 4));
+        let acc: Vec<(u64, u32)> = (0..32).map(|l| (l * 128, 4)).collect();
+        assert_eq!(global_sectors(&acc), (32, 4));
+    }
+
+    #[test]
+    fn banks() {
+        let mut acc = [None; 32];
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = Some((l as u64 * 4, 4));
+        }
+        assert_eq!(bank_conflicts(&acc), 0);
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = Some((l as u64 * 128, 4)); // all in bank 0, distinct words
+        }
+        assert_eq!(bank_conflicts(&acc), 31);
+        for a in acc.iter_mut() {
+            *a = Some((64, 4)); // broadcast
+        }
+        assert_eq!(bank_conflicts(&acc), 0);
+    }
+}

@@ -1,0 +1,2078 @@
+//! The execution engine: runs a decoded kernel over a grid of CTAs, each CTA's threads in warps
+//! of 32 executing in lockstep.
+//!
+//! Scheduling: CTAs run one after another. Inside a CTA, warps take turns in slices; inside a
+//! warp, the lanes whose PC is the smallest among the running lanes execute together (the
+//! min-PC rule), which reconverges structured control flow exactly where a reconvergence stack
+//! would. Barriers release when every live thread of the CTA waits at the same `bar.sync`.
+//! Warp collectives require their membermask to equal exactly the lanes executing them.
+//!
+//! Registers are stored structure-of-arrays per warp (`[warp][reg][lane]`, one u64 each), so an
+//! instruction is matched once per warp and then applied lane by lane. Every memory access is
+//! bounds-, alignment- and initialisation-checked; shared memory also gets race checks
+//! (`check.rs`). CTAs are not run in parallel: the checks and counters stay exact that way.
+
+use super::check::SharedShadow;
+use super::counters;
+use super::isa::*;
+use super::memory::GlobalMem;
+use crate::backend::cuda::driver::KernelCounters;
+use crate::error::{Error, Result};
+use half::{bf16, f16};
+
+/// Generic addresses of shared memory are `SHARED_WINDOW + offset`, of local memory
+/// `LOCAL_WINDOW + offset` (per thread), everything else is global.
+pub const SHARED_WINDOW: u64 = 0x1000_0000_0000;
+pub const LOCAL_WINDOW: u64 = 0x2000_0000_0000;
+const WINDOW: u64 = 1 << 32;
+/// Shared memory per CTA on sm_90.
+pub const MAX_SHARED: usize = 227 * 1024;
+/// Warp instructions a warp runs before the next warp gets a turn (lets spin-waits progress).
+const SLICE: u32 = 2048;
+/// A CTA that executes more warp instructions than this is reported as hung.
+const MAX_CTA_STEPS: u64 = 1 << 31;
+
+pub struct Launch<'a> {
+    pub kernel: &'a Kernel,
+    pub module: &'a str,
+    pub lines: &'a [String],
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub params: &'a [u8],
+    /// Static plus dynamic shared memory.
+    pub shared_bytes: usize,
+}
+
+#[derive(Clone)]
+struct Warp {
+    pcs: [u32; 32],
+    upc: u32,
+    uniform: bool,
+    running: u32,
+    waiting: u32,
+}
+
+struct Lanes(u32);
+impl Iterator for Lanes {
+    type Item = usize;
+    #[inline(always)]
+    fn next(&mut self) -> Option<usize> {
+        if self.0 == 0 {
+            None
+        } else {
+            let l = self.0.trailing_zeros() as usize;
+            self.0 &= self.0 - 1;
+            Some(l)
+        }
+    }
+}
+
+#[inline(always)]
+fn mask(bits: u32) -> u64 {
+    if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    }
+}
+#[inline(always)]
+fn sx(v: u64, bits: u32) -> i64 {
+    if bits >= 64 {
+        v as i64
+    } else {
+        let s = 64 - bits;
+        ((v << s) as i64) >> s
+    }
+}
+#[inline(always)]
+fn zx(v: u64, bits: u32) -> u64 {
+    v & mask(bits)
+}
+
+struct Exec<'a, 'm> {
+    l: &'a Launch<'a>,
+    mem: &'m mut GlobalMem,
+    prof: Option<&'m mut KernelCounters>,
+    code: &'a [Instr],
+    nregs: usize,
+    nthreads: usize,
+    regs: Vec<u64>,
+    warps: Vec<Warp>,
+    shared: Vec<u8>,
+    shadow: SharedShadow,
+    local: Vec<u8>,
+    local_init: Vec<u8>,
+    ctaid: (u32, u32, u32),
+    clock: u64,
+    /// The `bar.sync` (pc, id) the waiting threads of this CTA are at.
+    bar: Option<(u32, u64)>,
+    alloc_hint: usize,
+    // Per-instruction scratch for profiling.
+    acc: [Option<(u64, u32)>; 32],
+}
+
+pub fn run(l: &Launch, mem: &mut GlobalMem, prof: Option<&mut KernelCounters>) -> Result<()> {
+    let (bx, by, bz) = l.block;
+    let nthreads = (bx as usize) * (by as usize) * (bz as usize);
+    if nthreads == 0 || nthreads > 1024 || bx > 1024 || by > 1024 || bz > 64 {
+        return Err(Error::Ptx(format!(
+            "kernel `{}`: invalid block shape {:?} (at most 1024 threads, z at most 64)",
+            l.kernel.name, l.block
+        )));
+    }
+    let (gx, gy, gz) = l.grid;
+    if gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535 {
+        return Err(Error::Ptx(format!(
+            "kernel `{}`: invalid grid shape {:?}",
+            l.kernel.name, l.grid
+        )));
+    }
+    if l.shared_bytes > MAX_SHARED {
+        return Err(Error::Ptx(format!(
+            "kernel `{}`: {} bytes of shared memory requested, the maximum is {MAX_SHARED}",
+            l.kernel.name, l.shared_bytes
+        )));
+    }
+    let nwarps = nthreads.div_ceil(32);
+    let nregs = l.kernel.nregs.max(1);
+    let local_bytes = l.kernel.local_bytes as usize;
+    let mut ex = Exec {
+        l,
+        mem,
+        prof,
+        code: &l.kernel.code,
+        nregs,
+        nthreads,
+        regs: vec![0; nwarps * nregs * 32],
+        warps: Vec::new(),
+        shared: vec![0; l.shared_bytes],
+        shadow: SharedShadow::new(l.shared_bytes),
+        local: vec![0; local_bytes * nthreads],
+        local_init: vec![0; local_bytes * nthreads],
+        ctaid: (0, 0, 0),
+        clock: 0,
+        bar: None,
+        alloc_hint: 0,
+        acc: [None; 32],
+    };
+    for z in 0..gz {
+        for y in 0..gy {
+            for x in 0..gx {
+                ex.ctaid = (x, y, z);
+                ex.run_cta()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+enum Flow {
+    Next,
+    Jump(u32, u32),
+    Barrier(u32),
+    Exit(u32),
+}
+
+impl<'a, 'm> Exec<'a, 'm> {
+    fn run_cta(&mut self) -> Result<()> {
+        let nwarps = self.nthreads.div_ceil(32);
+        self.warps.clear();
+        for w in 0..nwarps {
+            let n = (self.nthreads - w * 32).min(32);
+            let m = if n == 32 { u32::MAX } else { (1u32 << n) - 1 };
+            self.warps.push(Warp {
+                pcs: [0; 32],
+                upc: 0,
+                uniform: true,
+                running: m,
+                waiting: 0,
+            });
+        }
+        // Registers start at zero in every CTA (real hardware leaves garbage; kernels must not
+        // rely on either, and local memory is init-checked below).
+        self.regs.fill(0);
+        self.local_init.fill(0);
+        self.shadow.new_cta();
+        self.bar = None;
+        let mut steps = 0u64;
+        loop {
+            let mut any = false;
+            for w in 0..nwarps {
+                if self.warps[w].running != 0 {
+                    any = true;
+                    steps += self.run_warp(w)? as u64;
+                }
+            }
+            if steps > MAX_CTA_STEPS {
+                return Err(Error::Ptx(format!(
+                    "kernel `{}`: block {:?} executed more than {MAX_CTA_STEPS} warp instructions; it is probably hung",
+                    self.l.kernel.name, self.ctaid
+                )));
+            }
+            if any {
+                continue;
+            }
+            // Every warp is blocked at a barrier or done.
+            let waiting: u32 = self.warps.iter().map(|w| w.waiting.count_ones()).sum();
+            if waiting == 0 {
+                return Ok(());
+            }
+            if let Some((pc, _)) = self.bar {
+                if let Op::Bar { count: Some(c), .. } = self.code[pc as usize].op {
+                    let c = self.val(0, c, 0);
+                    if c as u32 != waiting {
+                        return Err(self.cta_err(
+                            pc,
+                            format!("bar.sync with thread count {c}, but {waiting} live threads arrived (only a count equal to the live threads is supported)"),
+                        ));
+                    }
+                }
+            }
+            for wp in self.warps.iter_mut() {
+                if wp.waiting != 0 {
+                    if wp.uniform && wp.running != 0 {
+                        for lane in Lanes(wp.running) {
+                            wp.pcs[lane] = wp.upc;
+                        }
+                    }
+                    wp.running |= wp.waiting;
+                    wp.waiting = 0;
+                    wp.uniform = false;
+                }
+            }
+            self.bar = None;
+            self.shadow.barrier();
+        }
+    }
+
+    fn cta_err(&self, pc: u32, msg: String) -> Error {
+        let ins = &self.code[pc as usize];
+        Error::Ptx(format!(
+            "kernel `{}` ({}:{} `{}`), block {:?}: {msg}",
+            self.l.kernel.name,
+            self.l.module,
+            ins.line,
+            self.src_line(ins.line),
+            self.ctaid
+        ))
+    }
+
+    fn src_line(&self, line: u32) -> &str {
+        self.l
+            .lines
+            .get(line.saturating_sub(1) as usize)
+            .map(|s| s.trim())
+            .unwrap_or("")
+    }
+
+    fn tid(&self, w: usize, lane: usize) -> (u32, u32, u32) {
+        let t = (w * 32 + lane) as u32;
+        let (bx, by, _) = self.l.block;
+        (t % bx, (t / bx) % by, t / (bx * by))
+    }
+
+    fn fault(&self, w: usize, lane: usize, pc: u32, msg: String) -> Error {
+        let ins = &self.code[pc as usize];
+        Error::Ptx(format!(
+            "kernel `{}` ({}:{} `{}`), thread {:?} block {:?}: {msg}",
+            self.l.kernel.name,
+            self.l.module,
+            ins.line,
+            self.src_line(ins.line),
+            self.tid(w, lane),
+            self.ctaid
+        ))
+    }
+
+    /// Pick the lanes to run next: those at the smallest PC among running lanes.
+    #[inline]
+    fn select(&mut self, w: usize) -> (u32, u32) {
+        let wp = &mut self.warps[w];
+        if wp.running == 0 {
+            return (0, 0);
+        }
+        if wp.uniform {
+            return (wp.upc, wp.running);
+        }
+        let mut min = u32::MAX;
+        for lane in Lanes(wp.running) {
+            min = min.min(wp.pcs[lane]);
+        }
+        let mut m = 0u32;
+        for lane in Lanes(wp.running) {
+            if wp.pcs[lane] == min {
+                m |= 1 << lane;
+            }
+        }
+        if m == wp.running {
+            wp.uniform = true;
+            wp.upc = min;
+        }
+        (min, m)
+    }
+
+    /// Run warp `w` for up to one slice; returns the instructions executed.
+    fn run_warp(&mut self, w: usize) -> Result<u32> {
+        let mut n = 0;
+        while n < SLICE {
+            let (pc, m) = self.select(w);
+            if m == 0 {
+                break;
+            }
+            n += 1;
+            self.clock += 1;
+            let ins = &self.code[pc as usize];
+            let exec = match ins.guard {
+                None => m,
+                Some((p, neg)) => {
+                    let base = (w * self.nregs + p as usize) * 32;
+                    let mut e = 0u32;
+                    for lane in Lanes(m) {
+                        if (self.regs[base + lane] != 0) != neg {
+                            e |= 1 << lane;
+                        }
+                    }
+                    e
+                }
+            };
+            if let Some(p) = self.prof.as_deref_mut() {
+                p.warp_instructions += 1;
+            }
+            let flow = if exec == 0 {
+                Flow::Next
+            } else {
+                self.exec(w, pc, exec)?
+            };
+            let wp = &mut self.warps[w];
+            match flow {
+                Flow::Next => {
+                    if wp.uniform {
+                        wp.upc = pc + 1;
+                    } else {
+                        for lane in Lanes(m) {
+                            wp.pcs[lane] = pc + 1;
+                        }
+                    }
+                }
+                Flow::Jump(target, taken) => {
+                    if wp.uniform && taken == m {
+                        wp.upc = target;
+                    } else if wp.uniform && taken == 0 {
+                        wp.upc = pc + 1;
+                    } else {
+                        if wp.uniform {
+                            for lane in Lanes(wp.running) {
+                                wp.pcs[lane] = wp.upc;
+                            }
+                            wp.uniform = false;
+                        }
+                        for lane in Lanes(m) {
+                            wp.pcs[lane] = if taken & (1 << lane) != 0 {
+                                target
+                            } else {
+                                pc + 1
+                            };
+                        }
+                    }
+                }
+                Flow::Barrier(arrived) => {
+                    if wp.uniform {
+                        wp.upc = pc + 1;
+                    }
+                    for lane in Lanes(m) {
+                        wp.pcs[lane] = pc + 1;
+                    }
+                    wp.running &= !arrived;
+                    wp.waiting |= arrived;
+                }
+                Flow::Exit(exited) => {
+                    if wp.uniform {
+                        wp.upc = pc + 1;
+                    }
+                    for lane in Lanes(m) {
+                        wp.pcs[lane] = pc + 1;
+                    }
+                    wp.running &= !exited;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    #[inline(always)]
+    fn rbase(&self, w: usize) -> usize {
+        w * self.nregs * 32
+    }
+
+    #[inline(always)]
+    fn val(&self, w: usize, s: Src, lane: usize) -> u64 {
+        match s {
+            Src::Reg(r) => self.regs[(w * self.nregs + r as usize) * 32 + lane],
+            Src::Imm(v) => v,
+            Src::Sreg(sr) => self.sreg(sr, w, lane),
+        }
+    }
+
+    #[inline(always)]
+    fn set(&mut self, w: usize, r: u32, lane: usize, v: u64) {
+        if r != NO_REG {
+            let i = (w * self.nregs + r as usize) * 32 + lane;
+            self.regs[i] = v;
+        }
+    }
+
+    fn sreg(&self, s: Sreg, w: usize, lane: usize) -> u64 {
+        let pick = |t: (u32, u32, u32), d: u8| -> u64 {
+            (match d {
+                0 => t.0,
+                1 => t.1,
+                _ => t.2,
+            }) as u64
+        };
+        match s {
+            Sreg::Tid(d) => pick(self.tid(w, lane), d),
+            Sreg::Ntid(d) => pick(self.l.block, d),
+            Sreg::Ctaid(d) => pick(self.ctaid, d),
+            Sreg::Nctaid(d) => pick(self.l.grid, d),
+            Sreg::LaneId => lane as u64,
+            Sreg::WarpId => w as u64,
+            Sreg::NWarpId => self.warps.len() as u64,
+            Sreg::Clock => self.clock & 0xffff_ffff,
+            Sreg::Clock64 => self.clock,
+            Sreg::GridId => 1,
+            Sreg::SmId => 0,
+            Sreg::LanemaskEq => 1u64 << lane,
+            Sreg::LanemaskLt => (1u64 << lane) - 1,
+            Sreg::LanemaskLe => (1u64 << (lane + 1)) - 1,
+            Sreg::LanemaskGt => (!((1u64 << (lane + 1)) - 1)) & 0xffff_ffff,
+            Sreg::LanemaskGe => (!((1u64 << lane) - 1)) & 0xffff_ffff,
+        }
+    }
+
+    fn addr_of(&self, w: usize, a: Addr, lane: usize) -> u64 {
+        let b = match a.base {
+            Some(r) => self.regs[(w * self.nregs + r as usize) * 32 + lane],
+            None => 0,
+        };
+        b.wrapping_add(a.off as u64)
+    }
+
+    fn resolve(&self, space: Space, addr: u64) -> (Space, u64) {
+        match space {
+            Space::Generic => {
+                if (SHARED_WINDOW..SHARED_WINDOW + WINDOW).contains(&addr) {
+                    (Space::Shared, addr - SHARED_WINDOW)
+                } else if (LOCAL_WINDOW..LOCAL_WINDOW + WINDOW).contains(&addr) {
+                    (Space::Local, addr - LOCAL_WINDOW)
+                } else {
+                    (Space::Global, addr)
+                }
+            }
+            Space::Const => (Space::Global, addr),
+            s => (s, addr),
+        }
+    }
+
+    fn global_index(&mut self, addr: u64, len: u64) -> Option<usize> {
+        if let Some(a) = self.mem.allocs.get(self.alloc_hint) {
+            if addr >= a.base && addr + len <= a.end() {
+                return Some(self.alloc_hint);
+            }
+        }
+        let i = self.mem.find(addr, len)?;
+        self.alloc_hint = i;
+        Some(i)
+    }
+
+    /// Read `buf.len()` bytes for one lane, with every check.
+    fn load(
+        &mut self,
+        w: usize,
+        lane: usize,
+        pc: u32,
+        space: Space,
+        addr: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let n = buf.len();
+        if addr % n as u64 != 0 {
+            return Err(self.fault(
+                w,
+                lane,
+                pc,
+                format!("misaligned {n}-byte {space:?} load at {addr:#x}"),
+            ));
+        }
+        let (sp, a) = self.resolve(space, addr);
+        match sp {
+            Space::Global => {
+                let i = match self.global_index(a, n as u64) {
+                    Some(i) => i,
+                    None => {
+                        let d = self.mem.describe(a);
+                        return Err(self.fault(
+                            w,
+                            lane,
+                            pc,
+                            format!("out-of-bounds global load of {n} bytes at {a:#x} ({d})"),
+                        ));
+                    }
+                };
+                let al = &self.mem.allocs[i];
+                let off = (a - al.base) as usize;
+                buf.copy_from_slice(&al.data[off..off + n]);
+                if al.init[off..off + n].iter().any(|&b| b == 0) {
+                    return Err(self.fault(
+                        w,
+                        lane,
+                        pc,
+                        format!("read of uninitialised global memory at {a:#x} (allocation {:#x}, offset {off})", al.base),
+                    ));
+                }
+                if let Some(p) = self.prof.as_deref_mut() {
+                    p.global_load_bytes += n as u64;
+                }
+                self.acc[lane] = Some((a, n as u32));
+            }
+            Space::Shared => {
+                let s = a as usize;
+                if a > self.shared.len() as u64 || s + n > self.shared.len() {
+                    return Err(self.fault(
+                        w,
+                        lane,
+                        pc,
+                        format!("out-of-bounds shared load of {n} bytes at offset {a:#x} (shared size {})", self.shared.len()),
+                    ));
+                }
+                buf.copy_from_slice(&self.shared[s..s + n]);
+                let line = self.code[pc as usize].line;
+                for b in s..s + n {
+                    let (race, uninit) = self.shadow.read(b, w as u32, line);
+                    if let Some(r) = race {
+                        return Err(self.fault(
+                            w,
+                            lane,
+                            pc,
+                            format!(
+                                "shared-memory race at offset {b:#x}: read by warp {w}, written by warp {} at line {} with no barrier between",
+                                r.other_warp, r.other_line
+                            ),
+                        ));
+                    }
+                    if uninit {
+                        return Err(self.fault(
+                            w,
+                            lane,
+                            pc,
+                            format!("read of uninitialised shared memory at offset {b:#x}"),
+                        ));
+                    }
+                }
+                if let Some(p) = self.prof.as_deref_mut() {
+                    p.shared_load_bytes += n as u64;
+                }
+                self.acc[lane] = Some((a, n as u32));
+            }
+            Space::Local => {
+                let lb = self.l.kernel.local_bytes as usize;
+                if a as usize + n > lb || a > lb as u64 {
+                    return Err(self.fault(w, lane, pc, format!("out-of-bounds local load of {n} bytes at offset {a:#x} (local size {lb})")));
+                }
+                let base = (w * 32 + lane) * lb + a as usize;
+                buf.copy_from_slice(&self.local[base..base + n]);
+                if self.local_init[base..base + n].iter().any(|&b| b == 0) {
+                    return Err(self.fault(
+                        w,
+                        lane,
+                        pc,
+                        format!("read of uninitialised local memory at offset {a:#x}"),
+                    ));
+                }
+                if let Some(p) = self.prof.as_deref_mut() {
+                    p.local_bytes += n as u64;
+                }
+            }
+            Space::Param => {
+                let pb = self.l.params.len();
+                if a as usize + n > pb || a > pb as u64 {
+                    return Err(self.fault(
+                        w,
+                        lane,
+                        pc,
+                        format!("out-of-bounds param load at offset {a} (params are {pb} bytes)"),
+                    ));
+                }
+                buf.copy_from_slice(&self.l.params[a as usize..a as usize + n]);
+            }
+            Space::Const | Space::Generic => unreachable_space(),
+        }
+        Ok(())
+    }
+
+    fn store(
+        &mut self,
+        w: usize,
+        lane: usize,
+        pc: u32,
+        space: Space,
+        addr: u64,
+        buf: &[u8],
+    ) -> Result<()> {
+        let n = buf.len();
+        if addr % n as u64 != 0 {
+            return Err(self.fault(
+                w,
+                lane,
+                pc,
+                format!("misaligned {n}-byte {space:?} store at {addr:#x}"),
+            ));
+        }
+        let (sp, a) = self.resolve(space, addr);
+        match sp {
+            Space::Global => {
+                let i = match self.global_index(a, n as u64) {
+                    Some(i) => i,
+                    None => {
+                        let d = self.mem.describe(a);
+                        return Err(self.fault(
+                            w,
+                            lane,
+                            pc,
+                            format!("out-of-bounds global store of {n} bytes at {a:#x} ({d})"),
+                        ));
+                    }
+                };
+                let al = &mut self.mem.allocs[i];
+                let off = (a - al.base) as usize;
+                al.data[off..off + n].copy_from_slice(buf);
+                al.init[off..off + n].fill(1);
+                if let Some(p) = self.prof.as_deref_mut() {
+                    p.global_store_bytes += n as u64;
+                }
+                self.acc[lane] = Some((a, n as u32));
+            }
+            Space::Shared => {
+                let s = a as usize;
+                if a > self.shared.len() as u64 || s + n > self.shared.len() {
+                    return Err(self.fault(
+                        w,
+                        lane,
+                        pc,
+                        format!("out-of-bounds shared store of {n} bytes at offset {a:#x} (shared size {})", self.shared.len()),
+                    ));
+                }
+                self.shared[s..s + n].copy_from_slice(buf);
+                let line = self.code[pc as usize].line;
+                for b in s..s + n {
+                    if let Some(r) = self.shadow.write(b, w as u32, line) {
+                        return Err(self.fault(
+                            w,
+                            lane,
+                            pc,
+                            format!(
+                                "shared-memory race at offset {b:#x}: written by warp {w}, {} by warp {} at line {} with no barrier between",
+                                if r.other_wrote { "written" } else { "read" },
+                                r.other_warp,
+                                r.other_line
+                            ),
+                        ));
+                    }
+                }
+                if let Some(p) = self.prof.as_deref_mut() {
+                    p.shared_store_bytes += n as u64;
+                }
+                self.acc[lane] = Some((a, n as u32));
+            }
+            Space::Local => {
+                let lb = self.l.kernel.local_bytes as usize;
+                if a as usize + n > lb || a > lb as u64 {
+                    return Err(self.fault(w, lane, pc, format!("out-of-bounds local store of {n} bytes at offset {a:#x} (local size {lb})")));
+                }
+                let base = (w * 32 + lane) * lb + a as usize;
+                self.local[base..base + n].copy_from_slice(buf);
+                self.local_init[base..base + n].fill(1);
+                if let Some(p) = self.prof.as_deref_mut() {
+                    p.local_bytes += n as u64;
+                }
+            }
+            Space::Param => {
+                return Err(self.fault(w, lane, pc, "store to kernel parameter space".to_string()))
+            }
+            Space::Const | Space::Generic => unreachable_space(),
+        }
+        Ok(())
+    }
+
+    /// Fold the per-lane accesses of one memory instruction into the counters.
+    fn account(&mut self, space: Space) {
+        if self.prof.is_none() {
+            return;
+        }
+        let acc = std::mem::replace(&mut self.acc, [None; 32]);
+        let (sp, _) = match acc.iter().flatten().next() {
+            Some(&(a, _)) => self.resolve(space, if space == Space::Generic { a } else { 0 }),
+            None => return,
+        };
+        let Some(p) = self.prof.as_deref_mut() else {
+            return;
+        };
+        match (space, sp) {
+            (Space::Shared, _) | (Space::Generic, Space::Shared) => {
+                p.bank_conflicts += counters::bank_conflicts(&acc);
+            }
+            (Space::Global, _) | (Space::Const, _) | (Space::Generic, Space::Global) => {
+                let v: Vec<(u64, u32)> = acc.iter().flatten().copied().collect();
+                let (s, ideal) = counters::global_sectors(&v);
+                p.global_sectors += s;
+                p.global_sectors_ideal += ideal;
+            }
+            _ => {}
+        }
+    }
+
+    fn check_collective(&self, w: usize, pc: u32, exec: u32, mask: u64, what: &str) -> Result<()> {
+        if mask as u32 != exec {
+            let lane = exec.trailing_zeros() as usize;
+            return Err(self.fault(
+                w,
+                lane,
+                pc,
+                format!(
+                    "{what}: membermask {mask:#010x} but the lanes executing it are {exec:#010x}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn exec(&mut self, w: usize, pc: u32, exec: u32) -> Result<Flow> {
+        let code = self.code;
+        let ins = &code[pc as usize];
+        let rb = self.rbase(w);
+        let _ = rb;
+        match &ins.op {
+            Op::Mov { ty, d, a } => {
+                let bits = ty.bits().max(1);
+                for lane in Lanes(exec) {
+                    let v = zx(
+                        self.val(w, *a, lane),
+                        if *ty == Ty::Pred { 64 } else { bits },
+                    );
+                    self.set(w, *d, lane, v);
+                }
+            }
+            Op::Pack { d, parts, bits } => {
+                for lane in Lanes(exec) {
+                    let mut v = 0u64;
+                    for (k, p) in parts.iter().enumerate() {
+                        v |= zx(self.val(w, *p, lane), *bits) << (k as u32 * bits);
+                    }
+                    self.set(w, *d, lane, v);
+                }
+            }
+            Op::Unpack { ds, a, bits } => {
+                for lane in Lanes(exec) {
+                    let v = self.val(w, *a, lane);
+                    for (k, d) in ds.iter().enumerate() {
+                        self.set(w, *d, lane, zx(v >> (k as u32 * bits), *bits));
+                    }
+                }
+            }
+            Op::Int2 { op, ty, d, a, b } => {
+                for lane in Lanes(exec) {
+                    let v = int2(*op, *ty, self.val(w, *a, lane), self.val(w, *b, lane));
+                    self.set(w, *d, lane, v);
+                }
+            }
+            Op::Int1 { op, ty, d, a } => {
+                for lane in Lanes(exec) {
+                    let v = int1(*op, *ty, self.val(w, *a, lane));
+                    self.set(w, *d, lane, v);
+                }
+            }
+            Op::Mad {
+                mode,
+                ty,
+                d,
+                a,
+                b,
+                c,
+            } => {
+                for lane in Lanes(exec) {
+                    let (x, y, z) = (
+                        self.val(w, *a, lane),
+                        self.val(w, *b, lane),
+                        self.val(w, *c, lane),
+                    );
+                    let bits = ty.bits();
+                    let v = match mode {
+                        MadMode::Lo => zx(x.wrapping_mul(y).wrapping_add(z), bits),
+                        MadMode::Hi => zx(int2(IBin::MulHi, *ty, x, y).wrapping_add(z), bits),
+                        MadMode::Wide => {
+                            zx(int2(IBin::MulWide, *ty, x, y).wrapping_add(z), bits * 2)
+                        }
+                    };
+                    self.set(w, *d, lane, v);
+                }
+            }
+            Op::F2 {
+                op,
+                ty,
+                sat,
+                d,
+                a,
+                b,
+            } => {
+                for lane in Lanes(exec) {
+                    let v = fbin(*op, *ty, *sat, self.val(w, *a, lane), self.val(w, *b, lane));
+                    self.set(w, *d, lane, v);
+                }
+            }
+            Op::F1 { op, ty, d, a } => {
+                for lane in Lanes(exec) {
+                    let v = fun(*op, *ty, self.val(w, *a, lane));
+                    self.set(w, *d, lane, v);
+                }
+            }
+            Op::Fma {
+                ty,
+                sat,
+                d,
+                a,
+                b,
+                c,
+            } => {
+                for lane in Lanes(exec) {
+                    let v = ffma(
+                        *ty,
+                        *sat,
+                        self.val(w, *a, lane),
+                        self.val(w, *b, lane),
+                        self.val(w, *c, lane),
+                    );
+                    self.set(w, *d, lane, v);
+                }
+            }
+            Op::Selp { ty, d, a, b, c } => {
+                for lane in Lanes(exec) {
+                    let v = if self.val(w, *c, lane) != 0 {
+                        self.val(w, *a, lane)
+                    } else {
+                        self.val(w, *b, lane)
+                    };
+                    self.set(w, *d, lane, zx(v, ty.bits()));
+                }
+            }
+            Op::Setp {
+                cmp,
+                ty,
+                d,
+                d2,
+                a,
+                b,
+                comb,
+            } => {
+                for lane in Lanes(exec) {
+                    let r = compare(*cmp, *ty, self.val(w, *a, lane), self.val(w, *b, lane));
+                    let (p, q) = match comb {
+                        None => (r, !r),
+                        Some((op, c, neg)) => {
+                            let c = (self.val(w, *c, lane) != 0) != *neg;
+                            let f = |x: bool| match op {
+                                BoolOp::And => x && c,
+                                BoolOp::Or => x || c,
+                                BoolOp::Xor => x != c,
+                            };
+                            (f(r), f(!r))
+                        }
+                    };
+                    self.set(w, *d, lane, p as u64);
+                    self.set(w, *d2, lane, q as u64);
+                }
+            }
+            Op::Cvt {
+                dty,
+                sty,
+                rnd,
+                sat,
+                d,
+                a,
+            } => {
+                for lane in Lanes(exec) {
+                    let v = cvt(*dty, *sty, *rnd, *sat, self.val(w, *a, lane));
+                    self.set(w, *d, lane, v);
+                }
+            }
+            Op::CvtPack { dty, relu, d, a, b } => {
+                for lane in Lanes(exec) {
+                    let mut hi = f32::from_bits(self.val(w, *a, lane) as u32);
+                    let mut lo = f32::from_bits(self.val(w, *b, lane) as u32);
+                    if *relu {
+                        hi = if hi.is_nan() { hi } else { hi.max(0.0) };
+                        lo = if lo.is_nan() { lo } else { lo.max(0.0) };
+                    }
+                    let (h, l) = if *dty == Ty::BF16x2 {
+                        (f32_to_bf16(hi), f32_to_bf16(lo))
+                    } else {
+                        (f32_to_f16(hi), f32_to_f16(lo))
+                    };
+                    self.set(w, *d, lane, ((h as u64) << 16) | l as u64);
+                }
+            }
+            Op::Prmt { d, a, b, c } => {
+                for lane in Lanes(exec) {
+                    let x = (self.val(w, *b, lane) << 32) | zx(self.val(w, *a, lane), 32);
+                    let sel = self.val(w, *c, lane);
+                    let mut r = 0u64;
+                    for k in 0..4 {
+                        let s = (sel >> (4 * k)) & 0xf;
+                        let byte = (x >> ((s & 7) * 8)) & 0xff;
+                        let byte = if s & 8 != 0 {
+                            if byte & 0x80 != 0 {
+                                0xff
+                            } else {
+                                0
+                            }
+                        } else {
+                            byte
+                        };
+                        r |= byte << (8 * k);
+                    }
+                    self.set(w, *d, lane, r);
+                }
+            }
+            Op::Bfe { ty, d, a, b, c } => {
+                for lane in Lanes(exec) {
+                    let bits = ty.bits();
+                    let x = self.val(w, *a, lane);
+                    let pos = (self.val(w, *b, lane) & 0xff) as u32;
+                    let len = (self.val(w, *c, lane) & 0xff) as u32;
+                    let sbit = if ty.signed() {
+                        if len == 0 {
+                            false
+                        } else {
+                            (x >> (pos + len - 1).min(bits - 1)) & 1 != 0
+                        }
+                    } else {
+                        false
+                    };
+                    let mut r = 0u64;
+                    for i in 0..bits {
+                        let bit = if i < len && pos + i <= bits - 1 {
+                            (x >> (pos + i)) & 1 != 0
+                        } else {
+                            sbit
+                        };
+                        r |= (bit as u64) << i;
+                    }
+                    self.set(w, *d, lane, r);
+                }
+            }
+            Op::Bfi { ty, d, f, b, c, e } => {
+                for lane in Lanes(exec) {
+                    let bits = ty.bits();
+                    let fv = self.val(w, *f, lane);
+                    let mut r = zx(self.val(w, *b, lane), bits);
+                    let pos = (self.val(w, *c, lane) & 0xff) as u32;
+                    let len = (self.val(w, *e, lane) & 0xff) as u32;
+                    for i in 0..len {
+                        if pos + i >= bits {
+                            break;
+                        }
+                        r = (r & !(1u64 << (pos + i))) | (((fv >> i) & 1) << (pos + i));
+                    }
+                    self.set(w, *d, lane, r);
+                }
+            }
+            Op::Ld {
+                space,
+                ty,
+                n,
+                ds,
+                addr,
+            } => {
+                let es = ty.bytes() as usize;
+                let total = es * *n as usize;
+                let mut buf = [0u8; 32];
+                for lane in Lanes(exec) {
+                    let a = self.addr_of(w, *addr, lane);
+                    self.load(w, lane, pc, *space, a, &mut buf[..total])?;
+                    for k in 0..*n as usize {
+                        let mut raw = [0u8; 8];
+                        raw[..es].copy_from_slice(&buf[k * es..(k + 1) * es]);
+                        let mut v = u64::from_le_bytes(raw);
+                        if ty.signed() {
+                            v = sx(v, ty.bits()) as u64;
+                        }
+                        self.set(w, ds[k], lane, v);
+                    }
+                }
+                self.account(*space);
+            }
+            Op::St {
+                space,
+                ty,
+                n,
+                srcs,
+                addr,
+            } => {
+                let es = ty.bytes() as usize;
+                let total = es * *n as usize;
+                let mut buf = [0u8; 32];
+                for lane in Lanes(exec) {
+                    let a = self.addr_of(w, *addr, lane);
+                    for k in 0..*n as usize {
+                        let v = self.val(w, srcs[k], lane);
+                        buf[k * es..(k + 1) * es].copy_from_slice(&v.to_le_bytes()[..es]);
+                    }
+                    self.store(w, lane, pc, *space, a, &buf[..total])?;
+                }
+                self.account(*space);
+            }
+            Op::Atom {
+                space,
+                op,
+                ty,
+                d,
+                addr,
+                b,
+                c,
+            } => {
+                for lane in Lanes(exec) {
+                    let a = self.addr_of(w, *addr, lane);
+                    self.atomic(w, lane, pc, *space, a, *op, *ty, *d, *b, *c)?;
+                }
+                self.acc = [None; 32];
+            }
+            Op::CpAsync {
+                dst,
+                src,
+                size,
+                src_size,
+            } => {
+                let n = *size as usize;
+                for lane in Lanes(exec) {
+                    let da = self.addr_of(w, *dst, lane);
+                    let sa = self.addr_of(w, *src, lane);
+                    let ss = match src_size {
+                        Some(s) => self.val(w, *s, lane) as usize,
+                        None => n,
+                    };
+                    if ss > n {
+                        return Err(self.fault(
+                            w,
+                            lane,
+                            pc,
+                            format!("cp.async src-size {ss} exceeds cp-size {n}"),
+                        ));
+                    }
+                    let mut buf = [0u8; 16];
+                    if ss > 0 {
+                        if sa % n as u64 != 0 {
+                            return Err(self.fault(
+                                w,
+                                lane,
+                                pc,
+                                format!("misaligned {n}-byte cp.async source at {sa:#x}"),
+                            ));
+                        }
+                        if ss == n {
+                            self.load(w, lane, pc, Space::Global, sa, &mut buf[..n])?;
+                        } else {
+                            self.load_unaligned(w, lane, pc, sa, &mut buf[..ss])?;
+                        }
+                    }
+                    self.store(w, lane, pc, Space::Shared, da, &buf[..n])?;
+                }
+                self.acc = [None; 32];
+            }
+            Op::Cvta { to, space, d, a } => {
+                for lane in Lanes(exec) {
+                    let x = self.val(w, *a, lane);
+                    let v = match (space, to) {
+                        (Space::Shared, false) => x.wrapping_add(SHARED_WINDOW),
+                        (Space::Shared, true) => x.wrapping_sub(SHARED_WINDOW),
+                        (Space::Local, false) => x.wrapping_add(LOCAL_WINDOW),
+                        (Space::Local, true) => x.wrapping_sub(LOCAL_WINDOW),
+                        _ => x,
+                    };
+                    self.set(w, *d, lane, v);
+                }
+            }
+            Op::Bra { target } => return Ok(Flow::Jump(*target, exec)),
+            Op::Bar { id, .. } => {
+                let lane = exec.trailing_zeros() as usize;
+                let idv = self.val(w, *id, lane);
+                match self.bar {
+                    None => self.bar = Some((pc, idv)),
+                    Some((bpc, bid)) if bpc != pc || bid != idv => {
+                        let other = code[bpc as usize].line;
+                        return Err(self.fault(
+                            w,
+                            lane,
+                            pc,
+                            format!(
+                                "deadlock: threads wait at different barriers (line {other} and line {}); a barrier inside divergent code",
+                                ins.line
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                return Ok(Flow::Barrier(exec));
+            }
+            Op::Shfl {
+                mode,
+                d,
+                p,
+                a,
+                b,
+                c,
+                mask,
+            } => {
+                let lane0 = exec.trailing_zeros() as usize;
+                let mm = self.val(w, *mask, lane0);
+                self.check_collective(w, pc, exec, mm, "shfl.sync")?;
+                let mut vals = [0u64; 32];
+                for lane in Lanes(exec) {
+                    vals[lane] = self.val(w, *a, lane);
+                }
+                let mut out = [(0u64, false); 32];
+                for lane in Lanes(exec) {
+                    let bval = (self.val(w, *b, lane) & 0x1f) as i32;
+                    let cv = self.val(w, *c, lane) as u32;
+                    let cval = (cv & 0x1f) as i32;
+                    let seg = ((cv >> 8) & 0x1f) as i32;
+                    let l = lane as i32;
+                    let max_lane = (l & seg) | (cval & !seg);
+                    let min_lane = l & seg;
+                    let (j, pval) = match mode {
+                        ShflMode::Up => (l - bval, l - bval >= max_lane),
+                        ShflMode::Down => (l + bval, l + bval <= max_lane),
+                        ShflMode::Bfly => (l ^ bval, (l ^ bval) <= max_lane),
+                        ShflMode::Idx => {
+                            let j = min_lane | (bval & !seg);
+                            (j, j <= max_lane)
+                        }
+                    };
+                    let j = if pval { j as usize } else { lane };
+                    if j >= 32 || exec & (1 << j) == 0 {
+                        return Err(self.fault(
+                            w,
+                            lane,
+                            pc,
+                            format!("shfl.sync reads lane {j}, which is not executing it"),
+                        ));
+                    }
+                    out[lane] = (vals[j], pval);
+                }
+                for lane in Lanes(exec) {
+                    self.set(w, *d, lane, zx(out[lane].0, 32));
+                    self.set(w, *p, lane, out[lane].1 as u64);
+                }
+            }
+            Op::Vote {
+                mode,
+                d,
+                a,
+                neg,
+                mask,
+            } => {
+                let lane0 = exec.trailing_zeros() as usize;
+                let mm = self.val(w, *mask, lane0);
+                self.check_collective(w, pc, exec, mm, "vote.sync")?;
+                let mut ballot = 0u32;
+                for lane in Lanes(exec) {
+                    if (self.val(w, *a, lane) != 0) != *neg {
+                        ballot |= 1 << lane;
+                    }
+                }
+                let v = match mode {
+                    VoteMode::Ballot => ballot as u64,
+                    VoteMode::All => (ballot == exec) as u64,
+                    VoteMode::Any => (ballot != 0) as u64,
+                    VoteMode::Uni => (ballot == exec || ballot == 0) as u64,
+                };
+                for lane in Lanes(exec) {
+                    self.set(w, *d, lane, v);
+                }
+            }
+            Op::Redux { op, ty, d, a, mask } => {
+                let lane0 = exec.trailing_zeros() as usize;
+                let mm = self.val(w, *mask, lane0);
+                self.check_collective(w, pc, exec, mm, "redux.sync")?;
+                let mut acc: Option<u64> = None;
+                for lane in Lanes(exec) {
+                    let x = zx(self.val(w, *a, lane), 32);
+                    acc = Some(match acc {
+                        None => x,
+                        Some(y) => match op {
+                            ReduxOp::Add => zx(x.wrapping_add(y), 32),
+                            ReduxOp::And => x & y,
+                            ReduxOp::Or => x | y,
+                            ReduxOp::Xor => x ^ y,
+                            ReduxOp::Min | ReduxOp::Max => {
+                                let less = if ty.signed() {
+                                    sx(x, 32) < sx(y, 32)
+                                } else {
+                                    x < y
+                                };
+                                if (*op == ReduxOp::Min) == less {
+                                    x
+                                } else {
+                                    y
+                                }
+                            }
+                        },
+                    });
+                }
+                let v = acc.unwrap_or(0);
+                for lane in Lanes(exec) {
+                    self.set(w, *d, lane, v);
+                }
+            }
+            Op::Mma { bf16, d, a, b, c } => {
+                self.check_collective(w, pc, exec, 0xffff_ffff, "mma.sync (needs the full warp)")?;
+                self.mma(w, *bf16, d, a, b, c);
+            }
+            Op::Ldmatrix {
+                num,
+                trans,
+                space,
+                ds,
+                addr,
+            } => {
+                self.check_collective(w, pc, exec, 0xffff_ffff, "ldmatrix (needs the full warp)")?;
+                self.ldmatrix(w, pc, *num, *trans, *space, ds, *addr)?;
+            }
+            Op::Nop => {}
+            Op::Ret | Op::Exit => return Ok(Flow::Exit(exec)),
+        }
+        Ok(Flow::Next)
+    }
+
+    /// Byte-wise global read for a cp.async whose src-size is not a power of two.
+    fn load_unaligned(
+        &mut self,
+        w: usize,
+        lane: usize,
+        pc: u32,
+        a: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        for (k, b) in buf.iter_mut().enumerate() {
+            let mut one = [0u8; 1];
+            self.load(w, lane, pc, Space::Global, a + k as u64, &mut one)?;
+            *b = one[0];
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn atomic(
+        &mut self,
+        w: usize,
+        lane: usize,
+        pc: u32,
+        space: Space,
+        addr: u64,
+        op: AtomOp,
+        ty: Ty,
+        d: u32,
+        b: Src,
+        c: Src,
+    ) -> Result<()> {
+        let n = ty.bytes() as usize;
+        if addr % n as u64 != 0 {
+            return Err(self.fault(
+                w,
+                lane,
+                pc,
+                format!("misaligned {n}-byte atomic at {addr:#x}"),
+            ));
+        }
+        let (sp, a) = self.resolve(space, addr);
+        let bv = self.val(w, b, lane);
+        let cv = self.val(w, c, lane);
+        let (slice, uninit): (&mut [u8], bool) = match sp {
+            Space::Global => {
+                let i = match self.global_index(a, n as u64) {
+                    Some(i) => i,
+                    None => {
+                        let dsc = self.mem.describe(a);
+                        return Err(self.fault(
+                            w,
+                            lane,
+                            pc,
+                            format!("out-of-bounds global atomic of {n} bytes at {a:#x} ({dsc})"),
+                        ));
+                    }
+                };
+                let al = &mut self.mem.allocs[i];
+                let off = (a - al.base) as usize;
+                let un = al.init[off..off + n].iter().any(|&x| x == 0);
+                al.init[off..off + n].fill(1);
+                (&mut al.data[off..off + n], un)
+            }
+            Space::Shared => {
+                let s = a as usize;
+                if a > self.shared.len() as u64 || s + n > self.shared.len() {
+                    return Err(self.fault(
+                        w,
+                        lane,
+                        pc,
+                        format!("out-of-bounds shared atomic at offset {a:#x}"),
+                    ));
+                }
+                let mut un = false;
+                for k in s..s + n {
+                    un |= self.shadow.atomic(k);
+                }
+                (&mut self.shared[s..s + n], un)
+            }
+            _ => {
+                return Err(self.fault(
+                    w,
+                    lane,
+                    pc,
+                    format!("atomic on {sp:?} memory is not supported"),
+                ))
+            }
+        };
+        let mut raw = [0u8; 8];
+        raw[..n].copy_from_slice(slice);
+        let old = u64::from_le_bytes(raw);
+        let bits = ty.bits();
+        let new = match op {
+            AtomOp::Add => match ty {
+                Ty::F32 => {
+                    (f32::from_bits(old as u32) + f32::from_bits(bv as u32)).to_bits() as u64
+                }
+                Ty::F64 => (f64::from_bits(old) + f64::from_bits(bv)).to_bits(),
+                _ => zx(old.wrapping_add(bv), bits),
+            },
+            AtomOp::Min | AtomOp::Max => {
+                let less = match ty {
+                    Ty::F32 => f32::from_bits(bv as u32) < f32::from_bits(old as u32),
+                    _ if ty.signed() => sx(bv, bits) < sx(old, bits),
+                    _ => zx(bv, bits) < old,
+                };
+                if (op == AtomOp::Min) == less {
+                    zx(bv, bits)
+                } else {
+                    old
+                }
+            }
+            AtomOp::Inc => {
+                if old >= zx(bv, bits) {
+                    0
+                } else {
+                    old + 1
+                }
+            }
+            AtomOp::Dec => {
+                if old == 0 || old > zx(bv, bits) {
+                    zx(bv, bits)
+                } else {
+                    old - 1
+                }
+            }
+            AtomOp::Cas => {
+                if old == zx(bv, bits) {
+                    zx(cv, bits)
+                } else {
+                    old
+                }
+            }
+            AtomOp::Exch => zx(bv, bits),
+            AtomOp::And => old & bv,
+            AtomOp::Or => old | zx(bv, bits),
+            AtomOp::Xor => old ^ zx(bv, bits),
+        };
+        slice.copy_from_slice(&new.to_le_bytes()[..n]);
+        if uninit {
+            return Err(self.fault(
+                w,
+                lane,
+                pc,
+                format!("atomic on uninitialised {sp:?} memory at {a:#x}"),
+            ));
+        }
+        if let Some(p) = self.prof.as_deref_mut() {
+            match sp {
+                Space::Shared => {
+                    p.shared_load_bytes += n as u64;
+                    p.shared_store_bytes += n as u64;
+                }
+                _ => {
+                    p.global_load_bytes += n as u64;
+                    p.global_store_bytes += n as u64;
+                }
+            }
+        }
+        if d != NO_REG {
+            let v = if ty.signed() {
+                sx(old, bits) as u64
+            } else {
+                old
+            };
+            self.set(w, d, lane, v);
+        }
+        Ok(())
+    }
+
+    /// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 with the PTX ISA fragment
+    /// layouts (groupID = lane / 4, t = lane % 4).
+    fn mma(&mut self, w: usize, bf: bool, d: &[u32; 4], a: &[Src; 4], b: &[Src; 2], c: &[Src; 4]) {
+        let h = |x: u64| -> f32 {
+            if bf {
+                bf16::from_bits(x as u16).to_f32()
+            } else {
+                f16::from_bits(x as u16).to_f32()
+            }
+        };
+        let mut am = [[0f32; 16]; 16];
+        let mut bm = [[0f32; 8]; 16];
+        let mut cm = [[0f32; 8]; 16];
+        for lane in 0..32 {
+            let g = lane / 4;
+            let t = lane % 4;
+            for (i, src) in a.iter().enumerate() {
+                let v = self.val(w, *src, lane);
+                let row = g + if i & 1 == 1 { 8 } else { 0 };
+                let col = t * 2 + if i >= 2 { 8 } else { 0 };
+                am[row][col] = h(v);
+                am[row][col + 1] = h(v >> 16);
+            }
+            for (i, src) in b.iter().enumerate() {
+                let v = self.val(w, *src, lane);
+                let row = t * 2 + if i == 1 { 8 } else { 0 };
+                bm[row][g] = h(v);
+                bm[row + 1][g] = h(v >> 16);
+            }
+            for (i, src) in c.iter().enumerate() {
+                let v = self.val(w, *src, lane);
+                let row = g + if i >= 2 { 8 } else { 0 };
+                cm[row][t * 2 + (i & 1)] = f32::from_bits(v as u32);
+            }
+        }
+        let mut out = [[0f32; 8]; 16];
+        for (i, row) in out.iter_mut().enumerate() {
+            for (j, o) in row.iter_mut().enumerate() {
+                let mut s = 0f32;
+                for k in 0..16 {
+                    s = am[i][k].mul_add(bm[k][j], s);
+                }
+                *o = s + cm[i][j];
+            }
+        }
+        for lane in 0..32 {
+            let g = lane / 4;
+            let t = lane % 4;
+            for (i, dr) in d.iter().enumerate() {
+                let row = g + if i >= 2 { 8 } else { 0 };
+                let v = out[row][t * 2 + (i & 1)].to_bits() as u64;
+                self.set(w, *dr, lane, v);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ldmatrix(
+        &mut self,
+        w: usize,
+        pc: u32,
+        num: u8,
+        trans: bool,
+        space: Space,
+        ds: &[u32; 4],
+        addr: Addr,
+    ) -> Result<()> {
+        // m[mat][row][col], 16-bit elements; lanes 8*mat .. 8*mat+7 supply the row addresses.
+        let mut m = [[[0u16; 8]; 8]; 4];
+        for mat in 0..num as usize {
+            for row in 0..8 {
+                let lane = mat * 8 + row;
+                let a = self.addr_of(w, addr, lane);
+                let sp = if space == Space::Generic {
+                    Space::Generic
+                } else {
+                    Space::Shared
+                };
+                let mut buf = [0u8; 16];
+                self.load(w, lane, pc, sp, a, &mut buf)?;
+                for col in 0..8 {
+                    m[mat][row][col] = u16::from_le_bytes([buf[2 * col], buf[2 * col + 1]]);
+                }
+            }
+        }
+        self.account(Space::Shared);
+        for lane in 0..32 {
+            let (r, c) = (lane / 4, 2 * (lane % 4));
+            for mat in 0..num as usize {
+                let (lo, hi) = if trans {
+                    (m[mat][c][r], m[mat][c + 1][r])
+                } else {
+                    (m[mat][r][c], m[mat][r][c + 1])
+                };
+                self.set(w, ds[mat], lane, lo as u64 | (hi as u64) << 16);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unreachable_space() {}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar semantics.
+
+fn int2(op: IBin, ty: Ty, a: u64, b: u64) -> u64 {
+    let bits = ty.bits();
+    let s = ty.signed();
+    match op {
+        IBin::Add => zx(a.wrapping_add(b), bits),
+        IBin::Sub => zx(a.wrapping_sub(b), bits),
+        IBin::MulLo => zx(a.wrapping_mul(b), bits),
+        IBin::MulHi => {
+            if s {
+                zx(
+                    ((sx(a, bits) as i128 * sx(b, bits) as i128) >> bits) as u64,
+                    bits,
+                )
+            } else {
+                zx(
+                    ((zx(a, bits) as u128 * zx(b, bits) as u128) >> bits) as u64,
+                    bits,
+                )
+            }
+        }
+        IBin::MulWide => {
+            if s {
+                zx((sx(a, bits) as i128 * sx(b, bits) as i128) as u64, bits * 2)
+            } else {
+                zx((zx(a, bits) as u128 * zx(b, bits) as u128) as u64, bits * 2)
+            }
+        }
+        IBin::Div | IBin::Rem => {
+            if zx(b, bits) == 0 {
+                // Undefined in PTX; hardware gives all ones for the quotient.
+                return if op == IBin::Div {
+                    mask(bits)
+                } else {
+                    zx(a, bits)
+                };
+            }
+            if s {
+                let (x, y) = (sx(a, bits), sx(b, bits));
+                zx(
+                    if op == IBin::Div {
+                        x.wrapping_div(y)
+                    } else {
+                        x.wrapping_rem(y)
+                    } as u64,
+                    bits,
+                )
+            } else {
+                let (x, y) = (zx(a, bits), zx(b, bits));
+                if op == IBin::Div {
+                    x / y
+                } else {
+                    x % y
+                }
+            }
+        }
+        IBin::Min | IBin::Max => {
+            let less = if s {
+                sx(a, bits) < sx(b, bits)
+            } else {
+                zx(a, bits) < zx(b, bits)
+            };
+            zx(if (op == IBin::Min) == less { a } else { b }, bits)
+        }
+        IBin::And => zx(a & b, bits),
+        IBin::Or => zx(a | b, bits),
+        IBin::Xor => zx(a ^ b, bits),
+        IBin::Shl => {
+            let n = zx(b, 32);
+            if n >= bits as u64 {
+                0
+            } else {
+                zx(a << n, bits)
+            }
+        }
+        IBin::Shr => {
+            let n = zx(b, 32);
+            if s {
+                let x = sx(a, bits);
+                zx((x >> n.min(63)) as u64, bits)
+            } else if n >= bits as u64 {
+                0
+            } else {
+                zx(a, bits) >> n
+            }
+        }
+    }
+}
+
+fn int1(op: IUn, ty: Ty, a: u64) -> u64 {
+    let bits = ty.bits();
+    match op {
+        IUn::Abs => zx(sx(a, bits).wrapping_abs() as u64, bits),
+        IUn::Neg => zx(0u64.wrapping_sub(a), bits),
+        IUn::Not => {
+            if ty == Ty::Pred {
+                (a == 0) as u64
+            } else {
+                zx(!a, bits)
+            }
+        }
+        IUn::Cnot => (zx(a, bits) == 0) as u64,
+        IUn::Popc => zx(a, bits).count_ones() as u64,
+        IUn::Clz => (zx(a, bits).leading_zeros() - (64 - bits)) as u64,
+        IUn::Brev => zx(a, bits).reverse_bits() >> (64 - bits),
+    }
+}
+
+fn h2f(ty: Ty, v: u64) -> f32 {
+    match ty {
+        Ty::F16 | Ty::F16x2 => f16::from_bits(v as u16).to_f32(),
+        Ty::BF16 | Ty::BF16x2 => bf16::from_bits(v as u16).to_f32(),
+        _ => f32::from_bits(v as u32),
+    }
+}
+fn f2h(ty: Ty, x: f32) -> u64 {
+    match ty {
+        Ty::F16 | Ty::F16x2 => f32_to_f16(x) as u64,
+        Ty::BF16 | Ty::BF16x2 => f32_to_bf16(x) as u64,
+        _ => x.to_bits() as u64,
+    }
+}
+
+/// Apply `f` to a float operand of type `ty` (two halves for the x2 types).
+fn fmap(ty: Ty, args: [u64; 3], f: impl Fn(f32, f32, f32) -> f32) -> u64 {
+    match ty {
+        Ty::F16x2 | Ty::BF16x2 => {
+            let lo = f(h2f(ty, args[0]), h2f(ty, args[1]), h2f(ty, args[2]));
+            let hi = f(
+                h2f(ty, args[0] >> 16),
+                h2f(ty, args[1] >> 16),
+                h2f(ty, args[2] >> 16),
+            );
+            f2h(ty, lo) | f2h(ty, hi) << 16
+        }
+        _ => f2h(ty, f(h2f(ty, args[0]), h2f(ty, args[1]), h2f(ty, args[2]))),
+    }
+}
+
+fn saturate(x: f32) -> f32 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(0.0, 1.0)
+    }
+}
+
+fn fbin(op: FBin, ty: Ty, sat: bool, a: u64, b: u64) -> u64 {
+    if ty == Ty::F64 {
+        let (x, y) = (f64::from_bits(a), f64::from_bits(b));
+        let r = match op {
+            FBin::Add => x + y,
+            FBin::Sub => x - y,
+            FBin::Mul => x * y,
+            FBin::Div => x / y,
+            FBin::Min => x.min(y),
+            FBin::Max => x.max(y),
+        };
+        let r = if sat {
+            if r.is_nan() {
+                0.0
+            } else {
+                r.clamp(0.0, 1.0)
+            }
+        } else {
+            r
+        };
+        return r.to_bits();
+    }
+    fmap(ty, [a, b, 0], |x, y, _| {
+        let r = match op {
+            FBin::Add => x + y,
+            FBin::Sub => x - y,
+            FBin::Mul => x * y,
+            FBin::Div => x / y,
+            FBin::Min => x.min(y),
+            FBin::Max => x.max(y),
+        };
+        if sat {
+            saturate(r)
+        } else {
+            r
+        }
+    })
+}
+
+fn ffma(ty: Ty, sat: bool, a: u64, b: u64, c: u64) -> u64 {
+    if ty == Ty::F64 {
+        return f64::from_bits(a)
+            .mul_add(f64::from_bits(b), f64::from_bits(c))
+            .to_bits();
+    }
+    fmap(ty, [a, b, c], |x, y, z| {
+        let r = x.mul_add(y, z);
+        if sat {
+            saturate(r)
+        } else {
+            r
+        }
+    })
+}
+
+fn fun(op: FUn, ty: Ty, a: u64) -> u64 {
+    // Sign manipulation is a bit operation in PTX (NaN payloads preserved).
+    let sign = match ty {
+        Ty::F64 => 1u64 << 63,
+        Ty::F32 => 1 << 31,
+        Ty::F16 | Ty::BF16 => 1 << 15,
+        _ => 0x8000_8000,
+    };
+    match op {
+        FUn::Abs => return a & !sign & mask(ty.bits()),
+        FUn::Neg => return (a ^ sign) & mask(ty.bits()),
+        _ => {}
+    }
+    if ty == Ty::F64 {
+        let x = f64::from_bits(a);
+        let r = match op {
+            FUn::Sqrt => x.sqrt(),
+            FUn::Rsqrt => 1.0 / x.sqrt(),
+            FUn::Rcp => 1.0 / x,
+            FUn::Ex2 => x.exp2(),
+            FUn::Lg2 => x.log2(),
+            FUn::Sin => x.sin(),
+            FUn::Cos => x.cos(),
+            FUn::Tanh => x.tanh(),
+            FUn::Abs | FUn::Neg => x,
+        };
+        return r.to_bits();
+    }
+    fmap(ty, [a, 0, 0], |x, _, _| match op {
+        FUn::Sqrt => x.sqrt(),
+        FUn::Rsqrt => 1.0 / x.sqrt(),
+        FUn::Rcp => 1.0 / x,
+        FUn::Ex2 => x.exp2(),
+        FUn::Lg2 => x.log2(),
+        FUn::Sin => x.sin(),
+        FUn::Cos => x.cos(),
+        FUn::Tanh => x.tanh(),
+        FUn::Abs | FUn::Neg => x,
+    })
+}
+
+fn compare(cmp: Cmp, ty: Ty, a: u64, b: u64) -> bool {
+    if ty.float() {
+        let (x, y) = if ty == Ty::F64 {
+            (f64::from_bits(a), f64::from_bits(b))
+        } else {
+            (h2f(ty, a) as f64, h2f(ty, b) as f64)
+        };
+        let nan = x.is_nan() || y.is_nan();
+        return match cmp {
+            Cmp::Eq => x == y,
+            Cmp::Ne => !nan && x != y,
+            Cmp::Lt => x < y,
+            Cmp::Le => x <= y,
+            Cmp::Gt => x > y,
+            Cmp::Ge => x >= y,
+            Cmp::Equ => nan || x == y,
+            Cmp::Neu => nan || x != y,
+            Cmp::Ltu => nan || x < y,
+            Cmp::Leu => nan || x <= y,
+            Cmp::Gtu => nan || x > y,
+            Cmp::Geu => nan || x >= y,
+            Cmp::Num => !nan,
+            Cmp::Nan => nan,
+            Cmp::Lo => x < y,
+            Cmp::Ls => x <= y,
+            Cmp::Hi => x > y,
+            Cmp::Hs => x >= y,
+        };
+    }
+    let bits = ty.bits();
+    let (ua, ub) = (zx(a, bits), zx(b, bits));
+    let (sa, sb) = (sx(a, bits), sx(b, bits));
+    let signed = ty.signed();
+    match cmp {
+        Cmp::Eq | Cmp::Equ => ua == ub,
+        Cmp::Ne | Cmp::Neu => ua != ub,
+        Cmp::Lt | Cmp::Ltu => {
+            if signed {
+                sa < sb
+            } else {
+                ua < ub
+            }
+        }
+        Cmp::Le | Cmp::Leu => {
+            if signed {
+                sa <= sb
+            } else {
+                ua <= ub
+            }
+        }
+        Cmp::Gt | Cmp::Gtu => {
+            if signed {
+                sa > sb
+            } else {
+                ua > ub
+            }
+        }
+        Cmp::Ge | Cmp::Geu => {
+            if signed {
+                sa >= sb
+            } else {
+                ua >= ub
+            }
+        }
+        Cmp::Lo => ua < ub,
+        Cmp::Ls => ua <= ub,
+        Cmp::Hi => ua > ub,
+        Cmp::Hs => ua >= ub,
+        Cmp::Num => true,
+        Cmp::Nan => false,
+    }
+}
+
+pub fn f32_to_bf16(x: f32) -> u16 {
+    if x.is_nan() {
+        0x7fff
+    } else {
+        bf16::from_f32(x).to_bits()
+    }
+}
+pub fn f32_to_f16(x: f32) -> u16 {
+    if x.is_nan() {
+        0x7fff
+    } else {
+        f16::from_f32(x).to_bits()
+    }
+}
+
+/// Correct directed rounding from a round-to-nearest result `r` (bits of the narrow type,
+/// sign-magnitude) of the exact value `v`: step one ulp toward zero or away from it.
+fn directed(r_bits: u64, r: f64, v: f64, rnd: Rnd) -> u64 {
+    if r.is_nan() || v.is_nan() || r == v {
+        return r_bits;
+    }
+    let toward_zero = r_bits.wrapping_sub(1);
+    let away = r_bits.wrapping_add(1);
+    let r_neg = r.is_sign_negative();
+    match rnd {
+        Rnd::Rz if r.abs() > v.abs() => toward_zero,
+        Rnd::Rm if r > v => {
+            if r_neg {
+                away
+            } else {
+                toward_zero
+            }
+        }
+        Rnd::Rp if r < v => {
+            if r_neg {
+                toward_zero
+            } else {
+                away
+            }
+        }
+        _ => r_bits,
+    }
+}
+
+fn round_int(x: f64, rnd: Rnd) -> f64 {
+    match rnd {
+        Rnd::Rni => x.round_ties_even(),
+        Rnd::Rzi => x.trunc(),
+        Rnd::Rmi => x.floor(),
+        Rnd::Rpi => x.ceil(),
+        Rnd::Rna => x.round(),
+        _ => x,
+    }
+}
+
+/// Round an exact value to float type `ty` with mode `rnd` (.rn when none).
+fn to_float(v: f64, ty: Ty, rnd: Rnd, from_f32: Option<f32>) -> u64 {
+    match ty {
+        Ty::F64 => v.to_bits(),
+        Ty::F32 => {
+            let r = v as f32;
+            directed(r.to_bits() as u64, r as f64, v, rnd) & 0xffff_ffff
+        }
+        Ty::F16 => {
+            if v.is_nan() {
+                return 0x7fff;
+            }
+            let r = match from_f32 {
+                Some(x) => f16::from_f32(x),
+                None => f16::from_f64(v),
+            };
+            directed(r.to_bits() as u64, r.to_f64(), v, rnd) & 0xffff
+        }
+        Ty::BF16 => {
+            if v.is_nan() {
+                return 0x7fff;
+            }
+            let r = match from_f32 {
+                Some(x) => bf16::from_f32(x),
+                None => bf16::from_f64(v),
+            };
+            directed(r.to_bits() as u64, r.to_f64(), v, rnd) & 0xffff
+        }
+        _ => v.to_bits(),
+    }
+}
+
+fn int_range(ty: Ty) -> (i128, i128) {
+    let bits = ty.bits();
+    if ty.signed() {
+        (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
+    } else {
+        (0, (1i128 << bits) - 1)
+    }
+}
+
+pub fn cvt(dty: Ty, sty: Ty, rnd: Rnd, sat: bool, a: u64) -> u64 {
+    if sty.float() {
+        let (v, f32v) = match sty {
+            Ty::F64 => (f64::from_bits(a), None),
+            Ty::F32 => {
+                let x = f32::from_bits(a as u32);
+                (x as f64, Some(x))
+            }
+            _ => {
+                let x = h2f(sty, a);
+                (x as f64, Some(x))
+            }
+        };
+        if dty.float() {
+            let mut v = v;
+            let mut f32v = f32v;
+            if matches!(rnd, Rnd::Rni | Rnd::Rzi | Rnd::Rmi | Rnd::Rpi) {
+                v = round_int(v, rnd);
+                f32v = None;
+            }
+            if sat {
+                v = if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) };
+                f32v = None;
+            }
+            let r = if rnd == Rnd::None { Rnd::Rn } else { rnd };
+            // Widening conversions are exact; f32→f16/bf16 goes straight from the f32 so the
+            // round-to-nearest step is a single rounding.
+            let from = if sty.bits() <= 32 && dty.bits() < 32 {
+                f32v
+            } else {
+                None
+            };
+            return to_float(v, dty, r, from);
+        }
+        // float → integer: round, saturate to the destination range, NaN → 0.
+        if v.is_nan() {
+            return 0;
+        }
+        let r = round_int(v, rnd);
+        let (lo, hi) = int_range(dty);
+        let i = if r <= lo as f64 {
+            lo
+        } else if r >= hi as f64 {
+            hi
+        } else {
+            r as i128
+        };
+        return zx(i as u64, dty.bits());
+    }
+    // Integer source.
+    let bits = sty.bits();
+    let i: i128 = if sty.signed() {
+        sx(a, bits) as i128
+    } else {
+        zx(a, bits) as i128
+    };
+    if dty.float() {
+        let v = i as f64;
+        let rn = match dty {
+            Ty::F32 => {
+                let r = if sty.signed() {
+                    (i as i64) as f32
+                } else {
+                    (i as u64) as f32
+                };
+                if matches!(rnd, Rnd::None | Rnd::Rn) {
+                    return r.to_bits() as u64;
+                }
+                Some(r)
+            }
+            _ => None,
+        };
+        let r = if rnd == Rnd::None { Rnd::Rn } else { rnd };
+        let out = to_float(v, dty, r, rn.filter(|_| dty != Ty::F32));
+        let out = if sat && dty != Ty::F64 {
+            cvt(dty, dty, Rnd::None, true, out)
+        } else {
+            out
+        };
+        return out;
+    }
+    let (lo, hi) = int_range(dty);
+    let i = if sat { i.clamp(lo, hi) } else { i };
+    zx(i as u64, dty.bits())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cvt_bf16_rounding() {
+        // 1 + 2^-8 is exactly halfway between two bf16 values: ties to even (down).
+        let x = f32::from_bits(0x3f80_8000);
+        assert_eq!(
+            cvt(Ty::BF16, Ty::F32, Rnd::Rn, false, x.to_bits() as u64),
+            0x3f80
+        );
+        let y = f32::from_bits(0x3f81_8000); // halfway, odd below: rounds up
+        assert_eq!(
+            cvt(Ty::BF16, Ty::F32, Rnd::Rn, false, y.to_bits() as u64),
+            0x3f82
+        );
+        assert_eq!(cvt(Ty::BF16, Ty::F32, Rnd::Rz, false, 0x3f81_ffff), 0x3f81);
+        assert_eq!(cvt(Ty::BF16, Ty::F32, Rnd::Rp, false, 0x3f81_0001), 0x3f82);
+        assert_eq!(cvt(Ty::BF16, Ty::F32, Rnd::Rm, false, 0xbf81_0001), 0xbf82);
+        assert_eq!(
+            cvt(Ty::F16, Ty::F32, Rnd::Rn, false, 1e6f32.to_bits() as u64),
+            0x7c00
+        );
+        assert_eq!(
+            cvt(Ty::F16, Ty::F32, Rnd::Rz, false, 1e6f32.to_bits() as u64),
+            0x7bff
+        );
+        assert_eq!(
+            cvt(
+                Ty::S32,
+                Ty::F32,
+                Rnd::Rzi,
+                false,
+                (-2.7f32).to_bits() as u64
+            ),
+            (-2i32) as u32 as u64
+        );
+        assert_eq!(
+            cvt(Ty::S32, Ty::F32, Rnd::Rni, false, 2.5f32.to_bits() as u64),
+            2
+        );
+        assert_eq!(
+            cvt(Ty::U8, Ty::F32, Rnd::Rni, false, 300f32.to_bits() as u64),
+            255
+        );
+        assert_eq!(
+            cvt(Ty::S32, Ty::F32, Rnd::Rzi, false, f32::NAN.to_bits() as u64),
+            0
+        );
+    }
+}

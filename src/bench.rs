@@ -1,0 +1,194 @@
+//! End-to-end speed: prefill and decode tokens per second, achieved bandwidth, and how that
+//! compares with the machine's own measured read bandwidth (measured in the same run, because
+//! the machines we run on are shared and noisy). Used by `minfer bench` and `benches/`.
+
+use std::time::Instant;
+
+use crate::backend::{OpProfile, TraceEvent};
+use crate::engine::Model;
+use crate::error::Result;
+use crate::generate::GenerateOptions;
+use crate::sampler::Rng;
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub prompt_len: usize,
+    pub gen_len: usize,
+    /// Measured passes; medians are reported.
+    pub repeats: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            prompt_len: 128,
+            gen_len: 64,
+            repeats: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct BenchResult {
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+    /// Bytes one decode step reads on average (weights + the KV cache at the mean position).
+    pub decode_bytes_per_token: f64,
+    pub decode_gb_s: f64,
+    /// All passes, for the spread.
+    pub prefill_runs: Vec<f64>,
+    pub decode_runs: Vec<f64>,
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+    }
+}
+
+/// Random prompt ids (seeded), avoiding nothing in particular: speed does not depend on them.
+pub fn random_prompt(vocab: usize, len: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed);
+    (0..len)
+        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+        .collect()
+}
+
+/// Prefill `prompt_len` tokens, then decode `gen_len` (greedy, EOS ignored); `repeats` times
+/// after one warm-up pass.
+pub fn run(model: &mut Model, opts: &BenchOptions) -> Result<BenchResult> {
+    let vocab = model.config().vocab_size;
+    let prompt = random_prompt(vocab, opts.prompt_len.max(1), 1);
+    let gen = GenerateOptions {
+        max_new_tokens: opts.gen_len.max(1),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut pre = Vec::new();
+    let mut dec = Vec::new();
+    for pass in 0..=opts.repeats.max(1) {
+        model.reset();
+        let stats = model.generate(&prompt, &gen, |_| true)?;
+        if pass > 0 {
+            pre.push(stats.prefill_tok_s);
+            dec.push(stats.decode_tok_s);
+        }
+    }
+    let mean_pos = opts.prompt_len + opts.gen_len / 2;
+    let bytes = model.decode_weight_bytes() as f64 + model.kv_bytes_read_at(mean_pos) as f64;
+    let decode_tok_s = median(&dec);
+    Ok(BenchResult {
+        prefill_tok_s: median(&pre),
+        decode_tok_s,
+        decode_bytes_per_token: bytes,
+        decode_gb_s: bytes * decode_tok_s / 1e9,
+        prefill_runs: pre,
+        decode_runs: dec,
+    })
+}
+
+/// Per-op profiles of one prefill of `prompt_len` tokens and of `steps` decode steps, and
+/// the timeline of both (needs a model loaded with `LoadOptions::profile`).
+pub struct Profiles {
+    pub prefill: Vec<OpProfile>,
+    pub prefill_seconds: f64,
+    pub decode: Vec<OpProfile>,
+    pub decode_seconds: f64,
+    pub decode_steps: usize,
+    pub trace: Vec<TraceEvent>,
+}
+
+pub fn profile(model: &mut Model, prompt_len: usize, steps: usize) -> Result<Profiles> {
+    let vocab = model.config().vocab_size;
+    let mut prompt = random_prompt(vocab, prompt_len.max(1), 2);
+    model.reset();
+    let _ = model.take_profile();
+    let _ = model.take_trace();
+    let one = GenerateOptions {
+        max_new_tokens: 1,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut first = 0;
+    let t = Instant::now();
+    model.generate(&prompt, &one, |id| {
+        first = id;
+        true
+    })?;
+    let prefill_seconds = t.elapsed().as_secs_f64();
+    let prefill = model.take_profile();
+    // Continue from the cache: each of these steps computes exactly one new position.
+    prompt.push(first);
+    let gen = GenerateOptions {
+        max_new_tokens: steps.max(1),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let stats = model.generate(&prompt, &gen, |_| true)?;
+    let decode_seconds = t.elapsed().as_secs_f64();
+    let decode = model.take_profile();
+    let decode_steps = stats.generated_tokens;
+    Ok(Profiles {
+        prefill,
+        prefill_seconds,
+        decode,
+        decode_seconds,
+        decode_steps,
+        trace: model.take_trace(),
+    })
+}
+
+/// Score a sequence and return its total time (used by kernel-level benches).
+pub fn time_forward(model: &mut Model, tokens: &[u32]) -> Result<f64> {
+    model.reset();
+    let t = Instant::now();
+    let gen = GenerateOptions {
+        max_new_tokens: 1,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    model.generate(tokens, &gen, |_| true)?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Chrome / Perfetto trace JSON ("X" complete events on one thread).
+pub fn chrome_trace(events: &[TraceEvent]) -> serde_json::Value {
+    let evs: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::json!({"name": e.name, "ph": "X", "ts": e.start_us, "dur": e.dur_us, "pid": 1, "tid": 1}))
+        .collect();
+    serde_json::json!({ "traceEvents": evs, "displayTimeUnit": "ms" })
+}
+
+/// The arithmetic ceiling used in profiles: GFLOP/s of our own f32 matrix product on a problem
+/// that stays in cache (64 rows × a 256×512 f32 weight, 512 KB), on the current rayon pool.
+/// A yardstick measured in the same run, not the datasheet peak.
+pub fn measure_matmul_gflops() -> f64 {
+    use crate::loader::WeightTensor;
+    let (rows, n_out, n_in) = (64, 256, 512);
+    let w: Vec<f32> = (0..n_out * n_in)
+        .map(|i| ((i % 97) as f32 - 48.0) * 1e-3)
+        .collect();
+    let w = WeightTensor::from_f32("yardstick", vec![n_out, n_in], &w);
+    let x: Vec<f32> = (0..rows * n_in)
+        .map(|i| ((i % 89) as f32 - 44.0) * 1e-2)
+        .collect();
+    let mut out = vec![0.0f32; rows * n_out];
+    let mut best = f64::INFINITY;
+    for _ in 0..20 {
+        let t = Instant::now();
+        for _ in 0..10 {
+            if crate::backend::cpu::matmul::matmul(&mut out, &x, rows, &w, None).is_err() {
+                return f64::NAN;
+            }
+        }
+        best = best.min(t.elapsed().as_secs_f64() / 10.0);
+    }
+    std::hint::black_box(&out);
+    (2 * rows * n_out * n_in) as f64 / best / 1e9
+}

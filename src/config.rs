@@ -1,0 +1,342 @@
+//! config.json → [`ModelConfig`]: the llama family (Llama, Mistral, Qwen2, Qwen3) as one struct
+//! of flags, so that one model file serves them all.
+//!
+//! Both config styles are read: transformers ≥ 5 writes `rope_parameters` (with `rope_theta`
+//! inside), older checkpoints write `rope_theta` and `rope_scaling` at the top level.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+/// How rotary frequencies are scaled (`rope_scaling` / `rope_parameters`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor` (equivalently inv_freq / factor).
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.1's frequency-dependent scaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    /// The `architectures[0]` string, as written in config.json.
+    pub architecture: String,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry biases (Qwen2, or `attention_bias: true`).
+    pub attention_bias: bool,
+    /// Per-head RMSNorm of q and k before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// Sliding-window size per layer; None = full causal attention.
+    pub layer_windows: Vec<Option<usize>>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+fn get_usize(v: &Value, key: &str, path: &Path) -> Result<usize> {
+    v.get(key)
+        .and_then(Value::as_u64)
+        .map(|x| x as usize)
+        .ok_or_else(|| Error::json(path, format!("missing or non-integer field {key:?}")))
+}
+
+fn opt_usize(v: &Value, key: &str) -> Option<usize> {
+    v.get(key).and_then(Value::as_u64).map(|x| x as usize)
+}
+
+/// `eos_token_id` may be an integer or a list.
+pub(crate) fn token_ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|x| x as u32)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl ModelConfig {
+    pub fn from_file(path: &Path) -> Result<ModelConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::MissingFile {
+                    path: path.to_path_buf(),
+                    what: "config.json".into(),
+                }
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::json(path, e))?;
+        Self::from_json(&v, path)
+    }
+
+    /// Parse a config.json value; `path` is only used in error messages.
+    pub fn from_json(v: &Value, path: &Path) -> Result<ModelConfig> {
+        let architecture = v
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::json(path, "missing field \"architectures\""))?
+            .to_string();
+        let arch = match architecture.as_str() {
+            "LlamaForCausalLM" => Arch::Llama,
+            "MistralForCausalLM" => Arch::Mistral,
+            "Qwen2ForCausalLM" => Arch::Qwen2,
+            "Qwen3ForCausalLM" => Arch::Qwen3,
+            _ => {
+                return Err(Error::UnknownArchitecture {
+                    found: architecture,
+                    supported: SUPPORTED_ARCHITECTURES.to_vec(),
+                })
+            }
+        };
+        let hidden_size = get_usize(v, "hidden_size", path)?;
+        let num_heads = get_usize(v, "num_attention_heads", path)?;
+        let num_layers = get_usize(v, "num_hidden_layers", path)?;
+        let num_kv_heads = opt_usize(v, "num_key_value_heads").unwrap_or(num_heads);
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(Error::json(
+                path,
+                format!("num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})"),
+            ));
+        }
+        let head_dim = match v.get("head_dim") {
+            Some(Value::Number(n)) => n.as_u64().map(|x| x as usize),
+            _ => None,
+        }
+        .unwrap_or(hidden_size / num_heads);
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(Error::json(
+                path,
+                format!("head_dim must be even and positive, got {head_dim}"),
+            ));
+        }
+
+        // RoPE: new style `rope_parameters` or old style `rope_theta` + `rope_scaling`.
+        let rope_obj = v
+            .get("rope_parameters")
+            .filter(|x| x.is_object())
+            .or_else(|| v.get("rope_scaling").filter(|x| x.is_object()));
+        let rope_theta = rope_obj
+            .and_then(|r| r.get("rope_theta"))
+            .and_then(Value::as_f64)
+            .or_else(|| v.get("rope_theta").and_then(Value::as_f64))
+            .unwrap_or(10000.0);
+        let rope_scaling = match rope_obj {
+            None => RopeScaling::None,
+            Some(r) => {
+                let kind = r
+                    .get("rope_type")
+                    .or_else(|| r.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                let f = |k: &str| -> Result<f64> {
+                    r.get(k).and_then(Value::as_f64).ok_or_else(|| {
+                        Error::json(path, format!("rope scaling {kind:?} needs {k:?}"))
+                    })
+                };
+                match kind {
+                    "default" => RopeScaling::None,
+                    "linear" => RopeScaling::Linear { factor: f("factor")? },
+                    "llama3" => RopeScaling::Llama3 {
+                        factor: f("factor")?,
+                        low_freq_factor: f("low_freq_factor")?,
+                        high_freq_factor: f("high_freq_factor")?,
+                        original_max_position_embeddings: f("original_max_position_embeddings")?,
+                    },
+                    other => {
+                        return Err(Error::json(
+                            path,
+                            format!("unsupported rope scaling type {other:?} (supported: default, linear, llama3)"),
+                        ))
+                    }
+                }
+            }
+        };
+        if r_partial(v) {
+            return Err(Error::json(
+                path,
+                "partial_rotary_factor < 1 is not supported",
+            ));
+        }
+
+        let layer_windows = layer_windows(v, arch, num_layers, path)?;
+        let attention_bias = match arch {
+            Arch::Qwen2 => true,
+            _ => v
+                .get("attention_bias")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        };
+        Ok(ModelConfig {
+            arch,
+            architecture,
+            hidden_size,
+            intermediate_size: get_usize(v, "intermediate_size", path)?,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size: get_usize(v, "vocab_size", path)?,
+            rms_norm_eps: v
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-6) as f32,
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: opt_usize(v, "max_position_embeddings").unwrap_or(2048),
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            attention_bias,
+            qk_norm: arch == Arch::Qwen3,
+            layer_windows,
+            bos_token_id: token_ids(v.get("bos_token_id")).first().copied(),
+            eos_token_ids: token_ids(v.get("eos_token_id")),
+        })
+    }
+
+    /// Rotary inverse frequencies, `[head_dim / 2]`, with the configured scaling applied, computed
+    /// exactly as transformers does (f64 here, then rounded once to f32).
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        let d = self.head_dim as f64;
+        (0..self.head_dim / 2)
+            .map(|i| {
+                // transformers computes base ** (2i / d) in f32; do the same so tables match bitwise-ish.
+                let exponent = ((2 * i) as f32 / d as f32) as f64;
+                let inv = (1.0 / (self.rope_theta.powf(exponent))) as f32 as f64;
+                let scaled = match self.rope_scaling {
+                    RopeScaling::None => inv,
+                    RopeScaling::Linear { factor } => inv / factor,
+                    RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_max_position_embeddings: old,
+                    } => {
+                        let low_wavelen = old / low_freq_factor;
+                        let high_wavelen = old / high_freq_factor;
+                        let wavelen = 2.0 * std::f64::consts::PI / inv;
+                        if wavelen < high_wavelen {
+                            inv
+                        } else if wavelen > low_wavelen {
+                            inv / factor
+                        } else {
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * inv / factor + smooth * inv
+                        }
+                    }
+                };
+                scaled as f32
+            })
+            .collect()
+    }
+
+    /// Dimensions of q (all heads) and of k / v (kv heads).
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+}
+
+fn r_partial(v: &Value) -> bool {
+    let p = v
+        .get("partial_rotary_factor")
+        .or_else(|| {
+            v.get("rope_parameters")
+                .and_then(|r| r.get("partial_rotary_factor"))
+        })
+        .and_then(Value::as_f64);
+    p.is_some_and(|p| p < 1.0)
+}
+
+/// Which layers use a sliding window, following transformers:
+/// - Mistral: every layer, when `sliding_window` is set (not null).
+/// - Qwen2 / Qwen3: `layer_types` when present ("sliding_attention" / "full_attention"); else
+///   layers i ≥ max_window_layers when `use_sliding_window` is true.
+/// - Llama: never.
+fn layer_windows(
+    v: &Value,
+    arch: Arch,
+    num_layers: usize,
+    path: &Path,
+) -> Result<Vec<Option<usize>>> {
+    let window = opt_usize(v, "sliding_window");
+    match arch {
+        Arch::Llama => Ok(vec![None; num_layers]),
+        Arch::Mistral => Ok(vec![window; num_layers]),
+        Arch::Qwen2 | Arch::Qwen3 => {
+            let use_sw = v
+                .get("use_sliding_window")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let window = if use_sw { window } else { None };
+            if let Some(types) = v.get("layer_types").and_then(Value::as_array) {
+                if types.len() != num_layers {
+                    return Err(Error::json(
+                        path,
+                        format!(
+                            "layer_types has {} entries for {num_layers} layers",
+                            types.len()
+                        ),
+                    ));
+                }
+                return types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        Some("full_attention") => Ok(None),
+                        Some("sliding_attention") => Ok(window.or(opt_usize(v, "sliding_window"))),
+                        other => Err(Error::json(path, format!("unknown layer type {other:?}"))),
+                    })
+                    .collect();
+            }
+            let max_window_layers = opt_usize(v, "max_window_layers").unwrap_or(num_layers);
+            Ok((0..num_layers)
+                .map(|i| if i >= max_window_layers { window } else { None })
+                .collect())
+        }
+    }
+}

@@ -1,0 +1,557 @@
+//! [`Model`]: the small public API. Load a checkpoint onto a device, count its parameters,
+//! score token sequences and generate (see `generate.rs`).
+//!
+//! `Model` is not generic: it holds the transformer behind the object-safe [`Engine`] trait, so
+//! an embedder writes `Model::load(path, &LoadOptions::default())` and never names a backend.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::{sim::SimDriver, CudaBackend};
+use crate::backend::{Activation, Backend, OpProfile, TraceEvent};
+use crate::config::{token_ids, ModelConfig};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::loader::{gguf, safetensors, Weights};
+use crate::model::{Logits, Transformer};
+use crate::tokenizer::Tokenizer;
+
+/// The transformer on some backend, as the rest of the library sees it.
+pub trait Engine: Send {
+    fn config(&self) -> &ModelConfig;
+    fn forward(&mut self, tokens: &[u32], pos0: usize, which: Logits) -> Result<()>;
+    fn read_logits(&self, row: usize, out: &mut [f32]) -> Result<()>;
+    fn argmax(&self, row: usize) -> Result<u32>;
+    fn context_len(&self) -> usize;
+    /// Positions one forward step takes (logits for all positions cover one step).
+    fn max_batch(&self) -> usize;
+    fn backend_name(&self) -> String;
+    fn take_profile(&self) -> Vec<OpProfile>;
+    fn take_trace(&self) -> Vec<TraceEvent>;
+    fn take_activations(&self) -> Vec<Activation>;
+}
+
+impl<B: Backend> Engine for Transformer<B>
+where
+    B::Buf: Send,
+    B::Mat: Send,
+    B::Kv: Send,
+{
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    fn forward(&mut self, tokens: &[u32], pos0: usize, which: Logits) -> Result<()> {
+        Transformer::forward(self, tokens, pos0, which)
+    }
+    fn read_logits(&self, row: usize, out: &mut [f32]) -> Result<()> {
+        Transformer::read_logits(self, row, out)
+    }
+    fn argmax(&self, row: usize) -> Result<u32> {
+        Transformer::argmax(self, row)
+    }
+    fn context_len(&self) -> usize {
+        Transformer::context_len(self)
+    }
+    fn max_batch(&self) -> usize {
+        Transformer::max_batch(self)
+    }
+    fn backend_name(&self) -> String {
+        self.backend().name()
+    }
+    fn take_profile(&self) -> Vec<OpProfile> {
+        Transformer::take_profile(self)
+    }
+    fn take_trace(&self) -> Vec<TraceEvent> {
+        self.backend().take_trace()
+    }
+    fn take_activations(&self) -> Vec<Activation> {
+        self.backend().take_activations()
+    }
+}
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Where to run: `Auto` takes the first CUDA GPU when the build and machine have one.
+    pub device: Device,
+    /// CPU threads; 0 = all cores.
+    pub threads: usize,
+    /// KV-cache length in positions; None = min(max_position_embeddings, 4096).
+    pub context_len: Option<usize>,
+    /// Positions per forward step during prefill (buffers are sized for this).
+    pub max_batch: usize,
+    /// Keep logits for every position of a step (scoring, perplexity); costs max_batch × vocab floats.
+    pub all_logits: bool,
+    /// Record per-op timings (see [`Model::take_profile`]).
+    pub profile: bool,
+    /// CPU only: keep a copy of every op's output (see [`Model::take_activations`]). Slow.
+    pub record_activations: bool,
+    /// GGUF only: keep quantized tensors in their block format (else dequantize to f32 at load).
+    pub keep_quantized: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            device: Device::Auto,
+            threads: 0,
+            context_len: None,
+            max_batch: 128,
+            all_logits: false,
+            profile: false,
+            keep_quantized: false,
+            record_activations: false,
+        }
+    }
+}
+
+/// The files that make a checkpoint, resolved from what the user pointed at.
+#[derive(Clone, Debug)]
+pub struct ModelFiles {
+    /// The directory holding config.json (and tokenizer files).
+    pub dir: PathBuf,
+    /// A directory of shards, or one .safetensors file.
+    pub weights: PathBuf,
+}
+
+impl ModelFiles {
+    /// `path` is a model directory, or a .safetensors file with config.json beside it.
+    pub fn resolve(path: &Path) -> Result<ModelFiles> {
+        if !path.exists() {
+            return Err(Error::MissingFile {
+                path: path.to_path_buf(),
+                what: "model (no such file or directory)".into(),
+            });
+        }
+        if path.is_dir() {
+            return Ok(ModelFiles {
+                dir: path.to_path_buf(),
+                weights: path.to_path_buf(),
+            });
+        }
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        Ok(ModelFiles {
+            dir,
+            weights: path.to_path_buf(),
+        })
+    }
+
+    pub fn is_gguf(&self) -> bool {
+        is_gguf(&self.weights)
+    }
+}
+
+/// A .gguf file (by extension, or by its magic when the extension is something else).
+pub fn is_gguf(path: &Path) -> bool {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        return true;
+    }
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+        && &magic == b"GGUF"
+}
+
+/// What a checkpoint is made of once read: config, weights, and the tokenizer definition when
+/// it is embedded (GGUF); directories keep tokenizer.json on disk.
+pub struct Checkpoint {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    pub eos_ids: Vec<u32>,
+    pub files: ModelFiles,
+    /// GGUF only: the equivalent tokenizer.json and tokenizer_config.json.
+    pub embedded_tokenizer: Option<(Value, Value)>,
+}
+
+impl Checkpoint {
+    /// Read a directory, .safetensors or .gguf checkpoint (weights mapped, not copied, except
+    /// GGUF tensors dequantized at load).
+    pub fn open(path: &Path, keep_quantized: bool) -> Result<Checkpoint> {
+        let files = ModelFiles::resolve(path)?;
+        if files.is_gguf() {
+            let ck = gguf::load(&files.weights, keep_quantized)?;
+            let config = ModelConfig::from_json(&ck.config, &files.weights)?;
+            let mut eos = config.eos_token_ids.clone();
+            eos.extend(token_ids(ck.generation_config.get("eos_token_id")));
+            eos.sort_unstable();
+            eos.dedup();
+            return Ok(Checkpoint {
+                config,
+                weights: ck.weights,
+                eos_ids: eos,
+                files,
+                embedded_tokenizer: Some((ck.tokenizer_json, ck.tokenizer_config)),
+            });
+        }
+        let config = ModelConfig::from_file(&files.dir.join("config.json"))?;
+        let weights = safetensors::load(&files.weights)?;
+        let eos_ids = eos_ids(&config, &files.dir)?;
+        Ok(Checkpoint {
+            config,
+            weights,
+            eos_ids,
+            files,
+            embedded_tokenizer: None,
+        })
+    }
+}
+
+/// EOS ids from config.json and generation_config.json, deduplicated.
+fn eos_ids(config: &ModelConfig, dir: &Path) -> Result<Vec<u32>> {
+    let mut ids = config.eos_token_ids.clone();
+    let gen = dir.join("generation_config.json");
+    if gen.is_file() {
+        let text = std::fs::read_to_string(&gen).map_err(|e| Error::io(&gen, e))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::json(&gen, e))?;
+        ids.extend(token_ids(v.get("eos_token_id")));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// The exact parameter count: every tensor the model uses, tied embeddings once.
+pub fn count_parameters(config: &ModelConfig, weights: &Weights) -> u64 {
+    weights
+        .tensors
+        .iter()
+        .filter(|(name, _)| !(config.tie_word_embeddings && name.as_str() == "lm_head.weight"))
+        .map(|(_, t)| t.numel() as u64)
+        .sum()
+}
+
+/// Bytes of weights read by one decode step: every tensor once, except that an untied
+/// embedding table contributes one row only.
+pub fn decode_weight_bytes(config: &ModelConfig, weights: &Weights) -> u64 {
+    weights
+        .tensors
+        .iter()
+        .filter(|(name, _)| !(config.tie_word_embeddings && name.as_str() == "lm_head.weight"))
+        .map(|(name, t)| {
+            let b = t.bytes().len() as u64;
+            if name == "model.embed_tokens.weight" && !config.tie_word_embeddings {
+                b / config.vocab_size as u64
+            } else {
+                b
+            }
+        })
+        .sum()
+}
+
+pub struct Model {
+    pub(crate) engine: Box<dyn Engine>,
+    pub(crate) eos_ids: Vec<u32>,
+    num_parameters: u64,
+    /// Weight bytes one decode step reads (every matrix and vector; one embedding row).
+    decode_weight_bytes: u64,
+    /// Tokens whose keys and values are in the cache, in order (reused across calls).
+    pub(crate) cached: Vec<u32>,
+    /// Host copy of one row of logits.
+    pub(crate) logits: Vec<f32>,
+    files: ModelFiles,
+    tokenizer: Option<Tokenizer>,
+}
+
+impl Model {
+    /// Load a checkpoint (Hugging Face directory, .safetensors file with config.json beside it,
+    /// or .gguf file) onto the CPU.
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
+        let ck = Checkpoint::open(path, opts.keep_quantized)?;
+        let tokenizer = match &ck.embedded_tokenizer {
+            Some((json, config)) => Some(Tokenizer::from_json(json, Some(config))?),
+            None => {
+                let t = ck.files.dir.join("tokenizer.json");
+                if t.is_file() {
+                    Some(Tokenizer::from_file(&t)?)
+                } else {
+                    None
+                }
+            }
+        };
+        let mut model = Self::on_device(ck.config, &ck.weights, ck.eos_ids, opts, ck.files)?;
+        model.tokenizer = tokenizer;
+        Ok(model)
+    }
+
+    /// Build the backend `opts.device` names and the model on it.
+    fn on_device(
+        config: ModelConfig,
+        weights: &Weights,
+        eos: Vec<u32>,
+        opts: &LoadOptions,
+        files: ModelFiles,
+    ) -> Result<Model> {
+        match opts.device.resolve()? {
+            Device::Cpu | Device::Auto => {
+                let backend = CpuBackend::new(opts.threads)?
+                    .with_profiling(opts.profile)
+                    .with_activations(opts.record_activations);
+                Self::from_parts(config, weights, backend, eos, opts, files)
+            }
+            Device::Sim => {
+                let backend = CudaBackend::new(SimDriver::new())?;
+                backend.set_profiling(opts.profile);
+                Self::from_parts(config, weights, backend, eos, opts, files)
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => {
+                let backend =
+                    CudaBackend::new(crate::backend::cuda::cudarc_driver::CudarcDriver::new(i)?)?;
+                backend.set_profiling(opts.profile);
+                Self::from_parts(config, weights, backend, eos, opts, files)
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(Error::Device(
+                "minfer was built without the `cuda` feature".into(),
+            )),
+        }
+    }
+
+    /// Build a model from already-loaded weights on any backend.
+    pub fn from_parts<B: Backend + 'static>(
+        config: ModelConfig,
+        weights: &Weights,
+        backend: B,
+        eos_ids: Vec<u32>,
+        opts: &LoadOptions,
+        files: ModelFiles,
+    ) -> Result<Model>
+    where
+        B::Buf: Send + 'static,
+        B::Mat: Send + 'static,
+        B::Kv: Send + 'static,
+    {
+        let ctx = opts
+            .context_len
+            .unwrap_or(config.max_position_embeddings.min(4096));
+        let num_parameters = count_parameters(&config, weights);
+        let decode_weight_bytes = decode_weight_bytes(&config, weights);
+        let vocab = config.vocab_size;
+        let t = Transformer::new(
+            config,
+            weights,
+            backend,
+            ctx,
+            opts.max_batch.min(ctx),
+            opts.all_logits,
+        )?;
+        Ok(Model {
+            engine: Box::new(t),
+            eos_ids,
+            num_parameters,
+            decode_weight_bytes,
+            cached: Vec::new(),
+            logits: vec![0.0; vocab],
+            files,
+            tokenizer: None,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        self.engine.config()
+    }
+
+    /// The exact number of parameters (tied embeddings counted once).
+    pub fn num_parameters(&self) -> u64 {
+        self.num_parameters
+    }
+
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    pub fn context_len(&self) -> usize {
+        self.engine.context_len()
+    }
+
+    /// "cpu (avx512, 2 threads)" etc.
+    pub fn backend_name(&self) -> String {
+        self.engine.backend_name()
+    }
+
+    pub fn files(&self) -> &ModelFiles {
+        &self.files
+    }
+
+    /// The tokenizer shipped with the checkpoint (tokenizer.json beside config.json, or the one
+    /// embedded in a GGUF file), if any.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    pub(crate) fn take_tokenizer(&mut self) -> Result<Tokenizer> {
+        self.require_tokenizer()?;
+        self.tokenizer
+            .take()
+            .ok_or_else(|| Error::Tokenizer("no tokenizer".into()))
+    }
+
+    pub(crate) fn put_tokenizer(&mut self, t: Tokenizer) {
+        self.tokenizer = Some(t);
+    }
+
+    /// The tokenizer, or an error saying the checkpoint has none.
+    pub fn require_tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| Error::MissingFile {
+            path: self.files.dir.join("tokenizer.json"),
+            what: "tokenizer.json (text prompts need one; token ids work without)".into(),
+        })
+    }
+
+    /// Weight bytes one decode step reads (for GB/s figures).
+    pub fn decode_weight_bytes(&self) -> u64 {
+        self.decode_weight_bytes
+    }
+
+    /// KV-cache bytes one decode step reads at position `pos` (K and V of every layer, f32).
+    pub fn kv_bytes_read_at(&self, pos: usize) -> u64 {
+        let c = self.config();
+        (2 * c.num_layers * c.kv_dim() * 4 * pos) as u64
+    }
+
+    /// A random-weight model with the published shapes of `preset` (see [`crate::synthetic`]):
+    /// for benchmarks without a download.
+    pub fn synthetic(
+        preset: &str,
+        dtype: crate::loader::DType,
+        opts: &LoadOptions,
+    ) -> Result<Model> {
+        let config = crate::synthetic::preset_config(preset)?;
+        let weights = crate::synthetic::random_weights(&config, dtype, 0x5eed)?;
+        let files = ModelFiles {
+            dir: PathBuf::from(format!("synthetic:{preset}")),
+            weights: PathBuf::new(),
+        };
+        let eos = config.eos_token_ids.clone();
+        Self::on_device(config, &weights, eos, opts, files)
+    }
+
+    /// Every op's output since the last call, in execution order (needs
+    /// `LoadOptions::record_activations`): the intermediate values of the forward pass.
+    pub fn take_activations(&self) -> Vec<Activation> {
+        self.engine.take_activations()
+    }
+
+    /// Timeline of individual op executions since the last call (needs `LoadOptions::profile`).
+    pub fn take_trace(&self) -> Vec<TraceEvent> {
+        self.engine.take_trace()
+    }
+
+    /// Forget the KV cache.
+    pub fn reset(&mut self) {
+        self.cached.clear();
+    }
+
+    /// Per-op timings since the last call (needs `LoadOptions::profile`).
+    pub fn take_profile(&self) -> Vec<OpProfile> {
+        self.engine.take_profile()
+    }
+
+    /// Run `tokens` from an empty cache; returns the argmax at every position and the full
+    /// logits at the last one. Needs `LoadOptions::all_logits`.
+    pub fn score(&mut self, tokens: &[u32]) -> Result<(Vec<u32>, Vec<f32>)> {
+        let mut argmax = Vec::with_capacity(tokens.len());
+        let mut last = vec![0.0; self.config().vocab_size];
+        self.for_each_position_logits(tokens, |_, row_logits| {
+            argmax.push(crate::backend::cpu::argmax(row_logits) as u32);
+            last.copy_from_slice(row_logits);
+        })?;
+        Ok((argmax, last))
+    }
+
+    /// Run `tokens` from an empty cache and hand the logits of every position to `f`
+    /// (position, logits). Needs `LoadOptions::all_logits`.
+    pub fn for_each_position_logits(
+        &mut self,
+        tokens: &[u32],
+        mut f: impl FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.reset();
+        if tokens.len() > self.context_len() {
+            return Err(Error::arg(format!(
+                "{} tokens exceed the context length {}",
+                tokens.len(),
+                self.context_len()
+            )));
+        }
+        let mut row = std::mem::take(&mut self.logits);
+        let chunk = self.engine.max_batch();
+        let mut pos = 0;
+        let result = (|| {
+            for part in tokens.chunks(chunk) {
+                self.engine.forward(part, pos, Logits::All)?;
+                for r in 0..part.len() {
+                    self.engine.read_logits(r, &mut row)?;
+                    f(pos + r, &row);
+                }
+                pos += part.len();
+                self.cached.extend_from_slice(part);
+            }
+            Ok(())
+        })();
+        self.logits = row;
+        result
+    }
+}
+
+/// Perplexity of a token sequence under the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Perplexity {
+    /// exp(mean NLL) over tokens 1..n, each predicted from its prefix.
+    pub ppl: f64,
+    pub mean_nll: f64,
+    /// Standard error of the mean NLL (sample standard deviation / √count).
+    pub nll_stderr: f64,
+    /// ppl's standard error by the delta method: ppl × nll_stderr.
+    pub ppl_stderr: f64,
+    pub count: usize,
+}
+
+impl Model {
+    /// Perplexity of `tokens` (needs `LoadOptions::all_logits`): every token after the first is
+    /// scored given all the tokens before it, in one pass over the sequence.
+    pub fn perplexity(&mut self, tokens: &[u32]) -> Result<Perplexity> {
+        if tokens.len() < 2 {
+            return Err(Error::arg("perplexity needs at least two tokens"));
+        }
+        let mut nll = Vec::with_capacity(tokens.len() - 1);
+        self.for_each_position_logits(tokens, |pos, logits| {
+            if let Some(&next) = tokens.get(pos + 1) {
+                let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let lse = m + logits
+                    .iter()
+                    .map(|&l| (l as f64 - m).exp())
+                    .sum::<f64>()
+                    .ln();
+                nll.push(lse - logits[next as usize] as f64);
+            }
+        })?;
+        let n = nll.len() as f64;
+        let mean = nll.iter().sum::<f64>() / n;
+        let var = nll.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        let se = (var / n).sqrt();
+        let ppl = mean.exp();
+        Ok(Perplexity {
+            ppl,
+            mean_nll: mean,
+            nll_stderr: se,
+            ppl_stderr: ppl * se,
+            count: nll.len(),
+        })
+    }
+}

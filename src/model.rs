@@ -1,0 +1,313 @@
+//! The transformer, written once over the [`Backend`] trait. It reads like the math:
+//!
+//! ```text
+//! x = embed[tokens]                                   // (rows, hidden)
+//! for each layer:
+//!     h = rmsnorm(x) · attn_norm
+//!     q, k, v = h·Wqᵀ (+bq), h·Wkᵀ (+bk), h·Wvᵀ (+bv)  // (rows, heads·hd), (rows, kv_heads·hd) ×2
+//!     q, k = qk_norm(q), qk_norm(k)                   // Qwen3 only
+//!     q, k = rope(q, pos), rope(k, pos)
+//!     a = attention(q, K-cache ++ k, V-cache ++ v)    // causal, GQA, optional sliding window
+//!     x = x + a·Woᵀ ;  h = rmsnorm(x) · mlp_norm      // fused: add_rms_norm
+//!     x = x + (silu(h·Wgateᵀ) ⊙ h·Wupᵀ)·Wdownᵀ
+//! logits = (rmsnorm(x) · final_norm) · Wlmᵀ           // Wlm = embed when tied
+//! ```
+//!
+//! Architectures differ only by config flags (biases, q/k norms, windows, rope scaling); there is
+//! no per-architecture branch below. Buffers are allocated once in [`Transformer::new`], sized
+//! for `max_batch` rows, so `forward` allocates nothing.
+
+use crate::backend::{AttnParams, Backend, KvShape, OpProfile};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::loader::{WeightTensor, Weights};
+
+/// One decoder layer's weights, named as in the Hugging Face checkpoint.
+struct Layer<M> {
+    input_layernorm: M,          // (hidden)
+    q_proj: M,                   // (heads·hd, hidden)
+    k_proj: M,                   // (kv_heads·hd, hidden)
+    v_proj: M,                   // (kv_heads·hd, hidden)
+    q_bias: Option<M>,           // (heads·hd)      Qwen2
+    k_bias: Option<M>,           // (kv_heads·hd)   Qwen2
+    v_bias: Option<M>,           // (kv_heads·hd)   Qwen2
+    q_norm: Option<M>,           // (hd)            Qwen3
+    k_norm: Option<M>,           // (hd)            Qwen3
+    o_proj: M,                   // (hidden, heads·hd)
+    post_attention_layernorm: M, // (hidden)
+    gate_proj: M,                // (intermediate, hidden)
+    up_proj: M,                  // (intermediate, hidden)
+    down_proj: M,                // (hidden, intermediate)
+}
+
+/// Activation buffers, allocated once.
+struct Scratch<B> {
+    x: B,      // (max_batch, hidden)      the residual stream
+    h: B,      // (max_batch, hidden)      normed input of a sub-block
+    q: B,      // (max_batch, heads·hd)
+    k: B,      // (max_batch, kv_heads·hd)
+    v: B,      // (max_batch, kv_heads·hd)
+    att: B,    // (max_batch, heads·hd)    attention output before o_proj
+    o: B,      // (max_batch, hidden)      o_proj / down_proj output
+    gate: B,   // (max_batch, intermediate)
+    up: B,     // (max_batch, intermediate)
+    last: B,   // (1, hidden)              final-normed last row
+    logits: B, // (max_batch, vocab) when all positions are asked for, else (1, vocab)
+}
+
+/// Which positions get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position (generation).
+    Last,
+    /// Every position of the call (scoring, perplexity, `minfer logits`).
+    All,
+}
+
+pub struct Transformer<B: Backend> {
+    pub config: ModelConfig,
+    backend: B,
+    embed_tokens: B::Mat, // (vocab, hidden)
+    layers: Vec<Layer<B::Mat>>,
+    norm: B::Mat,            // (hidden)
+    lm_head: Option<B::Mat>, // (vocab, hidden); None when tied to embed_tokens
+    inv_freq: B::Mat,        // (hd / 2) rotary frequencies, scaling applied
+    kv: B::Kv,               // (layers, ctx, kv_heads·hd) for K and for V
+    s: Scratch<B::Buf>,
+    max_batch: usize,
+    all_logits_rows: usize,
+    ctx: usize,
+}
+
+impl<B: Backend> Transformer<B> {
+    /// Check every tensor against the config, upload it, and allocate the buffers and a KV cache
+    /// of `ctx` positions. `max_batch` is how many positions one forward step processes at
+    /// most; longer inputs are processed in chunks.
+    pub fn new(
+        config: ModelConfig,
+        weights: &Weights,
+        backend: B,
+        ctx: usize,
+        max_batch: usize,
+        all_logits: bool,
+    ) -> Result<Self> {
+        let c = &config;
+        if ctx == 0 || max_batch == 0 {
+            return Err(Error::arg("context length and batch size must be positive"));
+        }
+        let (hidden, inter, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (q_dim, kv_dim, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
+        let up = |name: &str, shape: &[usize]| -> Result<B::Mat> {
+            backend.upload(weights.get_shaped(name, shape)?)
+        };
+        let opt = |name: &str, shape: &[usize], present: bool| -> Result<Option<B::Mat>> {
+            if present {
+                up(name, shape).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+
+        let embed_tokens = up("model.embed_tokens.weight", &[vocab, hidden])?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let bias = c.attention_bias;
+            layers.push(Layer {
+                input_layernorm: up(&format!("{p}.input_layernorm.weight"), &[hidden])?,
+                q_proj: up(&format!("{p}.self_attn.q_proj.weight"), &[q_dim, hidden])?,
+                k_proj: up(&format!("{p}.self_attn.k_proj.weight"), &[kv_dim, hidden])?,
+                v_proj: up(&format!("{p}.self_attn.v_proj.weight"), &[kv_dim, hidden])?,
+                q_bias: opt(&format!("{p}.self_attn.q_proj.bias"), &[q_dim], bias)?,
+                k_bias: opt(&format!("{p}.self_attn.k_proj.bias"), &[kv_dim], bias)?,
+                v_bias: opt(&format!("{p}.self_attn.v_proj.bias"), &[kv_dim], bias)?,
+                q_norm: opt(&format!("{p}.self_attn.q_norm.weight"), &[hd], c.qk_norm)?,
+                k_norm: opt(&format!("{p}.self_attn.k_norm.weight"), &[hd], c.qk_norm)?,
+                o_proj: up(&format!("{p}.self_attn.o_proj.weight"), &[hidden, q_dim])?,
+                post_attention_layernorm: up(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[hidden],
+                )?,
+                gate_proj: up(&format!("{p}.mlp.gate_proj.weight"), &[inter, hidden])?,
+                up_proj: up(&format!("{p}.mlp.up_proj.weight"), &[inter, hidden])?,
+                down_proj: up(&format!("{p}.mlp.down_proj.weight"), &[hidden, inter])?,
+            });
+        }
+        let norm = up("model.norm.weight", &[hidden])?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(up("lm_head.weight", &[vocab, hidden])?)
+        };
+        let inv = c.rope_inv_freq();
+        let inv_freq = backend.upload(&WeightTensor::from_f32(
+            "rope.inv_freq",
+            vec![inv.len()],
+            &inv,
+        ))?;
+        let kv = backend.alloc_kv(KvShape {
+            layers: c.num_layers,
+            ctx,
+            n_kv_heads: c.num_kv_heads,
+            head_dim: hd,
+        })?;
+        let all_logits_rows = if all_logits { max_batch } else { 1 };
+        let a = |n: usize| backend.alloc(n);
+        let s = Scratch {
+            x: a(max_batch * hidden)?,
+            h: a(max_batch * hidden)?,
+            q: a(max_batch * q_dim)?,
+            k: a(max_batch * kv_dim)?,
+            v: a(max_batch * kv_dim)?,
+            att: a(max_batch * q_dim)?,
+            o: a(max_batch * hidden)?,
+            gate: a(max_batch * inter)?,
+            up: a(max_batch * inter)?,
+            last: a(hidden)?,
+            logits: a(all_logits_rows * vocab)?,
+        };
+        Ok(Transformer {
+            config,
+            backend,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            kv,
+            s,
+            max_batch,
+            all_logits_rows,
+            ctx,
+        })
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn context_len(&self) -> usize {
+        self.ctx
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Run `tokens` at positions `pos0..`, appending to the KV cache. Afterwards the logits of
+    /// the last position (or of every position of the final chunk, see [`Logits::All`]) are in
+    /// the logits buffer. Inputs longer than `max_batch` run in chunks.
+    pub fn forward(&mut self, tokens: &[u32], pos0: usize, which: Logits) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::arg("forward needs at least one token"));
+        }
+        if pos0 + tokens.len() > self.ctx {
+            return Err(Error::arg(format!(
+                "{} tokens at position {pos0} exceed the context length {}",
+                tokens.len(),
+                self.ctx
+            )));
+        }
+        if which == Logits::All && self.all_logits_rows < self.max_batch {
+            return Err(Error::arg(
+                "this model was loaded without all-position logits",
+            ));
+        }
+        let vocab = self.config.vocab_size as u32;
+        if let Some(&bad) = tokens.iter().find(|&&t| t >= vocab) {
+            return Err(Error::arg(format!(
+                "token id {bad} is out of range for a vocabulary of {vocab}"
+            )));
+        }
+        let mut pos = pos0;
+        for chunk in tokens.chunks(self.max_batch) {
+            self.step(chunk, pos, which)?;
+            pos += chunk.len();
+        }
+        Ok(())
+    }
+
+    /// One forward step over at most `max_batch` positions.
+    fn step(&mut self, tokens: &[u32], pos0: usize, which: Logits) -> Result<()> {
+        let c = &self.config;
+        let (b, s) = (&self.backend, &mut self.s);
+        let n = tokens.len();
+        let eps = c.rms_norm_eps;
+        let (hidden, inter, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+
+        b.embed(&mut s.x, &self.embed_tokens, tokens)?;
+        for (l, w) in self.layers.iter().enumerate() {
+            // Attention block.
+            b.rms_norm(&mut s.h, &s.x, &w.input_layernorm, n, eps)?;
+            b.matmul(&mut s.q, &s.h, &w.q_proj, w.q_bias.as_ref(), n)?;
+            b.matmul(&mut s.k, &s.h, &w.k_proj, w.k_bias.as_ref(), n)?;
+            b.matmul(&mut s.v, &s.h, &w.v_proj, w.v_bias.as_ref(), n)?;
+            if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+                b.head_rms_norm(&mut s.q, qn, n, c.num_heads, eps)?;
+                b.head_rms_norm(&mut s.k, kn, n, c.num_kv_heads, eps)?;
+            }
+            b.rope(&mut s.q, n, c.num_heads, hd, pos0, &self.inv_freq)?;
+            b.rope(&mut s.k, n, c.num_kv_heads, hd, pos0, &self.inv_freq)?;
+            let p = AttnParams {
+                n_heads: c.num_heads,
+                n_kv_heads: c.num_kv_heads,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                window: c.layer_windows[l],
+            };
+            b.attention(&mut s.att, &s.q, &s.k, &s.v, &mut self.kv, l, n, pos0, &p)?;
+            b.matmul(&mut s.o, &s.att, &w.o_proj, None, n)?;
+
+            // MLP block: x += o, h = norm(x), then SwiGLU.
+            b.add_rms_norm(
+                &mut s.h,
+                &mut s.x,
+                &s.o,
+                &w.post_attention_layernorm,
+                n,
+                eps,
+            )?;
+            b.matmul(&mut s.gate, &s.h, &w.gate_proj, None, n)?;
+            b.matmul(&mut s.up, &s.h, &w.up_proj, None, n)?;
+            b.silu_mul(&mut s.gate, &s.up, n * inter)?;
+            b.matmul(&mut s.o, &s.gate, &w.down_proj, None, n)?;
+            b.add(&mut s.x, &s.o, n * hidden)?;
+        }
+
+        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        match which {
+            Logits::Last => {
+                b.copy_rows(&mut s.h, &s.x, n - 1, 1, hidden)?;
+                b.rms_norm(&mut s.last, &s.h, &self.norm, 1, eps)?;
+                b.matmul(&mut s.logits, &s.last, lm_head, None, 1)?;
+            }
+            Logits::All => {
+                b.rms_norm(&mut s.h, &s.x, &self.norm, n, eps)?;
+                b.matmul(&mut s.logits, &s.h, lm_head, None, n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy the logits of `row` (0 for [`Logits::Last`]) to `out` (length vocab).
+    pub fn read_logits(&self, row: usize, out: &mut [f32]) -> Result<()> {
+        let v = self.config.vocab_size;
+        if out.len() != v || row >= self.all_logits_rows {
+            return Err(Error::arg("read_logits: bad row or output length"));
+        }
+        self.backend.read(&self.s.logits, row * v, out)
+    }
+
+    /// Greedy choice at `row`, computed on the backend (one integer crosses to the host).
+    pub fn argmax(&self, row: usize) -> Result<u32> {
+        let v = self.config.vocab_size;
+        if row >= self.all_logits_rows {
+            return Err(Error::arg("argmax: bad row"));
+        }
+        self.backend.argmax(&self.s.logits, row * v, v)
+    }
+
+    pub fn take_profile(&self) -> Vec<OpProfile> {
+        self.backend.take_profile()
+    }
+}

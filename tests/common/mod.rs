@@ -1,0 +1,102 @@
+//! Shared by the integration tests: the transformers oracle fixtures and how to check a model
+//! against them. One test body, instantiated per backend (CPU here; the PTX interpreter in
+//! tests/cuda_*.rs).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use minfer::{GenerateOptions, Model};
+use serde_json::Value;
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
+}
+
+/// Every variant directory, sorted.
+pub fn variants() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
+        .expect("tests/fixtures/models exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("expected.json").is_file())
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn expected(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap()
+}
+
+pub fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+pub fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// Check one fixture variant: last-position logits within `rel_tol × max|logit|` of
+/// transformers, argmax at every prompt position and the 16-token greedy continuation identical.
+/// `load(dir, all_logits)` builds the model on the backend under test.
+pub fn check_variant(dir: &Path, rel_tol: f32, load: &dyn Fn(&Path, bool) -> Model) {
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    let exp = expected(dir);
+    let mut scorer = load(dir, true);
+    assert_eq!(
+        scorer.num_parameters(),
+        exp["num_parameters"].as_u64().unwrap(),
+        "{name}: parameter count"
+    );
+    let mut generator = load(dir, false);
+    for case in exp["cases"].as_array().unwrap() {
+        let prompt = ids(&case["prompt"]);
+        let want_logits = floats(&case["last_logits"]);
+        let tol = rel_tol * case["max_abs_logit"].as_f64().unwrap() as f32;
+        let (argmax, logits) = scorer.score(&prompt).unwrap();
+        let worst = logits
+            .iter()
+            .zip(&want_logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= tol,
+            "{name}, prompt len {}: max |Δlogit| = {worst:e} > tol {tol:e}",
+            prompt.len()
+        );
+        assert_eq!(
+            argmax,
+            ids(&case["argmax"]),
+            "{name}, prompt len {}: argmax per position",
+            prompt.len()
+        );
+
+        let want_greedy = ids(&case["greedy"]);
+        let opts = GenerateOptions {
+            max_new_tokens: want_greedy.len(),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        generator.reset();
+        let mut got = Vec::new();
+        generator
+            .generate(&prompt, &opts, |id| {
+                got.push(id);
+                true
+            })
+            .unwrap();
+        assert_eq!(
+            got,
+            want_greedy,
+            "{name}, prompt len {}: greedy continuation",
+            prompt.len()
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! The fast matmul against `matmul_reference`, for every instruction set this CPU has, every
+//! stored dtype, with and without bias, over awkward shapes (not multiples of any tile, 1, odd).
+
+use half::{bf16, f16};
+use minfer::backend::cpu::matmul::{matmul, matmul_reference, matmul_with};
+use minfer::backend::cpu::simd::{Isa, Kernels};
+use minfer::loader::{DType, WeightTensor};
+use minfer::Error;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+/// A weight tensor of `dtype` holding `vals` (rounded to the dtype), and the rounded values.
+fn weight(dtype: DType, n_out: usize, n_in: usize, vals: &[f32]) -> (WeightTensor, Vec<f32>) {
+    let (bytes, exact): (Vec<u8>, Vec<f32>) = match dtype {
+        DType::F32 => (bytemuck::cast_slice(vals).to_vec(), vals.to_vec()),
+        DType::BF16 => {
+            let h: Vec<bf16> = vals.iter().map(|&v| bf16::from_f32(v)).collect();
+            (
+                bytemuck::cast_slice(&h).to_vec(),
+                h.iter().map(|v| v.to_f32()).collect(),
+            )
+        }
+        DType::F16 => {
+            let h: Vec<f16> = vals.iter().map(|&v| f16::from_f32(v)).collect();
+            (
+                bytemuck::cast_slice(&h).to_vec(),
+                h.iter().map(|v| v.to_f32()).collect(),
+            )
+        }
+        _ => unreachable!("plain dtypes only"),
+    };
+    (
+        WeightTensor::from_bytes("w", dtype, vec![n_out, n_in], &bytes).expect("sizes match"),
+        exact,
+    )
+}
+
+/// Every table this CPU supports, plus the AVX-512 table with the bf16 dot product switched
+/// off, so both bf16 paths run.
+fn tables() -> Vec<Kernels> {
+    let mut v = Vec::new();
+    for isa in Isa::ALL {
+        match Kernels::for_isa(isa) {
+            Some(k) => {
+                if k.has_bf16_dot() {
+                    v.push(k.without_bf16_dot());
+                }
+                v.push(k);
+            }
+            None => eprintln!("note: skipping {isa}: not supported by this CPU/architecture"),
+        }
+    }
+    v
+}
+
+const ROWS: [usize; 6] = [1, 2, 3, 7, 16, 33];
+const DIMS: [usize; 7] = [1, 3, 17, 63, 65, 130, 577];
+/// Input widths: DIMS plus one past the prefill k-slice (640), so slices accumulate.
+const IN_DIMS: [usize; 8] = [1, 3, 17, 63, 65, 130, 577, 1300];
+
+#[test]
+fn matmul_matches_reference() {
+    let mut rng = Rng(1234);
+    let tabs = tables();
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        for &n_in in &IN_DIMS {
+            for &n_out in &DIMS {
+                let (w, wf) = weight(dtype, n_out, n_in, &rng.vec(n_out * n_in));
+                let bias_v = rng.vec(n_out);
+                let rows_max = *ROWS.last().unwrap_or(&1);
+                let x_all = rng.vec(rows_max * n_in);
+                for &rows in &ROWS {
+                    let x = &x_all[..rows * n_in];
+                    for bias in [None, Some(&bias_v[..])] {
+                        let mut want = vec![0.0f32; rows * n_out];
+                        matmul_reference(&mut want, x, rows, &w, bias).expect("reference");
+                        for k in &tabs {
+                            // Sentinel past the end: the kernel must not write there.
+                            let mut got = vec![f32::NAN; rows * n_out + 1];
+                            got[rows * n_out] = 7.0;
+                            matmul_with(k, &mut got, x, rows, &w, bias).expect("matmul");
+                            assert_eq!(got[rows * n_out], 7.0, "wrote past the end");
+                            let bf16_acts = dtype == DType::BF16 && rows > 1 && k.has_bf16_dot();
+                            for r in 0..rows {
+                                for o in 0..n_out {
+                                    let abs: f32 = (0..n_in)
+                                        .map(|i| (x[r * n_in + i] * wf[o * n_in + i]).abs())
+                                        .sum::<f32>()
+                                        + bias.map_or(0.0, |b| b[o].abs());
+                                    // Both sides sum n_in + 1 terms in f32 in different orders:
+                                    // each is within (n+2)·EPSILON/2·Σ|terms| of the exact value,
+                                    // so they differ by at most (n+2)·EPSILON·Σ|terms|. With bf16
+                                    // activations each x is rounded by up to 2⁻⁹ relative,
+                                    // adding at most 2⁻⁹·Σ|x·w|; we allow 2⁻⁸.
+                                    let mut tol = (n_in as f32 + 2.0) * f32::EPSILON * abs;
+                                    if bf16_acts {
+                                        tol += abs / 256.0;
+                                    }
+                                    let (g, e) = (got[r * n_out + o], want[r * n_out + o]);
+                                    assert!(
+                                        (g - e).abs() <= tol + 1e-30,
+                                        "{} {dtype} rows={rows} in={n_in} out={n_out} bias={} at ({r},{o}): got {g}, want {e}, tol {tol}",
+                                        k.describe(),
+                                        bias.is_some()
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn many_rows_cross_row_blocks() {
+    // 300 rows of 1300: more than one L2 row block on every path, and three k-slices.
+    let mut rng = Rng(99);
+    let (rows, n_in, n_out) = (300, 1300, 9);
+    let x = rng.vec(rows * n_in);
+    let bias = rng.vec(n_out);
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let (w, wf) = weight(dtype, n_out, n_in, &rng.vec(n_out * n_in));
+        let mut want = vec![0.0f32; rows * n_out];
+        matmul_reference(&mut want, &x, rows, &w, Some(&bias)).expect("reference");
+        for k in tables() {
+            let mut got = vec![f32::NAN; rows * n_out];
+            matmul_with(&k, &mut got, &x, rows, &w, Some(&bias)).expect("matmul");
+            for r in 0..rows {
+                for o in 0..n_out {
+                    let abs: f32 = (0..n_in)
+                        .map(|i| (x[r * n_in + i] * wf[o * n_in + i]).abs())
+                        .sum::<f32>()
+                        + bias[o].abs();
+                    // As in matmul_matches_reference.
+                    let mut tol = (n_in as f32 + 2.0) * f32::EPSILON * abs;
+                    if dtype == DType::BF16 && k.has_bf16_dot() {
+                        tol += abs / 256.0;
+                    }
+                    let (g, e) = (got[r * n_out + o], want[r * n_out + o]);
+                    assert!(
+                        (g - e).abs() <= tol,
+                        "{} {dtype} at ({r},{o}): got {g}, want {e}, tol {tol}",
+                        k.describe()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn default_entry_point_and_empty_shapes() {
+    let mut rng = Rng(5);
+    let (w, _) = weight(DType::F32, 5, 3, &rng.vec(15));
+    let x = rng.vec(6);
+    let mut a = vec![0.0; 10];
+    let mut b = vec![0.0; 10];
+    matmul(&mut a, &x, 2, &w, None).expect("matmul");
+    matmul_reference(&mut b, &x, 2, &w, None).expect("reference");
+    for (p, q) in a.iter().zip(&b) {
+        // Three products: (3+2)·EPSILON relative to Σ|x·w| ≤ 3 here (|x|, |w| < 1).
+        assert!((p - q).abs() <= 5.0 * f32::EPSILON * 3.0);
+    }
+    // rows == 0 touches nothing.
+    let mut c = vec![9.0f32; 4];
+    matmul(&mut c, &[], 0, &w, None).expect("zero rows");
+    assert_eq!(c, vec![9.0; 4]);
+    // in == 0: the output is the bias.
+    let w0 = WeightTensor::from_bytes("w0", DType::F32, vec![3, 0], &[]).expect("empty");
+    let mut d = vec![1.0f32; 6];
+    matmul(&mut d, &[], 2, &w0, Some(&[1.0, 2.0, 3.0])).expect("in = 0");
+    assert_eq!(d, vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let (w, _) = weight(DType::F32, 4, 8, &[0.5; 32]);
+    let mut out = vec![0.0; 8];
+    let short_x = matmul(&mut out, &[0.0; 15], 2, &w, None);
+    assert!(
+        matches!(short_x, Err(Error::InvalidArgument(ref m)) if m.contains("matmul w")),
+        "{short_x:?}"
+    );
+    let short_out = matmul(&mut out[..7], &[0.0; 16], 2, &w, None);
+    assert!(
+        matches!(short_out, Err(Error::InvalidArgument(_))),
+        "{short_out:?}"
+    );
+    let short_bias = matmul(&mut out, &[0.0; 16], 2, &w, Some(&[0.0; 3]));
+    assert!(
+        matches!(short_bias, Err(Error::InvalidArgument(ref m)) if m.contains("bias")),
+        "{short_bias:?}"
+    );
+    let w3 = WeightTensor::from_f32("w3", vec![2, 2, 2], &[0.0; 8]);
+    assert!(matches!(
+        matmul(&mut out, &[0.0; 16], 2, &w3, None),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}

@@ -1,0 +1,177 @@
+//! Every SIMD kernel against a plain f64 reference, for every length 0..=300 and several
+//! misalignments, on every instruction set this CPU has (the others are skipped, with a note).
+
+use half::{bf16, f16};
+use minfer::backend::cpu::simd::{self, Isa, Kernels};
+
+/// splitmix64: a tiny deterministic generator, so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+fn tables() -> Vec<Kernels> {
+    let mut v = Vec::new();
+    for isa in Isa::ALL {
+        match Kernels::for_isa(isa) {
+            Some(k) => v.push(k),
+            None => eprintln!("note: skipping {isa}: not supported by this CPU/architecture"),
+        }
+    }
+    v
+}
+
+const MAX_LEN: usize = 300;
+const OFFSETS: [usize; 4] = [0, 1, 3, 7];
+
+/// Summing n products in f32 in any order is within γ_n·Σ|a·b| of the exact sum (γ_n ≈ n·u,
+/// u = 2⁻²⁴; each product adds one more rounding). f32::EPSILON = 2u, so (n + 2)·EPSILON covers
+/// this with a factor of 2 to spare. The widened bf16/f16 operands are exact, so the same bound
+/// applies to them. The tiny absolute term covers n = 0 and all-zero sums.
+fn tol(n: usize, abs_sum: f64) -> f64 {
+    (n as f64 + 2.0) * f32::EPSILON as f64 * abs_sum + 1e-30
+}
+
+fn check_dot<E: Copy>(
+    name: &str,
+    conv: fn(f32) -> E,
+    widen: fn(E) -> f32,
+    f: impl Fn(&Kernels, &[f32], &[E]) -> f32,
+) {
+    let mut rng = Rng(42);
+    for k in tables() {
+        for n in 0..=MAX_LEN {
+            for &off in &OFFSETS {
+                let a = rng.vec(n + off);
+                let b: Vec<E> = rng.vec(n + off).into_iter().map(conv).collect();
+                let (a, b) = (&a[off..], &b[off..]);
+                let exact: f64 = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| *x as f64 * widen(*y) as f64)
+                    .sum();
+                let abs: f64 = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (*x as f64 * widen(*y) as f64).abs())
+                    .sum();
+                let got = f(&k, a, b) as f64;
+                assert!(
+                    (got - exact).abs() <= tol(n, abs),
+                    "{name} {}: n={n} off={off}: got {got}, exact {exact}, tol {}",
+                    k.describe(),
+                    tol(n, abs)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_f32_every_isa() {
+    check_dot("dot_f32", |x| x, |x| x, |k, a, b| k.dot_f32(a, b));
+}
+
+#[test]
+fn dot_bf16_every_isa() {
+    check_dot("dot_bf16", bf16::from_f32, bf16::to_f32, |k, a, b| {
+        k.dot_bf16(a, b)
+    });
+}
+
+#[test]
+fn dot_f16_every_isa() {
+    check_dot("dot_f16", f16::from_f32, f16::to_f32, |k, a, b| {
+        k.dot_f16(a, b)
+    });
+}
+
+#[test]
+fn dot_uses_common_length() {
+    for k in tables() {
+        let a = [1.0f32; 40];
+        let b = [2.0f32; 33];
+        assert_eq!(k.dot_f32(&a, &b), 66.0, "{}", k.describe());
+    }
+}
+
+#[test]
+fn axpy_every_isa() {
+    let mut rng = Rng(7);
+    for k in tables() {
+        for n in 0..=MAX_LEN {
+            for &off in &OFFSETS {
+                let x = rng.vec(n + off);
+                let y0 = rng.vec(n + off + 5);
+                let alpha = rng.f32() * 3.0;
+                let mut y = y0.clone();
+                k.axpy(&mut y[off..off + n], alpha, &x[off..]);
+                for i in 0..y.len() {
+                    let want = if i >= off && i < off + n {
+                        y0[i] as f64 + alpha as f64 * x[i] as f64
+                    } else {
+                        y0[i] as f64
+                    };
+                    // One multiply and one add, each rounded once (or once when fused):
+                    // within 2u·(|y| + |αx|) ≤ EPSILON·(|y| + |αx|).
+                    let scale = y0[i].abs() as f64
+                        + if i >= off && i < off + n {
+                            (alpha * x[i]).abs() as f64
+                        } else {
+                            0.0
+                        };
+                    assert!(
+                        (y[i] as f64 - want).abs() <= f32::EPSILON as f64 * scale,
+                        "axpy {}: n={n} off={off} i={i}: got {}, want {want}",
+                        k.describe(),
+                        y[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn forced_isa_and_names() {
+    assert!(
+        Kernels::for_isa(Isa::Scalar).is_some(),
+        "scalar always exists"
+    );
+    for isa in Isa::ALL {
+        assert_eq!(Isa::parse(isa.name()), Some(isa));
+        if let Some(k) = Kernels::for_isa(isa) {
+            assert_eq!(k.isa(), isa);
+            assert!(!k.without_bf16_dot().has_bf16_dot());
+        }
+    }
+    assert_eq!(Isa::parse("AVX512"), Some(Isa::Avx512));
+    assert_eq!(Isa::parse("sse9"), None);
+    // The process-wide table is one of the available ones, and the free functions use it.
+    let k = simd::kernels();
+    assert!(Isa::available().contains(&k.isa()));
+    assert_eq!(simd::dot_f32(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
+    let mut y = [1.0f32, 1.0];
+    simd::axpy(&mut y, 2.0, &[3.0, 4.0]);
+    assert_eq!(y, [7.0, 9.0]);
+}
+
+#[test]
+fn read_bandwidth_is_positive() {
+    // Only that it measures something; speed is never asserted.
+    let gbs = simd::measure_read_bandwidth(1 << 20, 2);
+    assert!(gbs.is_finite() && gbs > 0.0);
+}
