@@ -315,3 +315,27 @@ fn q4_1_as_stored_stays_within_a_stated_margin_of_the_dequantized_run() {
         .unwrap();
     assert!(out.text.contains("Paris"), "{:?}", out.text);
 }
+
+/// `--quantize q8_0` on the dequantized real model: 8-bit weights and activations change the
+/// perplexity of the committed text by much less than its standard error; we require ≤ 2% of
+/// transformers' float32 perplexity (double the Q4_1 margin: both weights and activations are
+/// rounded here, and each rounding moves ppl by well under 1%).
+#[test]
+fn quantized_q8_0_perplexity_stays_close() {
+    let Some(path) = gguf() else { return };
+    let r = reference();
+    let opts = LoadOptions {
+        threads: 2,
+        all_logits: true,
+        keep_quantized: false,
+        quantize: Some(minfer::loader::DType::Q8_0),
+        ..LoadOptions::default()
+    };
+    let mut m = Model::load(&path, &opts).unwrap();
+    let got = m.perplexity(&ids(&r["perplexity"]["ids"])).unwrap().ppl;
+    let want = r["perplexity"]["ppl"].as_f64().unwrap();
+    assert!(
+        (got - want).abs() <= 0.02 * want,
+        "q8_0: ppl {got:.4} vs f32 {want:.4}"
+    );
+}

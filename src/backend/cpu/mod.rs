@@ -7,6 +7,7 @@
 //! in a fixed-size stack block (online softmax over blocks of keys).
 
 pub mod matmul;
+pub mod quant_kernels;
 pub mod simd;
 
 use std::collections::BTreeMap;
