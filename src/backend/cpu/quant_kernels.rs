@@ -23,6 +23,9 @@
 //! moved onto qx for Q8_0), or plain integer loops (scalar). The only approximation is the
 //! activation rounding: `|x - x̂| ≤ dx/2` per element.
 //!
+//! (The activation sums are stored as `s_lo` and `s_lo + s_hi`, so the common unsplit
+//! formats need one multiply-add per group for the `b` term.)
+//!
 //! Not here: quantizing weights other than Q8_0 (minfer reads quantized files; `--quantize
 //! q8_0` is the one conversion it makes), NEON integer dot products (aarch64 uses the scalar
 //! kernels), and Q5_K fast paths (Q5_K goes through `dequant_dot`: dequantize a block, f32 dot).
@@ -45,40 +48,51 @@ pub struct QActs {
     pub qs: Vec<i8>,
     /// rows × n_in/32: the scale dx of each block
     pub d: Vec<f32>,
-    /// rows × n_in/16: dx · Σ qx over each half-block
+    /// rows × n_in/32 × 2: dx · Σ qx over the first half-block, then over the whole block
     pub s: Vec<f32>,
     pub n_in: usize,
 }
 
 impl QActs {
-    /// Quantizes `rows` rows of `n_in` (a multiple of 32) from `x`, reusing the buffers.
-    pub fn quantize(&mut self, x: &[f32], rows: usize, n_in: usize) {
-        debug_assert!(n_in % QK == 0);
+    /// Quantizes `rows` rows of `n_in` (a multiple of 32) from `x` with `f`, reusing the
+    /// buffers.
+    fn quantize(&mut self, f: QuantFn, x: &[f32], rows: usize, n_in: usize) {
         self.n_in = n_in;
         self.qs.resize(rows * n_in, 0);
         self.d.resize(rows * n_in / QK, 0.0);
         self.s.resize(rows * n_in / 16, 0.0);
-        for (((xb, qb), d), s) in x[..rows * n_in]
-            .chunks_exact(QK)
-            .zip(self.qs.chunks_exact_mut(QK))
-            .zip(self.d.iter_mut())
-            .zip(self.s.chunks_exact_mut(2))
-        {
-            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let dx = amax / 127.0;
-            let id = if dx > 0.0 { 1.0 / dx } else { 0.0 };
-            let mut sums = [0i32; 2];
-            for (j, (q, v)) in qb.iter_mut().zip(xb).enumerate() {
-                // |v·id| <= 127 up to rounding; the clamp keeps -128 out (the AVX2 sign trick
-                // for Q8_0 would overflow on it).
-                let r = (v * id).round().clamp(-127.0, 127.0) as i8;
-                *q = r;
-                sums[j / 16] += r as i32;
-            }
-            *d = dx;
-            s[0] = dx * sums[0] as f32;
-            s[1] = dx * sums[1] as f32;
+        // SAFETY: the function came from a CPU-checked table (see `QTable`).
+        unsafe { f(&x[..rows * n_in], &mut self.qs, &mut self.d, &mut self.s) }
+    }
+}
+
+/// Quantizes whole blocks of 32: `x` (32·n) into `qs` (32·n), `d` (n), `s` (2·n).
+pub(crate) type QuantFn = unsafe fn(&[f32], &mut [i8], &mut [f32], &mut [f32]);
+
+/// The portable activation quantizer (see the module header for the format).
+unsafe fn quantize_scalar(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    for (((xb, qb), d), s) in x
+        .chunks_exact(QK)
+        .zip(qs.chunks_exact_mut(QK))
+        .zip(d.iter_mut())
+        .zip(s.chunks_exact_mut(2))
+    {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let dx = amax / 127.0;
+        let id = if dx > 0.0 { 1.0 / dx } else { 0.0 };
+        let mut sums = [0i32; 2];
+        for (j, (q, v)) in qb.iter_mut().zip(xb).enumerate() {
+            // Round half away from zero by hand: `f32::round` is a libm call on baseline
+            // x86-64. |v·id| <= 127 (+ rounding), and the clamp keeps -128 out (the AVX2 sign
+            // trick for Q8_0 would overflow on it).
+            let r = v * id;
+            let r = ((r + 0.5f32.copysign(r)) as i32).clamp(-127, 127);
+            *q = r as i8;
+            sums[j / 16] += r;
         }
+        *d = dx;
+        s[0] = dx * sums[0] as f32;
+        s[1] = dx * (sums[0] + sums[1]) as f32;
     }
 }
 
@@ -98,8 +112,13 @@ pub(crate) struct QX {
 /// NX rows of n_in, `out` has NX writable slots, and the table came from a CPU-checked
 /// [`Kernels`].
 pub(crate) type QTileFn = unsafe fn(*const u8, QX, *mut f32);
-/// Indexed `[format][nx - 1]`, formats in [`FORMATS`] order.
-pub(crate) type QTable = [[QTileFn; 4]; 5];
+/// One instruction set's quantized kernels.
+#[derive(Clone, Copy)]
+pub(crate) struct QTable {
+    /// Indexed `[format][nx - 1]`, formats in [`FORMATS`] order.
+    tiles: [[QTileFn; 4]; 5],
+    quantize: QuantFn,
+}
 
 /// The formats with integer kernels, in table order.
 pub const FORMATS: [DType; 5] = [
@@ -281,7 +300,7 @@ unsafe fn qtile_scalar<F: QFormat, const NX: usize>(w: *const u8, x: QX, out: *m
                 let s = &ss[r * n_in / 16 + 2 * gi..];
                 *acc += dx * (a[0] * dot[0] as f32 + a[1] * dot[1] as f32)
                     + bb[0] * s[0]
-                    + bb[1] * s[1];
+                    + bb[1] * (s[1] - s[0]);
             }
         });
     }
@@ -304,7 +323,10 @@ macro_rules! qtable {
 }
 
 pub(crate) fn table_scalar() -> QTable {
-    qtable!(qtile_scalar)
+    QTable {
+        tiles: qtable!(qtile_scalar),
+        quantize: quantize_scalar,
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -340,12 +362,26 @@ pub(crate) mod x86 {
         }
     }
 
+    /// The two f16 values at `p` and `p + 2`, widened. The 4 bytes are loaded with an explicit
+    /// `vmovd` (zero-extending): from any intrinsic form, LLVM narrowed the load to a `vpinsrw`
+    /// merging into whatever register was free, which chained every block's scale load to the
+    /// previous block's arithmetic (Q4_0 decode 2-4x slower, measured).
     #[inline(always)]
-    unsafe fn f16_at(p: *const u8) -> f32 {
-        // SAFETY: the caller guarantees two readable bytes; F16C is enabled by the caller.
+    unsafe fn f16_pair(p: *const u8) -> (f32, f32) {
+        let h: __m128i;
+        // SAFETY: the caller guarantees four readable bytes at p; vmovd only reads them.
         unsafe {
-            let bits = (p as *const u16).read_unaligned();
-            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+            std::arch::asm!(
+                "vmovd {h}, dword ptr [{p}]",
+                h = out(xmm_reg) h,
+                p = in(reg) p,
+                options(pure, readonly, nostack, preserves_flags)
+            );
+        }
+        // SAFETY: F16C is enabled by the caller.
+        unsafe {
+            let v = _mm_cvtph_ps(h);
+            (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
         }
     }
 
@@ -374,7 +410,7 @@ pub(crate) mod x86 {
         ) {
             // SAFETY: one 34-byte block (caller).
             unsafe {
-                let d = f16_at(blk);
+                let d = f16_pair(blk).0;
                 f(
                     0,
                     _mm256_loadu_si256(blk.add(2) as *const __m256i),
@@ -393,7 +429,7 @@ pub(crate) mod x86 {
         ) {
             // SAFETY: one 18-byte block (caller).
             unsafe {
-                let d = f16_at(blk);
+                let d = f16_pair(blk).0;
                 f(0, nibbles16(blk.add(2)), [d, d], [-8.0 * d, -8.0 * d]);
             }
         }
@@ -407,7 +443,7 @@ pub(crate) mod x86 {
         ) {
             // SAFETY: one 20-byte block (caller).
             unsafe {
-                let (d, m) = (f16_at(blk), f16_at(blk.add(2)));
+                let (d, m) = f16_pair(blk);
                 f(0, nibbles16(blk.add(4)), [d, d], [m, m]);
             }
         }
@@ -447,7 +483,8 @@ pub(crate) mod x86 {
         ) {
             // SAFETY: one 210-byte block (caller).
             unsafe {
-                let d = f16_at(blk.add(208));
+                // d is the block's last two bytes: read 206..210 and take the upper half.
+                let d = f16_pair(blk.add(206)).1;
                 let m4 = _mm256_set1_epi8(0x0F);
                 let m2 = _mm256_set1_epi8(0x03);
                 for h in 0..2 {
@@ -500,7 +537,8 @@ pub(crate) mod x86 {
         // SAFETY (whole body): reads stay inside the row of nb blocks at w and the NX rows of
         // x (caller's contract); AVX2/FMA/F16C are enabled by the wrapper.
         unsafe {
-            let mut acc = [_mm256_setzero_ps(); NX];
+            // Two accumulators per row (even / odd groups) halve the FMA latency chain.
+            let mut acc = [[_mm256_setzero_ps(); 2]; NX];
             let mut accs = [0f32; NX];
             for b in 0..nb {
                 F::groups_simd(w.add(b * F::BYTES), |g, u, a, bb| {
@@ -520,16 +558,24 @@ pub(crate) mod x86 {
                         } else {
                             _mm256_set1_ps(a[0] * dx)
                         };
-                        acc[r] = _mm256_fmadd_ps(dot, sc, acc[r]);
-                        if !F::SIGNED {
+                        // A branch, not acc[r][gi & 1]: a computed index would keep the
+                        // accumulators in memory.
+                        if gi & 1 == 0 {
+                            acc[r][0] = _mm256_fmadd_ps(dot, sc, acc[r][0]);
+                        } else {
+                            acc[r][1] = _mm256_fmadd_ps(dot, sc, acc[r][1]);
+                        }
+                        if F::SPLIT {
                             let s = x.s.add(r * (n_in / 16) + 2 * gi);
-                            accs[r] += bb[0] * *s + bb[1] * *s.add(1);
+                            accs[r] += bb[0] * *s + bb[1] * (*s.add(1) - *s);
+                        } else if !F::SIGNED {
+                            accs[r] += bb[0] * *x.s.add(r * (n_in / 16) + 2 * gi + 1);
                         }
                     }
                 });
             }
             for r in 0..NX {
-                *out.add(r) = hsum(acc[r]) + accs[r];
+                *out.add(r) = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + accs[r];
             }
         }
     }
@@ -548,12 +594,79 @@ pub(crate) mod x86 {
 
     /// Only call after checking AVX2, FMA and F16C.
     pub(crate) fn table_avx2() -> QTable {
-        qtable!(qtile_avx2)
+        QTable {
+            tiles: qtable!(qtile_avx2),
+            quantize: quantize_avx2,
+        }
     }
 
     /// Only call after checking AVX-512 F/VL/VNNI as well.
     pub(crate) fn table_vnni() -> QTable {
-        qtable!(qtile_vnni)
+        QTable {
+            tiles: qtable!(qtile_vnni),
+            quantize: quantize_avx2,
+        }
+    }
+
+    /// The activation quantizer with AVX2 (same format and bounds as `quantize_scalar`; ties
+    /// round to even here, which keeps |x - x̂| <= dx/2 all the same).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn quantize_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+        let n = (x.len() / 32)
+            .min(qs.len() / 32)
+            .min(d.len())
+            .min(s.len() / 2);
+        // SAFETY: block b reads x[32b..32b+32] and writes qs[32b..32b+32], d[b], s[2b..2b+2],
+        // all inside the slices for b < n.
+        unsafe {
+            let sign = _mm256_set1_ps(-0.0);
+            for b in 0..n {
+                let p = x.as_ptr().add(32 * b);
+                let v = [
+                    _mm256_loadu_ps(p),
+                    _mm256_loadu_ps(p.add(8)),
+                    _mm256_loadu_ps(p.add(16)),
+                    _mm256_loadu_ps(p.add(24)),
+                ];
+                let a = v.map(|v| _mm256_andnot_ps(sign, v));
+                let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+                let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+                let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+                let m = _mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m));
+                let dx = _mm_cvtss_f32(m) / 127.0;
+                let id = _mm256_set1_ps(if dx > 0.0 { 1.0 / dx } else { 0.0 });
+                let lim = _mm256_set1_ps(127.0);
+                let q = v.map(|v| {
+                    let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                        _mm256_mul_ps(v, id),
+                    );
+                    _mm256_cvtps_epi32(_mm256_max_ps(
+                        _mm256_min_ps(r, lim),
+                        _mm256_sub_ps(_mm256_setzero_ps(), lim),
+                    ))
+                });
+                // i32 → i16 → i8; the packs interleave 128-bit lanes, the permute restores order.
+                let w01 = _mm256_packs_epi32(q[0], q[1]);
+                let w23 = _mm256_packs_epi32(q[2], q[3]);
+                let b8 = _mm256_packs_epi16(w01, w23);
+                let b8 = _mm256_permutevar8x32_epi32(b8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                _mm256_storeu_si256(qs.as_mut_ptr().add(32 * b) as *mut __m256i, b8);
+                let hsum = |v: __m256i| -> i32 {
+                    let s =
+                        _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b00_00_11_10>(s));
+                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b00_00_00_01>(s));
+                    _mm_cvtsi128_si32(s)
+                };
+                *d.get_unchecked_mut(b) = dx;
+                *s.get_unchecked_mut(2 * b) = dx * hsum(_mm256_add_epi32(q[0], q[1])) as f32;
+                *s.get_unchecked_mut(2 * b + 1) = dx
+                    * hsum(_mm256_add_epi32(
+                        _mm256_add_epi32(q[0], q[1]),
+                        _mm256_add_epi32(q[2], q[3]),
+                    )) as f32;
+            }
+        }
     }
 }
 
@@ -589,9 +702,10 @@ pub(crate) fn matmul_quant(
         dequant_dot(k, dtype, out, x, rows, w, n_out, n_in, row_bytes, bias);
         return Ok(());
     };
-    let table = &k.qtiles[fi];
+    let table = &k.qtiles.tiles[fi];
+    let quantize = k.qtiles.quantize;
     let mut go = |qa: &mut QActs| {
-        qa.quantize(x, rows, n_in);
+        qa.quantize(quantize, x, rows, n_in);
         let qa = &*qa;
         let dst = SyncPtr(out.as_mut_ptr());
         // Activation rows per block: the quantized block (~n_in bytes per row) stays in L2
