@@ -399,7 +399,14 @@ pub fn gemm<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
     let mut rng = Rng::new(7);
     // M, N not multiples of 64 (and one M over two block rows), K = 40 not a multiple of 16
     // or of the 32-wide k-tile, K = 8 the smallest legal.
-    for &(rows, n, k) in &[(17usize, 70usize, 40usize), (5, 3, 8), (70, 65, 72), (33, 128, 96)] {
+    for &(rows, n, k) in &[
+        (17usize, 70usize, 40usize),
+        (5, 3, 8),
+        (70, 65, 72),
+        (33, 128, 96),
+        (16, 256, 64),
+        (7, 128, 64),
+    ] {
         matmul_case(b, &mut rng, DType::BF16, rows, n, k, true);
     }
     matmul_case(b, &mut rng, DType::BF16, 17, 9, 24, false);

@@ -33,7 +33,7 @@ const BLOCK: u32 = 256;
 /// Cap on grid-stride launches: enough blocks to fill any current GPU several times over.
 const MAX_GRID_STRIDE_BLOCKS: usize = 4096;
 /// At or below this many rows a bf16 matmul uses the matrix-vector kernel (weights streamed
-/// once per row, mostly from L2); above, the tensor-core GEMM.
+/// once per row, mostly from L2); above, the tensor-core GEMM (unless `with_f32_prefill`).
 const MATVEC_MAX_ROWS: usize = 4;
 /// Dynamic shared memory a block may use without raising the function's attribute.
 const MAX_DYNAMIC_SHARED: usize = 48 * 1024;
@@ -142,6 +142,8 @@ pub struct CudaBackend<D: GpuDriver> {
     /// Per-kernel call counts and the bytes / FLOPs their headers say they move, while
     /// profiling is on (None when off).
     tally: Mutex<Option<BTreeMap<&'static str, Tally>>>,
+    /// Keep bf16 matmuls on the f32-activation matvec kernel at every row count.
+    f32_prefill: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -178,7 +180,17 @@ impl<D: GpuDriver> CudaBackend<D> {
             k,
             scratch: Mutex::new(Scratch::default()),
             tally: Mutex::new(None),
+            f32_prefill: false,
         })
+    }
+
+    /// Run bf16 matmuls of many rows on the matrix-vector kernel with f32 activations instead of
+    /// the tensor-core GEMM, which rounds activations to bf16 (relative error 2^-9 per operand,
+    /// as in any bf16 inference). Slower prefill, f32-exact results: for checking the model
+    /// against an f32 reference.
+    pub fn with_f32_prefill(mut self, on: bool) -> Self {
+        self.f32_prefill = on;
+        self
     }
 
     pub fn driver(&self) -> &D {
@@ -556,7 +568,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         }
         let elem = w.dtype.block().1;
         let flops = 2.0 * (rows * n * k) as f64;
-        if w.dtype == DType::BF16 && rows > MATVEC_MAX_ROWS {
+        if w.dtype == DType::BF16 && rows > MATVEC_MAX_ROWS && !self.f32_prefill {
             let m32 = u32_arg(op, "rows", rows)?;
             let grid_y = rows.div_ceil(64);
             if grid_y > MAX_GRID_YZ {
