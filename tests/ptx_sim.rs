@@ -942,3 +942,33 @@ fn profiling_counters_show_coalescing_and_bank_conflicts() {
     launch(&d, "counters.ptx", "coalesced", cfg(1, 32, 0), &args).unwrap();
     assert!(d.take_counters().is_empty());
 }
+
+/// Throughput probe: `cargo test --release --test ptx_sim throughput -- --ignored --nocapture`.
+/// Prints warp instructions per second; speed is measured here, never asserted.
+#[test]
+#[ignore]
+fn throughput() {
+    let d = SimDriver::new();
+    let a = upload_f32(&d, &vec![1.0; 256]);
+    let o = zeros(&d, 256 * 4);
+    let m = d
+        .load_module("throughput.ptx", &ptx("throughput.ptx"))
+        .unwrap();
+    let f = d.function(m, "spin").unwrap();
+    let iters = 2000u32;
+    let blocks = 16;
+    let t0 = std::time::Instant::now();
+    d.launch(
+        f,
+        cfg(blocks, 256, 0),
+        &[KernelArg::Ptr(a), KernelArg::Ptr(o), KernelArg::U32(iters)],
+    )
+    .unwrap();
+    let s = t0.elapsed().as_secs_f64();
+    let warp_instr = blocks as f64 * 8.0 * (iters as f64 * 5.0 + 10.0);
+    eprintln!(
+        "{:.1} M warp instructions/s ({:.1} M thread instructions/s), {s:.3} s",
+        warp_instr / s / 1e6,
+        warp_instr * 32.0 / s / 1e6
+    );
+}
