@@ -334,6 +334,49 @@ impl<D: GpuDriver> CudaBackend<D> {
     }
 }
 
+impl<D: GpuDriver> CudaBackend<D> {
+    /// Device-to-device copy bandwidth in GB/s (bytes read plus bytes written, median of
+    /// `repeats` after a warm-up) through the copy kernel: the ceiling the memory-bound kernels
+    /// are measured against when no better tool is at hand.
+    pub fn measure_copy_bandwidth(&self, bytes: usize, repeats: usize) -> Result<f64> {
+        let n = bytes / 4;
+        let n32 = u32_arg("measure_copy_bandwidth", "elements", n)?;
+        let src = self.alloc_f32_zeroed(n)?;
+        let dst = match self.alloc_f32_zeroed(n) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = self.drv.free(src);
+                return Err(e);
+            }
+        };
+        let run = || -> Result<f64> {
+            let mut times = Vec::new();
+            for i in 0..=repeats.max(1) {
+                let t = std::time::Instant::now();
+                self.launch(
+                    self.k.copy_f32,
+                    (grid_stride_blocks(n), 1, 1),
+                    BLOCK,
+                    0,
+                    &[KernelArg::Ptr(dst), KernelArg::Ptr(src), KernelArg::U32(n32)],
+                    8.0 * n as f64,
+                    0.0,
+                )?;
+                self.drv.synchronize()?;
+                if i > 0 {
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            Ok(8.0 * n as f64 / times[times.len() / 2] / 1e9)
+        };
+        let r = run();
+        let _ = self.drv.free(src);
+        let _ = self.drv.free(dst);
+        r
+    }
+}
+
 impl<D: GpuDriver> Drop for CudaBackend<D> {
     fn drop(&mut self) {
         let s = self.scratch.get_mut().unwrap_or_else(|e| e.into_inner());
