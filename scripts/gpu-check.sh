@@ -124,7 +124,7 @@ run_check() {
 
     echo "== 1. parity tests on the GPU"
     local parity=ok
-    "$BIN/cuda_gpu" --test-threads=1 2>&1 | tee "$out/parity.log"
+    "$BIN/cuda_gpu" --test-threads=1 --nocapture 2>&1 | tee "$out/parity.log"
     [[ ${PIPESTATUS[0]} -eq 0 ]] || parity=FAILED
     grep -q "skipping" "$out/parity.log" && parity="SKIPPED (no device?)"
 

@@ -579,16 +579,24 @@ pub fn attention<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
     attention_case(b, &mut rng, 2, 2, 8, None, 1, 2, 1);
     // sliding window shorter than the history
     attention_case(b, &mut rng, 4, 1, 16, Some(3), 5, 3, 1);
-    // head_dim > 128: the second half of each lane's K registers
+    // head_dim > 128: the second half of each lane's K registers (split kernels for prefill too)
     attention_case(b, &mut rng, 2, 1, 132, None, 4, 1, 1);
+    // head_dim 128: every accumulator lane of the prefill kernel; 9 rows = a full block of 8
+    // query rows and a block with one
+    attention_case(b, &mut rng, 4, 2, 128, None, 9, 1, 1);
 }
 
 pub fn attention_splits<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
     let mut rng = Rng::new(12);
     // 149 positions -> 3 splits of 64: the combine kernel, and empty splits for early rows of
     // the prefill; then a decode step across all three splits; window 100 cuts into split 0.
+    // (prefill of head_dim <= 128 takes the tiled kernel: 5 key tiles of 32, causal masks
+    // inside tiles, a window that starts inside a tile)
     attention_case(b, &mut rng, 3, 1, 8, None, 149, 1, 1);
     attention_case(b, &mut rng, 2, 1, 4, Some(100), 140, 1, 1);
+    // prefill through the split kernels (head_dim > 128): rows before position 64 leave the
+    // second split empty
+    attention_case(b, &mut rng, 2, 1, 136, None, 70, 1, 1);
 }
 
 pub fn attention_preconditions<D: GpuDriver + 'static>(b: &CudaBackend<D>) {

@@ -37,6 +37,8 @@ const MAX_GRID_STRIDE_BLOCKS: usize = 4096;
 const MATVEC_MAX_ROWS: usize = 4;
 /// Dynamic shared memory a block may use without raising the function's attribute.
 const MAX_DYNAMIC_SHARED: usize = 48 * 1024;
+/// attn_prefill_f32 keeps K, V and Q tiles of this head_dim in 48 KB of shared memory.
+const PREFILL_MAX_HEAD_DIM: usize = 128;
 /// grid.y and grid.z limit.
 const MAX_GRID_YZ: usize = 65535;
 
@@ -830,7 +832,38 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             0.0,
         )?;
 
-        // 2. split the longest visible range into chunks: enough blocks to spread one decode
+        // 2a. prefill: tiles of keys shared by 8 query rows, online softmax
+        if rows > 1 && hd <= PREFILL_MAX_HEAD_DIM {
+            let smem = 4 * (32 * (hd + 1) + 32 * hd + 8 * hd);
+            let longest = if window > 0 {
+                (pos0 + rows).min(window)
+            } else {
+                pos0 + rows
+            };
+            return self.launch(
+                self.k.attn_prefill_f32,
+                (nh as u32, rows.div_ceil(8) as u32, 1),
+                256,
+                smem,
+                &[
+                    KernelArg::Ptr(out.ptr),
+                    KernelArg::Ptr(q.ptr),
+                    KernelArg::Ptr(kv.k.offset(layer_off)),
+                    KernelArg::Ptr(kv.v.offset(layer_off)),
+                    KernelArg::U32(nh as u32),
+                    KernelArg::U32(nkv as u32),
+                    KernelArg::U32(hd as u32),
+                    KernelArg::U32(u32_arg(op, "pos0", pos0)?),
+                    KernelArg::U32(u32_arg(op, "window", window)?),
+                    KernelArg::U32(rows as u32),
+                    KernelArg::F32(p.scale),
+                ],
+                (rows.div_ceil(8) * nh * longest * hd * 8 + 2 * rows * nh * hd * 4) as f64,
+                4.0 * (rows * longest * nh * hd) as f64,
+            );
+        }
+
+        // 2b. decode (and head_dim > 128): split the longest visible range into chunks: enough blocks to spread one decode
         // row's KV read over the GPU, few enough that the combine stays cheap
         let longest = if window > 0 {
             (pos0 + rows).min(window)

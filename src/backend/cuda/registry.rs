@@ -46,7 +46,7 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         file: "attention.ptx",
         ptx: include_str!("../../../kernels/attention.ptx"),
-        entries: &["attn_split_f32", "attn_combine_f32"],
+        entries: &["attn_split_f32", "attn_combine_f32", "attn_prefill_f32"],
     },
     KernelSource {
         file: "elementwise.ptx",
@@ -93,6 +93,7 @@ pub struct Kernels {
     pub gemm_bf16: Kernel,
     pub attn_split_f32: Kernel,
     pub attn_combine_f32: Kernel,
+    pub attn_prefill_f32: Kernel,
     pub silu_mul_f32: Kernel,
     pub add_f32: Kernel,
     pub copy_f32: Kernel,
@@ -138,6 +139,7 @@ impl Kernels {
             gemm_bf16: get("gemm_bf16")?,
             attn_split_f32: get("attn_split_f32")?,
             attn_combine_f32: get("attn_combine_f32")?,
+            attn_prefill_f32: get("attn_prefill_f32")?,
             silu_mul_f32: get("silu_mul_f32")?,
             add_f32: get("add_f32")?,
             copy_f32: get("copy_f32")?,
