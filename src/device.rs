@@ -148,6 +148,24 @@ pub fn synthetic_model(preset: &str, dtype: DType, opts: &LoadOptions, device: D
     }
 }
 
+/// The memory-bandwidth ceiling of `device` in GB/s, for "achieved GB/s as a fraction of ..."
+/// figures: on the CPU the read bandwidth of the current rayon pool; on a GPU the device-to-
+/// device copy bandwidth (bytes read plus bytes written) through minfer's copy kernel. The
+/// interpreter has no meaningful bandwidth: an error.
+pub fn measure_bandwidth(device: Device) -> Result<f64> {
+    match device.resolve()? {
+        Device::Cpu | Device::Auto => Ok(crate::backend::cpu::simd::measure_read_bandwidth(512 << 20, 3)),
+        Device::Sim => Err(Error::arg("the PTX interpreter has no memory bandwidth to measure")),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => {
+            let b = CudaBackend::new(crate::backend::cuda::cudarc_driver::CudarcDriver::new(i)?)?;
+            b.measure_copy_bandwidth(1 << 30, 10)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(Error::Device("minfer was built without the `cuda` feature".into())),
+    }
+}
+
 /// What a model is built from, whichever backend it lands on.
 struct Parts {
     config: ModelConfig,
