@@ -96,16 +96,16 @@ mod fixtures {
         }
     }
 
-    /// The bf16 variants with the tensor-core GEMM in prefill (chunks of 5..16 rows). It rounds
-    /// activations to bf16, so against the f32 oracle only the logits are compared, loosely:
+    /// The bf16 and f16 variants with the tensor-core GEMM in prefill (chunks of 5..16 rows). It
+    /// rounds activations to bf16 / f16, so against the f32 oracle only the logits are compared, loosely:
     /// 2^-9 relative per operand compounds through the layers of these sharp random models to a
     /// few percent of the largest logit (argmax can flip where the fixtures' top-2 gap is 1e-3).
     /// A layout or indexing error in the GEMM would be off by the logits' full scale.
     #[test]
-    fn bf16_variants_with_the_tensor_core_prefill() {
+    fn bf16_and_f16_variants_with_the_tensor_core_prefill() {
         for dir in common::variants() {
             let exp = common::expected(&dir);
-            if exp["stored_dtype"].as_str() != Some("bfloat16") {
+            if !matches!(exp["stored_dtype"].as_str(), Some("bfloat16") | Some("float16")) {
                 continue;
             }
             let mut m = load_sim(&dir, true, false);

@@ -32,8 +32,9 @@ use crate::loader::{DType, WeightTensor};
 const BLOCK: u32 = 256;
 /// Cap on grid-stride launches: enough blocks to fill any current GPU several times over.
 const MAX_GRID_STRIDE_BLOCKS: usize = 4096;
-/// At or below this many rows a bf16 matmul uses the matrix-vector kernel (weights streamed
-/// once per row, mostly from L2); above, the tensor-core GEMM (unless `with_f32_prefill`).
+/// At or below this many rows a bf16 / f16 matmul uses the matrix-vector kernel (weights
+/// streamed once per row, mostly from L2); above, the tensor-core GEMM (unless
+/// `with_f32_prefill`).
 const MATVEC_MAX_ROWS: usize = 4;
 /// Dynamic shared memory a block may use without raising the function's attribute.
 const MAX_DYNAMIC_SHARED: usize = 48 * 1024;
@@ -186,9 +187,9 @@ impl<D: GpuDriver> CudaBackend<D> {
         })
     }
 
-    /// Run bf16 matmuls of many rows on the matrix-vector kernel with f32 activations instead of
-    /// the tensor-core GEMM, which rounds activations to bf16 (relative error 2^-9 per operand,
-    /// as in any bf16 inference). Slower prefill, f32-exact results: for checking the model
+    /// Run bf16 / f16 matmuls of many rows on the matrix-vector kernel with f32 activations
+    /// instead of the tensor-core GEMM, which rounds activations to bf16 (relative error 2^-9 per
+    /// operand, as in any bf16 inference) or to f16 (2^-12, saturating at +-65504). Slower prefill, f32-exact results: for checking the model
     /// against an f32 reference.
     pub fn with_f32_prefill(mut self, on: bool) -> Self {
         self.f32_prefill = on;
@@ -271,9 +272,14 @@ impl<D: GpuDriver> CudaBackend<D> {
     }
 
     fn cast_f32_bf16(&self, dst: DevPtr, src: DevPtr, n: usize) -> Result<()> {
-        let n32 = u32_arg("cast_f32_bf16", "n", n)?;
+        self.cast(self.k.cast_f32_bf16, dst, src, n)
+    }
+
+    /// One of the element-wise f32 -> 16-bit casts.
+    fn cast(&self, k: Kernel, dst: DevPtr, src: DevPtr, n: usize) -> Result<()> {
+        let n32 = u32_arg(k.name, "n", n)?;
         self.launch(
-            self.k.cast_f32_bf16,
+            k,
             (grid_stride_blocks(n), 1, 1),
             BLOCK,
             0,
@@ -613,17 +619,23 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         }
         let elem = w.dtype.block().1;
         let flops = 2.0 * (rows * n * k) as f64;
-        if w.dtype == DType::BF16 && rows > MATVEC_MAX_ROWS && !self.f32_prefill {
+        let tensor_core = matches!(w.dtype, DType::BF16 | DType::F16) && rows > MATVEC_MAX_ROWS && !self.f32_prefill;
+        if tensor_core {
             let m32 = u32_arg(op, "rows", rows)?;
             let grid_y = rows.div_ceil(64);
             if grid_y > MAX_GRID_YZ {
                 return Err(Error::arg(format!("{op}: {rows} rows exceed the GEMM grid limit")));
             }
+            let (cast, gemm) = if w.dtype == DType::BF16 {
+                (self.k.cast_f32_bf16, self.k.gemm_bf16)
+            } else {
+                (self.k.cast_f32_f16, self.k.gemm_f16)
+            };
             let mut s = lock(&self.scratch);
             let a16 = self.grow(&mut s.bf16, rows * k * 2)?;
-            self.cast_f32_bf16(a16, x.ptr, rows * k)?;
+            self.cast(cast, a16, x.ptr, rows * k)?;
             return self.launch(
-                self.k.gemm_bf16,
+                gemm,
                 (n.div_ceil(64) as u32, grid_y as u32, 1),
                 128,
                 0,
