@@ -617,14 +617,14 @@ pub fn attention<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
 
 pub fn attention_splits<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
     let mut rng = Rng::new(12);
-    // 149 positions -> 3 splits of 64: the combine kernel, and empty splits for early rows of
-    // the prefill; then a decode step across all three splits; window 100 cuts into split 0.
+    // a decode step over 150 positions -> 5 splits of 32 (the combine kernel); window 100 cuts
+    // into the first split.
     // (prefill of head_dim <= 128 takes the tiled kernel: 5 key tiles of 32, causal masks
     // inside tiles, a window that starts inside a tile)
     attention_case(b, &mut rng, 3, 1, 8, None, 149, 1, 1);
     attention_case(b, &mut rng, 2, 1, 4, Some(100), 140, 1, 1);
-    // prefill through the split kernels (head_dim > 128): rows before position 64 leave the
-    // second split empty
+    // prefill through the split kernels (head_dim > 128): 70 rows over 3 splits of 32, so
+    // rows before position 32 / 64 leave later splits empty
     attention_case(b, &mut rng, 2, 1, 136, None, 70, 1, 1);
 }
 

@@ -40,6 +40,8 @@ const MATVEC_MAX_ROWS: usize = 4;
 const MAX_DYNAMIC_SHARED: usize = 48 * 1024;
 /// attn_prefill_f32 keeps K, V and Q tiles of this head_dim in 48 KB of shared memory.
 const PREFILL_MAX_HEAD_DIM: usize = 128;
+/// Blocks the split attention kernel aims at (see `attention`).
+const ATTN_TARGET_BLOCKS: usize = 256;
 /// grid.y and grid.z limit.
 const MAX_GRID_YZ: usize = 65535;
 
@@ -878,15 +880,18 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             );
         }
 
-        // 2b. decode (and head_dim > 128): split the longest visible range into chunks: enough blocks to spread one decode
-        // row's KV read over the GPU, few enough that the combine stays cheap
+        // 2b. decode (and head_dim > 128): split the longest visible range into chunks. Aim at
+        // ~256 blocks (about two per SM on an H100/H200) so one decode row's KV read is spread
+        // over the GPU; chunks of at least 32 keys keep the partials (4·hd B per head and split)
+        // small next to the K/V bytes (8·hd B per key and kv head) they summarise.
         let longest = if window > 0 {
             (pos0 + rows).min(window)
         } else {
             pos0 + rows
         };
         let max_chunk_smem = (MAX_DYNAMIC_SHARED / 4 / group).saturating_sub(hd + 2);
-        let mut chunk = longest.div_ceil(64).max(64).next_multiple_of(32).min(4096);
+        let target_splits = (ATTN_TARGET_BLOCKS / (nkv * rows)).max(1);
+        let mut chunk = longest.div_ceil(target_splits).max(32).next_multiple_of(32).min(4096);
         if chunk > max_chunk_smem {
             chunk = max_chunk_smem / 32 * 32;
         }
