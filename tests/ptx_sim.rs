@@ -972,3 +972,44 @@ fn throughput() {
         warp_instr * 32.0 / s / 1e6
     );
 }
+
+/// Throughput on a shipped kernel at the tiny fixture models' shapes (matvec_f32, K = 64,
+/// N = 192, one row): `cargo test --test ptx_sim throughput_matvec -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_matvec() {
+    let src = std::fs::read_to_string(format!("{}/kernels/matvec.ptx", env!("CARGO_MANIFEST_DIR")))
+        .unwrap();
+    let d = SimDriver::new();
+    let (k, n) = (64usize, 192usize);
+    let mut rng = Rng(9);
+    let x = upload_f32(&d, &(0..k).map(|_| rng.f32()).collect::<Vec<_>>());
+    let w = upload_f32(&d, &(0..k * n).map(|_| rng.f32()).collect::<Vec<_>>());
+    let o = zeros(&d, n * 4);
+    let m = d.load_module("matvec.ptx", &src).unwrap();
+    let f = d.function(m, "matvec_f32").unwrap();
+    let c = LaunchConfig {
+        grid: (n.div_ceil(8) as u32, 1, 1),
+        block: (256, 1, 1),
+        shared_bytes: 0,
+    };
+    let args = [
+        KernelArg::Ptr(o),
+        KernelArg::Ptr(x),
+        KernelArg::Ptr(w),
+        KernelArg::U64(0),
+        KernelArg::U32(k as u32),
+        KernelArg::U32(n as u32),
+    ];
+    d.set_profiling(true);
+    d.launch(f, c, &args).unwrap();
+    let wi = d.take_counters()[0].warp_instructions;
+    d.set_profiling(false);
+    let reps = 200;
+    let t0 = std::time::Instant::now();
+    for _ in 0..reps {
+        d.launch(f, c, &args).unwrap();
+    }
+    let s = t0.elapsed().as_secs_f64() / reps as f64;
+    eprintln!("matvec_f32 {k}x{n}: {wi} warp instructions, {:.1} us per launch, {:.1} M warp instructions/s", s * 1e6, wi as f64 / s / 1e6);
+}

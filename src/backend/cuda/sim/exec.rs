@@ -43,13 +43,27 @@ pub struct Launch<'a> {
     pub shared_bytes: usize,
 }
 
+/// A warp's lanes. The lanes in `gmask` (the group now executing) all sit at `gpc`, and every
+/// other running lane's `pcs` entry is at least `glimit` > `gpc`: so by the min-PC rule the
+/// group keeps running, without rescanning the lanes, until it reaches `glimit` (where other
+/// lanes may rejoin), diverges, or waits. `pcs` is stale for group lanes until written back.
 #[derive(Clone)]
 struct Warp {
     pcs: [u32; 32],
-    upc: u32,
-    uniform: bool,
+    gpc: u32,
+    gmask: u32,
+    glimit: u32,
     running: u32,
     waiting: u32,
+}
+
+impl Warp {
+    fn write_back(&mut self) {
+        for lane in Lanes(self.gmask) {
+            self.pcs[lane] = self.gpc;
+        }
+        self.gmask = 0;
+    }
 }
 
 struct Lanes(u32);
@@ -110,6 +124,8 @@ struct Exec<'a, 'm> {
     // Per-instruction scratch for profiling: each lane's access, and whether it was shared.
     acc: [Option<(u64, u32)>; 32],
     acc_shared: bool,
+    /// %tid of every thread slot (warps rounded up to 32 lanes).
+    tids: Vec<[u32; 3]>,
 }
 
 pub fn run(l: &Launch, mem: &mut GlobalMem, prof: Option<&mut KernelCounters>) -> Result<()> {
@@ -156,6 +172,9 @@ pub fn run(l: &Launch, mem: &mut GlobalMem, prof: Option<&mut KernelCounters>) -
         alloc_hint: 0,
         acc: [None; 32],
         acc_shared: false,
+        tids: (0..nwarps as u32 * 32)
+            .map(|t| [t % bx, (t / bx) % by, t / (bx * by)])
+            .collect(),
     };
     for z in 0..gz {
         for y in 0..gy {
@@ -184,15 +203,16 @@ impl<'a, 'm> Exec<'a, 'm> {
             let m = if n == 32 { u32::MAX } else { (1u32 << n) - 1 };
             self.warps.push(Warp {
                 pcs: [0; 32],
-                upc: 0,
-                uniform: true,
+                gpc: 0,
+                gmask: m,
+                glimit: u32::MAX,
                 running: m,
                 waiting: 0,
             });
         }
-        // Registers start at zero in every CTA (real hardware leaves garbage; kernels must not
-        // rely on either, and local memory is init-checked below).
-        self.regs.fill(0);
+        // Registers are zeroed once per launch, not per CTA: like hardware, a register's value
+        // before its first write is undefined (here: what the previous CTA left), and
+        // clearing ~100 KB per CTA dominated small launches. Local memory is init-checked.
         self.local_init.fill(0);
         self.shadow.new_cta();
         self.bar = None;
@@ -232,14 +252,9 @@ impl<'a, 'm> Exec<'a, 'm> {
             }
             for wp in self.warps.iter_mut() {
                 if wp.waiting != 0 {
-                    if wp.uniform && wp.running != 0 {
-                        for lane in Lanes(wp.running) {
-                            wp.pcs[lane] = wp.upc;
-                        }
-                    }
+                    wp.write_back();
                     wp.running |= wp.waiting;
                     wp.waiting = 0;
-                    wp.uniform = false;
                 }
             }
             self.bar = None;
@@ -267,10 +282,10 @@ impl<'a, 'm> Exec<'a, 'm> {
             .unwrap_or("")
     }
 
+    #[inline(always)]
     fn tid(&self, w: usize, lane: usize) -> (u32, u32, u32) {
-        let t = (w * 32 + lane) as u32;
-        let (bx, by, _) = self.l.block;
-        (t % bx, (t / bx) % by, t / (bx * by))
+        let t = self.tids[(w * 32 + lane) % self.tids.len()];
+        (t[0], t[1], t[2])
     }
 
     fn fault(&self, w: usize, lane: usize, pc: u32, msg: String) -> Error {
@@ -290,26 +305,30 @@ impl<'a, 'm> Exec<'a, 'm> {
     #[inline]
     fn select(&mut self, w: usize) -> (u32, u32) {
         let wp = &mut self.warps[w];
+        if wp.gmask != 0 && wp.gpc < wp.glimit {
+            return (wp.gpc, wp.gmask);
+        }
+        wp.write_back();
         if wp.running == 0 {
             return (0, 0);
-        }
-        if wp.uniform {
-            return (wp.upc, wp.running);
         }
         let mut min = u32::MAX;
         for lane in Lanes(wp.running) {
             min = min.min(wp.pcs[lane]);
         }
         let mut m = 0u32;
+        let mut next = u32::MAX;
         for lane in Lanes(wp.running) {
-            if wp.pcs[lane] == min {
+            let p = wp.pcs[lane];
+            if p == min {
                 m |= 1 << lane;
+            } else {
+                next = next.min(p);
             }
         }
-        if m == wp.running {
-            wp.uniform = true;
-            wp.upc = min;
-        }
+        wp.gmask = m;
+        wp.gpc = min;
+        wp.glimit = next;
         (min, m)
     }
 
@@ -344,29 +363,16 @@ impl<'a, 'm> Exec<'a, 'm> {
             } else {
                 self.exec(w, pc, exec)?
             };
+            // `m` is the warp's group; every outcome keeps the group invariant.
             let wp = &mut self.warps[w];
             match flow {
-                Flow::Next => {
-                    if wp.uniform {
-                        wp.upc = pc + 1;
-                    } else {
-                        for lane in Lanes(m) {
-                            wp.pcs[lane] = pc + 1;
-                        }
-                    }
-                }
+                Flow::Next => wp.gpc = pc + 1,
                 Flow::Jump(target, taken) => {
-                    if wp.uniform && taken == m {
-                        wp.upc = target;
-                    } else if wp.uniform && taken == 0 {
-                        wp.upc = pc + 1;
+                    if taken == m {
+                        wp.gpc = target;
+                    } else if taken == 0 {
+                        wp.gpc = pc + 1;
                     } else {
-                        if wp.uniform {
-                            for lane in Lanes(wp.running) {
-                                wp.pcs[lane] = wp.upc;
-                            }
-                            wp.uniform = false;
-                        }
                         for lane in Lanes(m) {
                             wp.pcs[lane] = if taken & (1 << lane) != 0 {
                                 target
@@ -374,25 +380,21 @@ impl<'a, 'm> Exec<'a, 'm> {
                                 pc + 1
                             };
                         }
+                        wp.gmask = 0;
                     }
                 }
                 Flow::Barrier(arrived) => {
-                    if wp.uniform {
-                        wp.upc = pc + 1;
-                    }
-                    for lane in Lanes(m) {
+                    wp.gpc = pc + 1;
+                    for lane in Lanes(arrived) {
                         wp.pcs[lane] = pc + 1;
                     }
+                    wp.gmask &= !arrived;
                     wp.running &= !arrived;
                     wp.waiting |= arrived;
                 }
                 Flow::Exit(exited) => {
-                    if wp.uniform {
-                        wp.upc = pc + 1;
-                    }
-                    for lane in Lanes(m) {
-                        wp.pcs[lane] = pc + 1;
-                    }
+                    wp.gpc = pc + 1;
+                    wp.gmask &= !exited;
                     wp.running &= !exited;
                 }
             }
@@ -878,19 +880,23 @@ impl<'a, 'm> Exec<'a, 'm> {
     /// instruction down the general path, which reports whatever is wrong.
     #[inline(always)]
     fn fast_offsets(
-        &self,
+        &mut self,
         w: usize,
         exec: u32,
         total: u64,
         addr: Addr,
         load: bool,
     ) -> Option<[usize; 32]> {
-        let al = self.mem.allocs.get(self.alloc_hint)?;
-        let (lo, hi) = (al.base, al.end());
         let base = match addr.base {
             Some(r) => self.gather(w, Src::Reg(r), exec),
             None => [0; 32],
         };
+        // One allocation lookup per instruction (the first active lane's), then every lane
+        // must fall inside that allocation.
+        let first = base[exec.trailing_zeros() as usize & 31].wrapping_add(addr.off as u64);
+        let idx = self.global_index(first, total)?;
+        let al = &self.mem.allocs[idx];
+        let (lo, hi) = (al.base, al.end());
         let mut offs = [0usize; 32];
         for lane in Lanes(exec) {
             let a = base[lane].wrapping_add(addr.off as u64);
@@ -1300,6 +1306,32 @@ impl<'a, 'm> Exec<'a, 'm> {
                 ds,
                 addr,
             } => {
+                if *space == Space::Param && addr.base.is_none() {
+                    // Kernel parameters: one address for the whole warp.
+                    let es = ty.bytes() as usize;
+                    let (a, total) = (addr.off as usize, es * *n as usize);
+                    let lane = exec.trailing_zeros() as usize;
+                    if addr.off < 0 || a + total > self.l.params.len() || a % total != 0 {
+                        return Err(self.fault(
+                            w,
+                            lane,
+                            pc,
+                            format!(
+                                "bad param load at offset {} (params are {} bytes)",
+                                addr.off,
+                                self.l.params.len()
+                            ),
+                        ));
+                    }
+                    for k in 0..*n as usize {
+                        let mut v = read_le(&self.l.params[a + k * es..], es);
+                        if ty.signed() {
+                            v = sx(v, ty.bits()) as u64;
+                        }
+                        self.scatter(w, ds[k], exec, &[v; 32]);
+                    }
+                    return Ok(Flow::Next);
+                }
                 if self.prof.is_none()
                     && matches!(space, Space::Global | Space::Generic | Space::Const)
                     && self.ld_global_fast(w, exec, *ty, *n, ds, *addr)
@@ -1461,14 +1493,13 @@ impl<'a, 'm> Exec<'a, 'm> {
                 let lane0 = exec.trailing_zeros() as usize;
                 let mm = self.val(w, *mask, lane0);
                 self.check_collective(w, pc, exec, mm, "shfl.sync")?;
-                let mut vals = [0u64; 32];
+                let vals = self.gather(w, *a, exec);
+                let bs = self.gather(w, *b, exec);
+                let cs = self.gather(w, *c, exec);
+                let (mut out, mut pout) = ([0u64; 32], [0u64; 32]);
                 for lane in Lanes(exec) {
-                    vals[lane] = self.val(w, *a, lane);
-                }
-                let mut out = [(0u64, false); 32];
-                for lane in Lanes(exec) {
-                    let bval = (self.val(w, *b, lane) & 0x1f) as i32;
-                    let cv = self.val(w, *c, lane) as u32;
+                    let bval = (bs[lane] & 0x1f) as i32;
+                    let cv = cs[lane] as u32;
                     let cval = (cv & 0x1f) as i32;
                     let seg = ((cv >> 8) & 0x1f) as i32;
                     let l = lane as i32;
@@ -1492,12 +1523,11 @@ impl<'a, 'm> Exec<'a, 'm> {
                             format!("shfl.sync reads lane {j}, which is not executing it"),
                         ));
                     }
-                    out[lane] = (vals[j], pval);
+                    out[lane] = vals[j] & 0xffff_ffff;
+                    pout[lane] = pval as u64;
                 }
-                for lane in Lanes(exec) {
-                    self.set(w, *d, lane, zx(out[lane].0, 32));
-                    self.set(w, *p, lane, out[lane].1 as u64);
-                }
+                self.scatter(w, *d, exec, &out);
+                self.scatter(w, *p, exec, &pout);
             }
             Op::Vote {
                 mode,

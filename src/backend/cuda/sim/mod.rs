@@ -44,7 +44,7 @@
 //!   %clock %clock64 %gridid %smid %lanemask_{eq,lt,le,gt,ge}`.
 //!
 //! Semantics chosen where real hardware is undefined or racy: CTAs run one after another;
-//! registers start at zero; integer division by zero gives all ones; a barrier waits for all
+//! registers are zero at launch and not reset between CTAs; integer division by zero gives all ones; a barrier waits for all
 //! threads that have not exited.
 
 mod check;
