@@ -35,9 +35,17 @@ impl Rng {
     }
 }
 
-fn random_bf16<D: GpuDriver + 'static>(b: &CudaBackend<D>, rng: &mut Rng, n: usize, k: usize) -> CudaMat<D> {
-    let v: Vec<bf16> = (0..n * k).map(|_| bf16::from_f32(rng.f32() * 0.05)).collect();
-    let w = WeightTensor::from_bytes("w", DType::BF16, vec![n, k], bytemuck::cast_slice(&v)).expect("tensor");
+fn random_bf16<D: GpuDriver + 'static>(
+    b: &CudaBackend<D>,
+    rng: &mut Rng,
+    n: usize,
+    k: usize,
+) -> CudaMat<D> {
+    let v: Vec<bf16> = (0..n * k)
+        .map(|_| bf16::from_f32(rng.f32() * 0.05))
+        .collect();
+    let w = WeightTensor::from_bytes("w", DType::BF16, vec![n, k], bytemuck::cast_slice(&v))
+        .expect("tensor");
     b.upload(&w).expect("upload")
 }
 
@@ -59,7 +67,12 @@ fn random_buf<D: GpuDriver + 'static>(
 
 /// Median seconds per call of `kernel` over `reps` calls of `f`, from the driver's counters.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn time_kernel<D: GpuDriver + 'static>(b: &CudaBackend<D>, kernel: &str, reps: usize, mut f: impl FnMut(usize)) -> f64 {
+fn time_kernel<D: GpuDriver + 'static>(
+    b: &CudaBackend<D>,
+    kernel: &str,
+    reps: usize,
+    mut f: impl FnMut(usize),
+) -> f64 {
     f(0); // warm-up: module load, first-touch
     b.synchronize().expect("sync");
     let _ = b.take_profile();
@@ -99,7 +112,9 @@ fn main() {
 fn gpu_benches<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
     println!("device: {}", b.name());
     b.set_profiling(true);
-    let copy = b.measure_copy_bandwidth(1 << 30, 10).expect("copy bandwidth");
+    let copy = b
+        .measure_copy_bandwidth(1 << 30, 10)
+        .expect("copy bandwidth");
     println!("copy_f32 device copy: {copy:.0} GB/s (read + write)");
     println!("TABLE|copy ceiling (copy_f32 kernel)|{copy:.0} GB/s");
     let mut rng = Rng(42);
@@ -136,11 +151,14 @@ fn gpu_benches<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
             let bytes = n * k * 2;
             // rotate over enough copies that the set exceeds any L2 (H200: 50 MB) fourfold
             let copies = (256usize << 20).div_ceil(bytes).clamp(1, 32);
-            let ws: Vec<_> = (0..copies).map(|_| random_bf16(b, &mut rng, n, k)).collect();
+            let ws: Vec<_> = (0..copies)
+                .map(|_| random_bf16(b, &mut rng, n, k))
+                .collect();
             let x = random_buf(b, &mut rng, 1, k);
             let mut out = b.alloc(n).expect("alloc");
             let s = time_kernel(b, "matvec_bf16", 30, |i| {
-                b.matmul(&mut out, &x, &ws[i % copies], None, 1).expect("matvec")
+                b.matmul(&mut out, &x, &ws[i % copies], None, 1)
+                    .expect("matvec")
             });
             let gbs = bytes as f64 / s / 1e9;
             println!(
@@ -166,7 +184,10 @@ fn gpu_benches<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
                 b.matmul(&mut out, &x, &w, None, m).expect("gemm")
             });
             let tf = 2.0 * (m * n * k) as f64 / s / 1e12;
-            println!("{model:<12} {name:<9} {m:>5} {n:>7} {k:>6} {:>9.1} {tf:>8.1}", s * 1e6);
+            println!(
+                "{model:<12} {name:<9} {m:>5} {n:>7} {k:>6} {:>9.1} {tf:>8.1}",
+                s * 1e6
+            );
             if name == "gate/up" {
                 println!("TABLE|gemm_bf16 {model} gate/up 512x{n}x{k}|{tf:.1} TFLOP/s");
             }
@@ -178,7 +199,10 @@ fn gpu_benches<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
         "\n{:<12} {:>6} {:>9} {:>8} {:>6}",
         "attention", "ctx", "us", "GB/s", "%copy"
     );
-    for &(model, nh, nkv, hd) in &[("qwen2-1.5b", 12usize, 2usize, 128usize), ("llama3-8b", 32, 8, 128)] {
+    for &(model, nh, nkv, hd) in &[
+        ("qwen2-1.5b", 12usize, 2usize, 128usize),
+        ("llama3-8b", 32, 8, 128),
+    ] {
         for &ctx in &[1024usize, 4096] {
             let mut kv = b
                 .alloc_kv(KvShape {
@@ -220,7 +244,12 @@ fn gpu_benches<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
             ..Default::default()
         };
         let t = Instant::now();
-        let mut m = match minfer::device::synthetic_model(preset, DType::BF16, &opts, minfer::device::Device::Cuda(0)) {
+        let mut m = match minfer::device::synthetic_model(
+            preset,
+            DType::BF16,
+            &opts,
+            minfer::device::Device::Cuda(0),
+        ) {
             Ok(m) => m,
             Err(e) => {
                 println!("{preset}: {e}");
@@ -248,7 +277,10 @@ fn gpu_benches<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
                     r.decode_gb_s,
                     100.0 * r.decode_gb_s / copy
                 );
-                println!("TABLE|{preset} prefill 128 tokens|{:.0} tok/s", r.prefill_tok_s);
+                println!(
+                    "TABLE|{preset} prefill 128 tokens|{:.0} tok/s",
+                    r.prefill_tok_s
+                );
             }
             Err(e) => println!("{preset}: bench failed: {e}"),
         }

@@ -92,7 +92,9 @@ impl Device {
             Device::Cuda(i) => {
                 let n = cuda_device_count()?;
                 if i >= n {
-                    return Err(Error::Device(format!("cuda:{i} requested, {n} CUDA device(s) present")));
+                    return Err(Error::Device(format!(
+                        "cuda:{i} requested, {n} CUDA device(s) present"
+                    )));
                 }
                 Ok(Device::Cuda(i))
             }
@@ -123,7 +125,12 @@ pub fn load_model(path: &Path, opts: &LoadOptions, device: Device) -> Result<Mod
 
 /// A random-weight model with the published shapes of `preset` (as [`Model::synthetic`]) on
 /// `device`.
-pub fn synthetic_model(preset: &str, dtype: DType, opts: &LoadOptions, device: Device) -> Result<Model> {
+pub fn synthetic_model(
+    preset: &str,
+    dtype: DType,
+    opts: &LoadOptions,
+    device: Device,
+) -> Result<Model> {
     match device.resolve()? {
         Device::Cpu | Device::Auto => Model::synthetic(preset, dtype, opts),
         d => {
@@ -154,15 +161,22 @@ pub fn synthetic_model(preset: &str, dtype: DType, opts: &LoadOptions, device: D
 /// interpreter has no meaningful bandwidth: an error.
 pub fn measure_bandwidth(device: Device) -> Result<f64> {
     match device.resolve()? {
-        Device::Cpu | Device::Auto => Ok(crate::backend::cpu::simd::measure_read_bandwidth(512 << 20, 3)),
-        Device::Sim => Err(Error::arg("the PTX interpreter has no memory bandwidth to measure")),
+        Device::Cpu | Device::Auto => Ok(crate::backend::cpu::simd::measure_read_bandwidth(
+            512 << 20,
+            3,
+        )),
+        Device::Sim => Err(Error::arg(
+            "the PTX interpreter has no memory bandwidth to measure",
+        )),
         #[cfg(feature = "cuda")]
         Device::Cuda(i) => {
             let b = CudaBackend::new(crate::backend::cuda::cudarc_driver::CudarcDriver::new(i)?)?;
             b.measure_copy_bandwidth(1 << 30, 10)
         }
         #[cfg(not(feature = "cuda"))]
-        Device::Cuda(_) => Err(Error::Device("minfer was built without the `cuda` feature".into())),
+        Device::Cuda(_) => Err(Error::Device(
+            "minfer was built without the `cuda` feature".into(),
+        )),
     }
 }
 
@@ -178,7 +192,11 @@ fn gpu_model(d: Device, p: Parts, opts: &LoadOptions) -> Result<Model> {
     match d {
         Device::Sim => model_on(SimDriver::new(), p, opts),
         #[cfg(feature = "cuda")]
-        Device::Cuda(i) => model_on(crate::backend::cuda::cudarc_driver::CudarcDriver::new(i)?, p, opts),
+        Device::Cuda(i) => model_on(
+            crate::backend::cuda::cudarc_driver::CudarcDriver::new(i)?,
+            p,
+            opts,
+        ),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => Err(Error::Device(
             "minfer was built without the `cuda` feature (cargo build --features cuda)".into(),
@@ -221,13 +239,18 @@ mod tests {
 
     #[test]
     fn sim_device_runs_a_fixture_model() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama_gqa_untied");
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama_gqa_untied");
         let opts = LoadOptions {
             max_batch: 4,
             ..LoadOptions::default()
         };
         let mut m = load_model(&dir, &opts, Device::Sim).expect("load on sim");
-        assert!(m.backend_name().contains("ptx interpreter"), "{}", m.backend_name());
+        assert!(
+            m.backend_name().contains("ptx interpreter"),
+            "{}",
+            m.backend_name()
+        );
         let gen = crate::GenerateOptions {
             max_new_tokens: 2,
             ignore_eos: true,

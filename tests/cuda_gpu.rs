@@ -79,7 +79,9 @@ mod gpu {
         for dir in common::variants() {
             // As on the interpreter, plus the GPU's approximate ex2/rsqrt/sin/cos (relative error
             // ~2^-22): still far below 1e-4 of the largest logit.
-            common::check_variant(&dir, 1e-4, &|d, all| load_gpu(d, all, true).expect("GPU vanished"));
+            common::check_variant(&dir, 1e-4, &|d, all| {
+                load_gpu(d, all, true).expect("GPU vanished")
+            });
         }
     }
 
@@ -96,5 +98,7 @@ mod gpu {
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn gpu_tests_need_the_cuda_feature() {
-    eprintln!("skipping: built without the `cuda` feature (cargo test --features cuda --test cuda_gpu)");
+    eprintln!(
+        "skipping: built without the `cuda` feature (cargo test --features cuda --test cuda_gpu)"
+    );
 }

@@ -49,11 +49,19 @@ fn buffers_are_freed() {
     {
         let _x = b.alloc(1000).expect("alloc");
         let _w = b
-            .upload(&minfer::loader::WeightTensor::from_f32("w", vec![3, 4], &[1.0; 12]))
+            .upload(&minfer::loader::WeightTensor::from_f32(
+                "w",
+                vec![3, 4],
+                &[1.0; 12],
+            ))
             .expect("upload");
         assert!(b.driver().bytes_allocated() > before);
     }
-    assert_eq!(b.driver().bytes_allocated(), before, "CudaBuf / CudaMat free on drop");
+    assert_eq!(
+        b.driver().bytes_allocated(),
+        before,
+        "CudaBuf / CudaMat free on drop"
+    );
 }
 
 mod common;
@@ -105,7 +113,10 @@ mod fixtures {
     fn bf16_and_f16_variants_with_the_tensor_core_prefill() {
         for dir in common::variants() {
             let exp = common::expected(&dir);
-            if !matches!(exp["stored_dtype"].as_str(), Some("bfloat16") | Some("float16")) {
+            if !matches!(
+                exp["stored_dtype"].as_str(),
+                Some("bfloat16") | Some("float16")
+            ) {
                 continue;
             }
             let mut m = load_sim(&dir, true, false);
@@ -117,7 +128,11 @@ mod fixtures {
                 let want = common::floats(&case["last_logits"]);
                 let max = case["max_abs_logit"].as_f64().expect("max_abs_logit") as f32;
                 let (_, got) = m.score(&prompt).expect("score");
-                let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
                 assert!(
                     worst <= 0.05 * max,
                     "{}: prompt len {}: max |dlogit| {worst} > 5% of {max}",

@@ -158,13 +158,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn check_len(op: &str, what: &str, have: usize, need: usize) -> Result<()> {
     if have < need {
-        return Err(Error::arg(format!("{op}: {what} holds {have} elements, {need} needed")));
+        return Err(Error::arg(format!(
+            "{op}: {what} holds {have} elements, {need} needed"
+        )));
     }
     Ok(())
 }
 
 fn u32_arg(op: &str, what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::arg(format!("{op}: {what} = {v} does not fit the kernel's 32-bit index")))
+    u32::try_from(v).map_err(|_| {
+        Error::arg(format!(
+            "{op}: {what} = {v} does not fit the kernel's 32-bit index"
+        ))
+    })
 }
 
 fn grid_stride_blocks(n: usize) -> u32 {
@@ -230,7 +236,12 @@ impl<D: GpuDriver> CudaBackend<D> {
         let shared_bytes = u32::try_from(shared)
             .ok()
             .filter(|&s| (s as usize) <= MAX_DYNAMIC_SHARED)
-            .ok_or_else(|| Error::arg(format!("{}: {shared} B of shared memory exceeds 48 KB", k.name)))?;
+            .ok_or_else(|| {
+                Error::arg(format!(
+                    "{}: {shared} B of shared memory exceeds 48 KB",
+                    k.name
+                ))
+            })?;
         let cfg = LaunchConfig {
             grid,
             block: (block, 1, 1),
@@ -288,7 +299,11 @@ impl<D: GpuDriver> CudaBackend<D> {
             (grid_stride_blocks(n), 1, 1),
             BLOCK,
             0,
-            &[KernelArg::Ptr(dst), KernelArg::Ptr(src), KernelArg::U32(n32)],
+            &[
+                KernelArg::Ptr(dst),
+                KernelArg::Ptr(src),
+                KernelArg::U32(n32),
+            ],
             6.0 * n as f64,
             0.0,
         )
@@ -296,7 +311,12 @@ impl<D: GpuDriver> CudaBackend<D> {
 
     /// Upload f32 values as a bf16 device matrix (for tests and benches of the bf16 kernels
     /// without a checkpoint; the casting runs on the device, rounding to nearest even).
-    pub fn upload_f32_as_bf16(&self, name: &str, shape: Vec<usize>, values: &[f32]) -> Result<CudaMat<D>> {
+    pub fn upload_f32_as_bf16(
+        &self,
+        name: &str,
+        shape: Vec<usize>,
+        values: &[f32],
+    ) -> Result<CudaMat<D>> {
         let n: usize = shape.iter().product();
         check_len("upload_f32_as_bf16", name, values.len(), n)?;
         let tmp = self.drv.alloc((n * 4).max(4))?;
@@ -323,7 +343,10 @@ impl<D: GpuDriver> CudaBackend<D> {
     /// debugging; the forward pass never reads weights back.
     pub fn download_bf16_as_f32(&self, m: &CudaMat<D>) -> Result<Vec<f32>> {
         if m.dtype != DType::BF16 {
-            return Err(Error::arg(format!("download_bf16_as_f32: {:?} is {}", m.name, m.dtype)));
+            return Err(Error::arg(format!(
+                "download_bf16_as_f32: {:?} is {}",
+                m.name, m.dtype
+            )));
         }
         let n = m.numel();
         let tmp = self.drv.alloc((n * 4).max(4))?;
@@ -334,12 +357,17 @@ impl<D: GpuDriver> CudaBackend<D> {
                 (grid_stride_blocks(n), 1, 1),
                 BLOCK,
                 0,
-                &[KernelArg::Ptr(tmp), KernelArg::Ptr(m.ptr), KernelArg::U32(n32)],
+                &[
+                    KernelArg::Ptr(tmp),
+                    KernelArg::Ptr(m.ptr),
+                    KernelArg::U32(n32),
+                ],
                 6.0 * n as f64,
                 0.0,
             )?;
             let mut v = vec![0f32; n];
-            self.drv.copy_to_host(bytemuck::cast_slice_mut(&mut v), tmp)?;
+            self.drv
+                .copy_to_host(bytemuck::cast_slice_mut(&mut v), tmp)?;
             Ok(v)
         })();
         self.drv.free(tmp)?;
@@ -371,7 +399,11 @@ impl<D: GpuDriver> CudaBackend<D> {
                     (grid_stride_blocks(n), 1, 1),
                     BLOCK,
                     0,
-                    &[KernelArg::Ptr(dst), KernelArg::Ptr(src), KernelArg::U32(n32)],
+                    &[
+                        KernelArg::Ptr(dst),
+                        KernelArg::Ptr(src),
+                        KernelArg::U32(n32),
+                    ],
                     8.0 * n as f64,
                     0.0,
                 )?;
@@ -481,7 +513,10 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
     fn embed(&self, out: &mut CudaBuf<D>, table: &CudaMat<D>, tokens: &[u32]) -> Result<()> {
         let op = "embed";
         let [vocab, dim] = table.shape[..] else {
-            return Err(Error::arg(format!("{op}: table {:?} is not 2-D", table.name)));
+            return Err(Error::arg(format!(
+                "{op}: table {:?} is not 2-D",
+                table.name
+            )));
         };
         let rows = tokens.len();
         if rows == 0 {
@@ -494,7 +529,9 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         }
         check_len(op, "out", out.len, rows * dim)?;
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::arg(format!("{op}: token id {t} >= vocabulary size {vocab}")));
+            return Err(Error::arg(format!(
+                "{op}: token id {t} >= vocabulary size {vocab}"
+            )));
         }
         let kernel = match table.dtype {
             DType::F32 => self.k.embed_f32,
@@ -528,7 +565,14 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         )
     }
 
-    fn rms_norm(&self, out: &mut CudaBuf<D>, x: &CudaBuf<D>, w: &CudaMat<D>, rows: usize, eps: f32) -> Result<()> {
+    fn rms_norm(
+        &self,
+        out: &mut CudaBuf<D>,
+        x: &CudaBuf<D>,
+        w: &CudaMat<D>,
+        rows: usize,
+        eps: f32,
+    ) -> Result<()> {
         let op = "rms_norm";
         let dim = norm_weight(op, w)?;
         if rows == 0 {
@@ -614,7 +658,10 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             }
         }
         let bias_ptr = bias.map_or(DevPtr(0), |b| b.ptr);
-        let (n32, k32) = (u32_arg(op, "out features", n)?, u32_arg(op, "in features", k)?);
+        let (n32, k32) = (
+            u32_arg(op, "out features", n)?,
+            u32_arg(op, "in features", k)?,
+        );
         let multiple = if w.dtype == DType::F32 { 4 } else { 8 };
         if k == 0 || k % multiple != 0 {
             return Err(Error::arg(format!(
@@ -624,12 +671,16 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         }
         let elem = w.dtype.block().1;
         let flops = 2.0 * (rows * n * k) as f64;
-        let tensor_core = matches!(w.dtype, DType::BF16 | DType::F16) && rows > MATVEC_MAX_ROWS && !self.f32_prefill;
+        let tensor_core = matches!(w.dtype, DType::BF16 | DType::F16)
+            && rows > MATVEC_MAX_ROWS
+            && !self.f32_prefill;
         if tensor_core {
             let m32 = u32_arg(op, "rows", rows)?;
             let grid_y = rows.div_ceil(64);
             if grid_y > MAX_GRID_YZ {
-                return Err(Error::arg(format!("{op}: {rows} rows exceed the GEMM grid limit")));
+                return Err(Error::arg(format!(
+                    "{op}: {rows} rows exceed the GEMM grid limit"
+                )));
             }
             let (cast, gemm) = if w.dtype == DType::BF16 {
                 (self.k.cast_f32_bf16, self.k.gemm_bf16)
@@ -691,7 +742,14 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         )
     }
 
-    fn head_rms_norm(&self, x: &mut CudaBuf<D>, w: &CudaMat<D>, rows: usize, heads: usize, eps: f32) -> Result<()> {
+    fn head_rms_norm(
+        &self,
+        x: &mut CudaBuf<D>,
+        w: &CudaMat<D>,
+        rows: usize,
+        heads: usize,
+        eps: f32,
+    ) -> Result<()> {
         let op = "head_rms_norm";
         let hd = norm_weight(op, w)?;
         let nvec = rows * heads;
@@ -799,7 +857,10 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             )));
         }
         if layer >= s.layers {
-            return Err(Error::arg(format!("{op}: layer {layer} of a {}-layer cache", s.layers)));
+            return Err(Error::arg(format!(
+                "{op}: layer {layer} of a {}-layer cache",
+                s.layers
+            )));
         }
         if rows == 0 {
             return Ok(());
@@ -817,7 +878,11 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             )));
         }
         let window = match p.window {
-            Some(0) => return Err(Error::arg(format!("{op}: a sliding window of 0 sees nothing"))),
+            Some(0) => {
+                return Err(Error::arg(format!(
+                    "{op}: a sliding window of 0 sees nothing"
+                )))
+            }
             Some(w) => w,
             None => 0,
         };
@@ -891,7 +956,11 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         };
         let max_chunk_smem = (MAX_DYNAMIC_SHARED / 4 / group).saturating_sub(hd + 2);
         let target_splits = (ATTN_TARGET_BLOCKS / (nkv * rows)).max(1);
-        let mut chunk = longest.div_ceil(target_splits).max(32).next_multiple_of(32).min(4096);
+        let mut chunk = longest
+            .div_ceil(target_splits)
+            .max(32)
+            .next_multiple_of(32)
+            .min(4096);
         if chunk > max_chunk_smem {
             chunk = max_chunk_smem / 32 * 32;
         }
@@ -902,7 +971,9 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         }
         let n_splits = longest.div_ceil(chunk);
         if n_splits > MAX_GRID_YZ {
-            return Err(Error::arg(format!("{op}: {n_splits} splits exceed the grid limit")));
+            return Err(Error::arg(format!(
+                "{op}: {n_splits} splits exceed the grid limit"
+            )));
         }
         let smem = 4 * group * (hd + chunk + 2);
         let parts = rows * nh * n_splits;

@@ -125,7 +125,11 @@ impl Kernels {
                 .iter()
                 .copied()
                 .find(|k| k.name == name)
-                .ok_or_else(|| Error::Device(format!("kernel {name} is not listed in the registry's SOURCES")))
+                .ok_or_else(|| {
+                    Error::Device(format!(
+                        "kernel {name} is not listed in the registry's SOURCES"
+                    ))
+                })
         };
         Ok(Kernels {
             embed_f32: get("embed_f32")?,
@@ -191,6 +195,9 @@ mod tests {
     fn every_kernel_in_the_files_has_a_field() {
         // Kernels holds only Kernel fields: one per listed entry, none missing, none extra.
         let n: usize = SOURCES.iter().map(|s| s.entries.len()).sum();
-        assert_eq!(std::mem::size_of::<Kernels>(), n * std::mem::size_of::<Kernel>());
+        assert_eq!(
+            std::mem::size_of::<Kernels>(),
+            n * std::mem::size_of::<Kernel>()
+        );
     }
 }
