@@ -241,15 +241,11 @@ fn gpu_benches<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
         let opts = minfer::LoadOptions {
             context_len: Some(512),
             max_batch: 128,
+            device: minfer::device::Device::Cuda(0),
             ..Default::default()
         };
         let t = Instant::now();
-        let mut m = match minfer::device::synthetic_model(
-            preset,
-            DType::BF16,
-            &opts,
-            minfer::device::Device::Cuda(0),
-        ) {
+        let mut m = match minfer::Model::synthetic(preset, DType::BF16, &opts) {
             Ok(m) => m,
             Err(e) => {
                 println!("{preset}: {e}");

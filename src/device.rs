@@ -3,22 +3,14 @@
 //!
 //! `auto` picks the first CUDA GPU when the build has the `cuda` feature and a driver with a
 //! device is present, and the CPU otherwise; `cuda` without a driver is a clear error, never a
-//! panic (the driver library is probed before any call into it). [`load_model`] and
-//! [`synthetic_model`] build a [`Model`] on the chosen device; this module does not parse
-//! command lines or run anything.
+//! panic (the driver library is probed before any call into it). [`measure_bandwidth`] gives
+//! the memory ceiling of the chosen device. Building the backend for a device is
+//! `Model::load`'s business (engine.rs, `LoadOptions::device`); this module parses and decides.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::backend::cuda::driver::GpuDriver;
-use crate::backend::cuda::sim::SimDriver;
-use crate::backend::cuda::CudaBackend;
-use crate::config::ModelConfig;
-use crate::engine::{Checkpoint, ModelFiles};
 use crate::error::{Error, Result};
-use crate::loader::{DType, Weights};
-use crate::{LoadOptions, Model};
 
 /// Where the forward pass runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -103,58 +95,6 @@ impl Device {
     }
 }
 
-/// Load a checkpoint (as [`Model::load`]) onto `device`; `Auto` is resolved first.
-pub fn load_model(path: &Path, opts: &LoadOptions, device: Device) -> Result<Model> {
-    match device.resolve()? {
-        Device::Cpu | Device::Auto => Model::load(path, opts),
-        d => {
-            let ck = Checkpoint::open(path, false)?;
-            gpu_model(
-                d,
-                Parts {
-                    config: ck.config,
-                    weights: ck.weights,
-                    eos: ck.eos_ids,
-                    files: ck.files,
-                },
-                opts,
-            )
-        }
-    }
-}
-
-/// A random-weight model with the published shapes of `preset` (as [`Model::synthetic`]) on
-/// `device`.
-pub fn synthetic_model(
-    preset: &str,
-    dtype: DType,
-    opts: &LoadOptions,
-    device: Device,
-) -> Result<Model> {
-    match device.resolve()? {
-        Device::Cpu | Device::Auto => Model::synthetic(preset, dtype, opts),
-        d => {
-            let config = crate::synthetic::preset_config(preset)?;
-            let weights = crate::synthetic::random_weights(&config, dtype, 0x5eed)?;
-            let files = ModelFiles {
-                dir: PathBuf::from(format!("synthetic:{preset}")),
-                weights: PathBuf::new(),
-            };
-            let eos = config.eos_token_ids.clone();
-            gpu_model(
-                d,
-                Parts {
-                    config,
-                    weights,
-                    eos,
-                    files,
-                },
-                opts,
-            )
-        }
-    }
-}
-
 /// The memory-bandwidth ceiling of `device` in GB/s, for "achieved GB/s as a fraction of ..."
 /// figures: on the CPU the read bandwidth of the current rayon pool; on a GPU the device-to-
 /// device copy bandwidth (bytes read plus bytes written) through minfer's copy kernel. The
@@ -170,7 +110,8 @@ pub fn measure_bandwidth(device: Device) -> Result<f64> {
         )),
         #[cfg(feature = "cuda")]
         Device::Cuda(i) => {
-            let b = CudaBackend::new(crate::backend::cuda::cudarc_driver::CudarcDriver::new(i)?)?;
+            let drv = crate::backend::cuda::cudarc_driver::CudarcDriver::new(i)?;
+            let b = crate::backend::cuda::CudaBackend::new(drv)?;
             b.measure_copy_bandwidth(1 << 30, 10)
         }
         #[cfg(not(feature = "cuda"))]
@@ -180,40 +121,11 @@ pub fn measure_bandwidth(device: Device) -> Result<f64> {
     }
 }
 
-/// What a model is built from, whichever backend it lands on.
-struct Parts {
-    config: ModelConfig,
-    weights: Weights,
-    eos: Vec<u32>,
-    files: ModelFiles,
-}
-
-fn gpu_model(d: Device, p: Parts, opts: &LoadOptions) -> Result<Model> {
-    match d {
-        Device::Sim => model_on(SimDriver::new(), p, opts),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(i) => model_on(
-            crate::backend::cuda::cudarc_driver::CudarcDriver::new(i)?,
-            p,
-            opts,
-        ),
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(_) => Err(Error::Device(
-            "minfer was built without the `cuda` feature (cargo build --features cuda)".into(),
-        )),
-        Device::Cpu | Device::Auto => Err(Error::arg("internal: the CPU is not a GPU device")),
-    }
-}
-
-fn model_on<D: GpuDriver + 'static>(drv: D, p: Parts, opts: &LoadOptions) -> Result<Model> {
-    let b = CudaBackend::new(drv)?;
-    b.set_profiling(opts.profile);
-    Model::from_parts(p.config, &p.weights, b, p.eos, opts, p.files)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{LoadOptions, Model};
+    use std::path::Path;
 
     #[test]
     fn parses_every_spelling() {
@@ -243,9 +155,10 @@ mod tests {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama_gqa_untied");
         let opts = LoadOptions {
             max_batch: 4,
+            device: Device::Sim,
             ..LoadOptions::default()
         };
-        let mut m = load_model(&dir, &opts, Device::Sim).expect("load on sim");
+        let mut m = Model::load(&dir, &opts).expect("load on sim");
         assert!(
             m.backend_name().contains("ptx interpreter"),
             "{}",

@@ -19,10 +19,12 @@
 pub mod backend;
 pub mod bench;
 pub mod config;
+pub mod convert;
 pub mod device;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod inspect;
 pub mod loader;
 pub mod model;
 pub mod quant;
@@ -31,7 +33,9 @@ pub mod synthetic;
 pub mod tokenizer;
 
 pub use config::ModelConfig;
+pub use device::Device;
 pub use engine::{LoadOptions, Model};
 pub use error::{Error, Result};
-pub use generate::{GenerateOptions, GenerationStats, StopReason};
+pub use generate::{GenerateOptions, GenerationStats, StopReason, TextOutput};
 pub use sampler::SamplerConfig;
+pub use tokenizer::{ChatMessage, Tokenizer};
