@@ -11,11 +11,12 @@
 #                                    3. benches/cuda.rs: matvec GB/s, GEMM TFLOP/s, attention,
 #                                       random-weight DeepSeek-R1-Distill-Qwen-1.5B- and
 #                                       Llama-3-8B-shaped models end to end
-#                                    4. `minfer bench synthetic:qwen2-1.5b --device cuda` when the
-#                                       CLI has --device
+#                                    4. `minfer bench synthetic:{qwen2-1.5b,llama3-8b} --device cuda`
 #                                    and prints one short table last. Logs go to $OUT (or gpu-bin/out).
 #
-# It only reads the GPU's state (nvidia-smi queries); it never changes clocks, modes or MIG.
+# Sized for one 10-minute device call: parity ~1 min, torch ~0.5 min, benches <= 5.5 min,
+# CLI <= 3.5 min (each step has its own timeout). It only reads the GPU's state (nvidia-smi
+# queries); it never changes clocks, modes or MIG.
 # Exit status: 1 if the parity tests fail, else 0 (speed is reported, not asserted).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -132,12 +133,14 @@ run_check() {
     torch_ceilings | tee "$out/torch.json"
 
     echo "== 3. kernel and model benchmarks"
-    timeout 900 "$BIN/bench_cuda" 2>&1 | tee "$out/bench.log"
+    timeout 330 "$BIN/bench_cuda" 2>&1 | tee "$out/bench.log"
 
     echo "== 4. minfer bench (CLI)"
     if "$BIN/minfer" help 2>&1 | grep -q -- "--device"; then
-        timeout 600 "$BIN/minfer" bench synthetic:qwen2-1.5b --device cuda --dtype bf16 \
-            --prompt-len 128 --gen-len 64 --profile 2>&1 | tee "$out/cli-bench.log"
+        for preset in qwen2-1.5b llama3-8b; do
+            timeout 100 "$BIN/minfer" bench "synthetic:$preset" --device cuda --dtype bf16 \
+                --prompt-len 128 --gen-len 64 --profile 2>&1 | tee -a "$out/cli-bench.log"
+        done
     else
         echo "the CLI has no --device option yet: skipped (benches/cuda.rs above covers the same model)" | tee "$out/cli-bench.log"
     fi
