@@ -1013,3 +1013,55 @@ fn throughput_matvec() {
     let s = t0.elapsed().as_secs_f64() / reps as f64;
     eprintln!("matvec_f32 {k}x{n}: {wi} warp instructions, {:.1} us per launch, {:.1} M warp instructions/s", s * 1e6, wi as f64 / s / 1e6);
 }
+
+#[test]
+fn planted_cp_async_read_before_wait() {
+    let d = SimDriver::new();
+    let src = upload_u32(&d, &vec![7; 128]);
+    let line = format!("faults.ptx:{}", line_of("faults.ptx", "inflight"));
+    expect_fault(
+        "faults.ptx",
+        "cp_async_no_wait",
+        cfg(1, 32, 0),
+        &[KernelArg::Ptr(src)],
+        &d,
+        &["cp.async", "in flight", &line],
+    );
+}
+
+#[test]
+fn cp_async_wait_group_keeps_the_newest_groups_in_flight() {
+    let d = SimDriver::new();
+    let a: Vec<u32> = (0..32).collect();
+    let b: Vec<u32> = (0..32).map(|i| 1000 * i).collect();
+    let (pa, pb, po) = (upload_u32(&d, &a), upload_u32(&d, &b), zeros(&d, 128));
+    let args = |early: u32| {
+        [
+            KernelArg::Ptr(pa),
+            KernelArg::Ptr(pb),
+            KernelArg::Ptr(po),
+            KernelArg::U32(early),
+        ]
+    };
+    launch(
+        &d,
+        "cp_async.ptx",
+        "cp_async_groups",
+        cfg(1, 32, 0),
+        &args(0),
+    )
+    .unwrap();
+    assert_eq!(
+        download_u32(&d, po, 32),
+        (0..32).map(|i| 1001 * i).collect::<Vec<_>>()
+    );
+    let line = format!("cp_async.ptx:{}", line_of("cp_async.ptx", "early"));
+    expect_fault(
+        "cp_async.ptx",
+        "cp_async_groups",
+        cfg(1, 32, 0),
+        &args(1),
+        &d,
+        &["in flight", &line],
+    );
+}

@@ -126,6 +126,13 @@ struct Exec<'a, 'm> {
     acc_shared: bool,
     /// %tid of every thread slot (warps rounded up to 32 lanes).
     tids: Vec<[u32; 3]>,
+    /// cp.async copies are done at once, but their bytes count as in flight until the issuing
+    /// thread waits for their group: per thread slot, the open group number and the in-flight
+    /// (group, shared offset, bytes); per shared byte, how many copies into it are in flight.
+    cp_group: Vec<u32>,
+    cp_pending: Vec<Vec<(u32, u32, u32)>>,
+    shared_inflight: Vec<u8>,
+    cp_any: bool,
 }
 
 pub fn run(l: &Launch, mem: &mut GlobalMem, prof: Option<&mut KernelCounters>) -> Result<()> {
@@ -175,6 +182,10 @@ pub fn run(l: &Launch, mem: &mut GlobalMem, prof: Option<&mut KernelCounters>) -
         tids: (0..nwarps as u32 * 32)
             .map(|t| [t % bx, (t / bx) % by, t / (bx * by)])
             .collect(),
+        cp_group: vec![0; nwarps * 32],
+        cp_pending: vec![Vec::new(); nwarps * 32],
+        shared_inflight: vec![0; l.shared_bytes],
+        cp_any: false,
     };
     for z in 0..gz {
         for y in 0..gy {
@@ -215,6 +226,13 @@ impl<'a, 'm> Exec<'a, 'm> {
         // clearing ~100 KB per CTA dominated small launches. Local memory is init-checked.
         self.local_init.fill(0);
         self.shadow.new_cta();
+        if self.cp_any {
+            // Copies never waited for by the end of the previous CTA.
+            self.cp_group.fill(0);
+            self.cp_pending.iter_mut().for_each(Vec::clear);
+            self.shared_inflight.fill(0);
+            self.cp_any = false;
+        }
         self.bar = None;
         let mut steps = 0u64;
         loop {
@@ -651,6 +669,9 @@ impl<'a, 'm> Exec<'a, 'm> {
                         ),
                     ));
                 }
+                if self.cp_any {
+                    self.check_inflight(w, lane, pc, s, n, "read")?;
+                }
                 let line = self.code[pc as usize].line;
                 for b in s..s + n {
                     let (race, uninit) = self.shadow.read(b, w as u32, line);
@@ -778,6 +799,9 @@ impl<'a, 'm> Exec<'a, 'm> {
                             self.shared.len()
                         ),
                     ));
+                }
+                if self.cp_any {
+                    self.check_inflight(w, lane, pc, s, n, "written")?;
                 }
                 let line = self.code[pc as usize].line;
                 for b in s..s + n {
@@ -978,6 +1002,30 @@ impl<'a, 'm> Exec<'a, 'm> {
             al.init[o..o + total].fill(1);
         }
         true
+    }
+
+    /// A shared access to bytes that a cp.async has not been waited for yet is a race with the
+    /// copy (on hardware the bytes may not have arrived, or the copy may overwrite the store).
+    fn check_inflight(
+        &self,
+        w: usize,
+        lane: usize,
+        pc: u32,
+        s: usize,
+        n: usize,
+        what: &str,
+    ) -> Result<()> {
+        if let Some(k) = (s..s + n).find(|&b| self.shared_inflight[b] != 0) {
+            return Err(self.fault(
+                w,
+                lane,
+                pc,
+                format!(
+                    "shared memory at offset {k:#x} {what} while a cp.async into it is still in flight (missing cp.async.wait_group/wait_all before the barrier?)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Fold the per-lane accesses of one memory instruction into the counters.
@@ -1443,6 +1491,14 @@ impl<'a, 'm> Exec<'a, 'm> {
                         }
                     }
                     self.store(w, lane, pc, Space::Shared, da, &buf[..n])?;
+                    // The destination (resolved to a shared offset) is in flight until waited.
+                    let (_, off) = self.resolve(Space::Shared, da);
+                    let t = w * 32 + lane;
+                    self.cp_pending[t].push((self.cp_group[t], off as u32, n as u32));
+                    for b in off as usize..off as usize + n {
+                        self.shared_inflight[b] = self.shared_inflight[b].saturating_add(1);
+                    }
+                    self.cp_any = true;
                 }
                 self.acc = [None; 32];
             }
@@ -1602,6 +1658,34 @@ impl<'a, 'm> Exec<'a, 'm> {
             } => {
                 self.check_collective(w, pc, exec, 0xffff_ffff, "ldmatrix (needs the full warp)")?;
                 self.ldmatrix(w, pc, *num, *trans, *space, ds, *addr)?;
+            }
+            Op::CpCommit => {
+                for lane in Lanes(exec) {
+                    self.cp_group[w * 32 + lane] += 1;
+                }
+            }
+            Op::CpWait { keep } => {
+                for lane in Lanes(exec) {
+                    let t = w * 32 + lane;
+                    // Groups numbered below `done` are complete; wait_all also completes the
+                    // copies not yet committed.
+                    let done = match keep {
+                        Some(k) => self.cp_group[t].saturating_sub(*k),
+                        None => u32::MAX,
+                    };
+                    let pending = std::mem::take(&mut self.cp_pending[t]);
+                    let mut still = Vec::new();
+                    for (g, off, n) in pending {
+                        if g < done {
+                            for b in off as usize..(off + n) as usize {
+                                self.shared_inflight[b] = self.shared_inflight[b].saturating_sub(1);
+                            }
+                        } else {
+                            still.push((g, off, n));
+                        }
+                    }
+                    self.cp_pending[t] = still;
+                }
             }
             Op::Nop => {}
             Op::Ret | Op::Exit => return Ok(Flow::Exit(exec)),
