@@ -942,3 +942,126 @@ fn profiling_counters_show_coalescing_and_bank_conflicts() {
     launch(&d, "counters.ptx", "coalesced", cfg(1, 32, 0), &args).unwrap();
     assert!(d.take_counters().is_empty());
 }
+
+/// Throughput probe: `cargo test --release --test ptx_sim throughput -- --ignored --nocapture`.
+/// Prints warp instructions per second; speed is measured here, never asserted.
+#[test]
+#[ignore]
+fn throughput() {
+    let d = SimDriver::new();
+    let a = upload_f32(&d, &vec![1.0; 256]);
+    let o = zeros(&d, 256 * 4);
+    let m = d
+        .load_module("throughput.ptx", &ptx("throughput.ptx"))
+        .unwrap();
+    let f = d.function(m, "spin").unwrap();
+    let iters = 2000u32;
+    let blocks = 16;
+    let t0 = std::time::Instant::now();
+    d.launch(
+        f,
+        cfg(blocks, 256, 0),
+        &[KernelArg::Ptr(a), KernelArg::Ptr(o), KernelArg::U32(iters)],
+    )
+    .unwrap();
+    let s = t0.elapsed().as_secs_f64();
+    let warp_instr = blocks as f64 * 8.0 * (iters as f64 * 5.0 + 10.0);
+    eprintln!(
+        "{:.1} M warp instructions/s ({:.1} M thread instructions/s), {s:.3} s",
+        warp_instr / s / 1e6,
+        warp_instr * 32.0 / s / 1e6
+    );
+}
+
+/// Throughput on a shipped kernel at the tiny fixture models' shapes (matvec_f32, K = 64,
+/// N = 192, one row): `cargo test --test ptx_sim throughput_matvec -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_matvec() {
+    let src = std::fs::read_to_string(format!("{}/kernels/matvec.ptx", env!("CARGO_MANIFEST_DIR")))
+        .unwrap();
+    let d = SimDriver::new();
+    let (k, n) = (64usize, 192usize);
+    let mut rng = Rng(9);
+    let x = upload_f32(&d, &(0..k).map(|_| rng.f32()).collect::<Vec<_>>());
+    let w = upload_f32(&d, &(0..k * n).map(|_| rng.f32()).collect::<Vec<_>>());
+    let o = zeros(&d, n * 4);
+    let m = d.load_module("matvec.ptx", &src).unwrap();
+    let f = d.function(m, "matvec_f32").unwrap();
+    let c = LaunchConfig {
+        grid: (n.div_ceil(8) as u32, 1, 1),
+        block: (256, 1, 1),
+        shared_bytes: 0,
+    };
+    let args = [
+        KernelArg::Ptr(o),
+        KernelArg::Ptr(x),
+        KernelArg::Ptr(w),
+        KernelArg::U64(0),
+        KernelArg::U32(k as u32),
+        KernelArg::U32(n as u32),
+    ];
+    d.set_profiling(true);
+    d.launch(f, c, &args).unwrap();
+    let wi = d.take_counters()[0].warp_instructions;
+    d.set_profiling(false);
+    let reps = 200;
+    let t0 = std::time::Instant::now();
+    for _ in 0..reps {
+        d.launch(f, c, &args).unwrap();
+    }
+    let s = t0.elapsed().as_secs_f64() / reps as f64;
+    eprintln!("matvec_f32 {k}x{n}: {wi} warp instructions, {:.1} us per launch, {:.1} M warp instructions/s", s * 1e6, wi as f64 / s / 1e6);
+}
+
+#[test]
+fn planted_cp_async_read_before_wait() {
+    let d = SimDriver::new();
+    let src = upload_u32(&d, &vec![7; 128]);
+    let line = format!("faults.ptx:{}", line_of("faults.ptx", "inflight"));
+    expect_fault(
+        "faults.ptx",
+        "cp_async_no_wait",
+        cfg(1, 32, 0),
+        &[KernelArg::Ptr(src)],
+        &d,
+        &["cp.async", "in flight", &line],
+    );
+}
+
+#[test]
+fn cp_async_wait_group_keeps_the_newest_groups_in_flight() {
+    let d = SimDriver::new();
+    let a: Vec<u32> = (0..32).collect();
+    let b: Vec<u32> = (0..32).map(|i| 1000 * i).collect();
+    let (pa, pb, po) = (upload_u32(&d, &a), upload_u32(&d, &b), zeros(&d, 128));
+    let args = |early: u32| {
+        [
+            KernelArg::Ptr(pa),
+            KernelArg::Ptr(pb),
+            KernelArg::Ptr(po),
+            KernelArg::U32(early),
+        ]
+    };
+    launch(
+        &d,
+        "cp_async.ptx",
+        "cp_async_groups",
+        cfg(1, 32, 0),
+        &args(0),
+    )
+    .unwrap();
+    assert_eq!(
+        download_u32(&d, po, 32),
+        (0..32).map(|i| 1001 * i).collect::<Vec<_>>()
+    );
+    let line = format!("cp_async.ptx:{}", line_of("cp_async.ptx", "early"));
+    expect_fault(
+        "cp_async.ptx",
+        "cp_async_groups",
+        cfg(1, 32, 0),
+        &args(1),
+        &d,
+        &["in flight", &line],
+    );
+}

@@ -468,7 +468,14 @@ pub enum Op {
         ds: [u32; 4],
         addr: Addr,
     },
-    /// Fences, cp.async commit/wait (copies are synchronous), prefetch hints.
+    /// `cp.async.commit_group`: close this thread's current group of copies.
+    CpCommit,
+    /// `cp.async.wait_group keep` (`None`: `wait_all`): complete all but the `keep` most
+    /// recently committed groups.
+    CpWait {
+        keep: Option<u32>,
+    },
+    /// Fences and prefetch hints.
     Nop,
     Ret,
     Exit,
@@ -1497,21 +1504,28 @@ fn decode_stmt(cx: &Ctx, s: &Statement) -> Result<Instr> {
             if !m.take("async") {
                 return cx.err(line, format!("`{}` is not implemented", s.opcode));
             }
-            if m.take("commit_group") || m.take("wait_all") {
+            let op = if m.take("commit_group") {
+                Some(Op::CpCommit)
+            } else if m.take("wait_all") {
+                Some(Op::CpWait { keep: None })
+            } else if m.take("wait_group") {
+                match ops.first() {
+                    Some(Operand::Int(k)) if *k >= 0 => Some(Op::CpWait {
+                        keep: Some(*k as u32),
+                    }),
+                    o => {
+                        return cx.err(
+                            line,
+                            format!("cp.async.wait_group needs an integer constant, found {o:?}"),
+                        )
+                    }
+                }
+            } else {
+                None
+            };
+            if let Some(op) = op {
                 m.finish_check(cx, line, &s.opcode)?;
-                return Ok(Instr {
-                    op: Op::Nop,
-                    guard,
-                    line,
-                });
-            }
-            if m.take("wait_group") {
-                m.finish_check(cx, line, &s.opcode)?;
-                return Ok(Instr {
-                    op: Op::Nop,
-                    guard,
-                    line,
-                });
+                return Ok(Instr { op, guard, line });
             }
             m.take_any(&["ca", "cg"]);
             m.drop_hints();

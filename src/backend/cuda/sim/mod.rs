@@ -31,7 +31,9 @@
 //!   and eviction hints and `.nc/.volatile/.relaxed/...` ignored; `cvta{.to}.{global,shared,local}`;
 //!   `atom`/`red` `.global/.shared` `add min max inc dec cas exch and or xor` on 32/64-bit
 //!   integer types and `add.f32/.f64`; `cp.async.{ca,cg}.shared.global [d], [s], 4|8|16{, src}`
-//!   (executed synchronously) with `commit_group/wait_group/wait_all`; `membar`, `fence`,
+//!   (copied at once, but the bytes count as in flight until the issuing thread's
+//!   `cp.async.wait_group N`/`wait_all` completes their group: touching them earlier is
+//!   reported), `commit_group`; `membar`, `fence`,
 //!   `prefetch` (no-ops: execution is sequentially consistent).
 //! - Warp: `shfl.sync.{up,down,bfly,idx}.b32` (clamp/segment operand, optional `|p`),
 //!   `vote.sync.{all,any,uni,ballot}`, `redux.sync.{add,min,max,and,or,xor}.{u32,s32,b32}`,
@@ -44,7 +46,7 @@
 //!   %clock %clock64 %gridid %smid %lanemask_{eq,lt,le,gt,ge}`.
 //!
 //! Semantics chosen where real hardware is undefined or racy: CTAs run one after another;
-//! registers start at zero; integer division by zero gives all ones; a barrier waits for all
+//! registers are zero at launch and not reset between CTAs; integer division by zero gives all ones; a barrier waits for all
 //! threads that have not exited.
 
 mod check;
