@@ -1065,3 +1065,52 @@ fn cp_async_wait_group_keeps_the_newest_groups_in_flight() {
         &["in flight", &line],
     );
 }
+
+#[test]
+fn planted_spin_forever_is_reported_as_hung() {
+    let d = SimDriver::new();
+    d.set_step_limit(100_000);
+    let line = format!("line {}", line_of("faults.ptx", "spin_bar"));
+    expect_fault(
+        "faults.ptx",
+        "spin_forever",
+        cfg(1, 64, 0),
+        &[],
+        &d,
+        &["hung", "wait at the barrier", &line],
+    );
+}
+
+#[test]
+fn launch_shape_checks() {
+    let d = SimDriver::new();
+    launch(&d, "faults.ptx", "fixed_block", cfg(1, 64, 0), &[]).unwrap();
+    let e = launch(&d, "faults.ptx", "fixed_block", cfg(1, 32, 0), &[]).unwrap_err();
+    assert!(e.contains(".reqntid"), "{e}");
+    launch(&d, "faults.ptx", "bounded_block", cfg(1, 128, 0), &[]).unwrap();
+    let e = launch(&d, "faults.ptx", "bounded_block", cfg(1, 129, 0), &[]).unwrap_err();
+    assert!(e.contains(".maxntid"), "{e}");
+    let e = launch(&d, "faults.ptx", "bounded_block", cfg(1, 64, 300_000), &[]).unwrap_err();
+    assert!(e.contains("shared memory") && e.contains("maximum"), "{e}");
+    let e = launch(&d, "faults.ptx", "divergent_barrier", cfg(1, 2048, 0), &[]).unwrap_err();
+    assert!(e.contains("block shape"), "{e}");
+}
+
+#[test]
+fn comments_and_literals_keep_line_numbers() {
+    let d = SimDriver::new();
+    let e = d
+        .load_module("comments.ptx", &ptx("comments.ptx"))
+        .unwrap_err()
+        .to_string();
+    let line = format!("comments.ptx:{}", line_of("comments.ptx", "tex"));
+    assert!(e.contains(&line) && e.contains("tex.2d"), "{e}");
+    // The module without the unsupported kernel runs.
+    let src = ptx("comments.ptx");
+    let good = &src[..src.find(".visible .entry bad_after_comments").unwrap()];
+    let m = d.load_module("comments.ptx", good).unwrap();
+    let f = d.function(m, "comments").unwrap();
+    let o = zeros(&d, 8);
+    d.launch(f, cfg(1, 1, 0), &[KernelArg::Ptr(o)]).unwrap();
+    assert_eq!(download_u32(&d, o, 2), [(-16i32 + 1) as u32, -16i32 as u32]);
+}

@@ -508,6 +508,8 @@ pub struct Kernel {
     /// Offset of the `.extern .shared` array, if the kernel declares one.
     pub dyn_shared_offset: Option<u32>,
     pub local_bytes: u32,
+    pub maxntid: Option<Vec<u32>>,
+    pub reqntid: Option<Vec<u32>>,
 }
 
 /// Where a named symbol lives, for address operands and `mov d, sym`.
@@ -976,6 +978,8 @@ pub fn decode_kernel(
         static_shared: shared as u32,
         dyn_shared_offset,
         local_bytes: local as u32,
+        maxntid: f.maxntid.clone(),
+        reqntid: f.reqntid.clone(),
     })
 }
 

@@ -181,6 +181,9 @@ pub struct Function {
     pub is_entry: bool,
     pub params: Vec<VarDecl>,
     pub body: Vec<BodyItem>,
+    /// `.maxntid` / `.reqntid` dimensions, if declared: launches must respect them.
+    pub maxntid: Option<Vec<u32>>,
+    pub reqntid: Option<Vec<u32>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -454,6 +457,7 @@ impl<'a> Parser<'a> {
             Vec::new()
         };
         // Performance directives before the body.
+        let (mut maxntid, mut reqntid) = (None, None);
         loop {
             match self.peek_word() {
                 Some(".maxntid")
@@ -466,7 +470,27 @@ impl<'a> Parser<'a> {
                 | Some(".noreturn")
                 | Some(".pragma") => {
                     let dline = self.line();
+                    let which = self.peek_word().unwrap_or("").to_string();
                     self.pos += 1;
+                    if which == ".maxntid" || which == ".reqntid" {
+                        let mut dims = Vec::new();
+                        loop {
+                            let n = self.word()?;
+                            match parse_int(&n) {
+                                Some(v) if v > 0 => dims.push(v as u32),
+                                _ => return self.err(format!("bad {which} value `{n}`")),
+                            }
+                            if !self.eat_punct(',') {
+                                break;
+                            }
+                        }
+                        if which == ".maxntid" {
+                            maxntid = Some(dims);
+                        } else {
+                            reqntid = Some(dims);
+                        }
+                        continue;
+                    }
                     while self.pos < self.toks.len()
                         && self.toks[self.pos].line == dline
                         && !self.is_punct('{')
@@ -558,6 +582,8 @@ impl<'a> Parser<'a> {
             is_entry,
             params,
             body,
+            maxntid,
+            reqntid,
         }))
     }
 
@@ -588,7 +614,11 @@ impl<'a> Parser<'a> {
         let mut operands = Vec::new();
         if !self.is_punct(';') {
             loop {
-                operands.push(self.operand()?);
+                let op = self.operand().map_err(|e| match e {
+                    Error::Ptx(m) => Error::Ptx(format!("{m} (in `{opcode}`)")),
+                    e => e,
+                })?;
+                operands.push(op);
                 if !self.eat_punct(',') {
                     break;
                 }
