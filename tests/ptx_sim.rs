@@ -190,7 +190,7 @@ fn int_reference(a: u32, b: u32) -> [u32; 24] {
         ((a as u64 * b as u64) >> 32) as u32,
         ((sa as i64 * sb as i64) >> 32) as u32,
         ((sa as i64 * sb as i64) >> 32) as u32,
-        if b == 0 { u32::MAX } else { a / b },
+        a.checked_div(b).unwrap_or(u32::MAX),
         if b == 0 {
             a
         } else {

@@ -1044,7 +1044,7 @@ impl<'a, 'm> Exec<'a, 'm> {
         if self.prof.is_none() {
             return;
         }
-        let acc = std::mem::replace(&mut self.acc, [None; 32]);
+        let acc = std::mem::take(&mut self.acc);
         let _ = space;
         if acc.iter().all(|x| x.is_none()) {
             return;
@@ -1332,7 +1332,7 @@ impl<'a, 'm> Exec<'a, 'm> {
                     };
                     let mut r = 0u64;
                     for i in 0..bits {
-                        let bit = if i < len && pos + i <= bits - 1 {
+                        let bit = if i < len && pos + i < bits {
                             (x >> (pos + i)) & 1 != 0
                         } else {
                             sbit
@@ -1382,12 +1382,12 @@ impl<'a, 'm> Exec<'a, 'm> {
                             ),
                         ));
                     }
-                    for k in 0..*n as usize {
+                    for (k, &dk) in ds.iter().enumerate().take(*n as usize) {
                         let mut v = read_le(&self.l.params[a + k * es..], es);
                         if ty.signed() {
                             v = sx(v, ty.bits()) as u64;
                         }
-                        self.scatter(w, ds[k], exec, &[v; 32]);
+                        self.scatter(w, dk, exec, &[v; 32]);
                     }
                     return Ok(Flow::Next);
                 }
@@ -1763,7 +1763,7 @@ impl<'a, 'm> Exec<'a, 'm> {
                 };
                 let al = &mut self.mem.allocs[i];
                 let off = (a - al.base) as usize;
-                let un = al.init[off..off + n].iter().any(|&x| x == 0);
+                let un = al.init[off..off + n].contains(&0);
                 al.init[off..off + n].fill(1);
                 (&mut al.data[off..off + n], un)
             }
@@ -1930,7 +1930,7 @@ impl<'a, 'm> Exec<'a, 'm> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     fn ldmatrix(
         &mut self,
         w: usize,

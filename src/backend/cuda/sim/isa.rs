@@ -555,12 +555,7 @@ impl<'a> Mods<'a> {
         }
     }
     fn take_any(&mut self, ms: &[&'static str]) -> Option<&'static str> {
-        for m in ms {
-            if self.take(m) {
-                return Some(m);
-            }
-        }
-        None
+        ms.iter().copied().find(|m| self.take(m))
     }
     /// Drop cache, eviction, memory-ordering and scope hints.
     fn drop_hints(&mut self) {
@@ -1593,7 +1588,7 @@ fn decode_stmt(cx: &Ctx, s: &Statement) -> Result<Instr> {
             // bar.sync / bar.sync a{, b} / barrier.sync{.aligned} / bar.cta.sync
             m.take("cta");
             m.take("aligned");
-            if !m.take("sync") && !(base == "barrier" && m.items.is_empty()) {
+            if !(m.take("sync") || base == "barrier" && m.items.is_empty()) {
                 return cx.err(
                     line,
                     format!("`{}`: only bar.sync/barrier.sync are implemented", s.opcode),

@@ -405,7 +405,7 @@ impl<'a> Parser<'a> {
         }
         while self.eat_punct('[') {
             if self.eat_punct(']') {
-                d.array = Some(d.array.unwrap_or(1) * 0);
+                d.array = Some(0);
             } else {
                 let n = self.word()?;
                 let n = parse_int(&n)
@@ -458,17 +458,10 @@ impl<'a> Parser<'a> {
         };
         // Performance directives before the body.
         let (mut maxntid, mut reqntid) = (None, None);
-        loop {
-            match self.peek_word() {
-                Some(".maxntid")
-                | Some(".reqntid")
-                | Some(".minnctapersm")
-                | Some(".maxnreg")
-                | Some(".maxclusterrank")
-                | Some(".reqnctapercluster")
-                | Some(".explicitcluster")
-                | Some(".noreturn")
-                | Some(".pragma") => {
+        while let Some(dir) = self.peek_word() {
+            match dir {
+                ".maxntid" | ".reqntid" | ".minnctapersm" | ".maxnreg" | ".maxclusterrank"
+                | ".reqnctapercluster" | ".explicitcluster" | ".noreturn" | ".pragma" => {
                     let dline = self.line();
                     let which = self.peek_word().unwrap_or("").to_string();
                     self.pos += 1;
@@ -660,9 +653,7 @@ impl<'a> Parser<'a> {
                 if self.eat_punct(']') {
                     break;
                 }
-                let neg = if first {
-                    self.eat_punct('-')
-                } else if self.eat_punct('+') {
+                let neg = if first || self.eat_punct('+') {
                     self.eat_punct('-')
                 } else if self.eat_punct('-') {
                     true
