@@ -1114,3 +1114,114 @@ fn comments_and_literals_keep_line_numbers() {
     d.launch(f, cfg(1, 1, 0), &[KernelArg::Ptr(o)]).unwrap();
     assert_eq!(download_u32(&d, o, 2), [(-16i32 + 1) as u32, -16i32 as u32]);
 }
+
+/// Directed rounding of a finite f32 to bf16 by bit manipulation (independent of `half`):
+/// truncate, then step away from zero when the mode asks for it and bits were dropped.
+fn bf16_directed(x: f32, mode: &str) -> u16 {
+    if x.is_nan() {
+        return 0x7fff;
+    }
+    let b = x.to_bits();
+    let trunc = (b >> 16) as u16;
+    let inexact = b & 0xffff != 0;
+    let neg = x.is_sign_negative();
+    let up_mag = match mode {
+        "rz" => false,
+        "rm" => inexact && neg,
+        "rp" => inexact && !neg,
+        _ => unreachable!(),
+    };
+    // Truncating an infinity keeps it; stepping the magnitude of the largest finite value
+    // gives infinity, as IEEE directed rounding requires.
+    if up_mag {
+        trunc + 1
+    } else {
+        trunc
+    }
+}
+
+#[test]
+fn cvt_rounding_modes_and_saturation() {
+    let d = SimDriver::new();
+    let x: Vec<f32> = vec![
+        1.0,
+        f32::from_bits(0x3f80_8000), // halfway: ties to even (down)
+        f32::from_bits(0x3f81_8000), // halfway, odd: up
+        f32::from_bits(0x3f80_0001), // just above 1
+        -f32::from_bits(0x3f80_0001),
+        f32::MAX, // rn overflows bf16 to inf, rz stays at max finite
+        -f32::MAX,
+        f32::NAN,
+        f32::INFINITY,
+        65519.0, // f16: rn → 65504 (max), rz → 65504
+        65520.0, // f16: rn → inf
+        -2.5,
+        2.5,
+        1e-8, // f16 underflow: rn → 0
+    ];
+    let n = x.len();
+    let ints: Vec<i32> = (0..n as i32)
+        .map(|k| [-5, 0, 77, 255, 256, 100_000, i32::MIN, 16_777_217][k as usize % 8])
+        .collect();
+    let ints_u: Vec<u32> = ints.iter().map(|&v| v as u32).collect();
+    let (px, pi, po) = (
+        upload_f32(&d, &x),
+        upload_u32(&d, &ints_u),
+        zeros(&d, n * 48),
+    );
+    launch(
+        &d,
+        "cvt.ptx",
+        "cvt_modes",
+        cfg(1, n as u32, 0),
+        &[KernelArg::Ptr(px), KernelArg::Ptr(pi), KernelArg::Ptr(po)],
+    )
+    .unwrap();
+    let out = download_u32(&d, po, n * 12);
+    for t in 0..n {
+        let v = x[t];
+        let f16 = |v: f32| {
+            if v.is_nan() {
+                0x7fff
+            } else {
+                half::f16::from_f32(v).to_bits() as u32
+            }
+        };
+        let f16_rz = {
+            let r = half::f16::from_f32(v);
+            if v.is_nan() {
+                0x7fff
+            } else if r.to_f32().abs() > v.abs() {
+                r.to_bits() as u32 - 1
+            } else {
+                r.to_bits() as u32
+            }
+        };
+        let to_i = |r: f32| {
+            if r.is_nan() {
+                0
+            } else {
+                r.clamp(i32::MIN as f32, i32::MAX as f32) as i32 as u32
+            }
+        };
+        let want = [
+            bf16_rne(v) as u32,
+            bf16_directed(v, "rz") as u32,
+            bf16_directed(v, "rm") as u32,
+            bf16_directed(v, "rp") as u32,
+            f16(v),
+            f16_rz,
+            to_i(v.floor()),
+            to_i(v.ceil()),
+            ints[t].clamp(0, 255) as u32,
+            (ints[t] as f32).to_bits(),
+        ];
+        assert_eq!(
+            &out[t * 12..t * 12 + 10],
+            &want,
+            "x = {v:e} ({:#x}), i = {}",
+            v.to_bits(),
+            ints[t]
+        );
+    }
+}
