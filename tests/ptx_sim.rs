@@ -190,7 +190,7 @@ fn int_reference(a: u32, b: u32) -> [u32; 24] {
         ((a as u64 * b as u64) >> 32) as u32,
         ((sa as i64 * sb as i64) >> 32) as u32,
         ((sa as i64 * sb as i64) >> 32) as u32,
-        if b == 0 { u32::MAX } else { a / b },
+        a.checked_div(b).unwrap_or(u32::MAX),
         if b == 0 {
             a
         } else {
@@ -1064,4 +1064,164 @@ fn cp_async_wait_group_keeps_the_newest_groups_in_flight() {
         &d,
         &["in flight", &line],
     );
+}
+
+#[test]
+fn planted_spin_forever_is_reported_as_hung() {
+    let d = SimDriver::new();
+    d.set_step_limit(100_000);
+    let line = format!("line {}", line_of("faults.ptx", "spin_bar"));
+    expect_fault(
+        "faults.ptx",
+        "spin_forever",
+        cfg(1, 64, 0),
+        &[],
+        &d,
+        &["hung", "wait at the barrier", &line],
+    );
+}
+
+#[test]
+fn launch_shape_checks() {
+    let d = SimDriver::new();
+    launch(&d, "faults.ptx", "fixed_block", cfg(1, 64, 0), &[]).unwrap();
+    let e = launch(&d, "faults.ptx", "fixed_block", cfg(1, 32, 0), &[]).unwrap_err();
+    assert!(e.contains(".reqntid"), "{e}");
+    launch(&d, "faults.ptx", "bounded_block", cfg(1, 128, 0), &[]).unwrap();
+    let e = launch(&d, "faults.ptx", "bounded_block", cfg(1, 129, 0), &[]).unwrap_err();
+    assert!(e.contains(".maxntid"), "{e}");
+    let e = launch(&d, "faults.ptx", "bounded_block", cfg(1, 64, 300_000), &[]).unwrap_err();
+    assert!(e.contains("shared memory") && e.contains("maximum"), "{e}");
+    let e = launch(&d, "faults.ptx", "divergent_barrier", cfg(1, 2048, 0), &[]).unwrap_err();
+    assert!(e.contains("block shape"), "{e}");
+}
+
+#[test]
+fn comments_and_literals_keep_line_numbers() {
+    let d = SimDriver::new();
+    let e = d
+        .load_module("comments.ptx", &ptx("comments.ptx"))
+        .unwrap_err()
+        .to_string();
+    let line = format!("comments.ptx:{}", line_of("comments.ptx", "tex"));
+    assert!(e.contains(&line) && e.contains("tex.2d"), "{e}");
+    // The module without the unsupported kernel runs.
+    let src = ptx("comments.ptx");
+    let good = &src[..src.find(".visible .entry bad_after_comments").unwrap()];
+    let m = d.load_module("comments.ptx", good).unwrap();
+    let f = d.function(m, "comments").unwrap();
+    let o = zeros(&d, 8);
+    d.launch(f, cfg(1, 1, 0), &[KernelArg::Ptr(o)]).unwrap();
+    assert_eq!(download_u32(&d, o, 2), [(-16i32 + 1) as u32, -16i32 as u32]);
+}
+
+/// Directed rounding of a finite f32 to bf16 by bit manipulation (independent of `half`):
+/// truncate, then step away from zero when the mode asks for it and bits were dropped.
+fn bf16_directed(x: f32, mode: &str) -> u16 {
+    if x.is_nan() {
+        return 0x7fff;
+    }
+    let b = x.to_bits();
+    let trunc = (b >> 16) as u16;
+    let inexact = b & 0xffff != 0;
+    let neg = x.is_sign_negative();
+    let up_mag = match mode {
+        "rz" => false,
+        "rm" => inexact && neg,
+        "rp" => inexact && !neg,
+        _ => unreachable!(),
+    };
+    // Truncating an infinity keeps it; stepping the magnitude of the largest finite value
+    // gives infinity, as IEEE directed rounding requires.
+    if up_mag {
+        trunc + 1
+    } else {
+        trunc
+    }
+}
+
+#[test]
+fn cvt_rounding_modes_and_saturation() {
+    let d = SimDriver::new();
+    let x: Vec<f32> = vec![
+        1.0,
+        f32::from_bits(0x3f80_8000), // halfway: ties to even (down)
+        f32::from_bits(0x3f81_8000), // halfway, odd: up
+        f32::from_bits(0x3f80_0001), // just above 1
+        -f32::from_bits(0x3f80_0001),
+        f32::MAX, // rn overflows bf16 to inf, rz stays at max finite
+        -f32::MAX,
+        f32::NAN,
+        f32::INFINITY,
+        65519.0, // f16: rn → 65504 (max), rz → 65504
+        65520.0, // f16: rn → inf
+        -2.5,
+        2.5,
+        1e-8, // f16 underflow: rn → 0
+    ];
+    let n = x.len();
+    let ints: Vec<i32> = (0..n as i32)
+        .map(|k| [-5, 0, 77, 255, 256, 100_000, i32::MIN, 16_777_217][k as usize % 8])
+        .collect();
+    let ints_u: Vec<u32> = ints.iter().map(|&v| v as u32).collect();
+    let (px, pi, po) = (
+        upload_f32(&d, &x),
+        upload_u32(&d, &ints_u),
+        zeros(&d, n * 48),
+    );
+    launch(
+        &d,
+        "cvt.ptx",
+        "cvt_modes",
+        cfg(1, n as u32, 0),
+        &[KernelArg::Ptr(px), KernelArg::Ptr(pi), KernelArg::Ptr(po)],
+    )
+    .unwrap();
+    let out = download_u32(&d, po, n * 12);
+    for t in 0..n {
+        let v = x[t];
+        let f16 = |v: f32| {
+            if v.is_nan() {
+                0x7fff
+            } else {
+                half::f16::from_f32(v).to_bits() as u32
+            }
+        };
+        let f16_rz = {
+            let r = half::f16::from_f32(v);
+            if v.is_nan() {
+                0x7fff
+            } else if r.to_f32().abs() > v.abs() {
+                r.to_bits() as u32 - 1
+            } else {
+                r.to_bits() as u32
+            }
+        };
+        let to_i = |r: f32| {
+            if r.is_nan() {
+                0
+            } else {
+                r.clamp(i32::MIN as f32, i32::MAX as f32) as i32 as u32
+            }
+        };
+        let want = [
+            bf16_rne(v) as u32,
+            bf16_directed(v, "rz") as u32,
+            bf16_directed(v, "rm") as u32,
+            bf16_directed(v, "rp") as u32,
+            f16(v),
+            f16_rz,
+            to_i(v.floor()),
+            to_i(v.ceil()),
+            ints[t].clamp(0, 255) as u32,
+            (ints[t] as f32).to_bits(),
+        ];
+        assert_eq!(
+            &out[t * 12..t * 12 + 10],
+            &want,
+            "x = {v:e} ({:#x}), i = {}",
+            v.to_bits(),
+            ints[t]
+        );
+    }
 }

@@ -29,8 +29,9 @@ const WINDOW: u64 = 1 << 32;
 pub const MAX_SHARED: usize = 227 * 1024;
 /// Warp instructions a warp runs before the next warp gets a turn (lets spin-waits progress).
 const SLICE: u32 = 2048;
-/// A CTA that executes more warp instructions than this is reported as hung.
-const MAX_CTA_STEPS: u64 = 1 << 31;
+/// By default, a CTA that executes more warp instructions than this is reported as hung
+/// (about a minute of interpreting; see `SimDriver::set_step_limit`).
+pub const DEFAULT_STEP_LIMIT: u64 = 1 << 27;
 
 pub struct Launch<'a> {
     pub kernel: &'a Kernel,
@@ -41,6 +42,8 @@ pub struct Launch<'a> {
     pub params: &'a [u8],
     /// Static plus dynamic shared memory.
     pub shared_bytes: usize,
+    /// Warp instructions one CTA may execute before it is reported as hung.
+    pub step_limit: u64,
 }
 
 /// A warp's lanes. The lanes in `gmask` (the group now executing) all sit at `gpc`, and every
@@ -243,10 +246,18 @@ impl<'a, 'm> Exec<'a, 'm> {
                     steps += self.run_warp(w)? as u64;
                 }
             }
-            if steps > MAX_CTA_STEPS {
+            if steps > self.l.step_limit {
+                let waiting: u32 = self.warps.iter().map(|w| w.waiting.count_ones()).sum();
+                let at = match self.bar {
+                    Some((pc, _)) => format!(
+                        "; {waiting} threads wait at the barrier on line {} while others keep running (deadlock: a barrier they never reach?)",
+                        self.code[pc as usize].line
+                    ),
+                    None => String::new(),
+                };
                 return Err(Error::Ptx(format!(
-                    "kernel `{}`: block {:?} executed more than {MAX_CTA_STEPS} warp instructions; it is probably hung",
-                    self.l.kernel.name, self.ctaid
+                    "kernel `{}`: block {:?} executed more than {} warp instructions; it is probably hung{at}",
+                    self.l.kernel.name, self.ctaid, self.l.step_limit
                 )));
             }
             if any {
@@ -1033,7 +1044,7 @@ impl<'a, 'm> Exec<'a, 'm> {
         if self.prof.is_none() {
             return;
         }
-        let acc = std::mem::replace(&mut self.acc, [None; 32]);
+        let acc = std::mem::take(&mut self.acc);
         let _ = space;
         if acc.iter().all(|x| x.is_none()) {
             return;
@@ -1321,7 +1332,7 @@ impl<'a, 'm> Exec<'a, 'm> {
                     };
                     let mut r = 0u64;
                     for i in 0..bits {
-                        let bit = if i < len && pos + i <= bits - 1 {
+                        let bit = if i < len && pos + i < bits {
                             (x >> (pos + i)) & 1 != 0
                         } else {
                             sbit
@@ -1371,12 +1382,12 @@ impl<'a, 'm> Exec<'a, 'm> {
                             ),
                         ));
                     }
-                    for k in 0..*n as usize {
+                    for (k, &dk) in ds.iter().enumerate().take(*n as usize) {
                         let mut v = read_le(&self.l.params[a + k * es..], es);
                         if ty.signed() {
                             v = sx(v, ty.bits()) as u64;
                         }
-                        self.scatter(w, ds[k], exec, &[v; 32]);
+                        self.scatter(w, dk, exec, &[v; 32]);
                     }
                     return Ok(Flow::Next);
                 }
@@ -1752,7 +1763,7 @@ impl<'a, 'm> Exec<'a, 'm> {
                 };
                 let al = &mut self.mem.allocs[i];
                 let off = (a - al.base) as usize;
-                let un = al.init[off..off + n].iter().any(|&x| x == 0);
+                let un = al.init[off..off + n].contains(&0);
                 al.init[off..off + n].fill(1);
                 (&mut al.data[off..off + n], un)
             }
@@ -1919,7 +1930,7 @@ impl<'a, 'm> Exec<'a, 'm> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     fn ldmatrix(
         &mut self,
         w: usize,

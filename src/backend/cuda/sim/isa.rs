@@ -508,6 +508,8 @@ pub struct Kernel {
     /// Offset of the `.extern .shared` array, if the kernel declares one.
     pub dyn_shared_offset: Option<u32>,
     pub local_bytes: u32,
+    pub maxntid: Option<Vec<u32>>,
+    pub reqntid: Option<Vec<u32>>,
 }
 
 /// Where a named symbol lives, for address operands and `mov d, sym`.
@@ -553,12 +555,7 @@ impl<'a> Mods<'a> {
         }
     }
     fn take_any(&mut self, ms: &[&'static str]) -> Option<&'static str> {
-        for m in ms {
-            if self.take(m) {
-                return Some(m);
-            }
-        }
-        None
+        ms.iter().copied().find(|m| self.take(m))
     }
     /// Drop cache, eviction, memory-ordering and scope hints.
     fn drop_hints(&mut self) {
@@ -976,6 +973,8 @@ pub fn decode_kernel(
         static_shared: shared as u32,
         dyn_shared_offset,
         local_bytes: local as u32,
+        maxntid: f.maxntid.clone(),
+        reqntid: f.reqntid.clone(),
     })
 }
 
@@ -1589,7 +1588,7 @@ fn decode_stmt(cx: &Ctx, s: &Statement) -> Result<Instr> {
             // bar.sync / bar.sync a{, b} / barrier.sync{.aligned} / bar.cta.sync
             m.take("cta");
             m.take("aligned");
-            if !m.take("sync") && !(base == "barrier" && m.items.is_empty()) {
+            if !(m.take("sync") || base == "barrier" && m.items.is_empty()) {
                 return cx.err(
                     line,
                     format!("`{}`: only bar.sync/barrier.sync are implemented", s.opcode),
