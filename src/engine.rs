@@ -9,11 +9,14 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::{sim::SimDriver, CudaBackend};
 use crate::backend::{Activation, Backend, OpProfile, TraceEvent};
 use crate::config::{token_ids, ModelConfig};
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::loader::{gguf, safetensors, Weights};
+use crate::loader::{gguf, safetensors, DType, Weights};
 use crate::model::{Logits, Transformer};
+use crate::tokenizer::Tokenizer;
 
 /// The transformer on some backend, as the rest of the library sees it.
 pub trait Engine: Send {
@@ -71,6 +74,8 @@ where
 /// How to load a model.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
+    /// Where to run: `Auto` takes the first CUDA GPU when the build and machine have one.
+    pub device: Device,
     /// CPU threads; 0 = all cores.
     pub threads: usize,
     /// KV-cache length in positions; None = min(max_position_embeddings, 4096).
@@ -81,21 +86,28 @@ pub struct LoadOptions {
     pub all_logits: bool,
     /// Record per-op timings (see [`Model::take_profile`]).
     pub profile: bool,
+    /// CPU only: quantize every f32/f16/bf16 weight matrix at load (`Some(DType::Q8_0)` is the one
+    /// supported target), to run on the integer kernels.
+    pub quantize: Option<DType>,
     /// CPU only: keep a copy of every op's output (see [`Model::take_activations`]). Slow.
     pub record_activations: bool,
-    /// GGUF only: keep quantized tensors in their block format (else dequantize to f32 at load).
+    /// GGUF only: keep quantized tensors in their block format and compute on them with the
+    /// integer kernels (CPU); false dequantizes them to f32 at load. GPU devices always
+    /// dequantize (the PTX kernels take f32/f16/bf16 weights).
     pub keep_quantized: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
+            device: Device::Auto,
             threads: 0,
             context_len: None,
             max_batch: 128,
             all_logits: false,
             profile: false,
-            keep_quantized: false,
+            keep_quantized: true,
+            quantize: None,
             record_activations: false,
         }
     }
@@ -258,17 +270,79 @@ pub struct Model {
     /// Host copy of one row of logits.
     pub(crate) logits: Vec<f32>,
     files: ModelFiles,
+    tokenizer: Option<Tokenizer>,
 }
 
 impl Model {
     /// Load a checkpoint (Hugging Face directory, .safetensors file with config.json beside it,
     /// or .gguf file) onto the CPU.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
-        let ck = Checkpoint::open(path, opts.keep_quantized)?;
-        let backend = CpuBackend::new(opts.threads)?
-            .with_profiling(opts.profile)
-            .with_activations(opts.record_activations);
-        Self::from_parts(ck.config, &ck.weights, backend, ck.eos_ids, opts, ck.files)
+        let device = opts.device.resolve()?;
+        let keep_quantized = opts.keep_quantized && device == Device::Cpu;
+        let opts = &LoadOptions {
+            device,
+            ..opts.clone()
+        };
+        let mut ck = Checkpoint::open(path, keep_quantized)?;
+        if let Some(target) = opts.quantize {
+            if device != Device::Cpu {
+                return Err(Error::arg("--quantize applies to the CPU backend only"));
+            }
+            quantize_weights(&mut ck.weights, target)?;
+        }
+        let tokenizer = match &ck.embedded_tokenizer {
+            Some((json, config)) => Some(Tokenizer::from_json(json, Some(config))?),
+            None => {
+                let t = ck.files.dir.join("tokenizer.json");
+                if t.is_file() {
+                    Some(Tokenizer::from_file(&t)?)
+                } else {
+                    None
+                }
+            }
+        };
+        // Stop at the tokenizer's EOS too (a chat model's end-of-turn token is often only there).
+        let mut eos = ck.eos_ids;
+        eos.extend(tokenizer.iter().flat_map(Tokenizer::eos_ids));
+        eos.sort_unstable();
+        eos.dedup();
+        let mut model = Self::on_device(ck.config, &ck.weights, eos, opts, ck.files)?;
+        model.tokenizer = tokenizer;
+        Ok(model)
+    }
+
+    /// Build the backend `opts.device` names and the model on it.
+    fn on_device(
+        config: ModelConfig,
+        weights: &Weights,
+        eos: Vec<u32>,
+        opts: &LoadOptions,
+        files: ModelFiles,
+    ) -> Result<Model> {
+        match opts.device.resolve()? {
+            Device::Cpu | Device::Auto => {
+                let backend = CpuBackend::new(opts.threads)?
+                    .with_profiling(opts.profile)
+                    .with_activations(opts.record_activations);
+                Self::from_parts(config, weights, backend, eos, opts, files)
+            }
+            Device::Sim => {
+                let backend = CudaBackend::new(SimDriver::new())?;
+                backend.set_profiling(opts.profile);
+                Self::from_parts(config, weights, backend, eos, opts, files)
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => {
+                let backend =
+                    CudaBackend::new(crate::backend::cuda::cudarc_driver::CudarcDriver::new(i)?)?;
+                backend.set_profiling(opts.profile);
+                Self::from_parts(config, weights, backend, eos, opts, files)
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(Error::Device(
+                "minfer was built without the `cuda` feature".into(),
+            )),
+        }
     }
 
     /// Build a model from already-loaded weights on any backend.
@@ -307,6 +381,7 @@ impl Model {
             cached: Vec::new(),
             logits: vec![0.0; vocab],
             files,
+            tokenizer: None,
         })
     }
 
@@ -336,6 +411,31 @@ impl Model {
         &self.files
     }
 
+    /// The tokenizer shipped with the checkpoint (tokenizer.json beside config.json, or the one
+    /// embedded in a GGUF file), if any.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    pub(crate) fn take_tokenizer(&mut self) -> Result<Tokenizer> {
+        self.require_tokenizer()?;
+        self.tokenizer
+            .take()
+            .ok_or_else(|| Error::Tokenizer("no tokenizer".into()))
+    }
+
+    pub(crate) fn put_tokenizer(&mut self, t: Tokenizer) {
+        self.tokenizer = Some(t);
+    }
+
+    /// The tokenizer, or an error saying the checkpoint has none.
+    pub fn require_tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| Error::MissingFile {
+            path: self.files.dir.join("tokenizer.json"),
+            what: "tokenizer.json (text prompts need one; token ids work without)".into(),
+        })
+    }
+
     /// Weight bytes one decode step reads (for GB/s figures).
     pub fn decode_weight_bytes(&self) -> u64 {
         self.decode_weight_bytes
@@ -356,13 +456,12 @@ impl Model {
     ) -> Result<Model> {
         let config = crate::synthetic::preset_config(preset)?;
         let weights = crate::synthetic::random_weights(&config, dtype, 0x5eed)?;
-        let backend = CpuBackend::new(opts.threads)?.with_profiling(opts.profile);
         let files = ModelFiles {
             dir: PathBuf::from(format!("synthetic:{preset}")),
             weights: PathBuf::new(),
         };
         let eos = config.eos_token_ids.clone();
-        Self::from_parts(config, &weights, backend, eos, opts, files)
+        Self::on_device(config, &weights, eos, opts, files)
     }
 
     /// Every op's output since the last call, in execution order (needs
@@ -431,6 +530,29 @@ impl Model {
         self.logits = row;
         result
     }
+}
+
+/// Quantize every plain-dtype weight matrix whose rows are whole Q8_0 blocks to `target`
+/// (Q8_0: 32 weights → 34 bytes, ~3.8× smaller than f32). Vectors (norms, biases) stay f32.
+pub fn quantize_weights(weights: &mut Weights, target: DType) -> Result<()> {
+    if target != DType::Q8_0 {
+        return Err(Error::arg(format!(
+            "cannot quantize to {target}: only q8_0 is supported"
+        )));
+    }
+    for t in weights.tensors.values_mut() {
+        if t.shape.len() != 2 || t.dtype.is_quantized() || t.shape[1] % 32 != 0 {
+            continue;
+        }
+        let bytes = crate::backend::cpu::quant_kernels::quantize_q8_0(&t.to_f32_vec()?)?;
+        *t = crate::loader::WeightTensor::from_bytes(
+            t.name.clone(),
+            DType::Q8_0,
+            t.shape.clone(),
+            &bytes,
+        )?;
+    }
+    Ok(())
 }
 
 /// Perplexity of a token sequence under the model.

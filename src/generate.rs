@@ -108,6 +108,9 @@ impl Model {
         let mut generated = 0usize;
         let mut steps = 0usize;
         let stop = loop {
+            if opts.max_new_tokens == 0 {
+                break StopReason::MaxTokens;
+            }
             if (!opts.ignore_eos && self.eos_ids.contains(&next)) || opts.stop_ids.contains(&next) {
                 break StopReason::Stop(next);
             }
@@ -157,5 +160,77 @@ fn rate(n: usize, secs: f64) -> f64 {
         n as f64 / secs
     } else {
         0.0
+    }
+}
+
+/// The result of a text generation.
+#[derive(Clone, Debug)]
+pub struct TextOutput {
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub stats: GenerationStats,
+}
+
+impl Model {
+    /// Tokenize `prompt` (with the special tokens the tokenizer adds, e.g. BOS) and generate,
+    /// calling `on_text` with each piece of text as soon as it is complete UTF-8; return false
+    /// to stop. Special tokens are not shown.
+    pub fn generate_text(
+        &mut self,
+        prompt: &str,
+        opts: &GenerateOptions,
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<TextOutput> {
+        let ids = self.require_tokenizer()?.encode(prompt, true)?;
+        self.generate_ids_as_text(&ids, opts, on_text)
+    }
+
+    /// Render `messages` with the checkpoint's chat template (ending with the assistant's turn
+    /// opening) and tokenize it exactly as rendered.
+    pub fn chat_prompt(&self, messages: &[crate::tokenizer::ChatMessage]) -> Result<Vec<u32>> {
+        let tok = self.require_tokenizer()?;
+        let text = tok.apply_chat_template(messages, true)?;
+        tok.encode(&text, false)
+    }
+
+    /// Generate after already-tokenized `prompt`, streaming decoded text.
+    pub fn generate_ids_as_text(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<TextOutput> {
+        // The tokenizer lives in the model; hold it aside while the model generates.
+        let tok = self.take_tokenizer()?;
+        let result = (|| {
+            let mut stream = tok.decode_stream(true);
+            let mut ids = Vec::new();
+            let mut text = String::new();
+            let mut failure = None;
+            let stats = self.generate(prompt, opts, |id| {
+                ids.push(id);
+                match stream.step(id) {
+                    Ok(Some(piece)) => {
+                        text.push_str(&piece);
+                        on_text(&piece)
+                    }
+                    Ok(None) => true,
+                    Err(e) => {
+                        failure = Some(e);
+                        false
+                    }
+                }
+            })?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if let Some(rest) = stream.flush() {
+                text.push_str(&rest);
+                on_text(&rest);
+            }
+            Ok(TextOutput { text, ids, stats })
+        })();
+        self.put_tokenizer(tok);
+        result
     }
 }

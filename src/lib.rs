@@ -33,7 +33,9 @@ pub mod synthetic;
 pub mod tokenizer;
 
 pub use config::ModelConfig;
+pub use device::Device;
 pub use engine::{LoadOptions, Model};
 pub use error::{Error, Result};
-pub use generate::{GenerateOptions, GenerationStats, StopReason};
+pub use generate::{GenerateOptions, GenerationStats, StopReason, TextOutput};
 pub use sampler::SamplerConfig;
+pub use tokenizer::{ChatMessage, Tokenizer};

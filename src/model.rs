@@ -17,6 +17,8 @@
 //! no per-architecture branch below. Buffers are allocated once in [`Transformer::new`], sized
 //! for `max_batch` rows, so `forward` allocates nothing.
 
+use std::sync::Arc;
+
 use crate::backend::{AttnParams, Backend, KvShape, OpProfile};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -66,7 +68,7 @@ pub enum Logits {
 
 pub struct Transformer<B: Backend> {
     pub config: ModelConfig,
-    backend: B,
+    backend: Arc<B>,
     embed_tokens: B::Mat, // (vocab, hidden)
     layers: Vec<Layer<B::Mat>>,
     norm: B::Mat,            // (hidden)
@@ -168,7 +170,7 @@ impl<B: Backend> Transformer<B> {
         };
         Ok(Transformer {
             config,
-            backend,
+            backend: Arc::new(backend),
             embed_tokens,
             layers,
             norm,
@@ -221,7 +223,8 @@ impl<B: Backend> Transformer<B> {
         }
         let mut pos = pos0;
         for chunk in tokens.chunks(self.max_batch) {
-            self.step(chunk, pos, which)?;
+            let backend = Arc::clone(&self.backend);
+            backend.scoped(&mut || self.step(chunk, pos, which))?;
             pos += chunk.len();
         }
         Ok(())

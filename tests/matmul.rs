@@ -218,7 +218,7 @@ fn bad_arguments_are_errors() {
 // ---- block-quantized weights ------------------------------------------------------------
 
 use minfer::backend::cpu::matmul::dequantize_row;
-use minfer::backend::cpu::matmul::quant_kernels::quantize_q8_0;
+use minfer::backend::cpu::quant_kernels::quantize_q8_0;
 use minfer::quant::{dequantize_to_vec, quantize_q8_0_reference};
 
 /// Random blocks of `dtype` with finite, moderate f16 scales (random bytes everywhere else:

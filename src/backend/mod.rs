@@ -150,6 +150,13 @@ pub trait Backend: Send + Sync {
     /// data lives so greedy decoding moves one integer per token.
     fn argmax(&self, buf: &Self::Buf, offset: usize, len: usize) -> Result<u32>;
 
+    /// Run one forward step's worth of ops. A backend with worker threads runs `f` on one of
+    /// them, so the ops inside start their parallel work without a cross-thread hand-off each
+    /// (hundreds per token).
+    fn scoped(&self, f: &mut (dyn FnMut() -> Result<()> + Send)) -> Result<()> {
+        f()
+    }
+
     /// Per-op timings gathered since the last call, when the backend was built with profiling
     /// on. Each entry: (op name, calls, seconds, bytes moved, flops).
     fn take_profile(&self) -> Vec<OpProfile> {

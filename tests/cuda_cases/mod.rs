@@ -50,7 +50,12 @@ pub fn upload_buf<D: GpuDriver + 'static>(b: &CudaBackend<D>, v: &[f32]) -> Cuda
 }
 
 /// Like `upload_buf` for `rows` rows of `width` (one embed of a `rows`-row table).
-pub fn upload_rows<D: GpuDriver + 'static>(b: &CudaBackend<D>, v: &[f32], rows: usize, width: usize) -> CudaBuf<D> {
+pub fn upload_rows<D: GpuDriver + 'static>(
+    b: &CudaBackend<D>,
+    v: &[f32],
+    rows: usize,
+    width: usize,
+) -> CudaBuf<D> {
     assert_eq!(v.len(), rows * width);
     let table = b
         .upload(&WeightTensor::from_f32("values", vec![rows, width], v))
@@ -75,7 +80,8 @@ fn bf16_weight(name: &str, shape: Vec<usize>, v: &[f32]) -> (WeightTensor, Vec<f
     let h: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
     let rounded = h.iter().map(|x| x.to_f32()).collect();
     (
-        WeightTensor::from_bytes(name, DType::BF16, shape, bytemuck::cast_slice(&h)).expect("bf16 tensor"),
+        WeightTensor::from_bytes(name, DType::BF16, shape, bytemuck::cast_slice(&h))
+            .expect("bf16 tensor"),
         rounded,
     )
 }
@@ -84,7 +90,8 @@ fn f16_weight(name: &str, shape: Vec<usize>, v: &[f32]) -> (WeightTensor, Vec<f3
     let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
     let rounded = h.iter().map(|x| x.to_f32()).collect();
     (
-        WeightTensor::from_bytes(name, DType::F16, shape, bytemuck::cast_slice(&h)).expect("f16 tensor"),
+        WeightTensor::from_bytes(name, DType::F16, shape, bytemuck::cast_slice(&h))
+            .expect("f16 tensor"),
         rounded,
     )
 }
@@ -108,11 +115,21 @@ fn ref_rms(x: &[f32], w: &[f32], eps: f32) -> Vec<f64> {
     let n = x.len() as f64;
     let ss: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
     let inv = 1.0 / (ss / n + eps as f64).sqrt();
-    x.iter().zip(w).map(|(&v, &w)| v as f64 * inv * w as f64).collect()
+    x.iter()
+        .zip(w)
+        .map(|(&v, &w)| v as f64 * inv * w as f64)
+        .collect()
 }
 
 /// `out[r, o] = Σ_i x[r, i] w[o, i] + bias[o]`, and Σ |x||w| per output for tolerances.
-fn ref_matmul(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+fn ref_matmul(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    rows: usize,
+    n: usize,
+    k: usize,
+) -> (Vec<f64>, Vec<f64>) {
     let mut out = vec![0.0; rows * n];
     let mut mag = vec![0.0; rows * n];
     for r in 0..rows {
@@ -157,7 +174,11 @@ fn ref_attention(
             let s: Vec<f64> = (lo..=p)
                 .map(|j| {
                     let kj = &keys[j * kvdim + g * hd..j * kvdim + (g + 1) * hd];
-                    scale as f64 * qh.iter().zip(kj).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+                    scale as f64
+                        * qh.iter()
+                            .zip(kj)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum::<f64>()
                 })
                 .collect();
             let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -195,10 +216,19 @@ pub fn embed<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
             let got = download(b, &out, 3 * dim);
             let want: Vec<f64> = tokens
                 .iter()
-                .flat_map(|&t| vals[t as usize * dim..(t as usize + 1) * dim].iter().map(|&x| x as f64))
+                .flat_map(|&t| {
+                    vals[t as usize * dim..(t as usize + 1) * dim]
+                        .iter()
+                        .map(|&x| x as f64)
+                })
                 .collect();
             // A gather, and bf16/f16 -> f32 is exact: bit-equal.
-            assert_close(&format!("embed {} {vocab}x{dim}", w.dtype), &got, &want, |_| 0.0);
+            assert_close(
+                &format!("embed {} {vocab}x{dim}", w.dtype),
+                &got,
+                &want,
+                |_| 0.0,
+            );
         }
         let t = b
             .upload(&WeightTensor::from_f32("t", vec![vocab, dim], &v))
@@ -274,7 +304,8 @@ pub fn head_rms_norm<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
         let w = rng.vec(hd);
         let mut xb = upload_rows(b, &x, rows, heads * hd);
         let wm = b.upload(&vec_weight("qn", &w)).expect("upload");
-        b.head_rms_norm(&mut xb, &wm, rows, heads, 1e-6).expect("head_rms_norm");
+        b.head_rms_norm(&mut xb, &wm, rows, heads, 1e-6)
+            .expect("head_rms_norm");
         let want: Vec<f64> = (0..rows * heads)
             .flat_map(|v| ref_rms(&x[v * hd..(v + 1) * hd], &w, 1e-6))
             .collect();
@@ -353,18 +384,24 @@ fn matmul_case<D: GpuDriver + 'static>(
     b.matmul(&mut out, &xb, &wm, with_bias.then_some(&bm), rows)
         .expect("matmul");
     let got = download(b, &out, rows * n);
-    let gemm = dtype == DType::BF16 && rows > 4;
+    let gemm = matches!(dtype, DType::BF16 | DType::F16) && rows > 4;
     let what = format!(
         "matmul {dtype} {rows}x{n}x{k} bias={with_bias} ({})",
         if gemm { "gemm" } else { "matvec" }
     );
     if gemm {
-        // The tensor-core path rounds x to bf16 first (relative error 2^-9 per element), so it
-        // must match the reference on bf16-rounded x up to f32 accumulation (1e-5 * Σ|x||w|) ...
-        let xr: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+        // The tensor-core path rounds x to bf16 / f16 first (relative error 2^-9 / 2^-12 per
+        // element), so it must match the reference on rounded x up to f32 accumulation
+        // (1e-5 * Σ|x||w|) ...
+        let xr: Vec<f32> = if dtype == DType::BF16 {
+            x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
+        } else {
+            x.iter().map(|&v| f16::from_f32(v).to_f32()).collect()
+        };
         let (want, mag) = ref_matmul(&xr, &wr, with_bias.then_some(&bias[..]), rows, n, k);
         assert_close(&what, &got, &want, |i| 1e-5 * (1.0 + mag[i]));
-        // ... and the exact-x reference within the bf16 rounding bound 2^-8 * Σ|x||w|.
+        // ... and the exact-x reference within the bf16 rounding bound 2^-8 * Σ|x||w| (f16's
+        // 2^-11 is inside it).
         let (want, mag) = ref_matmul(&x, &wr, with_bias.then_some(&bias[..]), rows, n, k);
         assert_close(&what, &got, &want, |i| 2f64.powi(-8) * mag[i] + 1e-6);
     } else {
@@ -399,10 +436,42 @@ pub fn gemm<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
     let mut rng = Rng::new(7);
     // M, N not multiples of 64 (and one M over two block rows), K = 40 not a multiple of 16
     // or of the 32-wide k-tile, K = 8 the smallest legal.
-    for &(rows, n, k) in &[(17usize, 70usize, 40usize), (5, 3, 8), (70, 65, 72), (33, 128, 96)] {
+    for &(rows, n, k) in &[
+        (17usize, 70usize, 40usize),
+        (5, 3, 8),
+        (70, 65, 72),
+        (33, 128, 96),
+        (16, 256, 64),
+        (7, 128, 64),
+    ] {
         matmul_case(b, &mut rng, DType::BF16, rows, n, k, true);
     }
     matmul_case(b, &mut rng, DType::BF16, 17, 9, 24, false);
+    for &(rows, n, k) in &[(17usize, 70usize, 40usize), (70, 65, 72)] {
+        matmul_case(b, &mut rng, DType::F16, rows, n, k, true);
+    }
+    // f16 activations saturate at +-65504 instead of becoming inf
+    let (rows, n, k) = (5usize, 2usize, 8usize);
+    let mut x = rng.vec(rows * k);
+    x[0] = 1e6;
+    x[k + 1] = -3e5;
+    let wv: Vec<f32> = (0..n * k)
+        .map(|i| if i % k < 2 { 1.0 } else { 0.0 })
+        .collect();
+    let (wt, _) = f16_weight("w", vec![n, k], &wv);
+    let wm = b.upload(&wt).expect("upload");
+    let xb = upload_rows(b, &x, rows, k);
+    let mut out = b.alloc(rows * n).expect("alloc");
+    b.matmul(&mut out, &xb, &wm, None, rows).expect("gemm_f16");
+    let got = download(b, &out, rows * n);
+    let clamp = |v: f32| f16::from_f32(v.clamp(-65504.0, 65504.0)).to_f32();
+    for r in 0..rows {
+        let want = (clamp(x[r * k]) + clamp(x[r * k + 1])) as f64;
+        for o in 0..n {
+            // exact: two f16 values (times 1.0) summed in f32, the rest times 0
+            assert_eq!(got[r * n + o] as f64, want, "saturating f16 row {r}");
+        }
+    }
 }
 
 pub fn matmul_preconditions<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
@@ -434,14 +503,19 @@ pub fn silu_mul_add<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
             .map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64)
             .collect();
         // ex2.approx (2^-22) and three f32 roundings: 1e-6 relative.
-        assert_close(&format!("silu_mul {len}"), &download(b, &gb, len), &want, |i| {
-            1e-6 * (1e-3 + want[i].abs())
-        });
+        assert_close(
+            &format!("silu_mul {len}"),
+            &download(b, &gb, len),
+            &want,
+            |i| 1e-6 * (1e-3 + want[i].abs()),
+        );
         let mut xb = upload_buf(b, &g);
         b.add(&mut xb, &ub, len).expect("add");
         let want: Vec<f64> = g.iter().zip(&u).map(|(&g, &u)| (g + u) as f64).collect();
         // one f32 add, compared with the same f32 add: exact
-        assert_close(&format!("add {len}"), &download(b, &xb, len), &want, |_| 0.0);
+        assert_close(&format!("add {len}"), &download(b, &xb, len), &want, |_| {
+            0.0
+        });
     }
 }
 
@@ -459,7 +533,11 @@ pub fn argmax<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
         // a larger value outside the range must be ignored
         v[0] = 5.0;
         let xb = upload_buf(b, &v);
-        assert_eq!(b.argmax(&xb, 7, len).expect("argmax"), at as u32, "argmax len {len}");
+        assert_eq!(
+            b.argmax(&xb, 7, len).expect("argmax"),
+            at as u32,
+            "argmax len {len}"
+        );
     }
     // ties at every distance the reductions combine: lanes 1..16 apart (shuffle steps), warps
     // apart (shared-memory step), and the same thread (stride 1024)
@@ -492,11 +570,17 @@ pub fn casts<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
     v[0] = f32::from_bits(0x3f80_8000);
     v[1] = f32::from_bits(0x3f81_8000);
     v[2] = -0.0;
-    let m = b.upload_f32_as_bf16("v", vec![777], &v).expect("upload as bf16");
+    let m = b
+        .upload_f32_as_bf16("v", vec![777], &v)
+        .expect("upload as bf16");
     let back = b.download_bf16_as_f32(&m).expect("download");
     for (i, (&x, &y)) in v.iter().zip(&back).enumerate() {
         // cvt.rn.bf16.f32 is IEEE round-to-nearest-even, as half::bf16::from_f32: bit-equal
-        assert_eq!(bf16::from_f32(x).to_f32().to_bits(), y.to_bits(), "cast [{i}] {x}");
+        assert_eq!(
+            bf16::from_f32(x).to_f32().to_bits(),
+            y.to_bits(),
+            "cast [{i}] {x}"
+        );
     }
 }
 
@@ -572,16 +656,24 @@ pub fn attention<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
     attention_case(b, &mut rng, 2, 2, 8, None, 1, 2, 1);
     // sliding window shorter than the history
     attention_case(b, &mut rng, 4, 1, 16, Some(3), 5, 3, 1);
-    // head_dim > 128: the second half of each lane's K registers
+    // head_dim > 128: the second half of each lane's K registers (split kernels for prefill too)
     attention_case(b, &mut rng, 2, 1, 132, None, 4, 1, 1);
+    // head_dim 128: every accumulator lane of the prefill kernel; 9 rows = a full block of 8
+    // query rows and a block with one
+    attention_case(b, &mut rng, 4, 2, 128, None, 9, 1, 1);
 }
 
 pub fn attention_splits<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
     let mut rng = Rng::new(12);
-    // 149 positions -> 3 splits of 64: the combine kernel, and empty splits for early rows of
-    // the prefill; then a decode step across all three splits; window 100 cuts into split 0.
+    // a decode step over 150 positions -> 5 splits of 32 (the combine kernel); window 100 cuts
+    // into the first split.
+    // (prefill of head_dim <= 128 takes the tiled kernel: 5 key tiles of 32, causal masks
+    // inside tiles, a window that starts inside a tile)
     attention_case(b, &mut rng, 3, 1, 8, None, 149, 1, 1);
     attention_case(b, &mut rng, 2, 1, 4, Some(100), 140, 1, 1);
+    // prefill through the split kernels (head_dim > 128): 70 rows over 3 splits of 32, so
+    // rows before position 32 / 64 leave later splits empty
+    attention_case(b, &mut rng, 2, 1, 136, None, 70, 1, 1);
 }
 
 pub fn attention_preconditions<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
@@ -604,11 +696,13 @@ pub fn attention_preconditions<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
     let k = b.alloc(8 * 8).expect("alloc");
     let mut out = b.alloc(16 * 8).expect("alloc");
     assert!(
-        b.attention(&mut out, &q, &k, &k, &mut kv, 0, 2, 3, &p).is_err(),
+        b.attention(&mut out, &q, &k, &k, &mut kv, 0, 2, 3, &p)
+            .is_err(),
         "past the context"
     );
     assert!(
-        b.attention(&mut out, &q, &k, &k, &mut kv, 1, 1, 0, &p).is_err(),
+        b.attention(&mut out, &q, &k, &k, &mut kv, 1, 1, 0, &p)
+            .is_err(),
         "layer out of range"
     );
     let mut kv6 = b
@@ -630,7 +724,8 @@ pub fn attention_preconditions<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
         ..p
     };
     assert!(
-        b.attention(&mut out, &q, &k, &k, &mut kv, 0, 1, 0, &p3).is_err(),
+        b.attention(&mut out, &q, &k, &k, &mut kv, 0, 1, 0, &p3)
+            .is_err(),
         "params disagree with the cache"
     );
 }

@@ -25,11 +25,6 @@
 //! Nothing here allocates per call after the first call on a thread (the bf16 buffer grows to
 //! the largest activation seen and is kept).
 
-// Declared here so this branch does not touch cpu/mod.rs; it belongs there as
-// `pub mod quant_kernels;` (its paths are absolute, so moving it is a one-line change).
-#[path = "quant_kernels.rs"]
-pub mod quant_kernels;
-
 use std::cell::RefCell;
 
 use half::{bf16, f16};
@@ -166,7 +161,7 @@ pub fn matmul_with(
             }
         }
         q => {
-            return quant_kernels::matmul_quant(
+            return super::quant_kernels::matmul_quant(
                 k,
                 &w.name,
                 q,

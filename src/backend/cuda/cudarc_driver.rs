@@ -85,10 +85,12 @@ impl CudarcDriver {
         }
         let dev = result::device::get(ordinal as i32).map_err(err("cuDeviceGet"))?;
         // SAFETY: `dev` was just returned by cuDeviceGet.
-        let ctx = unsafe { result::primary_ctx::retain(dev) }.map_err(err("cuDevicePrimaryCtxRetain"))?;
+        let ctx =
+            unsafe { result::primary_ctx::retain(dev) }.map_err(err("cuDevicePrimaryCtxRetain"))?;
         // SAFETY: `ctx` is the live primary context retained above.
         unsafe { result::ctx::set_current(ctx) }.map_err(err("cuCtxSetCurrent"))?;
-        let stream = result::stream::create(result::stream::StreamKind::NonBlocking).map_err(err("cuStreamCreate"))?;
+        let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
+            .map_err(err("cuStreamCreate"))?;
         let name = result::device::get_name(dev).map_err(err("cuDeviceGetName"))?;
         // SAFETY: `dev` is valid (above).
         let total = unsafe { result::device::total_mem(dev) }.map_err(err("cuDeviceTotalMem"))?;
@@ -143,14 +145,16 @@ impl GpuDriver for CudarcDriver {
 
     fn load_module(&self, name: &str, ptx: &str) -> Result<ModuleId> {
         self.bind()?;
-        let text = CString::new(ptx).map_err(|_| Error::Device(format!("{name}: PTX text contains a NUL byte")))?;
+        let text = CString::new(ptx)
+            .map_err(|_| Error::Device(format!("{name}: PTX text contains a NUL byte")))?;
         // SAFETY: `text` is a NUL-terminated PTX image that outlives the call.
-        let m = unsafe { result::module::load_data(text.as_ptr() as *const c_void) }.map_err(|e| {
-            Error::Device(format!(
-                "loading {name}: {:?} (the driver must support PTX ISA 8.0: CUDA 12 or newer)",
-                e.0
-            ))
-        })?;
+        let m =
+            unsafe { result::module::load_data(text.as_ptr() as *const c_void) }.map_err(|e| {
+                Error::Device(format!(
+                    "loading {name}: {:?} (the driver must support PTX ISA 8.0: CUDA 12 or newer)",
+                    e.0
+                ))
+            })?;
         let mut mods = lock(&self.modules);
         mods.push(m);
         Ok(ModuleId(mods.len() - 1))
@@ -158,10 +162,11 @@ impl GpuDriver for CudarcDriver {
 
     fn function(&self, module: ModuleId, entry: &str) -> Result<FuncId> {
         self.bind()?;
-        let m = *lock(&self.modules)
-            .get(module.0)
-            .ok_or_else(|| Error::Device(format!("function {entry}: unknown module {}", module.0)))?;
-        let cname = CString::new(entry).map_err(|_| Error::Device(format!("kernel name {entry:?} contains a NUL")))?;
+        let m = *lock(&self.modules).get(module.0).ok_or_else(|| {
+            Error::Device(format!("function {entry}: unknown module {}", module.0))
+        })?;
+        let cname = CString::new(entry)
+            .map_err(|_| Error::Device(format!("kernel name {entry:?} contains a NUL")))?;
         // SAFETY: `m` is a module loaded above and not unloaded before Drop.
         let f = unsafe { result::module::get_function(m, cname) }.map_err(err(entry))?;
         let mut funcs = lock(&self.funcs);
@@ -172,8 +177,9 @@ impl GpuDriver for CudarcDriver {
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {
         self.bind()?;
         // SAFETY: plain allocation; the memory is uninitialised and only ever accessed as bytes.
-        let p = unsafe { result::malloc_sync(bytes.max(1)) }
-            .map_err(|e| Error::Device(format!("allocating {bytes} B of device memory: {:?}", e.0)))?;
+        let p = unsafe { result::malloc_sync(bytes.max(1)) }.map_err(|e| {
+            Error::Device(format!("allocating {bytes} B of device memory: {:?}", e.0))
+        })?;
         Ok(DevPtr(p))
     }
 
@@ -219,7 +225,8 @@ impl GpuDriver for CudarcDriver {
         }
         self.bind()?;
         // SAFETY: dst..dst+bytes lies in one allocation (the backend allocates exactly that).
-        unsafe { result::memset_d8_async(dst.0, 0, bytes, self.stream) }.map_err(err("cuMemsetD8Async"))
+        unsafe { result::memset_d8_async(dst.0, 0, bytes, self.stream) }
+            .map_err(err("cuMemsetD8Async"))
     }
 
     fn launch(&self, f: FuncId, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
@@ -241,7 +248,10 @@ impl GpuDriver for CudarcDriver {
                 KernelArg::F32(v) => v.to_bits() as u64,
             })
             .collect();
-        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect();
         let timing = self.profiling.load(Ordering::Relaxed);
         let events = if timing {
             let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
@@ -257,15 +267,31 @@ impl GpuDriver for CudarcDriver {
         // entry, in order (the backend builds `args` from the kernel header's parameter list)
         // and `slots` outlives the call, which copies the values; grid/block/shared come from
         // the backend's checked launch shapes.
-        unsafe { result::launch_kernel(func, cfg.grid, cfg.block, cfg.shared_bytes, self.stream, &mut params) }
-            .map_err(|e| {
-                let name = lock(&self.funcs).get(f.0).map(|x| x.1.clone()).unwrap_or_default();
-                Error::Device(format!("launching {name} with {cfg:?}: {:?}", e.0))
-            })?;
+        unsafe {
+            result::launch_kernel(
+                func,
+                cfg.grid,
+                cfg.block,
+                cfg.shared_bytes,
+                self.stream,
+                &mut params,
+            )
+        }
+        .map_err(|e| {
+            let name = lock(&self.funcs)
+                .get(f.0)
+                .map(|x| x.1.clone())
+                .unwrap_or_default();
+            Error::Device(format!("launching {name} with {cfg:?}: {:?}", e.0))
+        })?;
         if let Some((start, end)) = events {
             // SAFETY: live event and stream.
             unsafe { result::event::record(end, self.stream) }.map_err(err("cuEventRecord"))?;
-            lock(&self.timed).push(Timed { func: f.0, start, end });
+            lock(&self.timed).push(Timed {
+                func: f.0,
+                start,
+                end,
+            });
         }
         Ok(())
     }
@@ -296,10 +322,12 @@ impl GpuDriver for CudarcDriver {
                 let _ = result::event::destroy(t.end);
             }
             let name = funcs.get(t.func).map(|x| x.1.clone()).unwrap_or_default();
-            let c = by_name.entry(name.clone()).or_insert_with(|| KernelCounters {
-                kernel: name,
-                ..Default::default()
-            });
+            let c = by_name
+                .entry(name.clone())
+                .or_insert_with(|| KernelCounters {
+                    kernel: name,
+                    ..Default::default()
+                });
             c.launches += 1;
             c.seconds += ms as f64 / 1e3;
         }

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
-use super::matmul::quant_kernels::{self as qk, QTable};
+use super::quant_kernels::{self as qk, QTable};
 use vector::{tile_table, TileTable};
 
 /// An instruction set a [`Kernels`] table can be built for.
@@ -86,7 +86,7 @@ pub struct Kernels {
     widen_f16: unsafe fn(&mut [f32], &[f16]),
     /// f32 × f32 register-blocked tiles (prefill; bf16/f16 weights are widened first).
     pub(crate) tiles_f32: TileTable<f32>,
-    /// Integer kernels for block-quantized weights (see `matmul::quant_kernels`).
+    /// Integer kernels for block-quantized weights (see `quant_kernels`).
     pub(crate) qtiles: QTable,
     /// Present when the CPU has AVX-512 BF16 and it was not switched off.
     pub(crate) tiles_bf16dot: Option<Bf16DotTable>,

@@ -31,7 +31,9 @@
 //!   and eviction hints and `.nc/.volatile/.relaxed/...` ignored; `cvta{.to}.{global,shared,local}`;
 //!   `atom`/`red` `.global/.shared` `add min max inc dec cas exch and or xor` on 32/64-bit
 //!   integer types and `add.f32/.f64`; `cp.async.{ca,cg}.shared.global [d], [s], 4|8|16{, src}`
-//!   (executed synchronously) with `commit_group/wait_group/wait_all`; `membar`, `fence`,
+//!   (copied at once, but the bytes count as in flight until the issuing thread's
+//!   `cp.async.wait_group N`/`wait_all` completes their group: touching them earlier is
+//!   reported), `commit_group`; `membar`, `fence`,
 //!   `prefetch` (no-ops: execution is sequentially consistent).
 //! - Warp: `shfl.sync.{up,down,bfly,idx}.b32` (clamp/segment operand, optional `|p`),
 //!   `vote.sync.{all,any,uni,ballot}`, `redux.sync.{add,min,max,and,or,xor}.{u32,s32,b32}`,
@@ -43,8 +45,12 @@
 //! - Special registers: `%tid %ntid %ctaid %nctaid` (.x/.y/.z), `%laneid %warpid %nwarpid
 //!   %clock %clock64 %gridid %smid %lanemask_{eq,lt,le,gt,ge}`.
 //!
+//! Launch checks: parameter count and sizes against the `.entry`, block and grid limits,
+//! `.reqntid`/`.maxntid`, shared memory up to 227 KB. A CTA that runs more than
+//! [`SimDriver::set_step_limit`] warp instructions fails as hung (spin-waits, livelocks).
+//!
 //! Semantics chosen where real hardware is undefined or racy: CTAs run one after another;
-//! registers start at zero; integer division by zero gives all ones; a barrier waits for all
+//! registers are zero at launch and not reset between CTAs; integer division by zero gives all ones; a barrier waits for all
 //! threads that have not exited.
 
 mod check;
@@ -78,6 +84,7 @@ struct State {
     funcs: Vec<(usize, usize)>,
     profiling: bool,
     counters: Vec<KernelCounters>,
+    step_limit: u64,
 }
 
 /// The PTX interpreter device. Cheap to create; all state lives behind one lock, and launches
@@ -101,6 +108,7 @@ impl SimDriver {
                 funcs: Vec::new(),
                 profiling: false,
                 counters: Vec::new(),
+                step_limit: exec::DEFAULT_STEP_LIMIT,
             }),
         }
     }
@@ -109,6 +117,14 @@ impl SimDriver {
         self.state
             .lock()
             .map_err(|_| Error::Device("ptx interpreter state poisoned by an earlier panic".into()))
+    }
+
+    /// Warp instructions one CTA may execute before the launch fails as hung (a spin-wait on a
+    /// flag no thread will set, a barrier some threads never reach while others loop).
+    pub fn set_step_limit(&self, warp_instructions: u64) {
+        if let Ok(mut st) = self.state.lock() {
+            st.step_limit = warp_instructions.max(1);
+        }
     }
 
     /// Bytes of device memory currently allocated (for leak checks in tests).
@@ -298,6 +314,26 @@ impl GpuDriver for SimDriver {
                 args.len()
             )));
         }
+        let b = [cfg.block.0, cfg.block.1, cfg.block.2];
+        if let Some(req) = &kernel.reqntid {
+            let want: Vec<u32> = (0..3).map(|i| req.get(i).copied().unwrap_or(1)).collect();
+            if want != b {
+                return Err(Error::Ptx(format!(
+                    "kernel `{}` declares .reqntid {req:?} but is launched with block {:?}",
+                    kernel.name, cfg.block
+                )));
+            }
+        }
+        if let Some(max) = &kernel.maxntid {
+            let limit: u64 = max.iter().map(|&x| x as u64).product();
+            let threads: u64 = b.iter().map(|&x| x as u64).product();
+            if threads > limit {
+                return Err(Error::Ptx(format!(
+                    "kernel `{}` declares .maxntid {max:?} but is launched with block {:?}",
+                    kernel.name, cfg.block
+                )));
+            }
+        }
         let mut params = vec![0u8; kernel.param_bytes];
         for (i, (a, p)) in args.iter().zip(&kernel.params).enumerate() {
             let bytes: Vec<u8> = match a {
@@ -330,6 +366,7 @@ impl GpuDriver for SimDriver {
             block: cfg.block,
             params: &params,
             shared_bytes,
+            step_limit: st.step_limit,
         };
         let t0 = Instant::now();
         if st.profiling {
