@@ -278,6 +278,8 @@ fn drive<F>(
         n_out,
         rows.saturating_mul(n_out).saturating_mul(n_in),
         |o0, o1| {
+            // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
+            #[allow(clippy::redundant_locals)]
             let dst = dst;
             for r0 in (0..rows).step_by(rb) {
                 let r1 = (r0 + rb).min(rows);
@@ -360,6 +362,8 @@ fn plain<E: Weight>(
         // 4 interleaved row streams reached 9 GB/s for bf16 and 13 for f32, one stream 16-18).
         let dst = SyncPtr(out.as_mut_ptr());
         split_columns(n_out, n_out * n_in, |o0, o1| {
+            // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
+            #[allow(clippy::redundant_locals)]
             let dst = dst;
             for o in o0..o1 {
                 let v = E::dot(k, x, &w[o * n_in..(o + 1) * n_in]) + bias.map_or(0.0, |b| b[o]);
@@ -434,6 +438,8 @@ pub(crate) fn prefill(
         n_out,
         rows.saturating_mul(n_out).saturating_mul(n_in),
         |o0, o1| {
+            // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
+            #[allow(clippy::redundant_locals)]
             let dst = dst;
             let mut pack = [0f32; NW * KC_MAX];
             let mut tmp = [0f32; NX * NW];
