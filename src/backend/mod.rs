@@ -201,4 +201,7 @@ pub struct OpProfile {
     pub seconds: f64,
     pub bytes: f64,
     pub flops: f64,
+    /// Backend-specific counters (the PTX interpreter's warp instructions, coalescing, bank
+    /// conflicts ...), by name.
+    pub extra: Vec<(&'static str, f64)>,
 }

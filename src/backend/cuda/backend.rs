@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::driver::{DevPtr, GpuDriver, KernelArg, LaunchConfig};
+use super::driver::{DevPtr, GpuDriver, KernelArg, KernelCounters, LaunchConfig};
 use super::registry::{Kernel, Kernels};
 use crate::backend::{AttnParams, Backend, KvShape, OpProfile};
 use crate::error::{Error, Result};
@@ -1139,20 +1139,42 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             Some(t) => std::mem::take(t),
             None => return Vec::new(),
         };
-        let times: BTreeMap<String, f64> = self
+        let counters: BTreeMap<String, KernelCounters> = self
             .drv
             .take_counters()
             .into_iter()
-            .map(|c| (c.kernel.clone(), c.seconds))
+            .map(|c| (c.kernel.clone(), c))
             .collect();
         tally
             .into_iter()
-            .map(|(name, t)| OpProfile {
-                op: name.to_string(),
-                calls: t.calls,
-                seconds: times.get(name).copied().unwrap_or(0.0),
-                bytes: t.bytes,
-                flops: t.flops,
+            .map(|(name, t)| {
+                let c = counters.get(name);
+                // The interpreter counts what the hardware would do; a real driver reports time only.
+                let extra = match c {
+                    Some(c) if c.warp_instructions > 0 => vec![
+                        ("warp_instr", c.warp_instructions as f64),
+                        ("global_ld_B", c.global_load_bytes as f64),
+                        ("global_st_B", c.global_store_bytes as f64),
+                        (
+                            "shared_B",
+                            (c.shared_load_bytes + c.shared_store_bytes) as f64,
+                        ),
+                        (
+                            "sectors/ideal",
+                            c.global_sectors as f64 / (c.global_sectors_ideal.max(1)) as f64,
+                        ),
+                        ("bank_conflicts", c.bank_conflicts as f64),
+                    ],
+                    _ => Vec::new(),
+                };
+                OpProfile {
+                    op: name.to_string(),
+                    calls: t.calls,
+                    seconds: c.map_or(0.0, |c| c.seconds),
+                    bytes: t.bytes,
+                    flops: t.flops,
+                    extra,
+                }
             })
             .collect()
     }

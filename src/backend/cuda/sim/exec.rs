@@ -464,6 +464,15 @@ impl<'a, 'm> Exec<'a, 'm> {
                 out
             }
             Src::Imm(v) => [v; 32],
+            Src::Sreg(Sreg::Tid(d)) => {
+                let mut out = [0u64; 32];
+                let t = &self.tids[w * 32..w * 32 + 32];
+                for (o, id) in out.iter_mut().zip(t) {
+                    *o = id[(d as usize).min(2)] as u64;
+                }
+                out
+            }
+            Src::Sreg(Sreg::LaneId) => std::array::from_fn(|i| i as u64),
             Src::Sreg(sr) => {
                 let mut out = [0u64; 32];
                 for lane in Lanes(exec) {
@@ -1216,7 +1225,14 @@ impl<'a, 'm> Exec<'a, 'm> {
                 c,
             } => {
                 let (ty, sat) = (*ty, *sat);
-                self.map3(w, exec, *d, *a, *b, *c, |x, y, z| ffma(ty, sat, x, y, z));
+                if ty == Ty::F32 && !sat {
+                    let f = |v: u64| f32::from_bits(v as u32);
+                    self.map3(w, exec, *d, *a, *b, *c, |x, y, z| {
+                        f(x).mul_add(f(y), f(z)).to_bits() as u64
+                    });
+                } else {
+                    self.map3(w, exec, *d, *a, *b, *c, |x, y, z| ffma(ty, sat, x, y, z));
+                }
             }
             Op::Selp { ty, d, a, b, c } => {
                 let m = mask(ty.bits());
@@ -1245,9 +1261,11 @@ impl<'a, 'm> Exec<'a, 'm> {
                     Some((_, c, _)) => self.gather(w, *c, exec),
                     None => [0; 32],
                 };
+                let codes = order_codes(*ty, *cmp, exec, &x, &y);
+                let table = cmp_table(*cmp);
                 let (mut p, mut q) = ([0u64; 32], [0u64; 32]);
                 for lane in Lanes(exec) {
-                    let r = compare(*cmp, *ty, x[lane], y[lane]);
+                    let r = table[codes[lane] as usize];
                     let (pv, qv) = match comb {
                         None => (r, !r),
                         Some((op, _, neg)) => {
@@ -2289,77 +2307,76 @@ fn fun(op: FUn, ty: Ty, a: u64) -> u64 {
     })
 }
 
-fn compare(cmp: Cmp, ty: Ty, a: u64, b: u64) -> bool {
-    if ty.float() {
-        let (x, y) = if ty == Ty::F64 {
-            (f64::from_bits(a), f64::from_bits(b))
-        } else {
-            (h2f(ty, a) as f64, h2f(ty, b) as f64)
-        };
-        let nan = x.is_nan() || y.is_nan();
-        return match cmp {
-            Cmp::Eq => x == y,
-            Cmp::Ne => !nan && x != y,
-            Cmp::Lt => x < y,
-            Cmp::Le => x <= y,
-            Cmp::Gt => x > y,
-            Cmp::Ge => x >= y,
-            Cmp::Equ => nan || x == y,
-            Cmp::Neu => nan || x != y,
-            Cmp::Ltu => nan || x < y,
-            Cmp::Leu => nan || x <= y,
-            Cmp::Gtu => nan || x > y,
-            Cmp::Geu => nan || x >= y,
-            Cmp::Num => !nan,
-            Cmp::Nan => nan,
-            Cmp::Lo => x < y,
-            Cmp::Ls => x <= y,
-            Cmp::Hi => x > y,
-            Cmp::Hs => x >= y,
-        };
-    }
-    let bits = ty.bits();
-    let (ua, ub) = (zx(a, bits), zx(b, bits));
-    let (sa, sb) = (sx(a, bits), sx(b, bits));
-    let signed = ty.signed();
+/// Truth of a comparison for each outcome: less, equal, greater, unordered (a NaN operand).
+fn cmp_table(cmp: Cmp) -> [bool; 4] {
+    const F: bool = false;
+    const T: bool = true;
     match cmp {
-        Cmp::Eq | Cmp::Equ => ua == ub,
-        Cmp::Ne | Cmp::Neu => ua != ub,
-        Cmp::Lt | Cmp::Ltu => {
-            if signed {
-                sa < sb
-            } else {
-                ua < ub
-            }
-        }
-        Cmp::Le | Cmp::Leu => {
-            if signed {
-                sa <= sb
-            } else {
-                ua <= ub
-            }
-        }
-        Cmp::Gt | Cmp::Gtu => {
-            if signed {
-                sa > sb
-            } else {
-                ua > ub
-            }
-        }
-        Cmp::Ge | Cmp::Geu => {
-            if signed {
-                sa >= sb
-            } else {
-                ua >= ub
-            }
-        }
-        Cmp::Lo => ua < ub,
-        Cmp::Ls => ua <= ub,
-        Cmp::Hi => ua > ub,
-        Cmp::Hs => ua >= ub,
-        Cmp::Num => true,
-        Cmp::Nan => false,
+        Cmp::Eq => [F, T, F, F],
+        Cmp::Ne => [T, F, T, F],
+        Cmp::Lt | Cmp::Lo => [T, F, F, F],
+        Cmp::Le | Cmp::Ls => [T, T, F, F],
+        Cmp::Gt | Cmp::Hi => [F, F, T, F],
+        Cmp::Ge | Cmp::Hs => [F, T, T, F],
+        Cmp::Equ => [F, T, F, T],
+        Cmp::Neu => [T, F, T, T],
+        Cmp::Ltu => [T, F, F, T],
+        Cmp::Leu => [T, T, F, T],
+        Cmp::Gtu => [F, F, T, T],
+        Cmp::Geu => [F, T, T, T],
+        Cmp::Num => [T, T, T, F],
+        Cmp::Nan => [F, F, F, T],
     }
+}
+
+#[inline(always)]
+fn code_of<T: PartialOrd>(x: T, y: T) -> u8 {
+    match x.partial_cmp(&y) {
+        Some(std::cmp::Ordering::Less) => 0,
+        Some(std::cmp::Ordering::Equal) => 1,
+        Some(std::cmp::Ordering::Greater) => 2,
+        None => 3,
+    }
+}
+
+/// Per-lane comparison outcome (see [`cmp_table`]); the type dispatch is outside the lane loop.
+/// Integers compare signed for signed types, except with lo/ls/hi/hs (always unsigned).
+fn order_codes(ty: Ty, cmp: Cmp, exec: u32, x: &[u64; 32], y: &[u64; 32]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    match ty {
+        Ty::F32 => {
+            for lane in Lanes(exec) {
+                out[lane] = code_of(
+                    f32::from_bits(x[lane] as u32),
+                    f32::from_bits(y[lane] as u32),
+                );
+            }
+        }
+        Ty::F64 => {
+            for lane in Lanes(exec) {
+                out[lane] = code_of(f64::from_bits(x[lane]), f64::from_bits(y[lane]));
+            }
+        }
+        t if t.float() => {
+            for lane in Lanes(exec) {
+                out[lane] = code_of(h2f(t, x[lane]), h2f(t, y[lane]));
+            }
+        }
+        t => {
+            let bits = t.bits().max(1);
+            if t.signed() && !matches!(cmp, Cmp::Lo | Cmp::Ls | Cmp::Hi | Cmp::Hs) {
+                for lane in Lanes(exec) {
+                    out[lane] = code_of(sx(x[lane], bits), sx(y[lane], bits));
+                }
+            } else {
+                let m = mask(bits);
+                for lane in Lanes(exec) {
+                    out[lane] = code_of(x[lane] & m, y[lane] & m);
+                }
+            }
+        }
+    }
+    out
 }
 
 pub fn f32_to_bf16(x: f32) -> u16 {

@@ -16,7 +16,9 @@
 //!   `.param` (scalars, `.ptr.global.align N`), module `.global/.const` variables with simple
 //!   initialisers, module or kernel `.shared` arrays incl. `.extern .shared .align N .b8 s[]`
 //!   (dynamic shared memory, placed after the static ones), `.local` arrays, `.reg` incl.
-//!   `%r<N>` ranges, `.maxntid/.reqntid/...` (ignored), `.pragma`, labels, `@p`/`@!p`.
+//!   `%r<N>` ranges, `.maxntid/.reqntid` (checked at launch), other performance directives
+//!   and `.pragma` (ignored), labels, `@p`/`@!p`, `//` and `/* */` comments, `0f`/`0d`/hex/
+//!   negative immediates.
 //! - Integer: `add sub mul.{lo,hi,wide} mad.{lo,hi,wide} div rem min max abs neg not cnot popc
 //!   clz brev and or xor shl shr bfe bfi prmt` (default mode), `selp`, `setp` (all comparisons
 //!   incl. unordered, `.and/.or/.xor` with a predicate, `p|q` destinations), and/or/xor/not on
@@ -34,7 +36,8 @@
 //!   (copied at once, but the bytes count as in flight until the issuing thread's
 //!   `cp.async.wait_group N`/`wait_all` completes their group: touching them earlier is
 //!   reported), `commit_group`; `membar`, `fence`,
-//!   `prefetch` (no-ops: execution is sequentially consistent).
+//!   `prefetch` (no-ops: execution is sequentially consistent). Shared memory is not
+//!   zeroed: reading a byte this CTA never wrote is reported.
 //! - Warp: `shfl.sync.{up,down,bfly,idx}.b32` (clamp/segment operand, optional `|p`),
 //!   `vote.sync.{all,any,uni,ballot}`, `redux.sync.{add,min,max,and,or,xor}.{u32,s32,b32}`,
 //!   `ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{.trans}.shared.b16`,
@@ -49,9 +52,13 @@
 //! `.reqntid`/`.maxntid`, shared memory up to 227 KB. A CTA that runs more than
 //! [`SimDriver::set_step_limit`] warp instructions fails as hung (spin-waits, livelocks).
 //!
-//! Semantics chosen where real hardware is undefined or racy: CTAs run one after another;
-//! registers are zero at launch and not reset between CTAs; integer division by zero gives all ones; a barrier waits for all
-//! threads that have not exited.
+//! Semantics chosen where real hardware is undefined or racy: CTAs run one after another
+//! (not in parallel: the checks and counters stay exact, and global memory needs no locking);
+//! registers are zero at launch and not reset between CTAs; integer division by zero gives
+//! all ones; a barrier waits for all threads that have not exited, and threads waiting at two
+//! different `bar.sync` instructions are reported as a deadlock. Not checked: races on global
+//! memory between CTAs, `ld.global.nc` of data the same kernel writes, reads of registers
+//! before their first write.
 
 mod check;
 mod counters;
