@@ -70,13 +70,15 @@ fn tables() -> Vec<Kernels> {
 
 const ROWS: [usize; 6] = [1, 2, 3, 7, 16, 33];
 const DIMS: [usize; 7] = [1, 3, 17, 63, 65, 130, 577];
+/// Input widths: DIMS plus one past the prefill k-slice (640), so slices accumulate.
+const IN_DIMS: [usize; 8] = [1, 3, 17, 63, 65, 130, 577, 1300];
 
 #[test]
 fn matmul_matches_reference() {
     let mut rng = Rng(1234);
     let tabs = tables();
     for dtype in [DType::F32, DType::BF16, DType::F16] {
-        for &n_in in &DIMS {
+        for &n_in in &IN_DIMS {
             for &n_out in &DIMS {
                 let (w, wf) = weight(dtype, n_out, n_in, &rng.vec(n_out * n_in));
                 let bias_v = rng.vec(n_out);
@@ -120,6 +122,43 @@ fn matmul_matches_reference() {
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn many_rows_cross_row_blocks() {
+    // 300 rows of 1300: more than one L2 row block on every path, and three k-slices.
+    let mut rng = Rng(99);
+    let (rows, n_in, n_out) = (300, 1300, 9);
+    let x = rng.vec(rows * n_in);
+    let bias = rng.vec(n_out);
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let (w, wf) = weight(dtype, n_out, n_in, &rng.vec(n_out * n_in));
+        let mut want = vec![0.0f32; rows * n_out];
+        matmul_reference(&mut want, &x, rows, &w, Some(&bias)).expect("reference");
+        for k in tables() {
+            let mut got = vec![f32::NAN; rows * n_out];
+            matmul_with(&k, &mut got, &x, rows, &w, Some(&bias)).expect("matmul");
+            for r in 0..rows {
+                for o in 0..n_out {
+                    let abs: f32 = (0..n_in)
+                        .map(|i| (x[r * n_in + i] * wf[o * n_in + i]).abs())
+                        .sum::<f32>()
+                        + bias[o].abs();
+                    // As in matmul_matches_reference.
+                    let mut tol = (n_in as f32 + 2.0) * f32::EPSILON * abs;
+                    if dtype == DType::BF16 && k.has_bf16_dot() {
+                        tol += abs / 256.0;
+                    }
+                    let (g, e) = (got[r * n_out + o], want[r * n_out + o]);
+                    assert!(
+                        (g - e).abs() <= tol,
+                        "{} {dtype} at ({r},{o}): got {g}, want {e}, tol {tol}",
+                        k.describe()
+                    );
                 }
             }
         }

@@ -157,3 +157,85 @@ fn dequantized_perplexity_matches_transformers() {
         got.nll_stderr
     );
 }
+
+#[test]
+fn tokenizer_and_chat_template_match_the_reference() {
+    let Some(path) = gguf() else { return };
+    let r = reference();
+    let model = Model::load(
+        &path,
+        &LoadOptions {
+            threads: 1,
+            context_len: Some(64),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let tok = model.tokenizer().expect("the GGUF carries its tokenizer");
+    for (name, p) in r["prompts"].as_object().unwrap() {
+        let text = p["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            ids(&p["ids"]),
+            "{name}: ids"
+        );
+        assert_eq!(
+            tok.decode(&ids(&p["ids"]), false).unwrap(),
+            text,
+            "{name}: decode"
+        );
+    }
+    // The chat prompt was rendered from the GGUF's template by jinja2 in the fixture script.
+    let chat = model
+        .chat_prompt(&[minfer::ChatMessage::new(
+            "user",
+            "What is the capital of France?",
+        )])
+        .unwrap();
+    assert_eq!(chat, ids(&r["prompts"]["chat"]["ids"]));
+}
+
+#[test]
+fn streamed_text_equals_the_full_decode_and_stops_at_eos() {
+    let Some(path) = gguf() else { return };
+    let r = reference();
+    let mut model = Model::load(
+        &path,
+        &LoadOptions {
+            threads: 2,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    for (name, p) in r["prompts"].as_object().unwrap() {
+        let prompt = ids(&p["ids"]);
+        let mut pieces = Vec::new();
+        model.reset();
+        let out = model
+            .generate_ids_as_text(
+                &prompt,
+                &GenerateOptions {
+                    max_new_tokens: 32,
+                    ..Default::default()
+                },
+                |s| {
+                    pieces.push(s.to_string());
+                    true
+                },
+            )
+            .unwrap();
+        assert_eq!(pieces.concat(), out.text, "{name}");
+        let full = model.tokenizer().unwrap().decode(&out.ids, true).unwrap();
+        assert_eq!(out.text, full, "{name}");
+        // Generation stops at the first EOS; the reference recorded where that is.
+        if let Some(i) = p["greedy_first_eos_index"].as_u64() {
+            assert_eq!(out.ids, ids(&p["greedy_ids"])[..i as usize], "{name}");
+            assert_eq!(
+                out.text,
+                p["greedy_text_until_eos"].as_str().unwrap(),
+                "{name}"
+            );
+            assert_eq!(out.stats.stop, minfer::StopReason::Stop(2));
+        }
+    }
+}

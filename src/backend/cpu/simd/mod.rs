@@ -81,9 +81,10 @@ pub struct Kernels {
     dot_bf16: unsafe fn(&[f32], &[bf16]) -> f32,
     dot_f16: unsafe fn(&[f32], &[f16]) -> f32,
     axpy: unsafe fn(&mut [f32], f32, &[f32]),
+    widen_bf16: unsafe fn(&mut [f32], &[bf16]),
+    widen_f16: unsafe fn(&mut [f32], &[f16]),
+    /// f32 × f32 register-blocked tiles (prefill; bf16/f16 weights are widened first).
     pub(crate) tiles_f32: TileTable<f32>,
-    pub(crate) tiles_bf16: TileTable<bf16>,
-    pub(crate) tiles_f16: TileTable<f16>,
     /// Present when the CPU has AVX-512 BF16 and it was not switched off.
     pub(crate) tiles_bf16dot: Option<Bf16DotTable>,
 }
@@ -101,7 +102,7 @@ impl Kernels {
             Isa::Scalar => Some(Kernels::scalar()),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86::Avx2::new().map(|_| {
-                use x86::{axpy_avx2, dot_avx2, tile_avx2};
+                use x86::{axpy_avx2, dot_avx2, tile_avx2, widen_avx2};
                 Kernels {
                     isa,
                     vnni: false,
@@ -109,15 +110,15 @@ impl Kernels {
                     dot_bf16: dot_avx2::<bf16>,
                     dot_f16: dot_avx2::<f16>,
                     axpy: axpy_avx2,
+                    widen_bf16: widen_avx2::<bf16>,
+                    widen_f16: widen_avx2::<f16>,
                     tiles_f32: tile_table!(tile_avx2, f32),
-                    tiles_bf16: tile_table!(tile_avx2, bf16),
-                    tiles_f16: tile_table!(tile_avx2, f16),
                     tiles_bf16dot: None,
                 }
             }),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => x86::Avx512::new().map(|t| {
-                use x86::{axpy_avx512, dot_avx512, tile_avx512, tile_bf16dot as bd};
+                use x86::{axpy_avx512, dot_avx512, tile_avx512, tile_bf16dot as bd, widen_avx512};
                 let bf16dot: Bf16DotTable = [
                     [bd::<1, 1>, bd::<1, 4>],
                     [bd::<2, 1>, bd::<2, 4>],
@@ -131,15 +132,15 @@ impl Kernels {
                     dot_bf16: dot_avx512::<bf16>,
                     dot_f16: dot_avx512::<f16>,
                     axpy: axpy_avx512,
+                    widen_bf16: widen_avx512::<bf16>,
+                    widen_f16: widen_avx512::<f16>,
                     tiles_f32: tile_table!(tile_avx512, f32),
-                    tiles_bf16: tile_table!(tile_avx512, bf16),
-                    tiles_f16: tile_table!(tile_avx512, f16),
                     tiles_bf16dot: t.has_bf16().then_some(bf16dot),
                 }
             }),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => neon::Neon::new().map(|_| {
-                use neon::{axpy_neon, dot_neon, tile_neon};
+                use neon::{axpy_neon, dot_neon, tile_neon, widen_neon};
                 Kernels {
                     isa,
                     vnni: false,
@@ -147,9 +148,9 @@ impl Kernels {
                     dot_bf16: dot_neon::<bf16>,
                     dot_f16: dot_neon::<f16>,
                     axpy: axpy_neon,
+                    widen_bf16: widen_neon::<bf16>,
+                    widen_f16: widen_neon::<f16>,
                     tiles_f32: tile_table!(tile_neon, f32),
-                    tiles_bf16: tile_table!(tile_neon, bf16),
-                    tiles_f16: tile_table!(tile_neon, f16),
                     tiles_bf16dot: None,
                 }
             }),
@@ -159,7 +160,7 @@ impl Kernels {
     }
 
     fn scalar() -> Kernels {
-        use scalar::{axpy, dot, tile};
+        use scalar::{axpy, dot, tile, widen};
         Kernels {
             isa: Isa::Scalar,
             vnni: false,
@@ -167,9 +168,9 @@ impl Kernels {
             dot_bf16: dot::<bf16>,
             dot_f16: dot::<f16>,
             axpy,
+            widen_bf16: widen::<bf16>,
+            widen_f16: widen::<f16>,
             tiles_f32: tile_table!(tile, f32),
-            tiles_bf16: tile_table!(tile, bf16),
-            tiles_f16: tile_table!(tile, f16),
             tiles_bf16dot: None,
         }
     }
@@ -242,6 +243,18 @@ impl Kernels {
         unsafe { (self.dot_f16)(a, b) }
     }
 
+    /// `dst[i] = src[i]` as f32 (exact), over the common length.
+    pub fn widen_bf16(&self, dst: &mut [f32], src: &[bf16]) {
+        // SAFETY: as in `dot_f32`.
+        unsafe { (self.widen_bf16)(dst, src) }
+    }
+
+    /// `dst[i] = src[i]` as f32 (exact), over the common length.
+    pub fn widen_f16(&self, dst: &mut [f32], src: &[f16]) {
+        // SAFETY: as in `dot_f32`.
+        unsafe { (self.widen_f16)(dst, src) }
+    }
+
     /// `y[i] += alpha · x[i]` over the common length.
     pub fn axpy(&self, y: &mut [f32], alpha: f32, x: &[f32]) {
         // SAFETY: as in `dot_f32`.
@@ -308,4 +321,17 @@ pub fn measure_read_bandwidth(bytes: usize, reps: usize) -> f64 {
 pub fn describe() -> &'static str {
     static D: OnceLock<String> = OnceLock::new();
     D.get_or_init(|| kernels().describe())
+}
+
+/// Hint the cache to fetch the line at `p` into L1. Any address is fine: a prefetch never
+/// faults. A no-op where the architecture has no stable prefetch intrinsic.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is part of SSE (baseline on x86-64) and never faults.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }

@@ -78,6 +78,12 @@ pub(super) unsafe fn dot_neon<E: Elem>(a: &[f32], b: &[E]) -> f32 {
 }
 
 #[target_feature(enable = "neon")]
+pub(super) unsafe fn widen_neon<E: Elem>(dst: &mut [f32], src: &[E]) {
+    // SAFETY: only reachable through a Neon token.
+    unsafe { vector::widen::<Neon, E>(dst, src) }
+}
+
+#[target_feature(enable = "neon")]
 pub(super) unsafe fn axpy_neon(y: &mut [f32], alpha: f32, x: &[f32]) {
     // SAFETY: as above.
     unsafe { vector::axpy::<Neon>(y, alpha, x) }

@@ -63,6 +63,11 @@ pub(super) unsafe fn dot<E: vector::Elem>(a: &[f32], b: &[E]) -> f32 {
     unsafe { vector::dot::<Scalar, E>(a, b) }
 }
 
+pub(super) unsafe fn widen<E: vector::Elem>(dst: &mut [f32], src: &[E]) {
+    // SAFETY: Scalar needs no CPU feature.
+    unsafe { vector::widen::<Scalar, E>(dst, src) }
+}
+
 pub(super) unsafe fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     // SAFETY: Scalar needs no CPU feature.
     unsafe { vector::axpy::<Scalar>(y, alpha, x) }

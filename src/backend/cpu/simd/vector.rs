@@ -137,6 +137,24 @@ pub(crate) unsafe fn axpy<S: Simd>(y: &mut [f32], alpha: f32, x: &[f32]) {
     }
 }
 
+/// `dst[i] = src[i]` widened to f32, over the common length.
+#[inline(always)]
+pub(crate) unsafe fn widen<S: Simd, E: Elem>(dst: &mut [f32], src: &[E]) {
+    let n = dst.len().min(src.len());
+    let l = S::LANES;
+    let mut i = 0;
+    // SAFETY: each access covers [i, i + LANES) with i + LANES <= n; the caller guarantees the ISA.
+    unsafe {
+        while i + l <= n {
+            S::store(dst.as_mut_ptr().add(i), E::load::<S>(src.as_ptr().add(i)));
+            i += l;
+        }
+    }
+    for j in i..n {
+        dst[j] = src[j].to_f32();
+    }
+}
+
 /// Register-blocked tile: `out[r·ldo + j] = Σ_{i<k} x[r·ldx + i] · w[j·ldw + i]` for `r < NX`,
 /// `j < NW`. Each weight vector is loaded (and widened) once and used for NX activation rows;
 /// each activation vector is used for NW weight rows.

@@ -172,6 +172,12 @@ pub(super) unsafe fn dot_avx2<E: Elem>(a: &[f32], b: &[E]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn widen_avx2<E: Elem>(dst: &mut [f32], src: &[E]) {
+    // SAFETY: this function only runs where an Avx2 token was built.
+    unsafe { vector::widen::<Avx2, E>(dst, src) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn axpy_avx2(y: &mut [f32], alpha: f32, x: &[f32]) {
     // SAFETY: as above.
     unsafe { vector::axpy::<Avx2>(y, alpha, x) }
@@ -197,6 +203,12 @@ pub(super) unsafe fn tile_avx2<E: Elem, const NX: usize, const NW: usize>(
 pub(super) unsafe fn dot_avx512<E: Elem>(a: &[f32], b: &[E]) -> f32 {
     // SAFETY: this function only runs where an Avx512 token was built.
     unsafe { vector::dot::<Avx512, E>(a, b) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) unsafe fn widen_avx512<E: Elem>(dst: &mut [f32], src: &[E]) {
+    // SAFETY: this function only runs where an Avx512 token was built.
+    unsafe { vector::widen::<Avx512, E>(dst, src) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
