@@ -37,7 +37,25 @@ fn weight(dtype: DType, n_out: usize, n_in: usize, rng: &mut Rng) -> WeightTenso
         DType::F16 => (0..n)
             .flat_map(|_| f16::from_f32(rng.f32()).to_le_bytes())
             .collect(),
-        _ => Vec::new(),
+        q => {
+            // Random blocks with a sane f16 scale (and min) in place; speed does not depend
+            // on the values.
+            let (be, bb) = q.block();
+            let f16_at: &[usize] = match q {
+                DType::Q6K => &[208],
+                DType::Q8_0 | DType::Q4_0 => &[0],
+                _ => &[0, 2],
+            };
+            let mut b: Vec<u8> = (0..n / be * bb)
+                .map(|_| (rng.f32() * 511.0) as i32 as u8)
+                .collect();
+            for blk in b.chunks_exact_mut(bb) {
+                for &o in f16_at {
+                    blk[o..o + 2].copy_from_slice(&f16::from_f32(0.01).to_le_bytes());
+                }
+            }
+            b
+        }
     };
     WeightTensor::from_bytes("bench", dtype, vec![n_out, n_in], &bytes).expect("bench weight")
 }
@@ -157,7 +175,18 @@ fn main() {
         "kernels {}, {threads} threads, read bandwidth {bw:.1} GB/s (streaming sum)",
         k.describe()
     );
-    let dtypes = [DType::F32, DType::BF16, DType::F16];
+    let dtypes = [
+        DType::F32,
+        DType::BF16,
+        DType::F16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q4K,
+        DType::Q6K,
+    ];
+    // K-quant rows must be whole 256-blocks: SmolLM2's 576-wide matrices cannot be Q4_K/Q6_K.
+    let fits = |d: DType, n_in: usize| n_in % d.block().0 == 0;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     // Enough distinct weight bytes per shape that nothing is served from the 32 MiB L3.
     let stream_bytes: usize = if quick { 128 << 20 } else { 256 << 20 };
@@ -170,10 +199,10 @@ fn main() {
         );
         for dtype in dtypes {
             for s in SMOL.iter().chain(QWEN.iter()) {
-                if quick && s.n_out * s.n_in > 50_000_000 {
+                if (quick && s.n_out * s.n_in > 50_000_000) || !fits(dtype, s.n_in) {
                     continue;
                 }
-                let bytes = s.n_out * s.n_in * dtype.block().1;
+                let bytes = s.n_out * s.n_in / dtype.block().0 * dtype.block().1;
                 let copies = stream_bytes.div_ceil(bytes).clamp(1, 256);
                 let ws: Vec<WeightTensor> = (0..copies)
                     .map(|_| weight(dtype, s.n_out, s.n_in, &mut rng))
@@ -252,6 +281,7 @@ fn main() {
                 .iter()
                 .filter(|s| s.n_out < 10_000)
                 .chain(QWEN.iter().filter(|s| s.n_out < 10_000))
+                .filter(|s| fits(dtype, s.n_in))
             {
                 let w = weight(dtype, s.n_out, s.n_in, &mut rng);
                 for &rows in rows_list {

@@ -2,18 +2,21 @@
 //! tokenizer_config.json (with the chat template) and generation_config.json, loadable by minfer
 //! and by transformers alike.
 //!
-//! The tensors are the ones `gguf::load` produces — dequantized, renamed, q/k rows un-permuted —
-//! written as f32 or bf16. Deliberately not here: writing quantized safetensors (no standard
+//! The tensors are the ones `gguf::load` produces — renamed, q/k rows un-permuted — dequantized
+//! one at a time as they are written, as f32 or bf16. Deliberately not here: writing quantized safetensors (no standard
 //! layout that transformers reads), and the reverse direction (HF → GGUF is llama.cpp's job).
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::path::Path;
 
 use half::bf16;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::{Dtype, View};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::loader::{gguf, DType};
+use crate::loader::{gguf, DType, WeightTensor};
+use crate::quant;
 
 /// Convert `gguf` into a Hugging Face model directory `out_dir` (created if needed; existing
 /// files of the same names are replaced). `dtype` is the stored precision: BF16 or F32.
@@ -27,37 +30,34 @@ pub fn gguf_to_hf(gguf: &Path, out_dir: &Path, dtype: DType) -> Result<()> {
             )))
         }
     };
-    let ck = gguf::load(gguf, false)?;
+    // Load without dequantizing: tensors stay mapped (or, for permuted q/k rows, small owned
+    // copies) and each is converted only when the writer asks for its bytes, so the peak memory
+    // is one tensor in f32, not the whole model.
+    let ck = gguf::load(gguf, true)?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
 
-    // Every tensor is owned f32 after a dequantizing load; convert each once to the target bytes.
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(ck.weights.tensors.len());
-    for (name, t) in &ck.weights.tensors {
-        let values = t.to_f32_vec()?;
-        let bytes: Vec<u8> = match dtype {
-            DType::BF16 => values
-                .iter()
-                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
-                .collect(),
-            _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        };
-        data.push((name.clone(), t.shape.clone(), bytes));
-    }
-    let views = data
-        .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(st_dtype, shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| Error::bad_weights(gguf, format!("tensor {name:?}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let failure: RefCell<Option<Error>> = RefCell::new(None);
+    let views = ck.weights.tensors.values().map(|t| {
+        (
+            t.name.clone(),
+            Converted {
+                tensor: t,
+                dtype: st_dtype,
+                failure: &failure,
+            },
+        )
+    });
     let st_path = out_dir.join("model.safetensors");
     // transformers refuses safetensors files whose metadata does not name the framework.
     let metadata = [("format".to_string(), "pt".to_string())]
         .into_iter()
         .collect();
-    safetensors::tensor::serialize_to_file(views, Some(metadata), &st_path)
-        .map_err(|e| Error::bad_weights(&st_path, format!("writing safetensors: {e}")))?;
+    let written = safetensors::tensor::serialize_to_file(views, Some(metadata), &st_path);
+    if let Some(e) = failure.into_inner() {
+        let _ = std::fs::remove_file(&st_path);
+        return Err(e);
+    }
+    written.map_err(|e| Error::bad_weights(&st_path, format!("writing safetensors: {e}")))?;
 
     let mut config = ck.config;
     config["torch_dtype"] = Value::from(torch_dtype);
@@ -79,6 +79,45 @@ pub fn gguf_to_hf(gguf: &Path, out_dir: &Path, dtype: DType) -> Result<()> {
         true,
     )?;
     Ok(())
+}
+
+/// A tensor converted to the output dtype when the safetensors writer asks for its bytes.
+struct Converted<'a> {
+    tensor: &'a WeightTensor,
+    dtype: Dtype,
+    /// The first conversion error; `View::data` cannot return one.
+    failure: &'a RefCell<Option<Error>>,
+}
+
+impl View for Converted<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.tensor.shape
+    }
+    fn data_len(&self) -> usize {
+        self.tensor.numel() * self.dtype.bitsize() / 8
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        let t = self.tensor;
+        let values = match quant::dequantize_to_vec(t.dtype, t.bytes(), t.numel()) {
+            Ok(v) => v,
+            Err(e) => {
+                self.failure.borrow_mut().get_or_insert(e);
+                // The file is deleted after the write; keep the length consistent meanwhile.
+                return Cow::Owned(vec![0; self.data_len()]);
+            }
+        };
+        let bytes: Vec<u8> = match self.dtype {
+            Dtype::BF16 => values
+                .iter()
+                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                .collect(),
+            _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        Cow::Owned(bytes)
+    }
 }
 
 fn write_json(path: &Path, v: &Value, pretty: bool) -> Result<()> {

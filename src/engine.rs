@@ -14,7 +14,7 @@ use crate::backend::{Activation, Backend, OpProfile, TraceEvent};
 use crate::config::{token_ids, ModelConfig};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::loader::{gguf, safetensors, Weights};
+use crate::loader::{gguf, safetensors, DType, Weights};
 use crate::model::{Logits, Transformer};
 use crate::tokenizer::Tokenizer;
 
@@ -86,9 +86,14 @@ pub struct LoadOptions {
     pub all_logits: bool,
     /// Record per-op timings (see [`Model::take_profile`]).
     pub profile: bool,
+    /// CPU only: quantize every f32/f16/bf16 weight matrix at load (`Some(DType::Q8_0)` is the one
+    /// supported target), to run on the integer kernels.
+    pub quantize: Option<DType>,
     /// CPU only: keep a copy of every op's output (see [`Model::take_activations`]). Slow.
     pub record_activations: bool,
-    /// GGUF only: keep quantized tensors in their block format (else dequantize to f32 at load).
+    /// GGUF only: keep quantized tensors in their block format and compute on them with the
+    /// integer kernels (CPU); false dequantizes them to f32 at load. GPU devices always
+    /// dequantize (the PTX kernels take f32/f16/bf16 weights).
     pub keep_quantized: bool,
 }
 
@@ -101,7 +106,8 @@ impl Default for LoadOptions {
             max_batch: 128,
             all_logits: false,
             profile: false,
-            keep_quantized: false,
+            keep_quantized: true,
+            quantize: None,
             record_activations: false,
         }
     }
@@ -271,7 +277,19 @@ impl Model {
     /// Load a checkpoint (Hugging Face directory, .safetensors file with config.json beside it,
     /// or .gguf file) onto the CPU.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
-        let ck = Checkpoint::open(path, opts.keep_quantized)?;
+        let device = opts.device.resolve()?;
+        let keep_quantized = opts.keep_quantized && device == Device::Cpu;
+        let opts = &LoadOptions {
+            device,
+            ..opts.clone()
+        };
+        let mut ck = Checkpoint::open(path, keep_quantized)?;
+        if let Some(target) = opts.quantize {
+            if device != Device::Cpu {
+                return Err(Error::arg("--quantize applies to the CPU backend only"));
+            }
+            quantize_weights(&mut ck.weights, target)?;
+        }
         let tokenizer = match &ck.embedded_tokenizer {
             Some((json, config)) => Some(Tokenizer::from_json(json, Some(config))?),
             None => {
@@ -283,7 +301,12 @@ impl Model {
                 }
             }
         };
-        let mut model = Self::on_device(ck.config, &ck.weights, ck.eos_ids, opts, ck.files)?;
+        // Stop at the tokenizer's EOS too (a chat model's end-of-turn token is often only there).
+        let mut eos = ck.eos_ids;
+        eos.extend(tokenizer.iter().flat_map(Tokenizer::eos_ids));
+        eos.sort_unstable();
+        eos.dedup();
+        let mut model = Self::on_device(ck.config, &ck.weights, eos, opts, ck.files)?;
         model.tokenizer = tokenizer;
         Ok(model)
     }
@@ -507,6 +530,29 @@ impl Model {
         self.logits = row;
         result
     }
+}
+
+/// Quantize every plain-dtype weight matrix whose rows are whole Q8_0 blocks to `target`
+/// (Q8_0: 32 weights → 34 bytes, ~3.8× smaller than f32). Vectors (norms, biases) stay f32.
+pub fn quantize_weights(weights: &mut Weights, target: DType) -> Result<()> {
+    if target != DType::Q8_0 {
+        return Err(Error::arg(format!(
+            "cannot quantize to {target}: only q8_0 is supported"
+        )));
+    }
+    for t in weights.tensors.values_mut() {
+        if t.shape.len() != 2 || t.dtype.is_quantized() || t.shape[1] % 32 != 0 {
+            continue;
+        }
+        let bytes = crate::backend::cpu::quant_kernels::quantize_q8_0(&t.to_f32_vec()?)?;
+        *t = crate::loader::WeightTensor::from_bytes(
+            t.name.clone(),
+            DType::Q8_0,
+            t.shape.clone(),
+            &bytes,
+        )?;
+    }
+    Ok(())
 }
 
 /// Perplexity of a token sequence under the model.

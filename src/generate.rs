@@ -108,6 +108,9 @@ impl Model {
         let mut generated = 0usize;
         let mut steps = 0usize;
         let stop = loop {
+            if opts.max_new_tokens == 0 {
+                break StopReason::MaxTokens;
+            }
             if (!opts.ignore_eos && self.eos_ids.contains(&next)) || opts.stop_ids.contains(&next) {
                 break StopReason::Stop(next);
             }

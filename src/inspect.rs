@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::config::ModelConfig;
+use crate::engine::ModelFiles;
 use crate::error::{Error, Result};
 use crate::loader::{gguf, safetensors};
 
@@ -133,15 +134,11 @@ struct Entry {
 /// Inspect a checkpoint: a directory (config.json + model.safetensors or a sharded index), a
 /// .safetensors file with config.json beside it, or a .gguf file. Reads headers only.
 pub fn inspect(path: &Path) -> Result<Report> {
-    let is_gguf = path.is_file()
-        && (path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-            || has_gguf_magic(path));
-    let (format, config, entries, file_bytes) = if is_gguf {
-        inspect_gguf(path)?
+    let files = ModelFiles::resolve(path)?;
+    let (format, config, entries, file_bytes) = if files.is_gguf() {
+        inspect_gguf(&files.weights)?
     } else {
-        inspect_safetensors(path)?
+        inspect_safetensors(&files)?
     };
 
     let tied = config.tie_word_embeddings;
@@ -183,15 +180,6 @@ pub fn inspect(path: &Path) -> Result<Report> {
     })
 }
 
-fn has_gguf_magic(path: &Path) -> bool {
-    use std::io::Read;
-    let mut m = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut m))
-        .is_ok()
-        && &m == b"GGUF"
-}
-
 type Parts = (&'static str, ModelConfig, Vec<Entry>, u64);
 
 fn inspect_gguf(path: &Path) -> Result<Parts> {
@@ -217,16 +205,11 @@ fn inspect_gguf(path: &Path) -> Result<Parts> {
     Ok(("gguf", config, entries, file.file_len))
 }
 
-fn inspect_safetensors(path: &Path) -> Result<Parts> {
-    let dir = if path.is_dir() {
-        path.to_path_buf()
-    } else {
-        path.parent().map(Path::to_path_buf).unwrap_or_default()
-    };
-    let config = ModelConfig::from_file(&dir.join("config.json"))?;
+fn inspect_safetensors(files: &ModelFiles) -> Result<Parts> {
+    let config = ModelConfig::from_file(&files.dir.join("config.json"))?;
     let mut entries = Vec::new();
     let mut file_bytes = 0;
-    for f in safetensors::checkpoint_files(path)? {
+    for f in safetensors::checkpoint_files(&files.weights)? {
         let h = safetensors::read_header(&f)?;
         file_bytes += h.file_len;
         for t in h.tensors {

@@ -283,8 +283,8 @@ mod tests {
         }
         let mut y = [0f32; 32];
         dequantize_block_q8_0(&b, &mut y);
-        for j in 0..32 {
-            assert_eq!(y[j], 0.5 * (j as f32 - 16.0));
+        for (j, v) in y.iter().enumerate() {
+            assert_eq!(*v, 0.5 * (j as f32 - 16.0));
         }
     }
 

@@ -324,3 +324,27 @@ fn generation_stops_at_the_context_end() {
     assert_eq!(stats.stop, minfer::StopReason::ContextFull);
     assert_eq!(stats.generated_tokens, 6); // positions 3..8 computed, one more token chosen
 }
+
+#[test]
+fn zero_new_tokens_generates_nothing() {
+    let dir = common::fixtures_dir().join("llama_mha_tied");
+    let mut m = Model::load(
+        &dir,
+        &LoadOptions {
+            threads: 1,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let opts = GenerateOptions {
+        max_new_tokens: 0,
+        ..Default::default()
+    };
+    let stats = m
+        .generate(&[1, 2, 3], &opts, |_| panic!("no token expected"))
+        .unwrap();
+    assert_eq!(
+        (stats.generated_tokens, stats.stop),
+        (0, minfer::StopReason::MaxTokens)
+    );
+}

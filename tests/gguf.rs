@@ -758,6 +758,12 @@ fn real_smollm2_loads() {
         .as_str()
         .unwrap()
         .contains("<|im_start|>"));
+    // The tokenizer.json the reference fixture holds (SmolLM2's own pre-tokenizer, with the
+    // Digits step transformers' GGUF conversion drops).
+    let reference =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real/smollm2_tokenizer.json");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&reference).unwrap()).unwrap();
+    same_tokenizer(tok, &r);
     let quantized = gguf::load(&path, true).unwrap();
     assert_eq!(
         quantized
@@ -833,4 +839,130 @@ fn convert_round_trips_through_safetensors() {
         minfer::convert::gguf_to_hf(&src, &tmp("conv-q8"), DType::Q8_0),
         Err(Error::InvalidArgument(_))
     ));
+}
+
+/// Two tokenizer.json files that tokenize identically: same vocabulary, merges (either
+/// serialization: "a b" or ["a", "b"]), added tokens, normalizer, pre-tokenizer and decoder.
+fn same_tokenizer(ours: &Value, theirs: &Value) {
+    let merges = |v: &Value| -> Vec<String> {
+        v["model"]["merges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| match m {
+                Value::String(s) => s.clone(),
+                Value::Array(p) => format!("{} {}", p[0].as_str().unwrap(), p[1].as_str().unwrap()),
+                other => panic!("merge {other}"),
+            })
+            .collect()
+    };
+    assert_eq!(ours["model"]["vocab"], theirs["model"]["vocab"], "vocab");
+    assert!(merges(ours) == merges(theirs), "merges differ");
+    for key in ["added_tokens", "normalizer", "pre_tokenizer", "decoder"] {
+        assert_eq!(ours[key], theirs[key], "{key}");
+    }
+    for key in ["type", "byte_fallback", "fuse_unk", "ignore_merges"] {
+        assert_eq!(ours["model"][key], theirs["model"][key], "model.{key}");
+    }
+}
+
+#[test]
+fn end_of_turn_token_joins_eos_in_generation_config() {
+    let ck = gguf::load(&tiny_model("llama", true).write("noeot.gguf"), false).unwrap();
+    assert_eq!(ck.generation_config["eos_token_id"], 0);
+    let mut w = tiny_model("llama", true);
+    w.u32("tokenizer.ggml.eot_token_id", 6);
+    let ck = gguf::load(&w.write("eot.gguf"), false).unwrap();
+    assert_eq!(
+        ck.generation_config["eos_token_id"],
+        serde_json::json!([0, 6])
+    );
+    assert_eq!(ck.tokenizer_config["eot_token"], "<think>");
+}
+
+/// splitmix64, for deterministic corruption.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[test]
+fn corrupted_files_error_and_never_panic() {
+    // Flip bytes of the gguf-py file (mostly in the header, where the structure is) and load
+    // every result both ways: each must be Ok or a typed error, never a panic or an abort.
+    let original = std::fs::read(fixture("tiny-llama.gguf")).unwrap();
+    let header_len = gguf::read_header(&fixture("tiny-llama.gguf"))
+        .unwrap()
+        .data_offset as usize;
+    let mut rng = 20261128u64;
+    let p = tmp("corrupt.gguf");
+    let mut errors = 0;
+    for round in 0..400 {
+        let mut bytes = original.clone();
+        for _ in 0..1 + round % 4 {
+            let at = (splitmix(&mut rng) as usize) % header_len;
+            bytes[at] = match splitmix(&mut rng) % 4 {
+                0 => 0xFF,
+                1 => 0,
+                2 => bytes[at] ^ (1 << (splitmix(&mut rng) % 8)),
+                _ => splitmix(&mut rng) as u8,
+            };
+        }
+        std::fs::write(&p, &bytes).unwrap();
+        if gguf::read_header(&p).is_err() {
+            errors += 1;
+        }
+        let _ = gguf::load(&p, false);
+        let _ = gguf::load(&p, true);
+        let _ = minfer::inspect::inspect(&p);
+    }
+    // Most corruptions of a header are detected; some (a byte of a float, a character of a
+    // string) are legal values.
+    assert!(errors > 50, "only {errors} of 400 corruptions detected");
+}
+
+#[test]
+fn version_2_reads_like_version_3() {
+    let mut w = tiny_model("qwen2", false);
+    w.version = 2;
+    let f = gguf::read_header(&w.write("v2.gguf")).unwrap();
+    assert_eq!(f.version, 2);
+    assert!(gguf::load(&w.write("v2.gguf"), false).is_ok());
+}
+
+#[test]
+fn llama31_rope_freqs_is_refused_by_load_but_inspected() {
+    let mut w = tiny_model("llama", true);
+    w.f32_tensor("rope_freqs.weight", &[2], &[1.0, 8.0]);
+    let p = w.write("rope_freqs.gguf");
+    let m = bad_weights_message(gguf::load(&p, false));
+    assert!(m.contains("rope_freqs"), "{m}");
+    let r = minfer::inspect::inspect(&p).unwrap();
+    assert_eq!(r.breakdown.other, 2);
+}
+
+#[test]
+fn sentencepiece_tokenizer_encodes_like_hf_tokenizers() {
+    let ck = gguf::load(&fixture("tiny-llama.gguf"), false).unwrap();
+    let tok =
+        minfer::tokenizer::Tokenizer::from_json(&ck.tokenizer_json, Some(&ck.tokenizer_config))
+            .unwrap();
+    let cases = json_file("tiny-llama.encodings.json");
+    for case in cases.as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.encode(text, false).unwrap(), want, "{text:?}");
+        // With special tokens, our post-processor adds BOS as a real Llama tokenizer.json does.
+        let with_bos = tok.encode(text, true).unwrap();
+        assert_eq!(with_bos[0], 1, "{text:?}");
+        assert_eq!(&with_bos[1..], &want[..], "{text:?}");
+    }
 }

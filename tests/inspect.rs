@@ -133,7 +133,7 @@ fn check_published(name: &str, s: Shapes, shards: usize, published: u64, human: 
     let dir = header_only_checkpoint(name, &s, shards);
     let t0 = Instant::now();
     let r = inspect::inspect(&dir).unwrap();
-    eprintln!("{name}: inspected in {:?}", t0.elapsed());
+    eprintln!("{name}: inspected in {:?}\n{r}", t0.elapsed());
     assert_eq!(r.parameters, published, "{name}");
     assert_eq!(r.parameters_human(), human, "{name}");
     assert_eq!(r.weight_bytes["bf16"], 2 * published, "{name}");

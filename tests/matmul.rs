@@ -214,3 +214,168 @@ fn bad_arguments_are_errors() {
         Err(Error::ShapeMismatch { .. })
     ));
 }
+
+// ---- block-quantized weights ------------------------------------------------------------
+
+use minfer::backend::cpu::matmul::dequantize_row;
+use minfer::backend::cpu::quant_kernels::quantize_q8_0;
+use minfer::quant::{dequantize_to_vec, quantize_q8_0_reference};
+
+/// Random blocks of `dtype` with finite, moderate f16 scales (random bytes everywhere else:
+/// every nibble, high bit and 6-bit scale pattern is fair game).
+fn random_blocks(rng: &mut Rng, dtype: DType, n_blocks: usize) -> Vec<u8> {
+    let (_, bb) = dtype.block();
+    let f16_fields: &[usize] = match dtype {
+        DType::Q8_0 | DType::Q4_0 => &[0],
+        DType::Q4_1 | DType::Q4K | DType::Q5K => &[0, 2],
+        DType::Q6K => &[208],
+        _ => unreachable!("quantized types only"),
+    };
+    let mut out = Vec::with_capacity(n_blocks * bb);
+    for _ in 0..n_blocks {
+        let mut b: Vec<u8> = (0..bb).map(|_| rng.next() as u8).collect();
+        for &off in f16_fields {
+            // Scales of either sign, 1e-3..2e-2: weights of order 0.1 like real checkpoints.
+            let v = (0.001 + 0.019 * (rng.f32() * 0.5 + 0.5))
+                * if rng.next() & 1 == 0 { 1.0 } else { -1.0 };
+            b[off..off + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+        }
+        out.extend_from_slice(&b);
+    }
+    out
+}
+
+#[test]
+fn quantized_matmul_matches_dequantized() {
+    let mut rng = Rng(77);
+    let quant = [
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q4K,
+        DType::Q5K,
+        DType::Q6K,
+    ];
+    for k in tables() {
+        for dtype in quant {
+            let be = dtype.block().0;
+            let ins: Vec<usize> = if be == 32 {
+                vec![32, 96, 576]
+            } else {
+                vec![256, 768]
+            };
+            for n_in in ins {
+                for n_out in [1usize, 3, 17, 66] {
+                    let bytes = random_blocks(&mut rng, dtype, n_out * n_in / be);
+                    let w = WeightTensor::from_bytes("wq", dtype, vec![n_out, n_in], &bytes)
+                        .expect("sizes match");
+                    let wf = dequantize_to_vec(dtype, &bytes, n_out * n_in).expect("dequantize");
+                    let bias_v = rng.vec(n_out);
+                    for rows in [1usize, 2, 3, 5, 9] {
+                        // Activations with a spread of magnitudes, so block scales differ.
+                        let x: Vec<f32> = (0..rows * n_in)
+                            .map(|i| rng.f32() * if i % 7 == 0 { 4.0 } else { 1.0 })
+                            .collect();
+                        for bias in [None, Some(&bias_v[..])] {
+                            let mut got = vec![f32::NAN; rows * n_out];
+                            matmul_with(&k, &mut got, &x, rows, &w, bias)
+                                .expect("quantized matmul");
+                            for r in 0..rows {
+                                let xr = &x[r * n_in..(r + 1) * n_in];
+                                for o in 0..n_out {
+                                    let wr = &wf[o * n_in..(o + 1) * n_in];
+                                    let exact: f64 = xr
+                                        .iter()
+                                        .zip(wr)
+                                        .map(|(a, b)| *a as f64 * *b as f64)
+                                        .sum::<f64>()
+                                        + bias.map_or(0.0, |b| b[o] as f64);
+                                    // Activation rounding: each x moves by at most dx/2, dx =
+                                    // max|x| over its block of 32 / 127, so the sum moves by at
+                                    // most Σ |w|·dx/2 (exactly what the kernels approximate:
+                                    // every integer sum is exact). On top, f32 rounding of
+                                    // scales, products and the running sum: (n+8)·EPSILON
+                                    // relative to Σ|w·x| plus that rounding slack.
+                                    let mut act = 0.0f64;
+                                    let mut abs = bias.map_or(0.0, |b| b[o].abs() as f64);
+                                    for (xb, wb) in xr.chunks(32).zip(wr.chunks(32)) {
+                                        let dx = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+                                            as f64
+                                            / 127.0;
+                                        act += wb.iter().map(|v| v.abs() as f64).sum::<f64>() * dx
+                                            / 2.0;
+                                        abs += xb
+                                            .iter()
+                                            .zip(wb)
+                                            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                                            .sum::<f64>();
+                                    }
+                                    let tol = act * 1.001
+                                        + (n_in as f64 + 8.0) * f32::EPSILON as f64 * (abs + act);
+                                    let g = got[r * n_out + o] as f64;
+                                    assert!(
+                                        (g - exact).abs() <= tol,
+                                        "{} {dtype} rows={rows} in={n_in} out={n_out} at ({r},{o}): got {g}, exact {exact}, tol {tol}",
+                                        k.describe()
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_reference_and_rows() {
+    let mut rng = Rng(8);
+    for dtype in [DType::Q8_0, DType::Q4_1, DType::Q4K, DType::Q6K] {
+        let be = dtype.block().0;
+        let (n_out, n_in) = (5, 2 * be);
+        let bytes = random_blocks(&mut rng, dtype, n_out * n_in / be);
+        let w = WeightTensor::from_bytes("wq", dtype, vec![n_out, n_in], &bytes).expect("sizes");
+        let wf = dequantize_to_vec(dtype, &bytes, n_out * n_in).expect("dequantize");
+        // dequantize_row is exactly the reference dequantization of that row.
+        let mut row = vec![0.0; n_in];
+        dequantize_row(&w, 3, &mut row).expect("row");
+        assert_eq!(row, wf[3 * n_in..4 * n_in]);
+        assert!(dequantize_row(&w, 5, &mut row).is_err(), "row past the end");
+        // matmul_reference handles quantized weights through the same dequantization.
+        let x = rng.vec(n_in);
+        let mut out = vec![0.0; n_out];
+        matmul_reference(&mut out, &x, 1, &w, None).expect("reference");
+        for o in 0..n_out {
+            let want: f32 = (0..n_in).map(|i| x[i] * wf[o * n_in + i]).sum();
+            assert_eq!(out[o], want, "same order of operations");
+        }
+    }
+    // A row that is not whole blocks is a typed error, not a panic.
+    let bytes = random_blocks(&mut rng, DType::Q4K, 3);
+    let w =
+        WeightTensor::from_bytes("odd", DType::Q4K, vec![2, 384], &bytes).expect("768 elements");
+    let mut out = vec![0.0; 2];
+    let e = matmul(&mut out, &[0.0; 384], 1, &w, None);
+    assert!(
+        matches!(e, Err(Error::UnsupportedDtype { ref name, .. }) if name == "odd"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn quantize_q8_0_matches_reference() {
+    let mut rng = Rng(21);
+    for n in [0usize, 32, 64, 32 * 1000, 32 * 2049] {
+        let mut x = rng.vec(n);
+        if n >= 64 {
+            x[32..64].fill(0.0); // an all-zero block: d = 0, every q = 0
+        }
+        assert_eq!(
+            quantize_q8_0(&x).expect("fast"),
+            quantize_q8_0_reference(&x).expect("reference"),
+            "n={n}"
+        );
+    }
+    assert!(quantize_q8_0(&[0.0; 33]).is_err());
+}

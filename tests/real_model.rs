@@ -43,6 +43,16 @@ fn ids(v: &Value) -> Vec<u32> {
 
 const REL_TOL: f64 = 1e-4;
 
+/// transformers dequantizes the GGUF to float32; so does this, to compare like with like.
+#[allow(dead_code)]
+fn dequantized(threads: usize) -> LoadOptions {
+    LoadOptions {
+        threads,
+        keep_quantized: false,
+        ..LoadOptions::default()
+    }
+}
+
 #[test]
 fn dequantized_logits_and_greedy_text_match_transformers() {
     let Some(path) = gguf() else { return };
@@ -51,6 +61,7 @@ fn dequantized_logits_and_greedy_text_match_transformers() {
         threads: 2,
         all_logits: true,
         max_batch: 64,
+        keep_quantized: false,
         ..LoadOptions::default()
     };
     let mut model = Model::load(&path, &opts).unwrap();
@@ -59,6 +70,7 @@ fn dequantized_logits_and_greedy_text_match_transformers() {
         &path,
         &LoadOptions {
             threads: 2,
+            keep_quantized: false,
             ..LoadOptions::default()
         },
     )
@@ -137,6 +149,7 @@ fn dequantized_perplexity_matches_transformers() {
     let opts = LoadOptions {
         threads: 2,
         all_logits: true,
+        keep_quantized: false,
         ..LoadOptions::default()
     };
     let mut model = Model::load(&path, &opts).unwrap();
@@ -167,6 +180,7 @@ fn tokenizer_and_chat_template_match_the_reference() {
         &LoadOptions {
             threads: 1,
             context_len: Some(64),
+            keep_quantized: false,
             ..LoadOptions::default()
         },
     )
@@ -203,6 +217,7 @@ fn streamed_text_equals_the_full_decode_and_stops_at_eos() {
         &path,
         &LoadOptions {
             threads: 2,
+            keep_quantized: false,
             ..LoadOptions::default()
         },
     )
@@ -238,4 +253,89 @@ fn streamed_text_equals_the_full_decode_and_stops_at_eos() {
             assert_eq!(out.stats.stop, minfer::StopReason::Stop(2));
         }
     }
+}
+
+/// The Q4_1 weights used as stored, with activations quantized per block of 32 to int8
+/// (llama.cpp's scheme), against the dequantized float32 run of the same weights.
+///
+/// Tolerance: int8 activations carry a relative rounding error of up to 1/254 per block, which
+/// moves logits by a few tenths at most; llama.cpp-style q8 activations change perplexity by
+/// well under 1%. We require |Δppl| ≤ 1% of the dequantized perplexity (its standard error over
+/// this text is ~15%, so this is a tight check that the integer kernels do the same math;
+/// measured: 11.501 vs 11.444, +0.5%) and top-1 agreement on ≥ 95% of the teacher-forced
+/// positions where the reference gap exceeds 0.1. Greedy continuations are not compared token
+/// for token: the reference's first-token lead is under 0.8 on every prompt (0.08 on the chat
+/// prompt) while int8 activations move logits by up to ~0.6, so a flip there is a property of
+/// the arithmetic, not a bug; a plain factual answer is checked instead.
+#[test]
+fn q4_1_as_stored_stays_within_a_stated_margin_of_the_dequantized_run() {
+    let Some(path) = gguf() else { return };
+    let r = reference();
+    let q = LoadOptions {
+        threads: 2,
+        all_logits: true,
+        keep_quantized: true,
+        ..LoadOptions::default()
+    };
+    let mut quant = Model::load(&path, &q).unwrap();
+    let tokens = ids(&r["perplexity"]["ids"]);
+    let ppl_q = quant.perplexity(&tokens).unwrap().ppl;
+    let ppl_f = r["perplexity"]["ppl"].as_f64().unwrap();
+    assert!(
+        (ppl_q - ppl_f).abs() <= 0.01 * ppl_f,
+        "Q4_1 as stored: ppl {ppl_q:.4} vs dequantized {ppl_f:.4}"
+    );
+
+    let mut agree = 0;
+    let mut total = 0;
+    for (_name, p) in r["prompts"].as_object().unwrap() {
+        let forced = ids(&p["teacher_forced_ids"]);
+        let want = ids(&p["teacher_forced_argmax"]);
+        let (argmax, _) = quant.score(&forced).unwrap();
+        for (i, g) in p["teacher_forced_top2_gap"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            if g.as_f64().unwrap() > 0.1 {
+                total += 1;
+                agree += (argmax[i] == want[i]) as usize;
+            }
+        }
+    }
+    assert!(agree * 100 >= total * 95, "top-1 agreement {agree}/{total}");
+    quant.reset();
+    let g = GenerateOptions {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    let out = quant
+        .generate_text("The capital of France is", &g, |_| true)
+        .unwrap();
+    assert!(out.text.contains("Paris"), "{:?}", out.text);
+}
+
+/// `--quantize q8_0` on the dequantized real model: 8-bit weights and activations change the
+/// perplexity of the committed text by much less than its standard error; we require ≤ 2% of
+/// transformers' float32 perplexity (double the Q4_1 margin: both weights and activations are
+/// rounded here, and each rounding moves ppl by well under 1%).
+#[test]
+fn quantized_q8_0_perplexity_stays_close() {
+    let Some(path) = gguf() else { return };
+    let r = reference();
+    let opts = LoadOptions {
+        threads: 2,
+        all_logits: true,
+        keep_quantized: false,
+        quantize: Some(minfer::loader::DType::Q8_0),
+        ..LoadOptions::default()
+    };
+    let mut m = Model::load(&path, &opts).unwrap();
+    let got = m.perplexity(&ids(&r["perplexity"]["ids"])).unwrap().ppl;
+    let want = r["perplexity"]["ppl"].as_f64().unwrap();
+    assert!(
+        (got - want).abs() <= 0.02 * want,
+        "q8_0: ppl {got:.4} vs f32 {want:.4}"
+    );
 }

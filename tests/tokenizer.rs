@@ -122,6 +122,21 @@ fn parity_llama3ish() {
 }
 
 #[test]
+fn parity_qwen35ish() {
+    check_parity("qwen35ish");
+}
+
+#[test]
+fn parity_tekkenish() {
+    check_parity("tekkenish");
+}
+
+#[test]
+fn parity_gpt4oish() {
+    check_parity("gpt4oish");
+}
+
+#[test]
 fn parity_llama2ish() {
     check_parity("llama2ish");
 }
@@ -240,6 +255,13 @@ fn unsupported_types_are_named() {
         json!({"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false}]}),
     ));
     assert!(m.contains(re), "error should quote the unknown regex: {m}");
+    // An absurd id is an error, not a 16 GB allocation.
+    let m = tokenizer_error(with_part(
+        "gpt2ish",
+        "added_tokens",
+        json!([{"id": 4_000_000_000u64, "content": "<x>", "special": true}]),
+    ));
+    assert!(m.contains("4000000000"), "{m}");
     // A merge naming a token that is not in the vocabulary.
     let dir = fixtures().join("gpt2ish");
     let mut j: Value =
@@ -248,13 +270,31 @@ fn unsupported_types_are_named() {
     j["model"]["merges"] = json!([["nope", "zzz"]]);
     let m = tokenizer_error(Tokenizer::from_json(&j, None));
     assert!(m.contains("nope"), "{m}");
-    // A bad chat template is a Tokenizer error at load.
+    // A chat template that does not parse: the tokenizer still loads (generation does not
+    // need it); rendering reports the parse error.
     let cfg = json!({"chat_template": "{% for %}"});
     let j: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
             .unwrap();
-    let m = tokenizer_error(Tokenizer::from_json(&j, Some(&cfg)));
-    assert!(m.contains("chat_template"), "{m}");
+    let tok = Tokenizer::from_json(&j, Some(&cfg)).unwrap();
+    assert!(tok.has_chat_template());
+    match tok.apply_chat_template(
+        &[ChatMessage {
+            role: "user".into(),
+            content: "x".into(),
+        }],
+        true,
+    ) {
+        Err(Error::Tokenizer(m)) => assert!(m.contains("chat_template does not parse"), "{m}"),
+        other => panic!("expected a template error, got {other:?}"),
+    }
+    // A tokenizer without a template says so.
+    let tok = Tokenizer::from_json(&j, None).unwrap();
+    assert!(!tok.has_chat_template());
+    assert!(matches!(
+        tok.apply_chat_template(&[], false),
+        Err(Error::Tokenizer(_))
+    ));
 }
 
 #[test]
@@ -417,4 +457,67 @@ fn stream_holds_partial_characters() {
     }
     out.extend(st.flush());
     assert_eq!(out, "日本");
+}
+
+#[test]
+fn tokenizer_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
+}
+
+/// Arbitrary Unicode (any scalar value, mixed with ASCII, spaces and special-token text)
+/// encodes without panicking and decodes back to the input (NFC-normalized for Qwen2).
+#[test]
+fn random_text_round_trips() {
+    let mut state = 0x1234_5678_9ABC_DEF0u64;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for name in [
+        "qwen2",
+        "smollm2",
+        "llama3ish",
+        "qwen35ish",
+        "tekkenish",
+        "gpt4oish",
+        "llama2ish",
+    ] {
+        let (tok, _) = load(name);
+        let nfc = name == "qwen2";
+        for _ in 0..300 {
+            let len = (next() % 30) as usize;
+            let mut s = String::new();
+            for _ in 0..len {
+                let c = match next() % 6 {
+                    // Planes 0-3 and no C0 controls: SmolLM2's vocabulary lacks the byte tokens
+                    // for lead bytes F1.. and some controls, which tokenizers (and we) drop.
+                    0 => char::from_u32((next() % 0x4_0000) as u32),
+                    1 => char::from_u32(0x80 + (next() % 0x3000) as u32),
+                    2 => Some([' ', '\n', '\t', '\r', '\''][(next() % 5) as usize]),
+                    _ => char::from_u32(0x20 + (next() % 0x5F) as u32),
+                };
+                if let Some(c) = c {
+                    s.push(c);
+                }
+            }
+            if next() % 10 == 0 {
+                s.push_str("<|im_start|>");
+            }
+            let ids = tok.encode(&s, false).unwrap();
+            let back = tok.decode(&ids, false).unwrap();
+            if nfc && back != s {
+                // Only acceptable if NFC changed the text: then re-encoding the result is stable.
+                let again = tok
+                    .decode(&tok.encode(&back, false).unwrap(), false)
+                    .unwrap();
+                assert_eq!(again, back, "{name}: {s:?}");
+                continue;
+            }
+            assert_eq!(back, s, "{name}: round trip of {s:?}");
+        }
+    }
 }

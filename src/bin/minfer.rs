@@ -34,6 +34,8 @@ OPTIONS (every command that runs a model):
                                    sim = the PTX kernels on the built-in interpreter, slowly)
   --threads N          CPU threads (default: all cores)
   --ctx N              KV-cache length (default: min(max_position_embeddings, 4096))
+  --dequantize         GGUF: dequantize quantized weights to f32 at load (default: use them as stored)
+  --quantize q8_0      quantize f32/f16/bf16 weight matrices at load (CPU)
   --temperature T      0 = greedy (default 0)
   --top-k K  --top-p P  --min-p M  --repeat-penalty R  --seed S
   --max-new-tokens N   (default 256)
@@ -75,6 +77,7 @@ const VALUED: &[&str] = &[
 ];
 const BOOLEAN: &[&str] = &[
     "raw",
+    "dequantize",
     "activations",
     "json",
     "chat",
@@ -159,6 +162,16 @@ fn load_options(a: &Args) -> Result<LoadOptions> {
         device: a.get_or("device", Device::Auto)?,
         threads: a.get_or("threads", 0)?,
         context_len: a.get("ctx")?,
+        keep_quantized: !a.flag("dequantize"),
+        quantize: match a.opts.get("quantize").map(String::as_str) {
+            None => None,
+            Some("q8_0") => Some(minfer::loader::DType::Q8_0),
+            Some(other) => {
+                return Err(Error::arg(format!(
+                    "--quantize: {other:?} is not supported (q8_0)"
+                )))
+            }
+        },
         ..LoadOptions::default()
     })
 }

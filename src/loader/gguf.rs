@@ -576,10 +576,15 @@ pub fn load(path: &Path, keep_quantized: bool) -> Result<GgufCheckpoint> {
             supported: SUPPORTED_ARCHITECTURES.to_vec(),
         });
     }
+    if file.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
+        // llama.cpp bakes Llama 3.1's rope scaling into per-dimension factors and drops the
+        // parameters; recovering them is guesswork, and silently ignoring them is wrong.
+        return Err(file.err("rope_freqs.weight (Llama 3.1-style rope scaling) is not supported"));
+    }
     let config = hf_config(&file)?;
     let weights = hf_weights(&file, &config, keep_quantized)?;
     let (tokenizer_json, tokenizer_config) = hf_tokenizer(&file)?;
-    let generation_config = generation_config(&config);
+    let generation_config = generation_config(&file, &config)?;
     Ok(GgufCheckpoint {
         config,
         generation_config,
@@ -653,11 +658,6 @@ pub fn hf_config(file: &GgufFile) -> Result<Value> {
             return Err(file.err(format!("rope scaling type {other:?} is not supported")))
         }
     };
-    if file.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
-        // llama.cpp bakes Llama 3.1's rope scaling into per-dimension factors and drops the
-        // parameters; recovering them is guesswork, and silently ignoring them is wrong.
-        return Err(file.err("rope_freqs.weight (Llama 3.1-style rope scaling) is not supported"));
-    }
 
     let mut c = json!({
         "architectures": [architectures],
@@ -707,14 +707,32 @@ fn round_f32(v: f32) -> f64 {
     format!("{v}").parse().unwrap_or(v as f64)
 }
 
-fn generation_config(config: &Value) -> Value {
+/// generation_config.json: BOS, and every token llama.cpp ends generation on (EOS, and the
+/// end-of-turn / end-of-message tokens chat models emit instead), as Llama 3's own file lists
+/// both <|end_of_text|> and <|eot_id|>.
+fn generation_config(file: &GgufFile, config: &Value) -> Result<Value> {
     let mut g = Map::new();
-    for k in ["bos_token_id", "eos_token_id"] {
-        if let Some(v) = config.get(k) {
-            g.insert(k.into(), v.clone());
+    if let Some(v) = config.get("bos_token_id") {
+        g.insert("bos_token_id".into(), v.clone());
+    }
+    let mut eos = Vec::new();
+    for key in ["eos_token_id", "eot_token_id", "eom_token_id"] {
+        if let Some(id) = file.u64_key(&format!("tokenizer.ggml.{key}"))? {
+            if !eos.contains(&id) {
+                eos.push(id);
+            }
         }
     }
-    Value::Object(g)
+    match eos.len() {
+        0 => {}
+        1 => {
+            g.insert("eos_token_id".into(), json!(eos[0]));
+        }
+        _ => {
+            g.insert("eos_token_id".into(), json!(eos));
+        }
+    }
+    Ok(Value::Object(g))
 }
 
 /// GGUF tensor name → Hugging Face name, or None for a name outside the llama family.
@@ -1122,10 +1140,9 @@ fn byte_level_tokenizer(
             })
             .collect::<Result<Vec<_>>>()?,
     };
-    let post = match bos {
-        Some(_) => bos_template(bos),
-        None => byte_level(true, false, true),
-    };
+    // Without BOS the post-processor has nothing to add: ids are what the model produced. (A
+    // ByteLevel post-processor, which some tokenizer.json files carry, only adjusts offsets.)
+    let post = bos_template(bos);
     Ok(json!({
         "version": "1.0",
         "truncation": null,

@@ -9,7 +9,60 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
+
+/// FxHash (as in rustc): much faster than SipHash on the short keys here (id pairs, token
+/// strings). Not DoS-resistant; the only map keyed by user input is the size-capped cache.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            self.add(u64::from_le_bytes(b));
+        }
+        for &b in chunks.remainder() {
+            self.add(b as u64);
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64)
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64)
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i)
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64)
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Piece text -> its ids.
+type PieceCache = FastMap<Box<[u8]>, Box<[u32]>>;
 
 /// Pieces longer than this are not cached (they are rare and would bloat the cache).
 const CACHE_MAX_PIECE: usize = 64;
@@ -17,16 +70,18 @@ const CACHE_MAX_PIECE: usize = 64;
 const CACHE_CAPACITY: usize = 20_000;
 
 pub(crate) struct Bpe {
-    pub vocab: HashMap<String, u32>,
+    pub vocab: FastMap<String, u32>,
     /// (left id, right id) -> (rank, merged id)
-    merges: HashMap<(u32, u32), (u32, u32)>,
+    merges: FastMap<(u32, u32), (u32, u32)>,
+    /// Byte-level models: the id of each byte's mapped character, when all 256 exist.
+    byte_level_ids: Option<Box<[u32; 256]>>,
     unk_id: Option<u32>,
     fuse_unk: bool,
     byte_fallback: bool,
     ignore_merges: bool,
     /// `<0xNN>` ids, when byte_fallback is on and all 256 exist.
     byte_tokens: Option<Box<[u32; 256]>>,
-    cache: Mutex<HashMap<Box<[u8]>, Box<[u32]>>>,
+    cache: Mutex<PieceCache>,
 }
 
 #[derive(Clone, Copy)]
@@ -47,11 +102,13 @@ pub(crate) struct BpeOptions {
 
 impl Bpe {
     pub fn new(
-        vocab: HashMap<String, u32>,
+        vocab: FastMap<String, u32>,
         merges: &[(String, String)],
         opts: BpeOptions,
+        byte_chars: Option<&[char; 256]>,
     ) -> Result<Bpe, String> {
-        let mut map = HashMap::with_capacity(merges.len());
+        let mut map = FastMap::default();
+        map.reserve(merges.len());
         for (rank, (a, b)) in merges.iter().enumerate() {
             let id = |s: &str| {
                 vocab.get(s).copied().ok_or_else(|| {
@@ -77,23 +134,39 @@ impl Bpe {
         } else {
             None
         };
+        let byte_level_ids = byte_chars.and_then(|chars| {
+            let mut t = Box::new([0u32; 256]);
+            for (b, c) in chars.iter().enumerate() {
+                t[b] = *vocab.get(c.to_string().as_str())?;
+            }
+            Some(t)
+        });
         Ok(Bpe {
             vocab,
             merges: map,
+            byte_level_ids,
             unk_id: opts.unk_id,
             fuse_unk: opts.fuse_unk,
             byte_fallback: opts.byte_fallback,
             ignore_merges: opts.ignore_merges,
             byte_tokens,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(FastMap::default()),
         })
     }
 
-    /// Tokenizes one piece. `initial` yields the piece's characters as (vocab string, byte
-    /// length) pairs: for byte-level models the byte-mapped characters, otherwise the text's.
-    /// `whole` is the piece as the vocabulary spells it (for `ignore_merges`); `key` identifies
-    /// the piece for the cache.
-    pub fn tokenize_piece(&self, key: &[u8], whole: &str, out: &mut Vec<u32>) {
+    pub fn ignore_merges(&self) -> bool {
+        self.ignore_merges
+    }
+
+    pub fn has_byte_level_ids(&self) -> bool {
+        self.byte_level_ids.is_some()
+    }
+
+    /// Tokenizes one piece. `key` is the piece's text (for the cache, and for byte-level
+    /// models the bytes whose mapped characters are the initial symbols); `whole` is the piece
+    /// as the vocabulary spells it: the text itself, or for byte-level models its mapped form
+    /// (needed only for `ignore_merges` or when some byte has no token).
+    pub fn tokenize_piece(&self, key: &[u8], whole: &str, byte_level: bool, out: &mut Vec<u32>) {
         if self.ignore_merges {
             if let Some(&id) = self.vocab.get(whole) {
                 out.push(id);
@@ -110,7 +183,10 @@ impl Bpe {
             }
         }
         let start = out.len();
-        let mut symbols = self.initial_symbols(whole);
+        let mut symbols = match (&self.byte_level_ids, byte_level) {
+            (Some(t), true) => symbols_from(key.iter().map(|&b| t[b as usize]).collect()),
+            _ => self.initial_symbols(whole),
+        };
         self.merge_all(&mut symbols);
         out.extend(symbols.iter().filter(|s| s.alive).map(|s| s.id));
         if cacheable {
@@ -168,18 +244,25 @@ impl Bpe {
         if let Some(u) = unk {
             ids.push(u);
         }
-        let n = ids.len() as i32;
-        ids.into_iter()
-            .enumerate()
-            .map(|(i, id)| Symbol {
-                id,
-                prev: i as i32 - 1,
-                next: if i as i32 + 1 < n { i as i32 + 1 } else { -1 },
-                alive: true,
-            })
-            .collect()
+        symbols_from(ids)
     }
+}
 
+/// Links ids into the doubly-linked symbol list the merge loop works on.
+fn symbols_from(ids: Vec<u32>) -> Vec<Symbol> {
+    let n = ids.len() as i32;
+    ids.into_iter()
+        .enumerate()
+        .map(|(i, id)| Symbol {
+            id,
+            prev: i as i32 - 1,
+            next: if i as i32 + 1 < n { i as i32 + 1 } else { -1 },
+            alive: true,
+        })
+        .collect()
+}
+
+impl Bpe {
     fn merge_all(&self, sym: &mut [Symbol]) {
         if sym.len() < 2 {
             return;

@@ -208,11 +208,10 @@ impl StepState {
             }
             Step::Fuse => out.push(chunk),
             Step::ByteLevel => {
-                let map = super::byte_level_decode_map();
                 let mut mapped = true;
                 for c in chunk.chars() {
-                    match map.get(&c) {
-                        Some(&b) => self.bytes.push(b),
+                    match super::byte_of_level_char(c) {
+                        Some(b) => self.bytes.push(b),
                         None => {
                             mapped = false;
                             break;
@@ -222,7 +221,10 @@ impl StepState {
                 if !mapped {
                     // tokenizers takes a token with any unmapped character as its raw bytes.
                     let n = self.bytes.len()
-                        - chunk.chars().take_while(|c| map.contains_key(c)).count();
+                        - chunk
+                            .chars()
+                            .take_while(|&c| super::byte_of_level_char(c).is_some())
+                            .count();
                     self.bytes.truncate(n);
                     self.bytes.extend_from_slice(chunk.as_bytes());
                 }

@@ -50,6 +50,15 @@ def main():
     emit_ranges("NUMBER", "General category N (Nd, Nl, No): regex `\\p{N}`.",
                 ranges(lambda cp: cat(cp).startswith("N")))
 
+    emit_ranges("MARK", "General category M (Mn, Mc, Me): regex `\\p{M}`.",
+                ranges(lambda cp: cat(cp).startswith("M")))
+
+    # The case-aware letter classes of the Tekken (Mistral Nemo) and GPT-4o (o200k) patterns.
+    emit_ranges("UPPERISH", "`[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]`.",
+                ranges(lambda cp: cat(cp) in ("Lu", "Lt", "Lm", "Lo") or cat(cp).startswith("M")))
+    emit_ranges("LOWERISH", "`[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]`.",
+                ranges(lambda cp: cat(cp) in ("Ll", "Lm", "Lo") or cat(cp).startswith("M")))
+
     # Canonical combining class, as runs of equal non-zero class.
     ccc = []
     cp = 0
@@ -94,6 +103,21 @@ def main():
         print("    " + " ".join(f"0x{x:X}," for x in flat[i:i + 10]))
     print("];")
     print()
+
+    # NFC quick check: code points whose NFC_Quick_Check is No (NFC changes them on their own)
+    # or Maybe (they may compose with what precedes them). Text without these, whose combining
+    # classes never decrease, is already NFC.
+    second = set()
+    for cp in range(MAX):
+        d = ud.decomposition(chr(cp))
+        if d and not d.startswith("<"):
+            parts = [int(x, 16) for x in d.split()]
+            if len(parts) == 2 and ud.normalize("NFC", chr(parts[0]) + chr(parts[1])) == chr(cp):
+                second.add(parts[1])
+    second.update(range(0x1161, 0x1176))
+    second.update(range(0x11A8, 0x11C3))
+    emit_ranges("NFC_QC_NO_MAYBE", "NFC_Quick_Check = No or Maybe.",
+                ranges(lambda cp: cp in second or ud.normalize("NFC", chr(cp)) != chr(cp)))
 
     # Primary composites: pairs (a, b) -> c where c's canonical decomposition is exactly two
     # code points a b and NFC(a b) == c (this excludes composition exclusions and singletons).

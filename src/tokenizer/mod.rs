@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use added::{AddedToken, Matcher, Segment};
-use bpe::{Bpe, BpeOptions};
+use bpe::{Bpe, BpeOptions, FastMap};
 use decoder::{Decoder, DecoderState, Step};
 use normalize::Normalizer;
 use pretok::SplitPattern;
@@ -101,15 +101,18 @@ fn terr(msg: impl std::fmt::Display) -> Error {
     Error::Tokenizer(msg.to_string())
 }
 
-pub(crate) fn byte_level_decode_map() -> &'static HashMap<char, u8> {
-    static MAP: OnceLock<HashMap<char, u8>> = OnceLock::new();
-    MAP.get_or_init(|| {
-        pretok::byte_to_char_table()
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect()
-    })
+/// The byte a ByteLevel character stands for (the inverse of `pretok::byte_to_char_table`,
+/// whose characters all lie below U+0144).
+pub(crate) fn byte_of_level_char(c: char) -> Option<u8> {
+    static INV: OnceLock<[i16; 0x144]> = OnceLock::new();
+    let inv = INV.get_or_init(|| {
+        let mut inv = [-1i16; 0x144];
+        for (b, &c) in pretok::byte_to_char_table().iter().enumerate() {
+            inv[c as usize] = b as i16;
+        }
+        inv
+    });
+    inv.get(c as usize).and_then(|&b| u8::try_from(b).ok())
 }
 
 fn get_str<'a>(v: &'a Value, key: &str, ctx: &str) -> Result<&'a str> {
@@ -196,7 +199,7 @@ fn parse_pretok(v: &Value, ctx: &str, out: &mut Vec<PreTok>) -> Result<()> {
             };
             let Some(p) = SplitPattern::recognise(re) else {
                 return Err(terr(format!(
-                    "{ctx}: Split regex `{re}` is not one minfer implements (the GPT-2, Llama 3 and Qwen2 patterns are)"
+                    "{ctx}: Split regex `{re}` is not one minfer implements (the GPT-2, Llama 3, Qwen2, Qwen3.5, Tekken and GPT-4o patterns are)"
                 )));
             };
             let behavior = v.get("behavior").and_then(Value::as_str).unwrap_or("Isolated");
@@ -386,7 +389,14 @@ impl Tokenizer {
         } else {
             None
         };
-        Tokenizer::from_json(&tok, cfg.as_ref()).map_err(|e| match e {
+        // Newer Hugging Face repositories keep the template in its own file.
+        let jinja_path = path.with_file_name("chat_template.jinja");
+        let jinja = if jinja_path.exists() {
+            Some(std::fs::read_to_string(&jinja_path).map_err(|e| Error::io(&jinja_path, e))?)
+        } else {
+            None
+        };
+        Tokenizer::build(&tok, cfg.as_ref(), jinja).map_err(|e| match e {
             Error::Tokenizer(m) => Error::Tokenizer(format!("{}: {m}", path.display())),
             other => other,
         })
@@ -397,6 +407,14 @@ impl Tokenizer {
     pub fn from_json(
         tokenizer_json: &Value,
         tokenizer_config: Option<&Value>,
+    ) -> Result<Tokenizer> {
+        Tokenizer::build(tokenizer_json, tokenizer_config, None)
+    }
+
+    fn build(
+        tokenizer_json: &Value,
+        tokenizer_config: Option<&Value>,
+        chat_template_file: Option<String>,
     ) -> Result<Tokenizer> {
         let j = tokenizer_json;
         let model = j
@@ -428,7 +446,8 @@ impl Tokenizer {
             .get("vocab")
             .and_then(Value::as_object)
             .ok_or_else(|| terr("model.vocab is not an object"))?;
-        let mut vocab = HashMap::with_capacity(vocab_json.len());
+        let mut vocab = FastMap::default();
+        vocab.reserve(vocab_json.len());
         let mut max_id = 0u32;
         for (k, v) in vocab_json {
             let id = v
@@ -463,7 +482,8 @@ impl Tokenizer {
                 let id = t
                     .get("id")
                     .and_then(Value::as_u64)
-                    .ok_or_else(|| terr(format!("{ctx}: missing id")))?
+                    .filter(|&x| x < u32::MAX as u64)
+                    .ok_or_else(|| terr(format!("{ctx}: missing or bad id")))?
                     as u32;
                 let content = get_str(t, "content", &ctx)?.to_string();
                 let special = get_bool(t, "special", false);
@@ -478,6 +498,13 @@ impl Tokenizer {
                 });
                 max_id = max_id.max(id);
             }
+        }
+        // Ids are dense in real vocabularies; a wild one would make the id table enormous.
+        let entries = vocab.len() + added.len();
+        if max_id as usize > 2 * entries + 65_536 {
+            return Err(terr(format!(
+                "token id {max_id} is far beyond the {entries} tokens defined"
+            )));
         }
         let mut pieces: Vec<Option<String>> = vec![None; max_id as usize + 1];
         for (k, &id) in &vocab {
@@ -541,7 +568,9 @@ impl Tokenizer {
             .into_iter()
             .collect();
 
-        let bpe = Bpe::new(vocab, &merges, opts).map_err(|e| terr(format!("model.merges: {e}")))?;
+        let byte_chars = pretok::byte_to_char_table();
+        let bpe = Bpe::new(vocab, &merges, opts, byte_level.then_some(&byte_chars))
+            .map_err(|e| terr(format!("model.merges: {e}")))?;
         // Normalized added tokens are matched in normalized text, so their patterns are
         // normalized too (as tokenizers does).
         let raw_matcher = Matcher::new(
@@ -563,10 +592,7 @@ impl Tokenizer {
                     (p, i)
                 }),
         );
-        let chat = match tokenizer_config {
-            Some(cfg) => chat::ChatTemplate::from_config(cfg)?,
-            None => None,
-        };
+        let chat = chat::ChatTemplate::from_config(tokenizer_config, chat_template_file)?;
 
         Ok(Tokenizer {
             bpe,
@@ -578,7 +604,7 @@ impl Tokenizer {
             normalizer,
             pre,
             byte_level,
-            byte_chars: pretok::byte_to_char_table(),
+            byte_chars,
             post,
             decoder,
             bos,
@@ -761,11 +787,14 @@ impl Tokenizer {
             let piece = &sc.buf[a..b];
             if self.byte_level {
                 sc.mapped.clear();
-                sc.mapped
-                    .extend(piece.bytes().map(|x| self.byte_chars[x as usize]));
-                self.bpe.tokenize_piece(piece.as_bytes(), &sc.mapped, ids);
+                if self.bpe.ignore_merges() || !self.bpe.has_byte_level_ids() {
+                    sc.mapped
+                        .extend(piece.bytes().map(|x| self.byte_chars[x as usize]));
+                }
+                self.bpe
+                    .tokenize_piece(piece.as_bytes(), &sc.mapped, true, ids);
             } else {
-                self.bpe.tokenize_piece(piece.as_bytes(), piece, ids);
+                self.bpe.tokenize_piece(piece.as_bytes(), piece, false, ids);
             }
         }
     }

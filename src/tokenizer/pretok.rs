@@ -1,26 +1,39 @@
 //! Pre-tokenization: splitting normalized text into the pieces BPE runs on.
 //!
-//! The Split regexes of real tokenizers (GPT-2, Llama 3, Qwen2) are implemented as hand-written
+//! The Split regexes of real tokenizers (GPT-2, Llama 3, Qwen2, Qwen3.5) are implemented as hand-written
 //! matchers with the exact leftmost-first alternation and backtracking semantics of the regex,
 //! instead of a regex engine. A Split with any other pattern is rejected at load, naming the
 //! pattern. Also here: ByteLevel (add_prefix_space, use_regex), Digits, Metaspace, Sequence.
 //! Not supported: Whitespace, WhitespaceSplit, BertPreTokenizer, Punctuation, CharDelimiterSplit,
 //! UnicodeScripts, and Split behaviours other than Isolated.
 
-use super::unicode::{is_letter, is_number, is_space};
+use super::unicode::{is_letter, is_lowerish, is_mark, is_number, is_space, is_upperish};
 
 pub const GPT2_PATTERN: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 pub const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 pub const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen3.5: like Qwen2, with combining marks counted as letters.
+pub const QWEN35_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Mistral Nemo's Tekken: case-aware words (an uppercase run may only start a word).
+pub const TEKKEN_PATTERN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// GPT-4o (o200k; Llama 4): Tekken's words with contractions attached, digits in threes.
+pub const GPT4O_PATTERN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A regex pattern we implement by hand.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum SplitPattern {
     Gpt2,
-    /// Llama 3 (`\p{N}{1,3}`) and Qwen2 (`\p{N}`): max digits per piece.
+    /// Llama 3 (`\p{N}{1,3}`) and Qwen2 (`\p{N}`): max digits per piece; Qwen3.5 also
+    /// counts `\p{M}` as letters.
     Llama3 {
         max_digits: usize,
+        marks: bool,
+    },
+    /// Tekken (`\p{N}`, no contractions) and GPT-4o (`\p{N}{1,3}`, contraction suffixes).
+    CaseAware {
+        max_digits: usize,
+        contractions: bool,
     },
 }
 
@@ -28,8 +41,26 @@ impl SplitPattern {
     pub fn recognise(pattern: &str) -> Option<SplitPattern> {
         match pattern {
             GPT2_PATTERN => Some(SplitPattern::Gpt2),
-            LLAMA3_PATTERN => Some(SplitPattern::Llama3 { max_digits: 3 }),
-            QWEN2_PATTERN => Some(SplitPattern::Llama3 { max_digits: 1 }),
+            LLAMA3_PATTERN => Some(SplitPattern::Llama3 {
+                max_digits: 3,
+                marks: false,
+            }),
+            QWEN2_PATTERN => Some(SplitPattern::Llama3 {
+                max_digits: 1,
+                marks: false,
+            }),
+            QWEN35_PATTERN => Some(SplitPattern::Llama3 {
+                max_digits: 1,
+                marks: true,
+            }),
+            TEKKEN_PATTERN => Some(SplitPattern::CaseAware {
+                max_digits: 1,
+                contractions: false,
+            }),
+            GPT4O_PATTERN => Some(SplitPattern::CaseAware {
+                max_digits: 3,
+                contractions: true,
+            }),
             _ => None,
         }
     }
@@ -39,7 +70,18 @@ impl SplitPattern {
     fn match_at(self, s: &str, i: usize) -> usize {
         match self {
             SplitPattern::Gpt2 => gpt2_match(s, i),
-            SplitPattern::Llama3 { max_digits } => llama3_match(s, i, max_digits),
+            SplitPattern::Llama3 {
+                max_digits,
+                marks: false,
+            } => llama3_match(s, i, max_digits, is_letter),
+            SplitPattern::Llama3 {
+                max_digits,
+                marks: true,
+            } => llama3_match(s, i, max_digits, |c| is_letter(c) || is_mark(c)),
+            SplitPattern::CaseAware {
+                max_digits,
+                contractions,
+            } => case_aware_match(s, i, max_digits, contractions),
         }
     }
 
@@ -137,7 +179,16 @@ fn gpt2_match(s: &str, i: usize) -> usize {
     whitespace_tail(s, i)
 }
 
-fn llama3_match(s: &str, i: usize, max_digits: usize) -> usize {
+/// The Llama 3 family of patterns; `is_letter` is the letter class (`\p{L}`, or `[\p{L}\p{M}]`
+/// for Qwen3.5, where "other" excludes marks too).
+#[inline]
+fn llama3_match(
+    s: &str,
+    i: usize,
+    max_digits: usize,
+    is_letter: impl Fn(char) -> bool + Copy,
+) -> usize {
+    let is_other = |c: char| !is_space(c) && !is_letter(c) && !is_number(c);
     let Some(c0) = char_at(s, i) else {
         return s.len();
     };
@@ -182,6 +233,82 @@ fn llama3_match(s: &str, i: usize, max_digits: usize) -> usize {
         return run_end(s, e, |c| c == '\r' || c == '\n');
     }
     // c0 is whitespace. \s*[\r\n]+ : up to the last line break of the run.
+    let end = run_end(s, i, is_space);
+    if let Some(k) = s[i..end].rfind(['\r', '\n']) {
+        return i + k + 1;
+    }
+    whitespace_tail(s, i)
+}
+
+/// `U*L+` at `j` (U = upper-ish, L = lower-ish, overlapping in Lm, Lo, M), with the regex's
+/// backtracking: the longest U run, then L+; failing that, U* gives back characters until one
+/// of them can serve as L+.
+fn upper_star_lower_plus(s: &str, j: usize) -> Option<usize> {
+    let u = run_end(s, j, is_upperish);
+    if char_at(s, u).is_some_and(is_lowerish) {
+        return Some(run_end(s, u, is_lowerish));
+    }
+    // The character after the U run is not L, so L+ ends right after the last U that is also L.
+    s[j..u]
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| is_lowerish(c))
+        .map(|(k, c)| j + k + c.len_utf8())
+}
+
+/// `U+L*` at `j`.
+fn upper_plus_lower_star(s: &str, j: usize) -> Option<usize> {
+    let u = run_end(s, j, is_upperish);
+    (u > j).then(|| run_end(s, u, is_lowerish))
+}
+
+/// Tekken / GPT-4o: `P?U*L+C?|P?U+L*C?|\p{N}{1,max}| ?O+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+/// with P = `[^\r\n\p{L}\p{N}]`, C the optional case-insensitive contraction (GPT-4o only)
+/// and O = `[^\s\p{L}\p{N}]`.
+fn case_aware_match(s: &str, i: usize, max_digits: usize, contractions: bool) -> usize {
+    let Some(c0) = char_at(s, i) else {
+        return s.len();
+    };
+    let n0 = c0.len_utf8();
+    let p0 = c0 != '\r' && c0 != '\n' && !is_letter(c0) && !is_number(c0);
+    let suffix = |e: usize| {
+        if contractions && s[e..].starts_with('\'') {
+            contraction(s, e, true).unwrap_or(e)
+        } else {
+            e
+        }
+    };
+    for word in [upper_star_lower_plus, upper_plus_lower_star] {
+        if p0 {
+            if let Some(e) = word(s, i + n0) {
+                return suffix(e);
+            }
+        }
+        if let Some(e) = word(s, i) {
+            return suffix(e);
+        }
+    }
+    if is_number(c0) {
+        let mut j = i;
+        for c in s[i..].chars().take(max_digits) {
+            if !is_number(c) {
+                break;
+            }
+            j += c.len_utf8();
+        }
+        return j;
+    }
+    let start = if is_other(c0) {
+        Some(i)
+    } else if c0 == ' ' && char_at(s, i + 1).is_some_and(is_other) {
+        Some(i + 1)
+    } else {
+        None
+    };
+    if let Some(j) = start {
+        let e = run_end(s, j, is_other);
+        return run_end(s, e, |c| c == '\r' || c == '\n' || c == '/');
+    }
     let end = run_end(s, i, is_space);
     if let Some(k) = s[i..end].rfind(['\r', '\n']) {
         return i + k + 1;
@@ -253,14 +380,20 @@ mod tests {
 
     #[test]
     fn llama3_examples() {
-        let p = SplitPattern::Llama3 { max_digits: 3 };
+        let p = SplitPattern::Llama3 {
+            max_digits: 3,
+            marks: false,
+        };
         assert_eq!(
             pieces(p, "I'M 12345 x"),
             ["I", "'M", " ", "123", "45", " x"]
         );
         assert_eq!(pieces(p, "a  \n  b"), ["a", "  \n", " ", " b"]);
         assert_eq!(pieces(p, "x.\n\ny\tz"), ["x", ".\n\n", "y", "\tz"]);
-        let q = SplitPattern::Llama3 { max_digits: 1 };
+        let q = SplitPattern::Llama3 {
+            max_digits: 1,
+            marks: false,
+        };
         assert_eq!(pieces(q, "12"), ["1", "2"]);
     }
 
@@ -270,5 +403,49 @@ mod tests {
         assert_eq!(t[b' ' as usize], 'Ġ');
         assert_eq!(t[b'\n' as usize], 'Ċ');
         assert_eq!(t[b'a' as usize], 'a');
+    }
+}
+
+#[cfg(test)]
+mod oracle {
+    use super::SplitPattern;
+
+    /// Every case of tests/fixtures/tokenizers/splits.json: 2000 random strings per pattern,
+    /// split by Oniguruma (through the tokenizers package).
+    #[test]
+    fn matches_oniguruma() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tokenizers/splits.json");
+        let text = std::fs::read_to_string(&path).expect("splits.json");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("splits.json parses");
+        let obj = v.as_object().expect("object");
+        assert_eq!(obj.len(), 6);
+        let mut bad = Vec::new();
+        for (name, p) in obj {
+            let re = p["regex"].as_str().unwrap_or_default();
+            let pat = SplitPattern::recognise(re)
+                .unwrap_or_else(|| panic!("{name}: pattern not recognised"));
+            for c in p["cases"].as_array().expect("cases") {
+                let input = c[0].as_str().unwrap_or_default();
+                let want: Vec<&str> = c[1]
+                    .as_array()
+                    .expect("pieces")
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect();
+                let mut r = Vec::new();
+                pat.split(input, 0, &mut r);
+                let got: Vec<&str> = r.iter().map(|&(a, b)| &input[a..b]).collect();
+                if got != want {
+                    bad.push(format!("{name} {input:?}: got {got:?} want {want:?}"));
+                }
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{} mismatches:\n{}",
+            bad.len(),
+            bad[..bad.len().min(20)].join("\n")
+        );
     }
 }

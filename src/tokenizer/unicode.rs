@@ -36,6 +36,30 @@ pub fn is_number(c: char) -> bool {
     in_ranges(&t::NUMBER, c as u32)
 }
 
+/// `\p{M}`: general category Mark.
+#[inline]
+pub fn is_mark(c: char) -> bool {
+    !c.is_ascii() && in_ranges(&t::MARK, c as u32)
+}
+
+/// `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]`
+#[inline]
+pub fn is_upperish(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_uppercase();
+    }
+    in_ranges(&t::UPPERISH, c as u32)
+}
+
+/// `[\p{Ll}\p{Lm}\p{Lo}\p{M}]`
+#[inline]
+pub fn is_lowerish(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_lowercase();
+    }
+    in_ranges(&t::LOWERISH, c as u32)
+}
+
 /// `\s` as Oniguruma (and Rust's regex) define it for Unicode text: the White_Space property,
 /// which std's `char::is_whitespace` implements (this set has not changed in many versions).
 #[inline]
@@ -117,11 +141,29 @@ fn compose_pair(a: char, b: char) -> Option<char> {
         .and_then(|i| char::from_u32(t::COMPOSE[i].1))
 }
 
-/// Unicode Normalization Form C. Text made only of code points below U+0300 is already NFC
-/// (nothing there decomposes canonically into a different sequence or combines), so it is
-/// returned borrowed without work: that covers ASCII and Latin-1 prose.
+/// The NFC quick check of UAX #15: true when `s` is certainly NFC already (no character with
+/// NFC_Quick_Check No or Maybe, and combining classes never decrease).
+fn is_nfc_quick(s: &str) -> bool {
+    let mut last = 0u8;
+    for c in s.chars() {
+        // Nothing below U+0300 is No/Maybe or has a non-zero combining class.
+        if (c as u32) < 0x300 {
+            last = 0;
+            continue;
+        }
+        let cc = ccc(c);
+        if (cc != 0 && last > cc) || in_ranges(&t::NFC_QC_NO_MAYBE, c as u32) {
+            return false;
+        }
+        last = cc;
+    }
+    true
+}
+
+/// Unicode Normalization Form C. Text that passes the quick check (nearly all real text) is
+/// returned borrowed without work.
 pub fn nfc(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.chars().all(|c| (c as u32) < 0x300) {
+    if is_nfc_quick(s) {
         return std::borrow::Cow::Borrowed(s);
     }
     // 1. Full canonical decomposition.
@@ -199,5 +241,37 @@ mod tests {
         assert_eq!(nfc("\u{0344}"), "\u{308}\u{301}"); // composition exclusion stays split
         assert_eq!(nfc("plain ascii"), "plain ascii");
         assert_eq!(nfc("e\u{301}\u{301}"), "é\u{301}");
+    }
+}
+
+#[cfg(test)]
+mod nfc_oracle {
+    /// Every case of tests/fixtures/tokenizers/nfc.json (Python's unicodedata.normalize).
+    #[test]
+    fn matches_python() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tokenizers/nfc.json");
+        let text = std::fs::read_to_string(&path).expect("nfc.json");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("nfc.json parses");
+        let cases = v["cases"].as_array().expect("cases");
+        assert!(cases.len() > 5000);
+        let mut bad = Vec::new();
+        for c in cases {
+            let (input, want) = (
+                c[0].as_str().unwrap_or_default(),
+                c[1].as_str().unwrap_or_default(),
+            );
+            let got = super::nfc(input);
+            if got != want {
+                bad.push(format!("{input:?}: got {got:?} want {want:?}"));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{} of {} differ:\n{}",
+            bad.len(),
+            cases.len(),
+            bad[..bad.len().min(20)].join("\n")
+        );
     }
 }

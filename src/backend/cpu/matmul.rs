@@ -45,7 +45,11 @@ pub fn matmul_reference(
 ) -> Result<()> {
     let (n_out, n_in) = dims(w)?;
     check_sizes(w, out.len(), x.len(), rows, n_out, n_in, bias)?;
-    let wf = w.to_f32_vec()?;
+    let wf = if w.dtype.is_quantized() {
+        crate::quant::dequantize_to_vec(w.dtype, w.bytes(), w.numel())?
+    } else {
+        w.to_f32_vec()?
+    };
     for r in 0..rows {
         for o in 0..n_out {
             let mut acc = 0.0f32;
@@ -156,27 +160,43 @@ pub fn matmul_with(
                 _ => plain(k, out, x, rows, wd, n_out, n_in, bias),
             }
         }
-        other => {
-            return Err(Error::UnsupportedDtype {
-                name: w.name.clone(),
-                dtype: other.to_string(),
-            })
+        q => {
+            return super::quant_kernels::matmul_quant(
+                k,
+                &w.name,
+                q,
+                out,
+                x,
+                rows,
+                w.bytes(),
+                n_out,
+                n_in,
+                bias,
+            );
         }
     }
     Ok(())
 }
 
-/// Row `row` of a (possibly quantized) matrix as f32, for embedding lookups.
+/// Row `row` of a `[rows, width]` (possibly quantized) matrix as f32, for embedding lookups.
+/// `out.len()` is the row width.
 pub fn dequantize_row(w: &WeightTensor, row: usize, out: &mut [f32]) -> Result<()> {
-    Err(Error::UnsupportedDtype {
-        name: w.name.clone(),
-        dtype: format!("{} (row {row}, {} values)", w.dtype, out.len()),
-    })
+    let width = out.len();
+    let (be, bb) = w.dtype.block();
+    let rows = w.shape.first().copied().unwrap_or(0);
+    if row >= rows || width % be != 0 || w.numel() != rows * width {
+        return Err(Error::arg(format!(
+            "dequantize_row {}: row {row} of width {width} does not fit {:?} {}",
+            w.name, w.shape, w.dtype
+        )));
+    }
+    let rb = width / be * bb;
+    crate::quant::dequantize(w.dtype, &w.bytes()[row * rb..(row + 1) * rb], out)
 }
 
 /// A raw pointer that may cross threads: the tasks that share it write disjoint elements.
 #[derive(Clone, Copy)]
-struct SyncPtr<T>(*mut T);
+pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
 // SAFETY: only used to hand `out` to rayon tasks that write disjoint column ranges (see `drive`).
 unsafe impl<T> Send for SyncPtr<T> {}
 // SAFETY: as above.
@@ -195,7 +215,7 @@ const KC_MAX: usize = 640;
 /// Runs `body(o0, o1)` over contiguous ranges of output features, one per rayon thread (each a
 /// multiple of `NW` long, so all threads stream the same number of weight bytes), or all on
 /// the calling thread when the product is small.
-fn split_columns(n_out: usize, macs: usize, body: impl Fn(usize, usize) + Sync) {
+pub(crate) fn split_columns(n_out: usize, macs: usize, body: impl Fn(usize, usize) + Sync) {
     let threads = if macs < PAR_MIN_MACS {
         1
     } else {

@@ -22,6 +22,7 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
+use super::quant_kernels::{self as qk, QTable};
 use vector::{tile_table, TileTable};
 
 /// An instruction set a [`Kernels`] table can be built for.
@@ -85,6 +86,8 @@ pub struct Kernels {
     widen_f16: unsafe fn(&mut [f32], &[f16]),
     /// f32 × f32 register-blocked tiles (prefill; bf16/f16 weights are widened first).
     pub(crate) tiles_f32: TileTable<f32>,
+    /// Integer kernels for block-quantized weights (see `quant_kernels`).
+    pub(crate) qtiles: QTable,
     /// Present when the CPU has AVX-512 BF16 and it was not switched off.
     pub(crate) tiles_bf16dot: Option<Bf16DotTable>,
 }
@@ -113,6 +116,7 @@ impl Kernels {
                     widen_bf16: widen_avx2::<bf16>,
                     widen_f16: widen_avx2::<f16>,
                     tiles_f32: tile_table!(tile_avx2, f32),
+                    qtiles: qk::x86::table_avx2(),
                     tiles_bf16dot: None,
                 }
             }),
@@ -135,6 +139,11 @@ impl Kernels {
                     widen_bf16: widen_avx512::<bf16>,
                     widen_f16: widen_avx512::<f16>,
                     tiles_f32: tile_table!(tile_avx512, f32),
+                    qtiles: if t.has_vnni() {
+                        qk::x86::table_vnni()
+                    } else {
+                        qk::x86::table_avx2()
+                    },
                     tiles_bf16dot: t.has_bf16().then_some(bf16dot),
                 }
             }),
@@ -151,6 +160,7 @@ impl Kernels {
                     widen_bf16: widen_neon::<bf16>,
                     widen_f16: widen_neon::<f16>,
                     tiles_f32: tile_table!(tile_neon, f32),
+                    qtiles: qk::table_scalar(),
                     tiles_bf16dot: None,
                 }
             }),
@@ -171,6 +181,7 @@ impl Kernels {
             widen_bf16: widen::<bf16>,
             widen_f16: widen::<f16>,
             tiles_f32: tile_table!(tile, f32),
+            qtiles: qk::table_scalar(),
             tiles_bf16dot: None,
         }
     }

@@ -1,0 +1,833 @@
+//! Products with GGML block-quantized weights, used as stored (no dequantization at load).
+//!
+//! The activations are quantized once per call, per block of 32, as llama.cpp's q8 formats
+//! do: `x ≈ dx · qx` with `dx = max|x| / 127` (f32) and `qx` in -127..=127, plus the sums
+//! `dx · Σ qx` of each half-block of 16. One activation format serves every weight type,
+//! because each weight format can be written per group of 32 weights as
+//!
+//! ```text
+//! w_j = a_lo/hi · u_j + b_lo/hi        (lo for j < 16, hi for j >= 16; u_j a small integer)
+//! Σ_j w_j · x̂_j = dx · (a_lo · Σ_lo u·qx + a_hi · Σ_hi u·qx) + b_lo · s_lo + b_hi · s_hi
+//! ```
+//!
+//! | format | u                 | a          | b           |
+//! |--------|-------------------|------------|-------------|
+//! | Q8_0   | w (signed i8)     | d          | 0           |
+//! | Q4_0   | nibble 0..15      | d          | -8·d        |
+//! | Q4_1   | nibble            | d          | m           |
+//! | Q4_K   | nibble            | d·scale_s  | -dmin·min_s |
+//! | Q6_K   | 6-bit 0..63       | d·scale_16 | -32·a       |
+//!
+//! The integer sums `Σ u·qx` are exact: `vpdpbusd` (AVX-512 VNNI, on 256-bit registers) or
+//! `vpmaddubsw` + `vpmaddwd` (AVX2; no pair can saturate: u ≤ 63, or |w| ≤ 128 with the sign
+//! moved onto qx for Q8_0), or plain integer loops (scalar). The only approximation is the
+//! activation rounding: `|x - x̂| ≤ dx/2` per element.
+//!
+//! (The activation sums are stored as `s_lo` and `s_lo + s_hi`, so the common unsplit
+//! formats need one multiply-add per group for the `b` term.)
+//!
+//! Not here: quantizing weights other than Q8_0 (minfer reads quantized files; `--quantize
+//! q8_0` is the one conversion it makes), NEON integer dot products (aarch64 uses the scalar
+//! kernels), and Q5_K fast paths (Q5_K goes through `dequant_dot`: dequantize a block, f32 dot).
+
+use std::cell::RefCell;
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::backend::cpu::matmul::{split_columns, SyncPtr};
+use crate::backend::cpu::simd::Kernels;
+use crate::error::{Error, Result};
+use crate::loader::DType;
+use crate::quant::{scale_min_k4, QK};
+
+/// Activations quantized per block of 32 (see the module header), row-major.
+#[derive(Default)]
+pub struct QActs {
+    /// rows × n_in
+    pub qs: Vec<i8>,
+    /// rows × n_in/32: the scale dx of each block
+    pub d: Vec<f32>,
+    /// rows × n_in/32 × 2: dx · Σ qx over the first half-block, then over the whole block
+    pub s: Vec<f32>,
+    pub n_in: usize,
+}
+
+impl QActs {
+    /// Quantizes `rows` rows of `n_in` (a multiple of 32) from `x` with `f`, reusing the
+    /// buffers.
+    fn quantize(&mut self, f: QuantFn, x: &[f32], rows: usize, n_in: usize) {
+        self.n_in = n_in;
+        self.qs.resize(rows * n_in, 0);
+        self.d.resize(rows * n_in / QK, 0.0);
+        self.s.resize(rows * n_in / 16, 0.0);
+        // SAFETY: the function came from a CPU-checked table (see `QTable`).
+        unsafe { f(&x[..rows * n_in], &mut self.qs, &mut self.d, &mut self.s) }
+    }
+}
+
+/// Quantizes whole blocks of 32: `x` (32·n) into `qs` (32·n), `d` (n), `s` (2·n).
+pub(crate) type QuantFn = unsafe fn(&[f32], &mut [i8], &mut [f32], &mut [f32]);
+
+/// The portable activation quantizer (see the module header for the format).
+unsafe fn quantize_scalar(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    for (((xb, qb), d), s) in x
+        .chunks_exact(QK)
+        .zip(qs.chunks_exact_mut(QK))
+        .zip(d.iter_mut())
+        .zip(s.chunks_exact_mut(2))
+    {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let dx = amax / 127.0;
+        let id = if dx > 0.0 { 1.0 / dx } else { 0.0 };
+        let mut sums = [0i32; 2];
+        for (j, (q, v)) in qb.iter_mut().zip(xb).enumerate() {
+            // Round half away from zero by hand: `f32::round` is a libm call on baseline
+            // x86-64. |v·id| <= 127 (+ rounding), and the clamp keeps -128 out (the AVX2 sign
+            // trick for Q8_0 would overflow on it).
+            let r = v * id;
+            let r = ((r + 0.5f32.copysign(r)) as i32).clamp(-127, 127);
+            *q = r as i8;
+            sums[j / 16] += r;
+        }
+        *d = dx;
+        s[0] = dx * sums[0] as f32;
+        s[1] = dx * (sums[0] + sums[1]) as f32;
+    }
+}
+
+/// Raw view of quantized activation row `r0` onward (strides derive from `n_in`).
+#[derive(Clone, Copy)]
+pub(crate) struct QX {
+    qs: *const i8,
+    d: *const f32,
+    s: *const f32,
+    n_in: usize,
+}
+
+/// Computes `out[r] = Σ_i x[r, i] · w[i]` for `r < NX`, one weight row `w` of `n_in` elements.
+///
+/// # Safety
+/// `w` holds one whole row of the table's format (n_in / block elements blocks), `x` covers
+/// NX rows of n_in, `out` has NX writable slots, and the table came from a CPU-checked
+/// [`Kernels`].
+pub(crate) type QTileFn = unsafe fn(*const u8, QX, *mut f32);
+/// One instruction set's quantized kernels.
+#[derive(Clone, Copy)]
+pub(crate) struct QTable {
+    /// Indexed `[format][nx - 1]`, formats in [`FORMATS`] order.
+    tiles: [[QTileFn; 4]; 5],
+    quantize: QuantFn,
+}
+
+/// The formats with integer kernels, in table order.
+pub const FORMATS: [DType; 5] = [
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q4K,
+    DType::Q6K,
+];
+
+fn format_index(d: DType) -> Option<usize> {
+    FORMATS.iter().position(|&f| f == d)
+}
+
+#[inline(always)]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// One weight format, as groups of 32 (see the module header).
+pub(crate) trait QFormat {
+    const ELEMS: usize;
+    const BYTES: usize;
+    /// u is a signed i8 (Q8_0) rather than an unsigned small integer.
+    const SIGNED: bool;
+    /// a (and b) differ between the two halves of a group (Q6_K).
+    const SPLIT: bool;
+    /// Calls `f(g, u, a, b)` for each group g of the block at `blk` (BYTES long), u as bytes.
+    fn groups(blk: &[u8], f: impl FnMut(usize, &[u8; 32], [f32; 2], [f32; 2]));
+}
+
+pub(crate) struct Q8_0;
+pub(crate) struct Q4_0;
+pub(crate) struct Q4_1;
+pub(crate) struct Q4K;
+pub(crate) struct Q6K;
+
+#[inline(always)]
+fn nibbles(q: &[u8]) -> [u8; 32] {
+    let mut u = [0u8; 32];
+    for j in 0..16 {
+        u[j] = q[j] & 0x0F;
+        u[j + 16] = q[j] >> 4;
+    }
+    u
+}
+
+impl QFormat for Q8_0 {
+    const ELEMS: usize = 32;
+    const BYTES: usize = 34;
+    const SIGNED: bool = true;
+    const SPLIT: bool = false;
+    #[inline(always)]
+    fn groups(blk: &[u8], mut f: impl FnMut(usize, &[u8; 32], [f32; 2], [f32; 2])) {
+        let d = f16_at(blk, 0);
+        let mut u = [0u8; 32];
+        u.copy_from_slice(&blk[2..34]);
+        f(0, &u, [d, d], [0.0, 0.0]);
+    }
+}
+
+impl QFormat for Q4_0 {
+    const ELEMS: usize = 32;
+    const BYTES: usize = 18;
+    const SIGNED: bool = false;
+    const SPLIT: bool = false;
+    #[inline(always)]
+    fn groups(blk: &[u8], mut f: impl FnMut(usize, &[u8; 32], [f32; 2], [f32; 2])) {
+        let d = f16_at(blk, 0);
+        f(0, &nibbles(&blk[2..18]), [d, d], [-8.0 * d, -8.0 * d]);
+    }
+}
+
+impl QFormat for Q4_1 {
+    const ELEMS: usize = 32;
+    const BYTES: usize = 20;
+    const SIGNED: bool = false;
+    const SPLIT: bool = false;
+    #[inline(always)]
+    fn groups(blk: &[u8], mut f: impl FnMut(usize, &[u8; 32], [f32; 2], [f32; 2])) {
+        let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+        f(0, &nibbles(&blk[4..20]), [d, d], [m, m]);
+    }
+}
+
+/// Q4_K per-group (a, b) for the 8 groups of a super-block.
+#[inline(always)]
+fn q4k_scales(blk: &[u8]) -> [(f32, f32); 8] {
+    let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+    let mut sc = [0u8; 12];
+    sc.copy_from_slice(&blk[4..16]);
+    std::array::from_fn(|j| {
+        let (s, m) = scale_min_k4(j, &sc);
+        (d * s as f32, -dmin * m as f32)
+    })
+}
+
+impl QFormat for Q4K {
+    const ELEMS: usize = 256;
+    const BYTES: usize = 144;
+    const SIGNED: bool = false;
+    const SPLIT: bool = false;
+    #[inline(always)]
+    fn groups(blk: &[u8], mut f: impl FnMut(usize, &[u8; 32], [f32; 2], [f32; 2])) {
+        let ab = q4k_scales(blk);
+        for c in 0..4 {
+            let q = &blk[16 + 32 * c..16 + 32 * c + 32];
+            let lo: [u8; 32] = std::array::from_fn(|l| q[l] & 0x0F);
+            let hi: [u8; 32] = std::array::from_fn(|l| q[l] >> 4);
+            let (a, b) = ab[2 * c];
+            f(2 * c, &lo, [a, a], [b, b]);
+            let (a, b) = ab[2 * c + 1];
+            f(2 * c + 1, &hi, [a, a], [b, b]);
+        }
+    }
+}
+
+impl QFormat for Q6K {
+    const ELEMS: usize = 256;
+    const BYTES: usize = 210;
+    const SIGNED: bool = false;
+    const SPLIT: bool = true;
+    #[inline(always)]
+    fn groups(blk: &[u8], mut f: impl FnMut(usize, &[u8; 32], [f32; 2], [f32; 2])) {
+        let d = f16_at(blk, 208);
+        for h in 0..2 {
+            let ql = &blk[64 * h..64 * h + 64];
+            let qh = &blk[128 + 32 * h..128 + 32 * h + 32];
+            let sc = &blk[192 + 8 * h..192 + 8 * h + 8];
+            for g in 0..4 {
+                let u: [u8; 32] = std::array::from_fn(|l| {
+                    let low = if g % 2 == 0 { ql[l] } else { ql[l + 32] };
+                    let low = if g < 2 { low & 0x0F } else { low >> 4 };
+                    low | (((qh[l] >> (2 * g)) & 3) << 4)
+                });
+                let a = [
+                    d * (sc[2 * g] as i8) as f32,
+                    d * (sc[2 * g + 1] as i8) as f32,
+                ];
+                f(4 * h + g, &u, a, [-32.0 * a[0], -32.0 * a[1]]);
+            }
+        }
+    }
+}
+
+/// The plain kernel: integer dot products per half-group, f32 across groups.
+///
+/// # Safety
+/// As [`QTileFn`] (no CPU feature needed).
+unsafe fn qtile_scalar<F: QFormat, const NX: usize>(w: *const u8, x: QX, out: *mut f32) {
+    let n_in = x.n_in;
+    let nb = n_in / F::ELEMS;
+    let gpb = F::ELEMS / 32;
+    // SAFETY: the caller vouches for one row of nb blocks at w and NX activation rows at x.
+    let (wrow, qs, ds, ss) = unsafe {
+        (
+            std::slice::from_raw_parts(w, nb * F::BYTES),
+            std::slice::from_raw_parts(x.qs, NX * n_in),
+            std::slice::from_raw_parts(x.d, NX * n_in / 32),
+            std::slice::from_raw_parts(x.s, NX * n_in / 16),
+        )
+    };
+    let mut acc = [0f32; NX];
+    for (b, blk) in wrow.chunks_exact(F::BYTES).enumerate() {
+        F::groups(blk, |g, u, a, bb| {
+            let gi = b * gpb + g;
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xq = &qs[r * n_in + gi * 32..r * n_in + gi * 32 + 32];
+                let mut dot = [0i32; 2];
+                for j in 0..32 {
+                    let uj = if F::SIGNED {
+                        u[j] as i8 as i32
+                    } else {
+                        u[j] as i32
+                    };
+                    dot[j / 16] += uj * xq[j] as i32;
+                }
+                let dx = ds[r * n_in / 32 + gi];
+                let s = &ss[r * n_in / 16 + 2 * gi..];
+                *acc += dx * (a[0] * dot[0] as f32 + a[1] * dot[1] as f32)
+                    + bb[0] * s[0]
+                    + bb[1] * (s[1] - s[0]);
+            }
+        });
+    }
+    for (r, a) in acc.iter().enumerate() {
+        // SAFETY: out has NX slots (caller).
+        unsafe { *out.add(r) = *a };
+    }
+}
+
+macro_rules! qtable {
+    ($f:ident) => {
+        [
+            [$f::<Q8_0, 1>, $f::<Q8_0, 2>, $f::<Q8_0, 3>, $f::<Q8_0, 4>],
+            [$f::<Q4_0, 1>, $f::<Q4_0, 2>, $f::<Q4_0, 3>, $f::<Q4_0, 4>],
+            [$f::<Q4_1, 1>, $f::<Q4_1, 2>, $f::<Q4_1, 3>, $f::<Q4_1, 4>],
+            [$f::<Q4K, 1>, $f::<Q4K, 2>, $f::<Q4K, 3>, $f::<Q4K, 4>],
+            [$f::<Q6K, 1>, $f::<Q6K, 2>, $f::<Q6K, 3>, $f::<Q6K, 4>],
+        ]
+    };
+}
+
+pub(crate) fn table_scalar() -> QTable {
+    QTable {
+        tiles: qtable!(qtile_scalar),
+        quantize: quantize_scalar,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    //! AVX2 and AVX-512 VNNI (256-bit) forms of the integer kernels. The SIMD unpacking of
+    //! each format mirrors its scalar `groups` exactly.
+
+    use std::arch::x86_64::*;
+
+    use super::{QFormat, QTable, Q4K, Q4_0, Q4_1, Q6K, Q8_0, QX};
+
+    /// `Σ u·x` over each run of 4 bytes, as 8 i32 lanes (u unsigned, x signed).
+    pub(crate) trait IDot {
+        unsafe fn dot(u: __m256i, x: __m256i) -> __m256i;
+    }
+    pub(crate) struct Avx2Dot;
+    pub(crate) struct VnniDot;
+
+    impl IDot for Avx2Dot {
+        #[inline(always)]
+        unsafe fn dot(u: __m256i, x: __m256i) -> __m256i {
+            // SAFETY: AVX2 enabled by the caller. maddubs cannot saturate here: u <= 63, or
+            // u = |w| <= 128 with |x| <= 127 (2·128·127 < 32767).
+            unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1)) }
+        }
+    }
+
+    impl IDot for VnniDot {
+        #[inline(always)]
+        unsafe fn dot(u: __m256i, x: __m256i) -> __m256i {
+            // SAFETY: AVX-512 VNNI + VL enabled by the caller.
+            unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x) }
+        }
+    }
+
+    /// The two f16 values at `p` and `p + 2`, widened. The 4 bytes are loaded with an explicit
+    /// `vmovd` (zero-extending): from any intrinsic form, LLVM narrowed the load to a `vpinsrw`
+    /// merging into whatever register was free, which chained every block's scale load to the
+    /// previous block's arithmetic (Q4_0 decode 2-4x slower, measured).
+    #[inline(always)]
+    unsafe fn f16_pair(p: *const u8) -> (f32, f32) {
+        let h: __m128i;
+        // SAFETY: the caller guarantees four readable bytes at p; vmovd only reads them.
+        unsafe {
+            std::arch::asm!(
+                "vmovd {h}, dword ptr [{p}]",
+                h = out(xmm_reg) h,
+                p = in(reg) p,
+                options(pure, readonly, nostack, preserves_flags)
+            );
+        }
+        // SAFETY: F16C is enabled by the caller.
+        unsafe {
+            let v = _mm_cvtph_ps(h);
+            (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn nibbles16(p: *const u8) -> __m256i {
+        // SAFETY: 16 readable bytes (caller). Low nibbles are elements 0..16, high 16..32.
+        unsafe {
+            let q = _mm_loadu_si128(p as *const __m128i);
+            let m = _mm_set1_epi8(0x0F);
+            let lo = _mm_and_si128(q, m);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), m);
+            _mm256_set_m128i(hi, lo)
+        }
+    }
+
+    /// SIMD unpacking: `f(g, u, a, b)` per group, like `QFormat::groups`.
+    pub(crate) trait SimdFormat: QFormat {
+        unsafe fn groups_simd(blk: *const u8, f: impl FnMut(usize, __m256i, [f32; 2], [f32; 2]));
+    }
+
+    impl SimdFormat for Q8_0 {
+        #[inline(always)]
+        unsafe fn groups_simd(
+            blk: *const u8,
+            mut f: impl FnMut(usize, __m256i, [f32; 2], [f32; 2]),
+        ) {
+            // SAFETY: one 34-byte block (caller).
+            unsafe {
+                let d = f16_pair(blk).0;
+                f(
+                    0,
+                    _mm256_loadu_si256(blk.add(2) as *const __m256i),
+                    [d, d],
+                    [0.0, 0.0],
+                );
+            }
+        }
+    }
+
+    impl SimdFormat for Q4_0 {
+        #[inline(always)]
+        unsafe fn groups_simd(
+            blk: *const u8,
+            mut f: impl FnMut(usize, __m256i, [f32; 2], [f32; 2]),
+        ) {
+            // SAFETY: one 18-byte block (caller).
+            unsafe {
+                let d = f16_pair(blk).0;
+                f(0, nibbles16(blk.add(2)), [d, d], [-8.0 * d, -8.0 * d]);
+            }
+        }
+    }
+
+    impl SimdFormat for Q4_1 {
+        #[inline(always)]
+        unsafe fn groups_simd(
+            blk: *const u8,
+            mut f: impl FnMut(usize, __m256i, [f32; 2], [f32; 2]),
+        ) {
+            // SAFETY: one 20-byte block (caller).
+            unsafe {
+                let (d, m) = f16_pair(blk);
+                f(0, nibbles16(blk.add(4)), [d, d], [m, m]);
+            }
+        }
+    }
+
+    impl SimdFormat for Q4K {
+        #[inline(always)]
+        unsafe fn groups_simd(
+            blk: *const u8,
+            mut f: impl FnMut(usize, __m256i, [f32; 2], [f32; 2]),
+        ) {
+            // SAFETY: one 144-byte block (caller).
+            unsafe {
+                let ab = super::q4k_scales(std::slice::from_raw_parts(blk, 16));
+                let m = _mm256_set1_epi8(0x0F);
+                for c in 0..4 {
+                    let q = _mm256_loadu_si256(blk.add(16 + 32 * c) as *const __m256i);
+                    let (a, b) = ab[2 * c];
+                    f(2 * c, _mm256_and_si256(q, m), [a, a], [b, b]);
+                    let (a, b) = ab[2 * c + 1];
+                    f(
+                        2 * c + 1,
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(q), m),
+                        [a, a],
+                        [b, b],
+                    );
+                }
+            }
+        }
+    }
+
+    impl SimdFormat for Q6K {
+        #[inline(always)]
+        unsafe fn groups_simd(
+            blk: *const u8,
+            mut f: impl FnMut(usize, __m256i, [f32; 2], [f32; 2]),
+        ) {
+            // SAFETY: one 210-byte block (caller).
+            unsafe {
+                // d is the block's last two bytes: read 206..210 and take the upper half.
+                let d = f16_pair(blk.add(206)).1;
+                let m4 = _mm256_set1_epi8(0x0F);
+                let m2 = _mm256_set1_epi8(0x03);
+                for h in 0..2 {
+                    let ql0 = _mm256_loadu_si256(blk.add(64 * h) as *const __m256i);
+                    let ql1 = _mm256_loadu_si256(blk.add(64 * h + 32) as *const __m256i);
+                    let qh = _mm256_loadu_si256(blk.add(128 + 32 * h) as *const __m256i);
+                    let sc = blk.add(192 + 8 * h) as *const i8;
+                    let hb = |s: i32| -> __m256i {
+                        // bits (2g, 2g+1) of qh moved to bits 4..6
+                        let v = match s {
+                            0 => qh,
+                            2 => _mm256_srli_epi16::<2>(qh),
+                            4 => _mm256_srli_epi16::<4>(qh),
+                            _ => _mm256_srli_epi16::<6>(qh),
+                        };
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(v, m2))
+                    };
+                    let lows = [
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                    ];
+                    for (g, low) in lows.into_iter().enumerate() {
+                        let u = _mm256_or_si256(low, hb(2 * g as i32));
+                        let a = [d * *sc.add(2 * g) as f32, d * *sc.add(2 * g + 1) as f32];
+                        f(4 * h + g, u, a, [-32.0 * a[0], -32.0 * a[1]]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        // SAFETY: AVX enabled by the caller.
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+            _mm_cvtss_f32(s)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn qtile<F: SimdFormat, D: IDot, const NX: usize>(w: *const u8, x: QX, out: *mut f32) {
+        let n_in = x.n_in;
+        let nb = n_in / F::ELEMS;
+        let gpb = F::ELEMS / 32;
+        // SAFETY (whole body): reads stay inside the row of nb blocks at w and the NX rows of
+        // x (caller's contract); AVX2/FMA/F16C are enabled by the wrapper.
+        unsafe {
+            // Two accumulators per row (even / odd groups) halve the FMA latency chain.
+            let mut acc = [[_mm256_setzero_ps(); 2]; NX];
+            let mut accs = [0f32; NX];
+            for b in 0..nb {
+                F::groups_simd(w.add(b * F::BYTES), |g, u, a, bb| {
+                    let gi = b * gpb + g;
+                    let uu = if F::SIGNED { _mm256_sign_epi8(u, u) } else { u };
+                    for r in 0..NX {
+                        let xq = _mm256_loadu_si256(x.qs.add(r * n_in + gi * 32) as *const __m256i);
+                        let xx = if F::SIGNED {
+                            _mm256_sign_epi8(xq, u)
+                        } else {
+                            xq
+                        };
+                        let dot = _mm256_cvtepi32_ps(D::dot(uu, xx));
+                        let dx = *x.d.add(r * (n_in / 32) + gi);
+                        let sc = if F::SPLIT {
+                            _mm256_set_m128(_mm_set1_ps(a[1] * dx), _mm_set1_ps(a[0] * dx))
+                        } else {
+                            _mm256_set1_ps(a[0] * dx)
+                        };
+                        // A branch, not acc[r][gi & 1]: a computed index would keep the
+                        // accumulators in memory.
+                        if gi & 1 == 0 {
+                            acc[r][0] = _mm256_fmadd_ps(dot, sc, acc[r][0]);
+                        } else {
+                            acc[r][1] = _mm256_fmadd_ps(dot, sc, acc[r][1]);
+                        }
+                        if F::SPLIT {
+                            let s = x.s.add(r * (n_in / 16) + 2 * gi);
+                            accs[r] += bb[0] * *s + bb[1] * (*s.add(1) - *s);
+                        } else if !F::SIGNED {
+                            accs[r] += bb[0] * *x.s.add(r * (n_in / 16) + 2 * gi + 1);
+                        }
+                    }
+                });
+            }
+            for r in 0..NX {
+                *out.add(r) = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + accs[r];
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn qtile_avx2<F: SimdFormat, const NX: usize>(w: *const u8, x: QX, out: *mut f32) {
+        // SAFETY: forwarded contract; only reachable through an AVX2-checked table.
+        unsafe { qtile::<F, Avx2Dot, NX>(w, x, out) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn qtile_vnni<F: SimdFormat, const NX: usize>(w: *const u8, x: QX, out: *mut f32) {
+        // SAFETY: forwarded contract; only reachable through a VNNI-checked table.
+        unsafe { qtile::<F, VnniDot, NX>(w, x, out) }
+    }
+
+    /// Only call after checking AVX2, FMA and F16C.
+    pub(crate) fn table_avx2() -> QTable {
+        QTable {
+            tiles: qtable!(qtile_avx2),
+            quantize: quantize_avx2,
+        }
+    }
+
+    /// Only call after checking AVX-512 F/VL/VNNI as well.
+    pub(crate) fn table_vnni() -> QTable {
+        QTable {
+            tiles: qtable!(qtile_vnni),
+            quantize: quantize_avx2,
+        }
+    }
+
+    /// The activation quantizer with AVX2 (same format and bounds as `quantize_scalar`; ties
+    /// round to even here, which keeps |x - x̂| <= dx/2 all the same).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn quantize_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+        let n = (x.len() / 32)
+            .min(qs.len() / 32)
+            .min(d.len())
+            .min(s.len() / 2);
+        // SAFETY: block b reads x[32b..32b+32] and writes qs[32b..32b+32], d[b], s[2b..2b+2],
+        // all inside the slices for b < n.
+        unsafe {
+            let sign = _mm256_set1_ps(-0.0);
+            for b in 0..n {
+                let p = x.as_ptr().add(32 * b);
+                let v = [
+                    _mm256_loadu_ps(p),
+                    _mm256_loadu_ps(p.add(8)),
+                    _mm256_loadu_ps(p.add(16)),
+                    _mm256_loadu_ps(p.add(24)),
+                ];
+                let a = v.map(|v| _mm256_andnot_ps(sign, v));
+                let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+                let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+                let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+                let m = _mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m));
+                let dx = _mm_cvtss_f32(m) / 127.0;
+                let id = _mm256_set1_ps(if dx > 0.0 { 1.0 / dx } else { 0.0 });
+                let lim = _mm256_set1_ps(127.0);
+                let q = v.map(|v| {
+                    let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                        _mm256_mul_ps(v, id),
+                    );
+                    _mm256_cvtps_epi32(_mm256_max_ps(
+                        _mm256_min_ps(r, lim),
+                        _mm256_sub_ps(_mm256_setzero_ps(), lim),
+                    ))
+                });
+                // i32 → i16 → i8; the packs interleave 128-bit lanes, the permute restores order.
+                let w01 = _mm256_packs_epi32(q[0], q[1]);
+                let w23 = _mm256_packs_epi32(q[2], q[3]);
+                let b8 = _mm256_packs_epi16(w01, w23);
+                let b8 = _mm256_permutevar8x32_epi32(b8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                _mm256_storeu_si256(qs.as_mut_ptr().add(32 * b) as *mut __m256i, b8);
+                let hsum = |v: __m256i| -> i32 {
+                    let s =
+                        _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b00_00_11_10>(s));
+                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b00_00_00_01>(s));
+                    _mm_cvtsi128_si32(s)
+                };
+                *d.get_unchecked_mut(b) = dx;
+                *s.get_unchecked_mut(2 * b) = dx * hsum(_mm256_add_epi32(q[0], q[1])) as f32;
+                *s.get_unchecked_mut(2 * b + 1) = dx
+                    * hsum(_mm256_add_epi32(
+                        _mm256_add_epi32(q[0], q[1]),
+                        _mm256_add_epi32(q[2], q[3]),
+                    )) as f32;
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Quantized activations of the current call; grows to the largest call, kept.
+    static QX_BUF: RefCell<QActs> = RefCell::new(QActs::default());
+}
+
+/// `out[r, o] = Σ_i x[r, i] · w[o, i] (+ bias[o])` for block-quantized `w` bytes of `dtype`
+/// (shape `[n_out, n_in]`, sizes already checked by the caller).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_quant(
+    k: &Kernels,
+    name: &str,
+    dtype: DType,
+    out: &mut [f32],
+    x: &[f32],
+    rows: usize,
+    w: &[u8],
+    n_out: usize,
+    n_in: usize,
+    bias: Option<&[f32]>,
+) -> Result<()> {
+    let (be, bb) = dtype.block();
+    if n_in % be != 0 {
+        return Err(Error::UnsupportedDtype {
+            name: name.to_string(),
+            dtype: format!("{dtype} with rows of {n_in} (not whole blocks of {be})"),
+        });
+    }
+    let row_bytes = n_in / be * bb;
+    let Some(fi) = format_index(dtype) else {
+        dequant_dot(k, dtype, out, x, rows, w, n_out, n_in, row_bytes, bias);
+        return Ok(());
+    };
+    let table = &k.qtiles.tiles[fi];
+    let quantize = k.qtiles.quantize;
+    let mut go = |qa: &mut QActs| {
+        qa.quantize(quantize, x, rows, n_in);
+        let qa = &*qa;
+        let dst = SyncPtr(out.as_mut_ptr());
+        // Activation rows per block: the quantized block (~n_in bytes per row) stays in L2
+        // while every weight row of this task's range meets it.
+        let rb = ((256 << 10) / n_in).max(4).next_multiple_of(4);
+        split_columns(
+            n_out,
+            rows.saturating_mul(n_out).saturating_mul(n_in),
+            |o0, o1| {
+                let dst = dst;
+                let mut tmp = [0f32; 4];
+                for r0 in (0..rows).step_by(rb) {
+                    let r1 = (r0 + rb).min(rows);
+                    for o in o0..o1 {
+                        let wr = w[o * row_bytes..(o + 1) * row_bytes].as_ptr();
+                        let mut r = r0;
+                        while r < r1 {
+                            let nx = (r1 - r).min(4);
+                            let xr = QX {
+                                qs: qa.qs[r * n_in..].as_ptr(),
+                                d: qa.d[r * n_in / 32..].as_ptr(),
+                                s: qa.s[r * n_in / 16..].as_ptr(),
+                                n_in,
+                            };
+                            // SAFETY: wr is one whole row (row_bytes), rows r..r+nx of the quantized
+                            // activations exist (r + nx <= rows), tmp has 4 slots; the table came
+                            // from a CPU-checked `Kernels`.
+                            unsafe { table[nx - 1](wr, xr, tmp.as_mut_ptr()) };
+                            for (a, v) in tmp[..nx].iter().enumerate() {
+                                let b = bias.map_or(0.0, |b| b[o]);
+                                // SAFETY: (r + a, o) is inside out, in this task's columns.
+                                unsafe { *dst.0.add((r + a) * n_out + o) = v + b };
+                            }
+                            r += nx;
+                        }
+                    }
+                }
+            },
+        );
+    };
+    QX_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut qa) => go(&mut qa),
+        Err(_) => go(&mut QActs::default()),
+    });
+    Ok(())
+}
+
+/// Fallback for block types without integer kernels (Q5_K): dequantize one block at a time
+/// onto the stack and take an f32 dot product with the activations.
+#[allow(clippy::too_many_arguments)]
+fn dequant_dot(
+    k: &Kernels,
+    dtype: DType,
+    out: &mut [f32],
+    x: &[f32],
+    rows: usize,
+    w: &[u8],
+    n_out: usize,
+    n_in: usize,
+    row_bytes: usize,
+    bias: Option<&[f32]>,
+) {
+    let (be, bb) = dtype.block();
+    let dst = SyncPtr(out.as_mut_ptr());
+    split_columns(
+        n_out,
+        rows.saturating_mul(n_out).saturating_mul(n_in),
+        |o0, o1| {
+            let dst = dst;
+            let mut blk = [0f32; 256];
+            for o in o0..o1 {
+                let wr = &w[o * row_bytes..(o + 1) * row_bytes];
+                let mut acc = [0f32; 64];
+                let mut r0 = 0;
+                while r0 < rows {
+                    let nr = (rows - r0).min(acc.len());
+                    acc[..nr].fill(0.0);
+                    for (b, wb) in wr.chunks_exact(bb).enumerate() {
+                        // The sizes match by construction (bb bytes encode be elements).
+                        if crate::quant::dequantize(dtype, wb, &mut blk[..be]).is_err() {
+                            continue;
+                        }
+                        for (a, acc) in acc[..nr].iter_mut().enumerate() {
+                            let xr = &x[(r0 + a) * n_in + b * be..(r0 + a) * n_in + (b + 1) * be];
+                            *acc += k.dot_f32(xr, &blk[..be]);
+                        }
+                    }
+                    for (a, v) in acc[..nr].iter().enumerate() {
+                        // SAFETY: (r0 + a, o) is inside out, in this task's columns.
+                        unsafe {
+                            *dst.0.add((r0 + a) * n_out + o) = v + bias.map_or(0.0, |b| b[o])
+                        };
+                    }
+                    r0 += nr;
+                }
+            }
+        },
+    );
+}
+
+/// Quantizes rows of f32 to Q8_0 bytes (34 per 32 values), exactly as
+/// `crate::quant::quantize_q8_0_reference` (ggml's `quantize_row_q8_0_ref`), in parallel.
+pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<u8>> {
+    if x.len() % QK != 0 {
+        return Err(Error::arg(format!(
+            "quantize_q8_0: length {} is not a multiple of {QK}",
+            x.len()
+        )));
+    }
+    let mut out = vec![0u8; x.len() / QK * 34];
+    out.par_chunks_mut(34 * 1024)
+        .zip(x.par_chunks(QK * 1024))
+        .for_each(|(o, xs)| {
+            for (ob, xb) in o.chunks_exact_mut(34).zip(xs.chunks_exact(QK)) {
+                let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                ob[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+                for (q, v) in ob[2..].iter_mut().zip(xb) {
+                    *q = (v * id).round() as i8 as u8;
+                }
+            }
+        });
+    Ok(out)
+}
