@@ -315,7 +315,9 @@ for t in types:
             if test in per and (test not in best or r["avg_ts"] > best[test][0]):
                 best[test] = (r["avg_ts"], fa)
             if not lcpp_build and r.get("build_commit"):
-                lcpp_build = f"{r['build_commit']} (build {r.get('build_number', '?')})"
+                c = r["build_commit"]
+                lcpp_build = (f"{c} (build {r.get('build_number', '?')})" if c != "unknown"
+                              else "not recorded (the sdist carries no git metadata)")
         for k, (v, fa) in best.items():
             per[k].append(v)
             picks[k].append(fa)
@@ -419,7 +421,7 @@ hdr = [
     + (f"; minfer's own probe in the same runs: {fmt(med([(minfer_rows(l) or {}).get('own_bw') for l in [f'{t}-gguf' for t in types]]), 1)} GB/s."
        if types else "."),
     "",
-    f"llama.cpp: vendored in llama-cpp-python {lcpp_py}, commit {lcpp_build or '?'}, built CPU-only with "
+    f"llama.cpp: vendored in llama-cpp-python {lcpp_py} (commit {lcpp_build or '?'}), built CPU-only with "
     f"-DGGML_NATIVE=ON ({variant}); llama-bench `-p 128,512 -n 128 -t {threads} -fa 0,1 -r 1`, the better "
     f"flash-attention setting per test and pass. minfer: commit {minfer_rev}, `minfer bench --threads {threads} --repeats 1` "
     "(one warm-up pass, one timed pass per run).",
