@@ -234,6 +234,9 @@ fn main() {
             "dtype", "ms/step", "GB/s", "of bw", "tok/s bound"
         );
         for dtype in dtypes {
+            if !fits(dtype, 576) {
+                continue;
+            }
             let mut layers = Vec::new();
             for _ in 0..30 {
                 for (o, i) in [

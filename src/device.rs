@@ -3,8 +3,9 @@
 //!
 //! `auto` picks the first CUDA GPU when the build has the `cuda` feature and a driver with a
 //! device is present, and the CPU otherwise; `cuda` without a driver is a clear error, never a
-//! panic (the driver library is probed before any call into it). This module only decides;
-//! building the backend for the chosen device is the caller's (the model / CLI) business.
+//! panic (the driver library is probed before any call into it). [`measure_bandwidth`] gives
+//! the memory ceiling of the chosen device. Building the backend for a device is
+//! `Model::load`'s business (engine.rs, `LoadOptions::device`); this module parses and decides.
 
 use std::fmt;
 use std::str::FromStr;
@@ -94,9 +95,37 @@ impl Device {
     }
 }
 
+/// The memory-bandwidth ceiling of `device` in GB/s, for "achieved GB/s as a fraction of ..."
+/// figures: on the CPU the read bandwidth of the current rayon pool; on a GPU the device-to-
+/// device copy bandwidth (bytes read plus bytes written) through minfer's copy kernel. The
+/// interpreter has no meaningful bandwidth: an error.
+pub fn measure_bandwidth(device: Device) -> Result<f64> {
+    match device.resolve()? {
+        Device::Cpu | Device::Auto => Ok(crate::backend::cpu::simd::measure_read_bandwidth(
+            512 << 20,
+            3,
+        )),
+        Device::Sim => Err(Error::arg(
+            "the PTX interpreter has no memory bandwidth to measure",
+        )),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => {
+            let drv = crate::backend::cuda::cudarc_driver::CudarcDriver::new(i)?;
+            let b = crate::backend::cuda::CudaBackend::new(drv)?;
+            b.measure_copy_bandwidth(1 << 30, 10)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(Error::Device(
+            "minfer was built without the `cuda` feature".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{LoadOptions, Model};
+    use std::path::Path;
 
     #[test]
     fn parses_every_spelling() {
@@ -118,6 +147,35 @@ mod tests {
         // panic and no error.
         let d = Device::Auto.resolve();
         assert!(matches!(d, Ok(Device::Cpu) | Ok(Device::Cuda(0))), "{d:?}");
+    }
+
+    #[test]
+    fn sim_device_runs_a_fixture_model() {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama_gqa_untied");
+        let opts = LoadOptions {
+            max_batch: 4,
+            device: Device::Sim,
+            ..LoadOptions::default()
+        };
+        let mut m = Model::load(&dir, &opts).expect("load on sim");
+        assert!(
+            m.backend_name().contains("ptx interpreter"),
+            "{}",
+            m.backend_name()
+        );
+        let gen = crate::GenerateOptions {
+            max_new_tokens: 2,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let mut n = 0;
+        m.generate(&[1, 2, 3], &gen, |_| {
+            n += 1;
+            true
+        })
+        .expect("generate");
+        assert_eq!(n, 2);
     }
 
     #[test]

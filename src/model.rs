@@ -9,13 +9,15 @@
 //!     q, k = rope(q, pos), rope(k, pos)
 //!     a = attention(q, K-cache ++ k, V-cache ++ v)    // causal, GQA, optional sliding window
 //!     x = x + a·Woᵀ ;  h = rmsnorm(x) · mlp_norm      // fused: add_rms_norm
-//!     x = x + (silu(h·Wgateᵀ) ⊙ h·Wupᵀ)·Wdownᵀ
+//!     x = x + (silu(h·Wgateᵀ) ⊙ h·Wupᵀ)·Wdownᵀ            // fused into the next norm
 //! logits = (rmsnorm(x) · final_norm) · Wlmᵀ           // Wlm = embed when tied
 //! ```
 //!
 //! Architectures differ only by config flags (biases, q/k norms, windows, rope scaling); there is
 //! no per-architecture branch below. Buffers are allocated once in [`Transformer::new`], sized
 //! for `max_batch` rows, so `forward` allocates nothing.
+
+use std::sync::Arc;
 
 use crate::backend::{AttnParams, Backend, KvShape, OpProfile};
 use crate::config::ModelConfig;
@@ -66,7 +68,7 @@ pub enum Logits {
 
 pub struct Transformer<B: Backend> {
     pub config: ModelConfig,
-    backend: B,
+    backend: Arc<B>,
     embed_tokens: B::Mat, // (vocab, hidden)
     layers: Vec<Layer<B::Mat>>,
     norm: B::Mat,            // (hidden)
@@ -168,7 +170,7 @@ impl<B: Backend> Transformer<B> {
         };
         Ok(Transformer {
             config,
-            backend,
+            backend: Arc::new(backend),
             embed_tokens,
             layers,
             norm,
@@ -221,7 +223,8 @@ impl<B: Backend> Transformer<B> {
         }
         let mut pos = pos0;
         for chunk in tokens.chunks(self.max_batch) {
-            self.step(chunk, pos, which)?;
+            let backend = Arc::clone(&self.backend);
+            backend.scoped(&mut || self.step(chunk, pos, which))?;
             pos += chunk.len();
         }
         Ok(())
@@ -237,8 +240,13 @@ impl<B: Backend> Transformer<B> {
 
         b.embed(&mut s.x, &self.embed_tokens, tokens)?;
         for (l, w) in self.layers.iter().enumerate() {
-            // Attention block.
-            b.rms_norm(&mut s.h, &s.x, &w.input_layernorm, n, eps)?;
+            // Attention block. The previous block's residual add (x += o) is fused into this
+            // norm: one pass over x instead of two, one kernel launch instead of two.
+            if l == 0 {
+                b.rms_norm(&mut s.h, &s.x, &w.input_layernorm, n, eps)?;
+            } else {
+                b.add_rms_norm(&mut s.h, &mut s.x, &s.o, &w.input_layernorm, n, eps)?;
+            }
             b.matmul(&mut s.q, &s.h, &w.q_proj, w.q_bias.as_ref(), n)?;
             b.matmul(&mut s.k, &s.h, &w.k_proj, w.k_bias.as_ref(), n)?;
             b.matmul(&mut s.v, &s.h, &w.v_proj, w.v_bias.as_ref(), n)?;
@@ -270,21 +278,18 @@ impl<B: Backend> Transformer<B> {
             b.matmul(&mut s.gate, &s.h, &w.gate_proj, None, n)?;
             b.matmul(&mut s.up, &s.h, &w.up_proj, None, n)?;
             b.silu_mul(&mut s.gate, &s.up, n * inter)?;
-            b.matmul(&mut s.o, &s.gate, &w.down_proj, None, n)?;
-            b.add(&mut s.x, &s.o, n * hidden)?;
+            b.matmul(&mut s.o, &s.gate, &w.down_proj, None, n)?; // x += o happens in the next norm
         }
 
+        // x += o (the last MLP's output); h = rmsnorm(x) · final norm; logits = h · Wlmᵀ.
+        b.add_rms_norm(&mut s.h, &mut s.x, &s.o, &self.norm, n, eps)?;
         let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         match which {
             Logits::Last => {
-                b.copy_rows(&mut s.h, &s.x, n - 1, 1, hidden)?;
-                b.rms_norm(&mut s.last, &s.h, &self.norm, 1, eps)?;
+                b.copy_rows(&mut s.last, &s.h, n - 1, 1, hidden)?;
                 b.matmul(&mut s.logits, &s.last, lm_head, None, 1)?;
             }
-            Logits::All => {
-                b.rms_norm(&mut s.h, &s.x, &self.norm, n, eps)?;
-                b.matmul(&mut s.logits, &s.h, lm_head, None, n)?;
-            }
+            Logits::All => b.matmul(&mut s.logits, &s.h, lm_head, None, n)?,
         }
         Ok(())
     }

@@ -63,3 +63,83 @@ fn buffers_are_freed() {
         "CudaBuf / CudaMat free on drop"
     );
 }
+
+mod common;
+
+/// Every tiny fixture model through the real kernels on the interpreter (`--device sim`),
+/// against transformers.
+mod fixtures {
+    use std::path::Path;
+
+    use super::{common, sim};
+    use minfer::engine::Checkpoint;
+    use minfer::{LoadOptions, Model};
+
+    fn load_sim(dir: &Path, all_logits: bool, f32_prefill: bool) -> Model {
+        let ck = Checkpoint::open(dir, false).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        // max_batch 16: 40-token prompts run in chunks of up to 16 rows.
+        let opts = LoadOptions {
+            all_logits,
+            max_batch: 16,
+            ..LoadOptions::default()
+        };
+        let backend = sim().with_f32_prefill(f32_prefill);
+        Model::from_parts(ck.config, &ck.weights, backend, ck.eos_ids, &opts, ck.files)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+    }
+
+    #[test]
+    fn every_variant_matches_transformers_on_sim() {
+        let variants = common::variants();
+        assert!(
+            variants.len() >= 11,
+            "expected the fixture set, found {}",
+            variants.len()
+        );
+        for dir in variants {
+            // f32 activations and f32 accumulation as on the CPU, in a different order: a few
+            // ulps, far below 1e-4 of the largest logit (the CPU backend's tolerance); argmax and
+            // greedy tokens must agree exactly. f32 prefill keeps bf16 weights exact too.
+            common::check_variant(&dir, 1e-4, &|d, all| load_sim(d, all, true));
+        }
+    }
+
+    /// The bf16 and f16 variants with the tensor-core GEMM in prefill (chunks of 5..16 rows). It
+    /// rounds activations to bf16 / f16, so against the f32 oracle only the logits are compared, loosely:
+    /// 2^-9 relative per operand compounds through the layers of these sharp random models to a
+    /// few percent of the largest logit (argmax can flip where the fixtures' top-2 gap is 1e-3).
+    /// A layout or indexing error in the GEMM would be off by the logits' full scale.
+    #[test]
+    fn bf16_and_f16_variants_with_the_tensor_core_prefill() {
+        for dir in common::variants() {
+            let exp = common::expected(&dir);
+            if !matches!(
+                exp["stored_dtype"].as_str(),
+                Some("bfloat16") | Some("float16")
+            ) {
+                continue;
+            }
+            let mut m = load_sim(&dir, true, false);
+            for case in exp["cases"].as_array().expect("cases") {
+                let prompt = common::ids(&case["prompt"]);
+                if prompt.len() <= 4 {
+                    continue;
+                }
+                let want = common::floats(&case["last_logits"]);
+                let max = case["max_abs_logit"].as_f64().expect("max_abs_logit") as f32;
+                let (_, got) = m.score(&prompt).expect("score");
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    worst <= 0.05 * max,
+                    "{}: prompt len {}: max |dlogit| {worst} > 5% of {max}",
+                    dir.display(),
+                    prompt.len()
+                );
+            }
+        }
+    }
+}

@@ -190,7 +190,7 @@ fn int_reference(a: u32, b: u32) -> [u32; 24] {
         ((a as u64 * b as u64) >> 32) as u32,
         ((sa as i64 * sb as i64) >> 32) as u32,
         ((sa as i64 * sb as i64) >> 32) as u32,
-        if b == 0 { u32::MAX } else { a / b },
+        a.checked_div(b).unwrap_or(u32::MAX),
         if b == 0 {
             a
         } else {
@@ -941,4 +941,287 @@ fn profiling_counters_show_coalescing_and_bank_conflicts() {
     d.set_profiling(false);
     launch(&d, "counters.ptx", "coalesced", cfg(1, 32, 0), &args).unwrap();
     assert!(d.take_counters().is_empty());
+}
+
+/// Throughput probe: `cargo test --release --test ptx_sim throughput -- --ignored --nocapture`.
+/// Prints warp instructions per second; speed is measured here, never asserted.
+#[test]
+#[ignore]
+fn throughput() {
+    let d = SimDriver::new();
+    let a = upload_f32(&d, &vec![1.0; 256]);
+    let o = zeros(&d, 256 * 4);
+    let m = d
+        .load_module("throughput.ptx", &ptx("throughput.ptx"))
+        .unwrap();
+    let f = d.function(m, "spin").unwrap();
+    let iters = 2000u32;
+    let blocks = 16;
+    let t0 = std::time::Instant::now();
+    d.launch(
+        f,
+        cfg(blocks, 256, 0),
+        &[KernelArg::Ptr(a), KernelArg::Ptr(o), KernelArg::U32(iters)],
+    )
+    .unwrap();
+    let s = t0.elapsed().as_secs_f64();
+    let warp_instr = blocks as f64 * 8.0 * (iters as f64 * 5.0 + 10.0);
+    eprintln!(
+        "{:.1} M warp instructions/s ({:.1} M thread instructions/s), {s:.3} s",
+        warp_instr / s / 1e6,
+        warp_instr * 32.0 / s / 1e6
+    );
+}
+
+/// Throughput on a shipped kernel at the tiny fixture models' shapes (matvec_f32, K = 64,
+/// N = 192, one row): `cargo test --test ptx_sim throughput_matvec -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_matvec() {
+    let src = std::fs::read_to_string(format!("{}/kernels/matvec.ptx", env!("CARGO_MANIFEST_DIR")))
+        .unwrap();
+    let d = SimDriver::new();
+    let (k, n) = (64usize, 192usize);
+    let mut rng = Rng(9);
+    let x = upload_f32(&d, &(0..k).map(|_| rng.f32()).collect::<Vec<_>>());
+    let w = upload_f32(&d, &(0..k * n).map(|_| rng.f32()).collect::<Vec<_>>());
+    let o = zeros(&d, n * 4);
+    let m = d.load_module("matvec.ptx", &src).unwrap();
+    let f = d.function(m, "matvec_f32").unwrap();
+    let c = LaunchConfig {
+        grid: (n.div_ceil(8) as u32, 1, 1),
+        block: (256, 1, 1),
+        shared_bytes: 0,
+    };
+    let args = [
+        KernelArg::Ptr(o),
+        KernelArg::Ptr(x),
+        KernelArg::Ptr(w),
+        KernelArg::U64(0),
+        KernelArg::U32(k as u32),
+        KernelArg::U32(n as u32),
+    ];
+    d.set_profiling(true);
+    d.launch(f, c, &args).unwrap();
+    let wi = d.take_counters()[0].warp_instructions;
+    d.set_profiling(false);
+    let reps = 200;
+    let t0 = std::time::Instant::now();
+    for _ in 0..reps {
+        d.launch(f, c, &args).unwrap();
+    }
+    let s = t0.elapsed().as_secs_f64() / reps as f64;
+    eprintln!("matvec_f32 {k}x{n}: {wi} warp instructions, {:.1} us per launch, {:.1} M warp instructions/s", s * 1e6, wi as f64 / s / 1e6);
+}
+
+#[test]
+fn planted_cp_async_read_before_wait() {
+    let d = SimDriver::new();
+    let src = upload_u32(&d, &vec![7; 128]);
+    let line = format!("faults.ptx:{}", line_of("faults.ptx", "inflight"));
+    expect_fault(
+        "faults.ptx",
+        "cp_async_no_wait",
+        cfg(1, 32, 0),
+        &[KernelArg::Ptr(src)],
+        &d,
+        &["cp.async", "in flight", &line],
+    );
+}
+
+#[test]
+fn cp_async_wait_group_keeps_the_newest_groups_in_flight() {
+    let d = SimDriver::new();
+    let a: Vec<u32> = (0..32).collect();
+    let b: Vec<u32> = (0..32).map(|i| 1000 * i).collect();
+    let (pa, pb, po) = (upload_u32(&d, &a), upload_u32(&d, &b), zeros(&d, 128));
+    let args = |early: u32| {
+        [
+            KernelArg::Ptr(pa),
+            KernelArg::Ptr(pb),
+            KernelArg::Ptr(po),
+            KernelArg::U32(early),
+        ]
+    };
+    launch(
+        &d,
+        "cp_async.ptx",
+        "cp_async_groups",
+        cfg(1, 32, 0),
+        &args(0),
+    )
+    .unwrap();
+    assert_eq!(
+        download_u32(&d, po, 32),
+        (0..32).map(|i| 1001 * i).collect::<Vec<_>>()
+    );
+    let line = format!("cp_async.ptx:{}", line_of("cp_async.ptx", "early"));
+    expect_fault(
+        "cp_async.ptx",
+        "cp_async_groups",
+        cfg(1, 32, 0),
+        &args(1),
+        &d,
+        &["in flight", &line],
+    );
+}
+
+#[test]
+fn planted_spin_forever_is_reported_as_hung() {
+    let d = SimDriver::new();
+    d.set_step_limit(100_000);
+    let line = format!("line {}", line_of("faults.ptx", "spin_bar"));
+    expect_fault(
+        "faults.ptx",
+        "spin_forever",
+        cfg(1, 64, 0),
+        &[],
+        &d,
+        &["hung", "wait at the barrier", &line],
+    );
+}
+
+#[test]
+fn launch_shape_checks() {
+    let d = SimDriver::new();
+    launch(&d, "faults.ptx", "fixed_block", cfg(1, 64, 0), &[]).unwrap();
+    let e = launch(&d, "faults.ptx", "fixed_block", cfg(1, 32, 0), &[]).unwrap_err();
+    assert!(e.contains(".reqntid"), "{e}");
+    launch(&d, "faults.ptx", "bounded_block", cfg(1, 128, 0), &[]).unwrap();
+    let e = launch(&d, "faults.ptx", "bounded_block", cfg(1, 129, 0), &[]).unwrap_err();
+    assert!(e.contains(".maxntid"), "{e}");
+    let e = launch(&d, "faults.ptx", "bounded_block", cfg(1, 64, 300_000), &[]).unwrap_err();
+    assert!(e.contains("shared memory") && e.contains("maximum"), "{e}");
+    let e = launch(&d, "faults.ptx", "divergent_barrier", cfg(1, 2048, 0), &[]).unwrap_err();
+    assert!(e.contains("block shape"), "{e}");
+}
+
+#[test]
+fn comments_and_literals_keep_line_numbers() {
+    let d = SimDriver::new();
+    let e = d
+        .load_module("comments.ptx", &ptx("comments.ptx"))
+        .unwrap_err()
+        .to_string();
+    let line = format!("comments.ptx:{}", line_of("comments.ptx", "tex"));
+    assert!(e.contains(&line) && e.contains("tex.2d"), "{e}");
+    // The module without the unsupported kernel runs.
+    let src = ptx("comments.ptx");
+    let good = &src[..src.find(".visible .entry bad_after_comments").unwrap()];
+    let m = d.load_module("comments.ptx", good).unwrap();
+    let f = d.function(m, "comments").unwrap();
+    let o = zeros(&d, 8);
+    d.launch(f, cfg(1, 1, 0), &[KernelArg::Ptr(o)]).unwrap();
+    assert_eq!(download_u32(&d, o, 2), [(-16i32 + 1) as u32, -16i32 as u32]);
+}
+
+/// Directed rounding of a finite f32 to bf16 by bit manipulation (independent of `half`):
+/// truncate, then step away from zero when the mode asks for it and bits were dropped.
+fn bf16_directed(x: f32, mode: &str) -> u16 {
+    if x.is_nan() {
+        return 0x7fff;
+    }
+    let b = x.to_bits();
+    let trunc = (b >> 16) as u16;
+    let inexact = b & 0xffff != 0;
+    let neg = x.is_sign_negative();
+    let up_mag = match mode {
+        "rz" => false,
+        "rm" => inexact && neg,
+        "rp" => inexact && !neg,
+        _ => unreachable!(),
+    };
+    // Truncating an infinity keeps it; stepping the magnitude of the largest finite value
+    // gives infinity, as IEEE directed rounding requires.
+    if up_mag {
+        trunc + 1
+    } else {
+        trunc
+    }
+}
+
+#[test]
+fn cvt_rounding_modes_and_saturation() {
+    let d = SimDriver::new();
+    let x: Vec<f32> = vec![
+        1.0,
+        f32::from_bits(0x3f80_8000), // halfway: ties to even (down)
+        f32::from_bits(0x3f81_8000), // halfway, odd: up
+        f32::from_bits(0x3f80_0001), // just above 1
+        -f32::from_bits(0x3f80_0001),
+        f32::MAX, // rn overflows bf16 to inf, rz stays at max finite
+        -f32::MAX,
+        f32::NAN,
+        f32::INFINITY,
+        65519.0, // f16: rn → 65504 (max), rz → 65504
+        65520.0, // f16: rn → inf
+        -2.5,
+        2.5,
+        1e-8, // f16 underflow: rn → 0
+    ];
+    let n = x.len();
+    let ints: Vec<i32> = (0..n as i32)
+        .map(|k| [-5, 0, 77, 255, 256, 100_000, i32::MIN, 16_777_217][k as usize % 8])
+        .collect();
+    let ints_u: Vec<u32> = ints.iter().map(|&v| v as u32).collect();
+    let (px, pi, po) = (
+        upload_f32(&d, &x),
+        upload_u32(&d, &ints_u),
+        zeros(&d, n * 48),
+    );
+    launch(
+        &d,
+        "cvt.ptx",
+        "cvt_modes",
+        cfg(1, n as u32, 0),
+        &[KernelArg::Ptr(px), KernelArg::Ptr(pi), KernelArg::Ptr(po)],
+    )
+    .unwrap();
+    let out = download_u32(&d, po, n * 12);
+    for t in 0..n {
+        let v = x[t];
+        let f16 = |v: f32| {
+            if v.is_nan() {
+                0x7fff
+            } else {
+                half::f16::from_f32(v).to_bits() as u32
+            }
+        };
+        let f16_rz = {
+            let r = half::f16::from_f32(v);
+            if v.is_nan() {
+                0x7fff
+            } else if r.to_f32().abs() > v.abs() {
+                r.to_bits() as u32 - 1
+            } else {
+                r.to_bits() as u32
+            }
+        };
+        let to_i = |r: f32| {
+            if r.is_nan() {
+                0
+            } else {
+                r.clamp(i32::MIN as f32, i32::MAX as f32) as i32 as u32
+            }
+        };
+        let want = [
+            bf16_rne(v) as u32,
+            bf16_directed(v, "rz") as u32,
+            bf16_directed(v, "rm") as u32,
+            bf16_directed(v, "rp") as u32,
+            f16(v),
+            f16_rz,
+            to_i(v.floor()),
+            to_i(v.ceil()),
+            ints[t].clamp(0, 255) as u32,
+            (ints[t] as f32).to_bits(),
+        ];
+        assert_eq!(
+            &out[t * 12..t * 12 + 10],
+            &want,
+            "x = {v:e} ({:#x}), i = {}",
+            v.to_bits(),
+            ints[t]
+        );
+    }
 }

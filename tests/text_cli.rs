@@ -104,6 +104,9 @@ fn chat_through_a_pipe_keeps_the_conversation_in_the_cache() {
             "24",
             "--threads",
             "2",
+            // f32 weights: the answers transformers gives (Q4_1 as stored flips a near tie in
+            // the first token; that is checked by perplexity in real_model.rs).
+            "--dequantize",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -139,4 +142,77 @@ fn chat_through_a_pipe_keeps_the_conversation_in_the_cache() {
         reused[1] > 20,
         "second turn should reuse the first turn's tokens: {stderr}"
     );
+}
+
+#[test]
+fn perplexity_inspect_and_convert_through_the_binary() {
+    let Some(g) = gguf() else { return };
+    let g = g.to_str().unwrap();
+    let text = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real/ppl.txt");
+    let out = minfer()
+        .args([
+            "perplexity",
+            g,
+            text.to_str().unwrap(),
+            "--dequantize",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ppl = v["ppl"].as_f64().unwrap();
+    assert!((ppl - 11.4442).abs() < 0.0115, "{ppl}"); // transformers: 11.4442 (tests/fixtures/real)
+
+    let out = minfer().args(["inspect", g, "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["parameters"], 134_515_008);
+    assert_eq!(v["parameters_human"], "135M");
+    assert_eq!(
+        v["kv_cache_bytes_per_token"]
+            .as_object()
+            .map(|o| !o.is_empty())
+            .or(v["kv_cache_bytes_per_token"].as_u64().map(|_| true)),
+        Some(true)
+    );
+
+    // convert → a Hugging Face directory whose logits equal the GGUF's (dequantized, f32).
+    let dir = std::env::temp_dir().join(format!("minfer-convert-{}", std::process::id()));
+    let out = minfer()
+        .args(["convert", g, dir.to_str().unwrap(), "--dtype", "f32"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = minfer()
+        .args([
+            "logits",
+            g,
+            "--prompt",
+            "Hello world",
+            "--dequantize",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let b = minfer()
+        .args([
+            "logits",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "Hello world",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    assert_eq!(a.stdout, b.stdout);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -150,6 +150,13 @@ pub trait Backend: Send + Sync {
     /// data lives so greedy decoding moves one integer per token.
     fn argmax(&self, buf: &Self::Buf, offset: usize, len: usize) -> Result<u32>;
 
+    /// Run one forward step's worth of ops. A backend with worker threads runs `f` on one of
+    /// them, so the ops inside start their parallel work without a cross-thread hand-off each
+    /// (hundreds per token).
+    fn scoped(&self, f: &mut (dyn FnMut() -> Result<()> + Send)) -> Result<()> {
+        f()
+    }
+
     /// Per-op timings gathered since the last call, when the backend was built with profiling
     /// on. Each entry: (op name, calls, seconds, bytes moved, flops).
     fn take_profile(&self) -> Vec<OpProfile> {
@@ -194,4 +201,7 @@ pub struct OpProfile {
     pub seconds: f64,
     pub bytes: f64,
     pub flops: f64,
+    /// Backend-specific counters (the PTX interpreter's warp instructions, coalescing, bank
+    /// conflicts ...), by name.
+    pub extra: Vec<(&'static str, f64)>,
 }

@@ -626,12 +626,22 @@ fn cmd_bench(a: &Args) -> Result<()> {
         })
         .build()
         .map_err(|e| Error::Device(e.to_string()))?;
-    let bw_before =
-        pool.install(|| minfer::backend::cpu::simd::measure_read_bandwidth(512 << 20, 3));
+    // The ceiling: the CPU's read bandwidth with the same thread count, or the GPU's copy
+    // bandwidth; measured before and after the run, the better of the two kept. The
+    // interpreter has none (NaN).
+    let device = lo.device.resolve()?;
+    let ceiling =
+        || -> Result<f64> {
+            match device {
+                Device::Cpu | Device::Auto => Ok(pool
+                    .install(|| minfer::backend::cpu::simd::measure_read_bandwidth(512 << 20, 3))),
+                Device::Sim => Ok(f64::NAN),
+                d => minfer::device::measure_bandwidth(d),
+            }
+        };
+    let bw_before = ceiling()?;
     let r = bench::run(&mut model, &opts)?;
-    let bw_after =
-        pool.install(|| minfer::backend::cpu::simd::measure_read_bandwidth(512 << 20, 3));
-    let bw = bw_before.max(bw_after);
+    let bw = bw_before.max(ceiling()?);
     let frac = r.decode_gb_s / bw;
     if a.flag("json") {
         let v = serde_json::json!({
@@ -732,6 +742,32 @@ fn print_profile(rows: &[minfer::backend::OpProfile], wall: f64, bw_gb_s: f64, p
         total * 1e3,
         wall * 1e3
     );
+    // Backend-specific counters (the PTX interpreter's): one column per counter.
+    let Some(names) = rows
+        .iter()
+        .find(|r| !r.extra.is_empty())
+        .map(|r| r.extra.iter().map(|e| e.0).collect::<Vec<_>>())
+    else {
+        return;
+    };
+    eprint!("\n{:<34}", "kernel counters (per launch)");
+    for n in &names {
+        eprint!(" {n:>14}");
+    }
+    eprintln!();
+    for r in rows.iter().filter(|r| !r.extra.is_empty()) {
+        eprint!("{:<34}", r.op);
+        for (name, v) in &r.extra {
+            // Ratios as they are; totals per launch.
+            let v = if name.contains('/') {
+                *v
+            } else {
+                v / r.calls.max(1) as f64
+            };
+            eprint!(" {v:>14.2}");
+        }
+        eprintln!();
+    }
 }
 
 fn try_main() -> Result<()> {

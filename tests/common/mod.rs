@@ -8,8 +8,13 @@ use std::path::{Path, PathBuf};
 use minfer::{GenerateOptions, Model};
 use serde_json::Value;
 
+/// tests/fixtures/models of this checkout, or `$MINFER_FIXTURES` (test executables copied to a
+/// GPU machine find the fixtures there).
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
+    match std::env::var_os("MINFER_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models"),
+    }
 }
 
 /// Every variant directory, sorted.

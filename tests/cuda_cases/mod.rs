@@ -384,18 +384,24 @@ fn matmul_case<D: GpuDriver + 'static>(
     b.matmul(&mut out, &xb, &wm, with_bias.then_some(&bm), rows)
         .expect("matmul");
     let got = download(b, &out, rows * n);
-    let gemm = dtype == DType::BF16 && rows > 4;
+    let gemm = matches!(dtype, DType::BF16 | DType::F16) && rows > 4;
     let what = format!(
         "matmul {dtype} {rows}x{n}x{k} bias={with_bias} ({})",
         if gemm { "gemm" } else { "matvec" }
     );
     if gemm {
-        // The tensor-core path rounds x to bf16 first (relative error 2^-9 per element), so it
-        // must match the reference on bf16-rounded x up to f32 accumulation (1e-5 * Σ|x||w|) ...
-        let xr: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+        // The tensor-core path rounds x to bf16 / f16 first (relative error 2^-9 / 2^-12 per
+        // element), so it must match the reference on rounded x up to f32 accumulation
+        // (1e-5 * Σ|x||w|) ...
+        let xr: Vec<f32> = if dtype == DType::BF16 {
+            x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
+        } else {
+            x.iter().map(|&v| f16::from_f32(v).to_f32()).collect()
+        };
         let (want, mag) = ref_matmul(&xr, &wr, with_bias.then_some(&bias[..]), rows, n, k);
         assert_close(&what, &got, &want, |i| 1e-5 * (1.0 + mag[i]));
-        // ... and the exact-x reference within the bf16 rounding bound 2^-8 * Σ|x||w|.
+        // ... and the exact-x reference within the bf16 rounding bound 2^-8 * Σ|x||w| (f16's
+        // 2^-11 is inside it).
         let (want, mag) = ref_matmul(&x, &wr, with_bias.then_some(&bias[..]), rows, n, k);
         assert_close(&what, &got, &want, |i| 2f64.powi(-8) * mag[i] + 1e-6);
     } else {
@@ -435,10 +441,37 @@ pub fn gemm<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
         (5, 3, 8),
         (70, 65, 72),
         (33, 128, 96),
+        (16, 256, 64),
+        (7, 128, 64),
     ] {
         matmul_case(b, &mut rng, DType::BF16, rows, n, k, true);
     }
     matmul_case(b, &mut rng, DType::BF16, 17, 9, 24, false);
+    for &(rows, n, k) in &[(17usize, 70usize, 40usize), (70, 65, 72)] {
+        matmul_case(b, &mut rng, DType::F16, rows, n, k, true);
+    }
+    // f16 activations saturate at +-65504 instead of becoming inf
+    let (rows, n, k) = (5usize, 2usize, 8usize);
+    let mut x = rng.vec(rows * k);
+    x[0] = 1e6;
+    x[k + 1] = -3e5;
+    let wv: Vec<f32> = (0..n * k)
+        .map(|i| if i % k < 2 { 1.0 } else { 0.0 })
+        .collect();
+    let (wt, _) = f16_weight("w", vec![n, k], &wv);
+    let wm = b.upload(&wt).expect("upload");
+    let xb = upload_rows(b, &x, rows, k);
+    let mut out = b.alloc(rows * n).expect("alloc");
+    b.matmul(&mut out, &xb, &wm, None, rows).expect("gemm_f16");
+    let got = download(b, &out, rows * n);
+    let clamp = |v: f32| f16::from_f32(v.clamp(-65504.0, 65504.0)).to_f32();
+    for r in 0..rows {
+        let want = (clamp(x[r * k]) + clamp(x[r * k + 1])) as f64;
+        for o in 0..n {
+            // exact: two f16 values (times 1.0) summed in f32, the rest times 0
+            assert_eq!(got[r * n + o] as f64, want, "saturating f16 row {r}");
+        }
+    }
 }
 
 pub fn matmul_preconditions<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
@@ -623,16 +656,24 @@ pub fn attention<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
     attention_case(b, &mut rng, 2, 2, 8, None, 1, 2, 1);
     // sliding window shorter than the history
     attention_case(b, &mut rng, 4, 1, 16, Some(3), 5, 3, 1);
-    // head_dim > 128: the second half of each lane's K registers
+    // head_dim > 128: the second half of each lane's K registers (split kernels for prefill too)
     attention_case(b, &mut rng, 2, 1, 132, None, 4, 1, 1);
+    // head_dim 128: every accumulator lane of the prefill kernel; 9 rows = a full block of 8
+    // query rows and a block with one
+    attention_case(b, &mut rng, 4, 2, 128, None, 9, 1, 1);
 }
 
 pub fn attention_splits<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
     let mut rng = Rng::new(12);
-    // 149 positions -> 3 splits of 64: the combine kernel, and empty splits for early rows of
-    // the prefill; then a decode step across all three splits; window 100 cuts into split 0.
+    // a decode step over 150 positions -> 5 splits of 32 (the combine kernel); window 100 cuts
+    // into the first split.
+    // (prefill of head_dim <= 128 takes the tiled kernel: 5 key tiles of 32, causal masks
+    // inside tiles, a window that starts inside a tile)
     attention_case(b, &mut rng, 3, 1, 8, None, 149, 1, 1);
     attention_case(b, &mut rng, 2, 1, 4, Some(100), 140, 1, 1);
+    // prefill through the split kernels (head_dim > 128): 70 rows over 3 splits of 32, so
+    // rows before position 32 / 64 leave later splits empty
+    attention_case(b, &mut rng, 2, 1, 136, None, 70, 1, 1);
 }
 
 pub fn attention_preconditions<D: GpuDriver + 'static>(b: &CudaBackend<D>) {

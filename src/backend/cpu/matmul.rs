@@ -278,6 +278,8 @@ fn drive<F>(
         n_out,
         rows.saturating_mul(n_out).saturating_mul(n_in),
         |o0, o1| {
+            // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
+            #[allow(clippy::redundant_locals)]
             let dst = dst;
             for r0 in (0..rows).step_by(rb) {
                 let r1 = (r0 + rb).min(rows);
@@ -303,7 +305,7 @@ fn drive<F>(
 }
 
 /// A weight element the f32-arithmetic paths accept, with its tile table and how to widen it.
-trait Weight: Elem {
+trait Weight: Elem + bytemuck::Pod {
     /// Whether prefill widens k-slices of weight tiles into an f32 buffer first (so the
     /// conversion is paid once per tile and slice, not once per activation row).
     const PACK: bool;
@@ -360,6 +362,8 @@ fn plain<E: Weight>(
         // 4 interleaved row streams reached 9 GB/s for bf16 and 13 for f32, one stream 16-18).
         let dst = SyncPtr(out.as_mut_ptr());
         split_columns(n_out, n_out * n_in, |o0, o1| {
+            // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
+            #[allow(clippy::redundant_locals)]
             let dst = dst;
             for o in o0..o1 {
                 let v = E::dot(k, x, &w[o * n_in..(o + 1) * n_in]) + bias.map_or(0.0, |b| b[o]);
@@ -370,15 +374,72 @@ fn plain<E: Weight>(
         });
         return;
     }
+    let wb: &[u8] = bytemuck::cast_slice(w);
+    let esize = std::mem::size_of::<E>();
+    let src = Panel {
+        bytes: wb,
+        row_bytes: n_in * esize,
+        block: (1, esize),
+        in_place: if E::PACK {
+            None
+        } else {
+            bytemuck::try_cast_slice(w).ok()
+        },
+    };
+    prefill(
+        k,
+        out,
+        x,
+        rows,
+        n_out,
+        n_in,
+        bias,
+        &src,
+        &|o, k0, dst: &mut [f32]| E::widen(k, dst, &w[o * n_in + k0..o * n_in + k0 + dst.len()]),
+    );
+}
+
+/// Where prefill reads weight tiles from.
+pub(crate) struct Panel<'a> {
+    /// All weight bytes, `row_bytes` per output feature.
+    pub(crate) bytes: &'a [u8],
+    pub(crate) row_bytes: usize,
+    /// (elements, bytes) per block: (1, size) for plain types.
+    pub(crate) block: (usize, usize),
+    /// f32 weights are read in place (row stride n_in) instead of being widened.
+    pub(crate) in_place: Option<&'a [f32]>,
+}
+
+/// The prefill product (rows > 1) in f32 arithmetic: activation rows in L2-sized blocks, the
+/// input dimension in slices of at most `KC_MAX` (whole weight blocks), each 4-row weight tile
+/// widened once per slice by `widen(o, k0, dst)` (dst.len() elements of row o from k0) into an
+/// L1-resident buffer and swept across the block's rows by the 4×4 micro-kernel.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn prefill(
+    k: &Kernels,
+    out: &mut [f32],
+    x: &[f32],
+    rows: usize,
+    n_out: usize,
+    n_in: usize,
+    bias: Option<&[f32]>,
+    src: &Panel<'_>,
+    widen: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+) {
     let tiles = &k.tiles_f32;
-    let slices = n_in.div_ceil(KC_MAX);
-    let kc = n_in.div_ceil(slices).next_multiple_of(16).min(KC_MAX);
+    let (be, bb) = src.block;
+    let align = be.max(16);
+    let kmax = KC_MAX / align * align;
+    let slices = n_in.div_ceil(kmax);
+    let kc = n_in.div_ceil(slices).next_multiple_of(align).min(kmax);
     let rb = (ROW_BLOCK_BYTES / (kc * 4)).max(NX).next_multiple_of(NX);
     let dst = SyncPtr(out.as_mut_ptr());
     split_columns(
         n_out,
         rows.saturating_mul(n_out).saturating_mul(n_in),
         |o0, o1| {
+            // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
+            #[allow(clippy::redundant_locals)]
             let dst = dst;
             let mut pack = [0f32; NW * KC_MAX];
             let mut tmp = [0f32; NX * NW];
@@ -389,33 +450,33 @@ fn plain<E: Weight>(
                     let mut o = o0;
                     while o < o1 {
                         let nw = if o1 - o >= NW { NW } else { 1 };
-                        let (wt, ldw): (*const f32, usize) = if E::PACK {
-                            for j in 0..nw {
-                                let src = &w[(o + j) * n_in + k0..(o + j) * n_in + k0 + kl];
-                                E::widen(k, &mut pack[j * kl..(j + 1) * kl], src);
+                        let (wt, ldw): (*const f32, usize) = match src.in_place {
+                            Some(wf) => (wf[o * n_in + k0..].as_ptr(), n_in),
+                            None => {
+                                for j in 0..nw {
+                                    widen(o + j, k0, &mut pack[j * kl..(j + 1) * kl]);
+                                }
+                                (pack.as_ptr(), kl)
                             }
-                            (pack.as_ptr(), kl)
-                        } else {
-                            // E is f32 here (the only type with PACK = false): read w in place.
-                            (w[o * n_in + k0..].as_ptr() as *const f32, n_in)
                         };
                         // The next tile's slice lies 4 rows further on, not where the hardware
                         // prefetcher is looking: ask for its lines a few at a time, spread over
                         // this tile's activation rows (+5-15% single-threaded at 1.5B shapes).
-                        let next = (o + nw).min(n_out - 1) * n_in + k0;
-                        let next_lines = (NW * kl * std::mem::size_of::<E>()).div_ceil(64);
+                        let slice_bytes = kl / be * bb;
+                        let next = (o + nw).min(n_out - 1) * src.row_bytes + k0 / be * bb;
+                        let next_lines = (NW * slice_bytes).div_ceil(64);
                         let per_step = next_lines.div_ceil((r1 - r0).div_ceil(NX));
                         let mut line = 0;
                         let mut r = r0;
                         while r < r1 {
                             for _ in 0..per_step {
-                                let (row, col) = (
-                                    line * 64 / (kl * std::mem::size_of::<E>()),
-                                    line * 64 % (kl * std::mem::size_of::<E>()),
-                                );
+                                let (row, col) = (line * 64 / slice_bytes, line * 64 % slice_bytes);
                                 if row < NW {
-                                    let p = w.as_ptr().wrapping_add(next + row * n_in) as *const u8;
-                                    simd::prefetch(p.wrapping_add(col));
+                                    simd::prefetch(
+                                        src.bytes
+                                            .as_ptr()
+                                            .wrapping_add(next + row * src.row_bytes + col),
+                                    );
                                 }
                                 line += 1;
                             }
@@ -423,8 +484,8 @@ fn plain<E: Weight>(
                             let f = tiles[nx - 1][usize::from(nw == NW)];
                             // SAFETY: x rows r..r+nx hold columns k0..k0+kl (r + nx <= rows,
                             // k0 + kl <= n_in); wt holds nw rows of kl at stride ldw (the packed
-                            // buffer, or w itself with o + nw <= n_out); tmp has NX × NW slots at
-                            // stride NW. The table came from a CPU-checked `Kernels`.
+                            // buffer, or the f32 weights with o + nw <= n_out); tmp has NX × NW
+                            // slots at stride NW. The table came from a CPU-checked `Kernels`.
                             unsafe {
                                 f(
                                     x.as_ptr().add(r * n_in + k0),

@@ -575,6 +575,10 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn scoped(&self, f: &mut (dyn FnMut() -> Result<()> + Send)) -> Result<()> {
+        self.pool.install(f)
+    }
+
     fn take_activations(&self) -> Vec<Activation> {
         match &self.activations {
             None => Vec::new(),

@@ -35,7 +35,10 @@ use std::cell::RefCell;
 use half::f16;
 use rayon::prelude::*;
 
-use crate::backend::cpu::matmul::{split_columns, SyncPtr};
+use crate::backend::cpu::matmul::{prefill, split_columns, Panel, SyncPtr};
+
+/// From this many activation rows on, products dequantize weight tiles and use f32 arithmetic.
+const PREFILL_MIN_ROWS: usize = 8;
 use crate::backend::cpu::simd::Kernels;
 use crate::error::{Error, Result};
 use crate::loader::DType;
@@ -399,19 +402,23 @@ pub(crate) mod x86 {
 
     /// SIMD unpacking: `f(g, u, a, b)` per group, like `QFormat::groups`.
     pub(crate) trait SimdFormat: QFormat {
-        unsafe fn groups_simd(blk: *const u8, f: impl FnMut(usize, __m256i, [f32; 2], [f32; 2]));
+        unsafe fn groups_simd<S: Sink>(blk: *const u8, f: &mut S);
+    }
+
+    /// Receives the groups of a block (a trait, not a closure: a closure called from several
+    /// places, as in the K-quant group loops, is left out of line without the caller's target
+    /// features, and every intrinsic in it became a call: Q4_K decode was 50x slower).
+    pub(crate) trait Sink {
+        unsafe fn group(&mut self, g: usize, u: __m256i, a: [f32; 2], b: [f32; 2]);
     }
 
     impl SimdFormat for Q8_0 {
         #[inline(always)]
-        unsafe fn groups_simd(
-            blk: *const u8,
-            mut f: impl FnMut(usize, __m256i, [f32; 2], [f32; 2]),
-        ) {
+        unsafe fn groups_simd<S: Sink>(blk: *const u8, f: &mut S) {
             // SAFETY: one 34-byte block (caller).
             unsafe {
                 let d = f16_pair(blk).0;
-                f(
+                f.group(
                     0,
                     _mm256_loadu_si256(blk.add(2) as *const __m256i),
                     [d, d],
@@ -423,38 +430,29 @@ pub(crate) mod x86 {
 
     impl SimdFormat for Q4_0 {
         #[inline(always)]
-        unsafe fn groups_simd(
-            blk: *const u8,
-            mut f: impl FnMut(usize, __m256i, [f32; 2], [f32; 2]),
-        ) {
+        unsafe fn groups_simd<S: Sink>(blk: *const u8, f: &mut S) {
             // SAFETY: one 18-byte block (caller).
             unsafe {
                 let d = f16_pair(blk).0;
-                f(0, nibbles16(blk.add(2)), [d, d], [-8.0 * d, -8.0 * d]);
+                f.group(0, nibbles16(blk.add(2)), [d, d], [-8.0 * d, -8.0 * d]);
             }
         }
     }
 
     impl SimdFormat for Q4_1 {
         #[inline(always)]
-        unsafe fn groups_simd(
-            blk: *const u8,
-            mut f: impl FnMut(usize, __m256i, [f32; 2], [f32; 2]),
-        ) {
+        unsafe fn groups_simd<S: Sink>(blk: *const u8, f: &mut S) {
             // SAFETY: one 20-byte block (caller).
             unsafe {
                 let (d, m) = f16_pair(blk);
-                f(0, nibbles16(blk.add(4)), [d, d], [m, m]);
+                f.group(0, nibbles16(blk.add(4)), [d, d], [m, m]);
             }
         }
     }
 
     impl SimdFormat for Q4K {
         #[inline(always)]
-        unsafe fn groups_simd(
-            blk: *const u8,
-            mut f: impl FnMut(usize, __m256i, [f32; 2], [f32; 2]),
-        ) {
+        unsafe fn groups_simd<S: Sink>(blk: *const u8, f: &mut S) {
             // SAFETY: one 144-byte block (caller).
             unsafe {
                 let ab = super::q4k_scales(std::slice::from_raw_parts(blk, 16));
@@ -462,9 +460,9 @@ pub(crate) mod x86 {
                 for c in 0..4 {
                     let q = _mm256_loadu_si256(blk.add(16 + 32 * c) as *const __m256i);
                     let (a, b) = ab[2 * c];
-                    f(2 * c, _mm256_and_si256(q, m), [a, a], [b, b]);
+                    f.group(2 * c, _mm256_and_si256(q, m), [a, a], [b, b]);
                     let (a, b) = ab[2 * c + 1];
-                    f(
+                    f.group(
                         2 * c + 1,
                         _mm256_and_si256(_mm256_srli_epi16::<4>(q), m),
                         [a, a],
@@ -477,10 +475,7 @@ pub(crate) mod x86 {
 
     impl SimdFormat for Q6K {
         #[inline(always)]
-        unsafe fn groups_simd(
-            blk: *const u8,
-            mut f: impl FnMut(usize, __m256i, [f32; 2], [f32; 2]),
-        ) {
+        unsafe fn groups_simd<S: Sink>(blk: *const u8, f: &mut S) {
             // SAFETY: one 210-byte block (caller).
             unsafe {
                 // d is the block's last two bytes: read 206..210 and take the upper half.
@@ -511,7 +506,7 @@ pub(crate) mod x86 {
                     for (g, low) in lows.into_iter().enumerate() {
                         let u = _mm256_or_si256(low, hb(2 * g as i32));
                         let a = [d * *sc.add(2 * g) as f32, d * *sc.add(2 * g + 1) as f32];
-                        f(4 * h + g, u, a, [-32.0 * a[0], -32.0 * a[1]]);
+                        f.group(4 * h + g, u, a, [-32.0 * a[0], -32.0 * a[1]]);
                     }
                 }
             }
@@ -529,53 +524,78 @@ pub(crate) mod x86 {
         }
     }
 
+    /// The accumulators of one weight row against NX activation rows.
+    struct Acc<F, D, const NX: usize> {
+        /// Two per row (even / odd groups) halve the FMA latency chain.
+        acc: [[__m256; 2]; NX],
+        accs: [f32; NX],
+        x: QX,
+        /// Index of the block's first group in the row.
+        g0: usize,
+        _m: std::marker::PhantomData<(F, D)>,
+    }
+
+    impl<F: SimdFormat, D: IDot, const NX: usize> Sink for Acc<F, D, NX> {
+        #[inline(always)]
+        unsafe fn group(&mut self, g: usize, u: __m256i, a: [f32; 2], bb: [f32; 2]) {
+            let (x, n_in) = (self.x, self.x.n_in);
+            let gi = self.g0 + g;
+            // SAFETY: group gi of each of the NX activation rows exists (the caller of qtile
+            // vouches for NX rows of n_in); the ISA is enabled by the qtile wrapper.
+            unsafe {
+                let uu = if F::SIGNED { _mm256_sign_epi8(u, u) } else { u };
+                for r in 0..NX {
+                    let xq = _mm256_loadu_si256(x.qs.add(r * n_in + gi * 32) as *const __m256i);
+                    let xx = if F::SIGNED {
+                        _mm256_sign_epi8(xq, u)
+                    } else {
+                        xq
+                    };
+                    let dot = _mm256_cvtepi32_ps(D::dot(uu, xx));
+                    let dx = *x.d.add(r * (n_in / 32) + gi);
+                    let sc = if F::SPLIT {
+                        _mm256_set_m128(_mm_set1_ps(a[1] * dx), _mm_set1_ps(a[0] * dx))
+                    } else {
+                        _mm256_set1_ps(a[0] * dx)
+                    };
+                    // A branch, not acc[r][gi & 1]: a computed index would keep the
+                    // accumulators in memory.
+                    if gi & 1 == 0 {
+                        self.acc[r][0] = _mm256_fmadd_ps(dot, sc, self.acc[r][0]);
+                    } else {
+                        self.acc[r][1] = _mm256_fmadd_ps(dot, sc, self.acc[r][1]);
+                    }
+                    if F::SPLIT {
+                        let s = x.s.add(r * (n_in / 16) + 2 * gi);
+                        self.accs[r] += bb[0] * *s + bb[1] * (*s.add(1) - *s);
+                    } else if !F::SIGNED {
+                        self.accs[r] += bb[0] * *x.s.add(r * (n_in / 16) + 2 * gi + 1);
+                    }
+                }
+            }
+        }
+    }
+
     #[inline(always)]
     unsafe fn qtile<F: SimdFormat, D: IDot, const NX: usize>(w: *const u8, x: QX, out: *mut f32) {
-        let n_in = x.n_in;
-        let nb = n_in / F::ELEMS;
+        let nb = x.n_in / F::ELEMS;
         let gpb = F::ELEMS / 32;
         // SAFETY (whole body): reads stay inside the row of nb blocks at w and the NX rows of
         // x (caller's contract); AVX2/FMA/F16C are enabled by the wrapper.
         unsafe {
-            // Two accumulators per row (even / odd groups) halve the FMA latency chain.
-            let mut acc = [[_mm256_setzero_ps(); 2]; NX];
-            let mut accs = [0f32; NX];
+            let mut st = Acc::<F, D, NX> {
+                acc: [[_mm256_setzero_ps(); 2]; NX],
+                accs: [0f32; NX],
+                x,
+                g0: 0,
+                _m: std::marker::PhantomData,
+            };
             for b in 0..nb {
-                F::groups_simd(w.add(b * F::BYTES), |g, u, a, bb| {
-                    let gi = b * gpb + g;
-                    let uu = if F::SIGNED { _mm256_sign_epi8(u, u) } else { u };
-                    for r in 0..NX {
-                        let xq = _mm256_loadu_si256(x.qs.add(r * n_in + gi * 32) as *const __m256i);
-                        let xx = if F::SIGNED {
-                            _mm256_sign_epi8(xq, u)
-                        } else {
-                            xq
-                        };
-                        let dot = _mm256_cvtepi32_ps(D::dot(uu, xx));
-                        let dx = *x.d.add(r * (n_in / 32) + gi);
-                        let sc = if F::SPLIT {
-                            _mm256_set_m128(_mm_set1_ps(a[1] * dx), _mm_set1_ps(a[0] * dx))
-                        } else {
-                            _mm256_set1_ps(a[0] * dx)
-                        };
-                        // A branch, not acc[r][gi & 1]: a computed index would keep the
-                        // accumulators in memory.
-                        if gi & 1 == 0 {
-                            acc[r][0] = _mm256_fmadd_ps(dot, sc, acc[r][0]);
-                        } else {
-                            acc[r][1] = _mm256_fmadd_ps(dot, sc, acc[r][1]);
-                        }
-                        if F::SPLIT {
-                            let s = x.s.add(r * (n_in / 16) + 2 * gi);
-                            accs[r] += bb[0] * *s + bb[1] * (*s.add(1) - *s);
-                        } else if !F::SIGNED {
-                            accs[r] += bb[0] * *x.s.add(r * (n_in / 16) + 2 * gi + 1);
-                        }
-                    }
-                });
+                st.g0 = b * gpb;
+                F::groups_simd(w.add(b * F::BYTES), &mut st);
             }
             for r in 0..NX {
-                *out.add(r) = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + accs[r];
+                *out.add(r) = hsum(_mm256_add_ps(st.acc[r][0], st.acc[r][1])) + st.accs[r];
             }
         }
     }
@@ -698,6 +718,35 @@ pub(crate) fn matmul_quant(
         });
     }
     let row_bytes = n_in / be * bb;
+    if rows >= PREFILL_MIN_ROWS || format_index(dtype).is_none() && rows > 1 {
+        // Prefill: dequantize each weight tile once per k-slice and run the f32 micro-kernel
+        // over all activation rows (exact activations, and 2-4x the integer path's speed here,
+        // whose per-block scale work is paid once per activation row).
+        let panel = Panel {
+            bytes: w,
+            row_bytes,
+            block: (be, bb),
+            in_place: None,
+        };
+        prefill(
+            k,
+            out,
+            x,
+            rows,
+            n_out,
+            n_in,
+            bias,
+            &panel,
+            &|o, k0, dst: &mut [f32]| {
+                let start = o * row_bytes + k0 / be * bb;
+                // dst.len() is a whole number of blocks (prefill slices at block boundaries), so
+                // this cannot fail; if it somehow did, dst would keep its previous contents.
+                let _ =
+                    crate::quant::dequantize(dtype, &w[start..start + dst.len() / be * bb], dst);
+            },
+        );
+        return Ok(());
+    }
     let Some(fi) = format_index(dtype) else {
         dequant_dot(k, dtype, out, x, rows, w, n_out, n_in, row_bytes, bias);
         return Ok(());
@@ -715,6 +764,8 @@ pub(crate) fn matmul_quant(
             n_out,
             rows.saturating_mul(n_out).saturating_mul(n_in),
             |o0, o1| {
+                // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
+                #[allow(clippy::redundant_locals)]
                 let dst = dst;
                 let mut tmp = [0f32; 4];
                 for r0 in (0..rows).step_by(rb) {
@@ -774,6 +825,8 @@ fn dequant_dot(
         n_out,
         rows.saturating_mul(n_out).saturating_mul(n_in),
         |o0, o1| {
+            // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
+            #[allow(clippy::redundant_locals)]
             let dst = dst;
             let mut blk = [0f32; 256];
             for o in o0..o1 {

@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::driver::{DevPtr, GpuDriver, KernelArg, LaunchConfig};
+use super::driver::{DevPtr, GpuDriver, KernelArg, KernelCounters, LaunchConfig};
 use super::registry::{Kernel, Kernels};
 use crate::backend::{AttnParams, Backend, KvShape, OpProfile};
 use crate::error::{Error, Result};
@@ -32,11 +32,16 @@ use crate::loader::{DType, WeightTensor};
 const BLOCK: u32 = 256;
 /// Cap on grid-stride launches: enough blocks to fill any current GPU several times over.
 const MAX_GRID_STRIDE_BLOCKS: usize = 4096;
-/// At or below this many rows a bf16 matmul uses the matrix-vector kernel (weights streamed
-/// once per row, mostly from L2); above, the tensor-core GEMM.
+/// At or below this many rows a bf16 / f16 matmul uses the matrix-vector kernel (weights
+/// streamed once per row, mostly from L2); above, the tensor-core GEMM (unless
+/// `with_f32_prefill`).
 const MATVEC_MAX_ROWS: usize = 4;
 /// Dynamic shared memory a block may use without raising the function's attribute.
 const MAX_DYNAMIC_SHARED: usize = 48 * 1024;
+/// attn_prefill_f32 keeps K, V and Q tiles of this head_dim in 48 KB of shared memory.
+const PREFILL_MAX_HEAD_DIM: usize = 128;
+/// Blocks the split attention kernel aims at (see `attention`).
+const ATTN_TARGET_BLOCKS: usize = 256;
 /// grid.y and grid.z limit.
 const MAX_GRID_YZ: usize = 65535;
 
@@ -142,6 +147,8 @@ pub struct CudaBackend<D: GpuDriver> {
     /// Per-kernel call counts and the bytes / FLOPs their headers say they move, while
     /// profiling is on (None when off).
     tally: Mutex<Option<BTreeMap<&'static str, Tally>>>,
+    /// Keep bf16 matmuls on the f32-activation matvec kernel at every row count.
+    f32_prefill: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -184,7 +191,17 @@ impl<D: GpuDriver> CudaBackend<D> {
             k,
             scratch: Mutex::new(Scratch::default()),
             tally: Mutex::new(None),
+            f32_prefill: false,
         })
+    }
+
+    /// Run bf16 / f16 matmuls of many rows on the matrix-vector kernel with f32 activations
+    /// instead of the tensor-core GEMM, which rounds activations to bf16 (relative error 2^-9 per
+    /// operand, as in any bf16 inference) or to f16 (2^-12, saturating at +-65504). Slower prefill, f32-exact results: for checking the model
+    /// against an f32 reference.
+    pub fn with_f32_prefill(mut self, on: bool) -> Self {
+        self.f32_prefill = on;
+        self
     }
 
     pub fn driver(&self) -> &D {
@@ -203,6 +220,9 @@ impl<D: GpuDriver> CudaBackend<D> {
         self.drv.synchronize()
     }
 
+    // Launch shape, arguments and the header's cost figures side by side read better than a
+    // struct built at each of the 20 call sites.
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
         k: Kernel,
@@ -268,9 +288,14 @@ impl<D: GpuDriver> CudaBackend<D> {
     }
 
     fn cast_f32_bf16(&self, dst: DevPtr, src: DevPtr, n: usize) -> Result<()> {
-        let n32 = u32_arg("cast_f32_bf16", "n", n)?;
+        self.cast(self.k.cast_f32_bf16, dst, src, n)
+    }
+
+    /// One of the element-wise f32 -> 16-bit casts.
+    fn cast(&self, k: Kernel, dst: DevPtr, src: DevPtr, n: usize) -> Result<()> {
+        let n32 = u32_arg(k.name, "n", n)?;
         self.launch(
-            self.k.cast_f32_bf16,
+            k,
             (grid_stride_blocks(n), 1, 1),
             BLOCK,
             0,
@@ -347,6 +372,53 @@ impl<D: GpuDriver> CudaBackend<D> {
         })();
         self.drv.free(tmp)?;
         out
+    }
+}
+
+impl<D: GpuDriver> CudaBackend<D> {
+    /// Device-to-device copy bandwidth in GB/s (bytes read plus bytes written, median of
+    /// `repeats` after a warm-up) through the copy kernel: the ceiling the memory-bound kernels
+    /// are measured against when no better tool is at hand.
+    pub fn measure_copy_bandwidth(&self, bytes: usize, repeats: usize) -> Result<f64> {
+        let n = bytes / 4;
+        let n32 = u32_arg("measure_copy_bandwidth", "elements", n)?;
+        let src = self.alloc_f32_zeroed(n)?;
+        let dst = match self.alloc_f32_zeroed(n) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = self.drv.free(src);
+                return Err(e);
+            }
+        };
+        let run = || -> Result<f64> {
+            let mut times = Vec::new();
+            for i in 0..=repeats.max(1) {
+                let t = std::time::Instant::now();
+                self.launch(
+                    self.k.copy_f32,
+                    (grid_stride_blocks(n), 1, 1),
+                    BLOCK,
+                    0,
+                    &[
+                        KernelArg::Ptr(dst),
+                        KernelArg::Ptr(src),
+                        KernelArg::U32(n32),
+                    ],
+                    8.0 * n as f64,
+                    0.0,
+                )?;
+                self.drv.synchronize()?;
+                if i > 0 {
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            Ok(8.0 * n as f64 / times[times.len() / 2] / 1e9)
+        };
+        let r = run();
+        let _ = self.drv.free(src);
+        let _ = self.drv.free(dst);
+        r
     }
 }
 
@@ -599,7 +671,10 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         }
         let elem = w.dtype.block().1;
         let flops = 2.0 * (rows * n * k) as f64;
-        if w.dtype == DType::BF16 && rows > MATVEC_MAX_ROWS {
+        let tensor_core = matches!(w.dtype, DType::BF16 | DType::F16)
+            && rows > MATVEC_MAX_ROWS
+            && !self.f32_prefill;
+        if tensor_core {
             let m32 = u32_arg(op, "rows", rows)?;
             let grid_y = rows.div_ceil(64);
             if grid_y > MAX_GRID_YZ {
@@ -607,11 +682,16 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
                     "{op}: {rows} rows exceed the GEMM grid limit"
                 )));
             }
+            let (cast, gemm) = if w.dtype == DType::BF16 {
+                (self.k.cast_f32_bf16, self.k.gemm_bf16)
+            } else {
+                (self.k.cast_f32_f16, self.k.gemm_f16)
+            };
             let mut s = lock(&self.scratch);
             let a16 = self.grow(&mut s.bf16, rows * k * 2)?;
-            self.cast_f32_bf16(a16, x.ptr, rows * k)?;
+            self.cast(cast, a16, x.ptr, rows * k)?;
             return self.launch(
-                self.k.gemm_bf16,
+                gemm,
                 (n.div_ceil(64) as u32, grid_y as u32, 1),
                 128,
                 0,
@@ -834,15 +914,53 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             0.0,
         )?;
 
-        // 2. split the longest visible range into chunks: enough blocks to spread one decode
-        // row's KV read over the GPU, few enough that the combine stays cheap
+        // 2a. prefill: tiles of keys shared by 8 query rows, online softmax
+        if rows > 1 && hd <= PREFILL_MAX_HEAD_DIM {
+            let smem = 4 * (32 * (hd + 1) + 32 * hd + 8 * hd);
+            let longest = if window > 0 {
+                (pos0 + rows).min(window)
+            } else {
+                pos0 + rows
+            };
+            return self.launch(
+                self.k.attn_prefill_f32,
+                (nh as u32, rows.div_ceil(8) as u32, 1),
+                256,
+                smem,
+                &[
+                    KernelArg::Ptr(out.ptr),
+                    KernelArg::Ptr(q.ptr),
+                    KernelArg::Ptr(kv.k.offset(layer_off)),
+                    KernelArg::Ptr(kv.v.offset(layer_off)),
+                    KernelArg::U32(nh as u32),
+                    KernelArg::U32(nkv as u32),
+                    KernelArg::U32(hd as u32),
+                    KernelArg::U32(u32_arg(op, "pos0", pos0)?),
+                    KernelArg::U32(u32_arg(op, "window", window)?),
+                    KernelArg::U32(rows as u32),
+                    KernelArg::F32(p.scale),
+                ],
+                (rows.div_ceil(8) * nh * longest * hd * 8 + 2 * rows * nh * hd * 4) as f64,
+                4.0 * (rows * longest * nh * hd) as f64,
+            );
+        }
+
+        // 2b. decode (and head_dim > 128): split the longest visible range into chunks. Aim at
+        // ~256 blocks (about two per SM on an H100/H200) so one decode row's KV read is spread
+        // over the GPU; chunks of at least 32 keys keep the partials (4·hd B per head and split)
+        // small next to the K/V bytes (8·hd B per key and kv head) they summarise.
         let longest = if window > 0 {
             (pos0 + rows).min(window)
         } else {
             pos0 + rows
         };
         let max_chunk_smem = (MAX_DYNAMIC_SHARED / 4 / group).saturating_sub(hd + 2);
-        let mut chunk = longest.div_ceil(64).max(64).next_multiple_of(32).min(4096);
+        let target_splits = (ATTN_TARGET_BLOCKS / (nkv * rows)).max(1);
+        let mut chunk = longest
+            .div_ceil(target_splits)
+            .max(32)
+            .next_multiple_of(32)
+            .min(4096);
         if chunk > max_chunk_smem {
             chunk = max_chunk_smem / 32 * 32;
         }
@@ -1021,20 +1139,42 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             Some(t) => std::mem::take(t),
             None => return Vec::new(),
         };
-        let times: BTreeMap<String, f64> = self
+        let counters: BTreeMap<String, KernelCounters> = self
             .drv
             .take_counters()
             .into_iter()
-            .map(|c| (c.kernel.clone(), c.seconds))
+            .map(|c| (c.kernel.clone(), c))
             .collect();
         tally
             .into_iter()
-            .map(|(name, t)| OpProfile {
-                op: name.to_string(),
-                calls: t.calls,
-                seconds: times.get(name).copied().unwrap_or(0.0),
-                bytes: t.bytes,
-                flops: t.flops,
+            .map(|(name, t)| {
+                let c = counters.get(name);
+                // The interpreter counts what the hardware would do; a real driver reports time only.
+                let extra = match c {
+                    Some(c) if c.warp_instructions > 0 => vec![
+                        ("warp_instr", c.warp_instructions as f64),
+                        ("global_ld_B", c.global_load_bytes as f64),
+                        ("global_st_B", c.global_store_bytes as f64),
+                        (
+                            "shared_B",
+                            (c.shared_load_bytes + c.shared_store_bytes) as f64,
+                        ),
+                        (
+                            "sectors/ideal",
+                            c.global_sectors as f64 / (c.global_sectors_ideal.max(1)) as f64,
+                        ),
+                        ("bank_conflicts", c.bank_conflicts as f64),
+                    ],
+                    _ => Vec::new(),
+                };
+                OpProfile {
+                    op: name.to_string(),
+                    calls: t.calls,
+                    seconds: c.map_or(0.0, |c| c.seconds),
+                    bytes: t.bytes,
+                    flops: t.flops,
+                    extra,
+                }
             })
             .collect()
     }

@@ -41,12 +41,12 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         file: "gemm.ptx",
         ptx: include_str!("../../../kernels/gemm.ptx"),
-        entries: &["gemm_bf16"],
+        entries: &["gemm_bf16", "gemm_f16"],
     },
     KernelSource {
         file: "attention.ptx",
         ptx: include_str!("../../../kernels/attention.ptx"),
-        entries: &["attn_split_f32", "attn_combine_f32"],
+        entries: &["attn_split_f32", "attn_combine_f32", "attn_prefill_f32"],
     },
     KernelSource {
         file: "elementwise.ptx",
@@ -66,7 +66,7 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         file: "cast.ptx",
         ptx: include_str!("../../../kernels/cast.ptx"),
-        entries: &["cast_f32_bf16", "cast_bf16_f32"],
+        entries: &["cast_f32_bf16", "cast_bf16_f32", "cast_f32_f16"],
     },
 ];
 
@@ -91,8 +91,10 @@ pub struct Kernels {
     pub matvec_f16: Kernel,
     pub matvec_f32: Kernel,
     pub gemm_bf16: Kernel,
+    pub gemm_f16: Kernel,
     pub attn_split_f32: Kernel,
     pub attn_combine_f32: Kernel,
+    pub attn_prefill_f32: Kernel,
     pub silu_mul_f32: Kernel,
     pub add_f32: Kernel,
     pub copy_f32: Kernel,
@@ -100,6 +102,7 @@ pub struct Kernels {
     pub argmax_f32: Kernel,
     pub cast_f32_bf16: Kernel,
     pub cast_bf16_f32: Kernel,
+    pub cast_f32_f16: Kernel,
 }
 
 impl Kernels {
@@ -140,8 +143,10 @@ impl Kernels {
             matvec_f16: get("matvec_f16")?,
             matvec_f32: get("matvec_f32")?,
             gemm_bf16: get("gemm_bf16")?,
+            gemm_f16: get("gemm_f16")?,
             attn_split_f32: get("attn_split_f32")?,
             attn_combine_f32: get("attn_combine_f32")?,
+            attn_prefill_f32: get("attn_prefill_f32")?,
             silu_mul_f32: get("silu_mul_f32")?,
             add_f32: get("add_f32")?,
             copy_f32: get("copy_f32")?,
@@ -149,6 +154,7 @@ impl Kernels {
             argmax_f32: get("argmax_f32")?,
             cast_f32_bf16: get("cast_f32_bf16")?,
             cast_bf16_f32: get("cast_bf16_f32")?,
+            cast_f32_f16: get("cast_f32_f16")?,
         })
     }
 }

@@ -95,7 +95,7 @@ impl SharedShadow {
         self.writer[b] = warp as u16;
         self.w_line[b] = line;
         self.init_cta[b] = self.cta_serial;
-        (race).map(|r| r)
+        race
     }
 
     /// Atomics: no race bookkeeping, but the byte counts as written.

@@ -29,8 +29,9 @@ const WINDOW: u64 = 1 << 32;
 pub const MAX_SHARED: usize = 227 * 1024;
 /// Warp instructions a warp runs before the next warp gets a turn (lets spin-waits progress).
 const SLICE: u32 = 2048;
-/// A CTA that executes more warp instructions than this is reported as hung.
-const MAX_CTA_STEPS: u64 = 1 << 31;
+/// By default, a CTA that executes more warp instructions than this is reported as hung
+/// (about a minute of interpreting; see `SimDriver::set_step_limit`).
+pub const DEFAULT_STEP_LIMIT: u64 = 1 << 27;
 
 pub struct Launch<'a> {
     pub kernel: &'a Kernel,
@@ -41,15 +42,31 @@ pub struct Launch<'a> {
     pub params: &'a [u8],
     /// Static plus dynamic shared memory.
     pub shared_bytes: usize,
+    /// Warp instructions one CTA may execute before it is reported as hung.
+    pub step_limit: u64,
 }
 
+/// A warp's lanes. The lanes in `gmask` (the group now executing) all sit at `gpc`, and every
+/// other running lane's `pcs` entry is at least `glimit` > `gpc`: so by the min-PC rule the
+/// group keeps running, without rescanning the lanes, until it reaches `glimit` (where other
+/// lanes may rejoin), diverges, or waits. `pcs` is stale for group lanes until written back.
 #[derive(Clone)]
 struct Warp {
     pcs: [u32; 32],
-    upc: u32,
-    uniform: bool,
+    gpc: u32,
+    gmask: u32,
+    glimit: u32,
     running: u32,
     waiting: u32,
+}
+
+impl Warp {
+    fn write_back(&mut self) {
+        for lane in Lanes(self.gmask) {
+            self.pcs[lane] = self.gpc;
+        }
+        self.gmask = 0;
+    }
 }
 
 struct Lanes(u32);
@@ -107,8 +124,18 @@ struct Exec<'a, 'm> {
     /// The `bar.sync` (pc, id) the waiting threads of this CTA are at.
     bar: Option<(u32, u64)>,
     alloc_hint: usize,
-    // Per-instruction scratch for profiling.
+    // Per-instruction scratch for profiling: each lane's access, and whether it was shared.
     acc: [Option<(u64, u32)>; 32],
+    acc_shared: bool,
+    /// %tid of every thread slot (warps rounded up to 32 lanes).
+    tids: Vec<[u32; 3]>,
+    /// cp.async copies are done at once, but their bytes count as in flight until the issuing
+    /// thread waits for their group: per thread slot, the open group number and the in-flight
+    /// (group, shared offset, bytes); per shared byte, how many copies into it are in flight.
+    cp_group: Vec<u32>,
+    cp_pending: Vec<Vec<(u32, u32, u32)>>,
+    shared_inflight: Vec<u8>,
+    cp_any: bool,
 }
 
 pub fn run(l: &Launch, mem: &mut GlobalMem, prof: Option<&mut KernelCounters>) -> Result<()> {
@@ -154,6 +181,14 @@ pub fn run(l: &Launch, mem: &mut GlobalMem, prof: Option<&mut KernelCounters>) -
         bar: None,
         alloc_hint: 0,
         acc: [None; 32],
+        acc_shared: false,
+        tids: (0..nwarps as u32 * 32)
+            .map(|t| [t % bx, (t / bx) % by, t / (bx * by)])
+            .collect(),
+        cp_group: vec![0; nwarps * 32],
+        cp_pending: vec![Vec::new(); nwarps * 32],
+        shared_inflight: vec![0; l.shared_bytes],
+        cp_any: false,
     };
     for z in 0..gz {
         for y in 0..gy {
@@ -182,17 +217,25 @@ impl<'a, 'm> Exec<'a, 'm> {
             let m = if n == 32 { u32::MAX } else { (1u32 << n) - 1 };
             self.warps.push(Warp {
                 pcs: [0; 32],
-                upc: 0,
-                uniform: true,
+                gpc: 0,
+                gmask: m,
+                glimit: u32::MAX,
                 running: m,
                 waiting: 0,
             });
         }
-        // Registers start at zero in every CTA (real hardware leaves garbage; kernels must not
-        // rely on either, and local memory is init-checked below).
-        self.regs.fill(0);
+        // Registers are zeroed once per launch, not per CTA: like hardware, a register's value
+        // before its first write is undefined (here: what the previous CTA left), and
+        // clearing ~100 KB per CTA dominated small launches. Local memory is init-checked.
         self.local_init.fill(0);
         self.shadow.new_cta();
+        if self.cp_any {
+            // Copies never waited for by the end of the previous CTA.
+            self.cp_group.fill(0);
+            self.cp_pending.iter_mut().for_each(Vec::clear);
+            self.shared_inflight.fill(0);
+            self.cp_any = false;
+        }
         self.bar = None;
         let mut steps = 0u64;
         loop {
@@ -203,10 +246,18 @@ impl<'a, 'm> Exec<'a, 'm> {
                     steps += self.run_warp(w)? as u64;
                 }
             }
-            if steps > MAX_CTA_STEPS {
+            if steps > self.l.step_limit {
+                let waiting: u32 = self.warps.iter().map(|w| w.waiting.count_ones()).sum();
+                let at = match self.bar {
+                    Some((pc, _)) => format!(
+                        "; {waiting} threads wait at the barrier on line {} while others keep running (deadlock: a barrier they never reach?)",
+                        self.code[pc as usize].line
+                    ),
+                    None => String::new(),
+                };
                 return Err(Error::Ptx(format!(
-                    "kernel `{}`: block {:?} executed more than {MAX_CTA_STEPS} warp instructions; it is probably hung",
-                    self.l.kernel.name, self.ctaid
+                    "kernel `{}`: block {:?} executed more than {} warp instructions; it is probably hung{at}",
+                    self.l.kernel.name, self.ctaid, self.l.step_limit
                 )));
             }
             if any {
@@ -230,14 +281,9 @@ impl<'a, 'm> Exec<'a, 'm> {
             }
             for wp in self.warps.iter_mut() {
                 if wp.waiting != 0 {
-                    if wp.uniform && wp.running != 0 {
-                        for lane in Lanes(wp.running) {
-                            wp.pcs[lane] = wp.upc;
-                        }
-                    }
+                    wp.write_back();
                     wp.running |= wp.waiting;
                     wp.waiting = 0;
-                    wp.uniform = false;
                 }
             }
             self.bar = None;
@@ -265,10 +311,10 @@ impl<'a, 'm> Exec<'a, 'm> {
             .unwrap_or("")
     }
 
+    #[inline(always)]
     fn tid(&self, w: usize, lane: usize) -> (u32, u32, u32) {
-        let t = (w * 32 + lane) as u32;
-        let (bx, by, _) = self.l.block;
-        (t % bx, (t / bx) % by, t / (bx * by))
+        let t = self.tids[(w * 32 + lane) % self.tids.len()];
+        (t[0], t[1], t[2])
     }
 
     fn fault(&self, w: usize, lane: usize, pc: u32, msg: String) -> Error {
@@ -288,26 +334,30 @@ impl<'a, 'm> Exec<'a, 'm> {
     #[inline]
     fn select(&mut self, w: usize) -> (u32, u32) {
         let wp = &mut self.warps[w];
+        if wp.gmask != 0 && wp.gpc < wp.glimit {
+            return (wp.gpc, wp.gmask);
+        }
+        wp.write_back();
         if wp.running == 0 {
             return (0, 0);
-        }
-        if wp.uniform {
-            return (wp.upc, wp.running);
         }
         let mut min = u32::MAX;
         for lane in Lanes(wp.running) {
             min = min.min(wp.pcs[lane]);
         }
         let mut m = 0u32;
+        let mut next = u32::MAX;
         for lane in Lanes(wp.running) {
-            if wp.pcs[lane] == min {
+            let p = wp.pcs[lane];
+            if p == min {
                 m |= 1 << lane;
+            } else {
+                next = next.min(p);
             }
         }
-        if m == wp.running {
-            wp.uniform = true;
-            wp.upc = min;
-        }
+        wp.gmask = m;
+        wp.gpc = min;
+        wp.glimit = next;
         (min, m)
     }
 
@@ -326,13 +376,12 @@ impl<'a, 'm> Exec<'a, 'm> {
                 None => m,
                 Some((p, neg)) => {
                     let base = (w * self.nregs + p as usize) * 32;
+                    let preds = &self.regs[base..base + 32];
                     let mut e = 0u32;
-                    for lane in Lanes(m) {
-                        if (self.regs[base + lane] != 0) != neg {
-                            e |= 1 << lane;
-                        }
+                    for (lane, v) in preds.iter().enumerate() {
+                        e |= (((*v != 0) != neg) as u32) << lane;
                     }
-                    e
+                    e & m
                 }
             };
             if let Some(p) = self.prof.as_deref_mut() {
@@ -343,29 +392,16 @@ impl<'a, 'm> Exec<'a, 'm> {
             } else {
                 self.exec(w, pc, exec)?
             };
+            // `m` is the warp's group; every outcome keeps the group invariant.
             let wp = &mut self.warps[w];
             match flow {
-                Flow::Next => {
-                    if wp.uniform {
-                        wp.upc = pc + 1;
-                    } else {
-                        for lane in Lanes(m) {
-                            wp.pcs[lane] = pc + 1;
-                        }
-                    }
-                }
+                Flow::Next => wp.gpc = pc + 1,
                 Flow::Jump(target, taken) => {
-                    if wp.uniform && taken == m {
-                        wp.upc = target;
-                    } else if wp.uniform && taken == 0 {
-                        wp.upc = pc + 1;
+                    if taken == m {
+                        wp.gpc = target;
+                    } else if taken == 0 {
+                        wp.gpc = pc + 1;
                     } else {
-                        if wp.uniform {
-                            for lane in Lanes(wp.running) {
-                                wp.pcs[lane] = wp.upc;
-                            }
-                            wp.uniform = false;
-                        }
                         for lane in Lanes(m) {
                             wp.pcs[lane] = if taken & (1 << lane) != 0 {
                                 target
@@ -373,25 +409,21 @@ impl<'a, 'm> Exec<'a, 'm> {
                                 pc + 1
                             };
                         }
+                        wp.gmask = 0;
                     }
                 }
                 Flow::Barrier(arrived) => {
-                    if wp.uniform {
-                        wp.upc = pc + 1;
-                    }
-                    for lane in Lanes(m) {
+                    wp.gpc = pc + 1;
+                    for lane in Lanes(arrived) {
                         wp.pcs[lane] = pc + 1;
                     }
+                    wp.gmask &= !arrived;
                     wp.running &= !arrived;
                     wp.waiting |= arrived;
                 }
                 Flow::Exit(exited) => {
-                    if wp.uniform {
-                        wp.upc = pc + 1;
-                    }
-                    for lane in Lanes(m) {
-                        wp.pcs[lane] = pc + 1;
-                    }
+                    wp.gpc = pc + 1;
+                    wp.gmask &= !exited;
                     wp.running &= !exited;
                 }
             }
@@ -419,6 +451,113 @@ impl<'a, 'm> Exec<'a, 'm> {
             let i = (w * self.nregs + r as usize) * 32 + lane;
             self.regs[i] = v;
         }
+    }
+
+    /// One operand for all 32 lanes (inactive lanes hold garbage).
+    #[inline(always)]
+    fn gather(&self, w: usize, s: Src, exec: u32) -> [u64; 32] {
+        match s {
+            Src::Reg(r) => {
+                let i = (w * self.nregs + r as usize) * 32;
+                let mut out = [0u64; 32];
+                out.copy_from_slice(&self.regs[i..i + 32]);
+                out
+            }
+            Src::Imm(v) => [v; 32],
+            Src::Sreg(Sreg::Tid(d)) => {
+                let mut out = [0u64; 32];
+                let t = &self.tids[w * 32..w * 32 + 32];
+                for (o, id) in out.iter_mut().zip(t) {
+                    *o = id[(d as usize).min(2)] as u64;
+                }
+                out
+            }
+            Src::Sreg(Sreg::LaneId) => std::array::from_fn(|i| i as u64),
+            Src::Sreg(sr) => {
+                let mut out = [0u64; 32];
+                for lane in Lanes(exec) {
+                    out[lane] = self.sreg(sr, w, lane);
+                }
+                out
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn scatter(&mut self, w: usize, d: u32, exec: u32, v: &[u64; 32]) {
+        if d == NO_REG {
+            return;
+        }
+        let i = (w * self.nregs + d as usize) * 32;
+        let dst = &mut self.regs[i..i + 32];
+        if exec == u32::MAX {
+            dst.copy_from_slice(v);
+        } else {
+            for lane in Lanes(exec) {
+                dst[lane] = v[lane];
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn map1(&mut self, w: usize, exec: u32, d: u32, a: Src, f: impl Fn(u64) -> u64) {
+        let x = self.gather(w, a, exec);
+        let mut r = [0u64; 32];
+        if exec == u32::MAX {
+            for i in 0..32 {
+                r[i] = f(x[i]);
+            }
+        } else {
+            for lane in Lanes(exec) {
+                r[lane] = f(x[lane]);
+            }
+        }
+        self.scatter(w, d, exec, &r);
+    }
+
+    #[inline(always)]
+    fn map2(&mut self, w: usize, exec: u32, d: u32, a: Src, b: Src, f: impl Fn(u64, u64) -> u64) {
+        let x = self.gather(w, a, exec);
+        let y = self.gather(w, b, exec);
+        let mut r = [0u64; 32];
+        if exec == u32::MAX {
+            for i in 0..32 {
+                r[i] = f(x[i], y[i]);
+            }
+        } else {
+            for lane in Lanes(exec) {
+                r[lane] = f(x[lane], y[lane]);
+            }
+        }
+        self.scatter(w, d, exec, &r);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn map3(
+        &mut self,
+        w: usize,
+        exec: u32,
+        d: u32,
+        a: Src,
+        b: Src,
+        c: Src,
+        f: impl Fn(u64, u64, u64) -> u64,
+    ) {
+        let x = self.gather(w, a, exec);
+        let y = self.gather(w, b, exec);
+        let z = self.gather(w, c, exec);
+        let mut r = [0u64; 32];
+        if exec == u32::MAX {
+            for i in 0..32 {
+                r[i] = f(x[i], y[i], z[i]);
+            }
+        } else {
+            for lane in Lanes(exec) {
+                r[lane] = f(x[lane], y[lane], z[lane]);
+            }
+        }
+        self.scatter(w, d, exec, &r);
     }
 
     fn sreg(&self, s: Sreg, w: usize, lane: usize) -> u64 {
@@ -484,17 +623,16 @@ impl<'a, 'm> Exec<'a, 'm> {
         Some(i)
     }
 
-    /// Read `buf.len()` bytes for one lane, with every check.
-    fn load(
+    /// Every check for an `n`-byte load by one lane; returns where the bytes are.
+    fn check_load(
         &mut self,
         w: usize,
         lane: usize,
         pc: u32,
         space: Space,
         addr: u64,
-        buf: &mut [u8],
-    ) -> Result<()> {
-        let n = buf.len();
+        n: usize,
+    ) -> Result<(Region, usize)> {
         if addr % n as u64 != 0 {
             return Err(self.fault(
                 w,
@@ -520,19 +658,23 @@ impl<'a, 'm> Exec<'a, 'm> {
                 };
                 let al = &self.mem.allocs[i];
                 let off = (a - al.base) as usize;
-                buf.copy_from_slice(&al.data[off..off + n]);
-                if al.init[off..off + n].iter().any(|&b| b == 0) {
+                if !all_set(&al.init[off..off + n]) {
                     return Err(self.fault(
                         w,
                         lane,
                         pc,
-                        format!("read of uninitialised global memory at {a:#x} (allocation {:#x}, offset {off})", al.base),
+                        format!(
+                            "read of uninitialised global memory at {a:#x} (allocation {:#x}, offset {off})",
+                            al.base
+                        ),
                     ));
                 }
                 if let Some(p) = self.prof.as_deref_mut() {
                     p.global_load_bytes += n as u64;
+                    self.acc[lane] = Some((a, n as u32));
+                    self.acc_shared = false;
                 }
-                self.acc[lane] = Some((a, n as u32));
+                Ok((Region::Global(i), off))
             }
             Space::Shared => {
                 let s = a as usize;
@@ -541,10 +683,15 @@ impl<'a, 'm> Exec<'a, 'm> {
                         w,
                         lane,
                         pc,
-                        format!("out-of-bounds shared load of {n} bytes at offset {a:#x} (shared size {})", self.shared.len()),
+                        format!(
+                            "out-of-bounds shared load of {n} bytes at offset {a:#x} (shared size {})",
+                            self.shared.len()
+                        ),
                     ));
                 }
-                buf.copy_from_slice(&self.shared[s..s + n]);
+                if self.cp_any {
+                    self.check_inflight(w, lane, pc, s, n, "read")?;
+                }
                 let line = self.code[pc as usize].line;
                 for b in s..s + n {
                     let (race, uninit) = self.shadow.read(b, w as u32, line);
@@ -570,17 +717,23 @@ impl<'a, 'm> Exec<'a, 'm> {
                 }
                 if let Some(p) = self.prof.as_deref_mut() {
                     p.shared_load_bytes += n as u64;
+                    self.acc[lane] = Some((a, n as u32));
+                    self.acc_shared = true;
                 }
-                self.acc[lane] = Some((a, n as u32));
+                Ok((Region::Shared, s))
             }
             Space::Local => {
                 let lb = self.l.kernel.local_bytes as usize;
                 if a as usize + n > lb || a > lb as u64 {
-                    return Err(self.fault(w, lane, pc, format!("out-of-bounds local load of {n} bytes at offset {a:#x} (local size {lb})")));
+                    return Err(self.fault(
+                        w,
+                        lane,
+                        pc,
+                        format!("out-of-bounds local load of {n} bytes at offset {a:#x} (local size {lb})"),
+                    ));
                 }
                 let base = (w * 32 + lane) * lb + a as usize;
-                buf.copy_from_slice(&self.local[base..base + n]);
-                if self.local_init[base..base + n].iter().any(|&b| b == 0) {
+                if !all_set(&self.local_init[base..base + n]) {
                     return Err(self.fault(
                         w,
                         lane,
@@ -591,6 +744,7 @@ impl<'a, 'm> Exec<'a, 'm> {
                 if let Some(p) = self.prof.as_deref_mut() {
                     p.local_bytes += n as u64;
                 }
+                Ok((Region::Local, base))
             }
             Space::Param => {
                 let pb = self.l.params.len();
@@ -602,23 +756,24 @@ impl<'a, 'm> Exec<'a, 'm> {
                         format!("out-of-bounds param load at offset {a} (params are {pb} bytes)"),
                     ));
                 }
-                buf.copy_from_slice(&self.l.params[a as usize..a as usize + n]);
+                Ok((Region::Param, a as usize))
             }
-            Space::Const | Space::Generic => unreachable_space(),
+            Space::Const | Space::Generic => {
+                Err(self.fault(w, lane, pc, format!("internal: unresolved {sp:?} address")))
+            }
         }
-        Ok(())
     }
 
-    fn store(
+    /// Every check (and shadow update) for an `n`-byte store by one lane.
+    fn check_store(
         &mut self,
         w: usize,
         lane: usize,
         pc: u32,
         space: Space,
         addr: u64,
-        buf: &[u8],
-    ) -> Result<()> {
-        let n = buf.len();
+        n: usize,
+    ) -> Result<(Region, usize)> {
         if addr % n as u64 != 0 {
             return Err(self.fault(
                 w,
@@ -644,12 +799,13 @@ impl<'a, 'm> Exec<'a, 'm> {
                 };
                 let al = &mut self.mem.allocs[i];
                 let off = (a - al.base) as usize;
-                al.data[off..off + n].copy_from_slice(buf);
                 al.init[off..off + n].fill(1);
                 if let Some(p) = self.prof.as_deref_mut() {
                     p.global_store_bytes += n as u64;
+                    self.acc[lane] = Some((a, n as u32));
+                    self.acc_shared = false;
                 }
-                self.acc[lane] = Some((a, n as u32));
+                Ok((Region::Global(i), off))
             }
             Space::Shared => {
                 let s = a as usize;
@@ -658,10 +814,15 @@ impl<'a, 'm> Exec<'a, 'm> {
                         w,
                         lane,
                         pc,
-                        format!("out-of-bounds shared store of {n} bytes at offset {a:#x} (shared size {})", self.shared.len()),
+                        format!(
+                            "out-of-bounds shared store of {n} bytes at offset {a:#x} (shared size {})",
+                            self.shared.len()
+                        ),
                     ));
                 }
-                self.shared[s..s + n].copy_from_slice(buf);
+                if self.cp_any {
+                    self.check_inflight(w, lane, pc, s, n, "written")?;
+                }
                 let line = self.code[pc as usize].line;
                 for b in s..s + n {
                     if let Some(r) = self.shadow.write(b, w as u32, line) {
@@ -680,25 +841,209 @@ impl<'a, 'm> Exec<'a, 'm> {
                 }
                 if let Some(p) = self.prof.as_deref_mut() {
                     p.shared_store_bytes += n as u64;
+                    self.acc[lane] = Some((a, n as u32));
+                    self.acc_shared = true;
                 }
-                self.acc[lane] = Some((a, n as u32));
+                Ok((Region::Shared, s))
             }
             Space::Local => {
                 let lb = self.l.kernel.local_bytes as usize;
                 if a as usize + n > lb || a > lb as u64 {
-                    return Err(self.fault(w, lane, pc, format!("out-of-bounds local store of {n} bytes at offset {a:#x} (local size {lb})")));
+                    return Err(self.fault(
+                        w,
+                        lane,
+                        pc,
+                        format!("out-of-bounds local store of {n} bytes at offset {a:#x} (local size {lb})"),
+                    ));
                 }
                 let base = (w * 32 + lane) * lb + a as usize;
-                self.local[base..base + n].copy_from_slice(buf);
                 self.local_init[base..base + n].fill(1);
                 if let Some(p) = self.prof.as_deref_mut() {
                     p.local_bytes += n as u64;
                 }
+                Ok((Region::Local, base))
             }
             Space::Param => {
-                return Err(self.fault(w, lane, pc, "store to kernel parameter space".to_string()))
+                Err(self.fault(w, lane, pc, "store to kernel parameter space".to_string()))
             }
-            Space::Const | Space::Generic => unreachable_space(),
+            Space::Const | Space::Generic => {
+                Err(self.fault(w, lane, pc, format!("internal: unresolved {sp:?} address")))
+            }
+        }
+    }
+
+    fn region(&self, r: Region) -> &[u8] {
+        match r {
+            Region::Global(i) => &self.mem.allocs[i].data,
+            Region::Shared => &self.shared,
+            Region::Local => &self.local,
+            Region::Param => self.l.params,
+        }
+    }
+
+    fn region_mut(&mut self, r: Region) -> &mut [u8] {
+        match r {
+            Region::Global(i) => &mut self.mem.allocs[i].data,
+            Region::Shared => &mut self.shared,
+            Region::Local => &mut self.local,
+            Region::Param => &mut [],
+        }
+    }
+
+    /// Read `buf.len()` bytes for one lane, with every check.
+    fn load(
+        &mut self,
+        w: usize,
+        lane: usize,
+        pc: u32,
+        space: Space,
+        addr: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let (r, off) = self.check_load(w, lane, pc, space, addr, buf.len())?;
+        buf.copy_from_slice(&self.region(r)[off..off + buf.len()]);
+        Ok(())
+    }
+
+    fn store(
+        &mut self,
+        w: usize,
+        lane: usize,
+        pc: u32,
+        space: Space,
+        addr: u64,
+        buf: &[u8],
+    ) -> Result<()> {
+        let (r, off) = self.check_store(w, lane, pc, space, addr, buf.len())?;
+        self.region_mut(r)[off..off + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+
+    /// Per-lane byte offsets into the most recently used allocation when every active lane's
+    /// access is aligned, in bounds of it and (for loads) initialised; `None` sends the
+    /// instruction down the general path, which reports whatever is wrong.
+    #[inline(always)]
+    fn fast_offsets(
+        &mut self,
+        w: usize,
+        exec: u32,
+        total: u64,
+        addr: Addr,
+        load: bool,
+    ) -> Option<[usize; 32]> {
+        let base = match addr.base {
+            Some(r) => self.gather(w, Src::Reg(r), exec),
+            None => [0; 32],
+        };
+        // One allocation lookup per instruction (the first active lane's), then every lane
+        // must fall inside that allocation.
+        let first = base[exec.trailing_zeros() as usize & 31].wrapping_add(addr.off as u64);
+        let idx = self.global_index(first, total)?;
+        let al = &self.mem.allocs[idx];
+        let (lo, hi) = (al.base, al.end());
+        let mut offs = [0usize; 32];
+        for lane in Lanes(exec) {
+            let a = base[lane].wrapping_add(addr.off as u64);
+            if a % total != 0 || a < lo || a + total > hi {
+                return None;
+            }
+            let o = (a - lo) as usize;
+            if load && !all_set(&al.init[o..o + total as usize]) {
+                return None;
+            }
+            offs[lane] = o;
+        }
+        Some(offs)
+    }
+
+    fn ld_global_fast(
+        &mut self,
+        w: usize,
+        exec: u32,
+        ty: Ty,
+        n: u8,
+        ds: &[u32; 4],
+        addr: Addr,
+    ) -> bool {
+        let es = ty.bytes() as usize;
+        let nn = n as usize;
+        let Some(offs) = self.fast_offsets(w, exec, (es * nn) as u64, addr, true) else {
+            return false;
+        };
+        let (signed, bits) = (ty.signed(), ty.bits());
+        let mut vals = [[0u64; 32]; 4];
+        {
+            let data = &self.mem.allocs[self.alloc_hint].data;
+            for lane in Lanes(exec) {
+                let row = &data[offs[lane]..offs[lane] + es * nn];
+                for (k, v) in vals.iter_mut().enumerate().take(nn) {
+                    v[lane] = read_le(&row[k * es..], es);
+                }
+            }
+            if signed {
+                for v in vals.iter_mut().take(nn) {
+                    for x in v.iter_mut() {
+                        *x = sx(*x, bits) as u64;
+                    }
+                }
+            }
+        }
+        for (k, v) in vals.iter().enumerate().take(nn) {
+            self.scatter(w, ds[k], exec, v);
+        }
+        true
+    }
+
+    fn st_global_fast(
+        &mut self,
+        w: usize,
+        exec: u32,
+        ty: Ty,
+        n: u8,
+        srcs: &[Src; 4],
+        addr: Addr,
+    ) -> bool {
+        let es = ty.bytes() as usize;
+        let nn = n as usize;
+        let total = es * nn;
+        let Some(offs) = self.fast_offsets(w, exec, total as u64, addr, false) else {
+            return false;
+        };
+        let mut vals = [[0u64; 32]; 4];
+        for (k, v) in vals.iter_mut().enumerate().take(nn) {
+            *v = self.gather(w, srcs[k], exec);
+        }
+        let al = &mut self.mem.allocs[self.alloc_hint];
+        for lane in Lanes(exec) {
+            let o = offs[lane];
+            for (k, v) in vals.iter().enumerate().take(nn) {
+                write_le(&mut al.data[o + k * es..], es, v[lane]);
+            }
+            al.init[o..o + total].fill(1);
+        }
+        true
+    }
+
+    /// A shared access to bytes that a cp.async has not been waited for yet is a race with the
+    /// copy (on hardware the bytes may not have arrived, or the copy may overwrite the store).
+    fn check_inflight(
+        &self,
+        w: usize,
+        lane: usize,
+        pc: u32,
+        s: usize,
+        n: usize,
+        what: &str,
+    ) -> Result<()> {
+        if let Some(k) = (s..s + n).find(|&b| self.shared_inflight[b] != 0) {
+            return Err(self.fault(
+                w,
+                lane,
+                pc,
+                format!(
+                    "shared memory at offset {k:#x} {what} while a cp.async into it is still in flight (missing cp.async.wait_group/wait_all before the barrier?)"
+                ),
+            ));
         }
         Ok(())
     }
@@ -708,25 +1053,22 @@ impl<'a, 'm> Exec<'a, 'm> {
         if self.prof.is_none() {
             return;
         }
-        let acc = std::mem::replace(&mut self.acc, [None; 32]);
-        let (sp, _) = match acc.iter().flatten().next() {
-            Some(&(a, _)) => self.resolve(space, if space == Space::Generic { a } else { 0 }),
-            None => return,
-        };
+        let acc = std::mem::take(&mut self.acc);
+        let _ = space;
+        if acc.iter().all(|x| x.is_none()) {
+            return;
+        }
+        let shared = self.acc_shared;
         let Some(p) = self.prof.as_deref_mut() else {
             return;
         };
-        match (space, sp) {
-            (Space::Shared, _) | (Space::Generic, Space::Shared) => {
-                p.bank_conflicts += counters::bank_conflicts(&acc);
-            }
-            (Space::Global, _) | (Space::Const, _) | (Space::Generic, Space::Global) => {
-                let v: Vec<(u64, u32)> = acc.iter().flatten().copied().collect();
-                let (s, ideal) = counters::global_sectors(&v);
-                p.global_sectors += s;
-                p.global_sectors_ideal += ideal;
-            }
-            _ => {}
+        if shared {
+            p.bank_conflicts += counters::bank_conflicts(&acc);
+        } else {
+            let v: Vec<(u64, u32)> = acc.iter().flatten().copied().collect();
+            let (s, ideal) = counters::global_sectors(&v);
+            p.global_sectors += s;
+            p.global_sectors_ideal += ideal;
         }
     }
 
@@ -752,14 +1094,12 @@ impl<'a, 'm> Exec<'a, 'm> {
         let _ = rb;
         match &ins.op {
             Op::Mov { ty, d, a } => {
-                let bits = ty.bits().max(1);
-                for lane in Lanes(exec) {
-                    let v = zx(
-                        self.val(w, *a, lane),
-                        if *ty == Ty::Pred { 64 } else { bits },
-                    );
-                    self.set(w, *d, lane, v);
-                }
+                let m = if *ty == Ty::Pred {
+                    u64::MAX
+                } else {
+                    mask(ty.bits())
+                };
+                self.map1(w, exec, *d, *a, |x| x & m);
             }
             Op::Pack { d, parts, bits } => {
                 for lane in Lanes(exec) {
@@ -779,16 +1119,47 @@ impl<'a, 'm> Exec<'a, 'm> {
                 }
             }
             Op::Int2 { op, ty, d, a, b } => {
-                for lane in Lanes(exec) {
-                    let v = int2(*op, *ty, self.val(w, *a, lane), self.val(w, *b, lane));
-                    self.set(w, *d, lane, v);
+                let (op, ty, d, a, b) = (*op, *ty, *d, *a, *b);
+                let m = mask(ty.bits());
+                // The most frequent integer ops get their own loops; the rest share int2().
+                match (op, ty.signed()) {
+                    (IBin::Add, _) => self.map2(w, exec, d, a, b, |x, y| x.wrapping_add(y) & m),
+                    (IBin::Sub, _) => self.map2(w, exec, d, a, b, |x, y| x.wrapping_sub(y) & m),
+                    (IBin::MulLo, _) => self.map2(w, exec, d, a, b, |x, y| x.wrapping_mul(y) & m),
+                    (IBin::And, _) => self.map2(w, exec, d, a, b, |x, y| x & y & m),
+                    (IBin::Or, _) => self.map2(w, exec, d, a, b, |x, y| (x | y) & m),
+                    (IBin::Xor, _) => self.map2(w, exec, d, a, b, |x, y| (x ^ y) & m),
+                    (IBin::Shr, false) => {
+                        let bits = ty.bits() as u64;
+                        self.map2(w, exec, d, a, b, |x, y| {
+                            let n = y & 0xffff_ffff;
+                            if n >= bits {
+                                0
+                            } else {
+                                (x & m) >> n
+                            }
+                        })
+                    }
+                    (IBin::Shl, _) => {
+                        let bits = ty.bits() as u64;
+                        self.map2(w, exec, d, a, b, |x, y| {
+                            let n = y & 0xffff_ffff;
+                            if n >= bits {
+                                0
+                            } else {
+                                (x << n) & m
+                            }
+                        })
+                    }
+                    (IBin::MulWide, _) => {
+                        self.map2(w, exec, d, a, b, |x, y| int2(IBin::MulWide, ty, x, y))
+                    }
+                    _ => self.map2(w, exec, d, a, b, |x, y| int2(op, ty, x, y)),
                 }
             }
             Op::Int1 { op, ty, d, a } => {
-                for lane in Lanes(exec) {
-                    let v = int1(*op, *ty, self.val(w, *a, lane));
-                    self.set(w, *d, lane, v);
-                }
+                let (op, ty) = (*op, *ty);
+                self.map1(w, exec, *d, *a, |x| int1(op, ty, x));
             }
             Op::Mad {
                 mode,
@@ -798,21 +1169,20 @@ impl<'a, 'm> Exec<'a, 'm> {
                 b,
                 c,
             } => {
-                for lane in Lanes(exec) {
-                    let (x, y, z) = (
-                        self.val(w, *a, lane),
-                        self.val(w, *b, lane),
-                        self.val(w, *c, lane),
-                    );
-                    let bits = ty.bits();
-                    let v = match mode {
-                        MadMode::Lo => zx(x.wrapping_mul(y).wrapping_add(z), bits),
-                        MadMode::Hi => zx(int2(IBin::MulHi, *ty, x, y).wrapping_add(z), bits),
-                        MadMode::Wide => {
-                            zx(int2(IBin::MulWide, *ty, x, y).wrapping_add(z), bits * 2)
-                        }
-                    };
-                    self.set(w, *d, lane, v);
+                let (ty, bits) = (*ty, ty.bits());
+                match mode {
+                    MadMode::Lo => {
+                        let m = mask(bits);
+                        self.map3(w, exec, *d, *a, *b, *c, |x, y, z| {
+                            x.wrapping_mul(y).wrapping_add(z) & m
+                        })
+                    }
+                    MadMode::Hi => self.map3(w, exec, *d, *a, *b, *c, |x, y, z| {
+                        zx(int2(IBin::MulHi, ty, x, y).wrapping_add(z), bits)
+                    }),
+                    MadMode::Wide => self.map3(w, exec, *d, *a, *b, *c, |x, y, z| {
+                        zx(int2(IBin::MulWide, ty, x, y).wrapping_add(z), bits * 2)
+                    }),
                 }
             }
             Op::F2 {
@@ -823,16 +1193,28 @@ impl<'a, 'm> Exec<'a, 'm> {
                 a,
                 b,
             } => {
-                for lane in Lanes(exec) {
-                    let v = fbin(*op, *ty, *sat, self.val(w, *a, lane), self.val(w, *b, lane));
-                    self.set(w, *d, lane, v);
+                let (op, ty, sat) = (*op, *ty, *sat);
+                let f = |x: u64| f32::from_bits(x as u32);
+                let t = |x: f32| x.to_bits() as u64;
+                match (op, ty, sat) {
+                    (FBin::Add, Ty::F32, false) => {
+                        self.map2(w, exec, *d, *a, *b, |x, y| t(f(x) + f(y)))
+                    }
+                    (FBin::Mul, Ty::F32, false) => {
+                        self.map2(w, exec, *d, *a, *b, |x, y| t(f(x) * f(y)))
+                    }
+                    (FBin::Sub, Ty::F32, false) => {
+                        self.map2(w, exec, *d, *a, *b, |x, y| t(f(x) - f(y)))
+                    }
+                    (FBin::Max, Ty::F32, false) => {
+                        self.map2(w, exec, *d, *a, *b, |x, y| t(f(x).max(f(y))))
+                    }
+                    _ => self.map2(w, exec, *d, *a, *b, |x, y| fbin(op, ty, sat, x, y)),
                 }
             }
             Op::F1 { op, ty, d, a } => {
-                for lane in Lanes(exec) {
-                    let v = fun(*op, *ty, self.val(w, *a, lane));
-                    self.set(w, *d, lane, v);
-                }
+                let (op, ty) = (*op, *ty);
+                self.map1(w, exec, *d, *a, |x| fun(op, ty, x));
             }
             Op::Fma {
                 ty,
@@ -842,26 +1224,27 @@ impl<'a, 'm> Exec<'a, 'm> {
                 b,
                 c,
             } => {
-                for lane in Lanes(exec) {
-                    let v = ffma(
-                        *ty,
-                        *sat,
-                        self.val(w, *a, lane),
-                        self.val(w, *b, lane),
-                        self.val(w, *c, lane),
-                    );
-                    self.set(w, *d, lane, v);
+                let (ty, sat) = (*ty, *sat);
+                if ty == Ty::F32 && !sat {
+                    let f = |v: u64| f32::from_bits(v as u32);
+                    self.map3(w, exec, *d, *a, *b, *c, |x, y, z| {
+                        f(x).mul_add(f(y), f(z)).to_bits() as u64
+                    });
+                } else {
+                    self.map3(w, exec, *d, *a, *b, *c, |x, y, z| ffma(ty, sat, x, y, z));
                 }
             }
             Op::Selp { ty, d, a, b, c } => {
-                for lane in Lanes(exec) {
-                    let v = if self.val(w, *c, lane) != 0 {
-                        self.val(w, *a, lane)
-                    } else {
-                        self.val(w, *b, lane)
-                    };
-                    self.set(w, *d, lane, zx(v, ty.bits()));
-                }
+                let m = mask(ty.bits());
+                self.map3(
+                    w,
+                    exec,
+                    *d,
+                    *a,
+                    *b,
+                    *c,
+                    |x, y, p| if p != 0 { x & m } else { y & m },
+                );
             }
             Op::Setp {
                 cmp,
@@ -872,23 +1255,34 @@ impl<'a, 'm> Exec<'a, 'm> {
                 b,
                 comb,
             } => {
+                let x = self.gather(w, *a, exec);
+                let y = self.gather(w, *b, exec);
+                let c = match comb {
+                    Some((_, c, _)) => self.gather(w, *c, exec),
+                    None => [0; 32],
+                };
+                let codes = order_codes(*ty, *cmp, exec, &x, &y);
+                let table = cmp_table(*cmp);
+                let (mut p, mut q) = ([0u64; 32], [0u64; 32]);
                 for lane in Lanes(exec) {
-                    let r = compare(*cmp, *ty, self.val(w, *a, lane), self.val(w, *b, lane));
-                    let (p, q) = match comb {
+                    let r = table[codes[lane] as usize];
+                    let (pv, qv) = match comb {
                         None => (r, !r),
-                        Some((op, c, neg)) => {
-                            let c = (self.val(w, *c, lane) != 0) != *neg;
-                            let f = |x: bool| match op {
-                                BoolOp::And => x && c,
-                                BoolOp::Or => x || c,
-                                BoolOp::Xor => x != c,
+                        Some((op, _, neg)) => {
+                            let cv = (c[lane] != 0) != *neg;
+                            let f = |v: bool| match op {
+                                BoolOp::And => v && cv,
+                                BoolOp::Or => v || cv,
+                                BoolOp::Xor => v != cv,
                             };
                             (f(r), f(!r))
                         }
                     };
-                    self.set(w, *d, lane, p as u64);
-                    self.set(w, *d2, lane, q as u64);
+                    p[lane] = pv as u64;
+                    q[lane] = qv as u64;
                 }
+                self.scatter(w, *d, exec, &p);
+                self.scatter(w, *d2, exec, &q);
             }
             Op::Cvt {
                 dty,
@@ -898,10 +1292,8 @@ impl<'a, 'm> Exec<'a, 'm> {
                 d,
                 a,
             } => {
-                for lane in Lanes(exec) {
-                    let v = cvt(*dty, *sty, *rnd, *sat, self.val(w, *a, lane));
-                    self.set(w, *d, lane, v);
-                }
+                let (dty, sty, rnd, sat) = (*dty, *sty, *rnd, *sat);
+                self.map1(w, exec, *d, *a, |x| cvt(dty, sty, rnd, sat, x));
             }
             Op::CvtPack { dty, relu, d, a, b } => {
                 for lane in Lanes(exec) {
@@ -958,7 +1350,7 @@ impl<'a, 'm> Exec<'a, 'm> {
                     };
                     let mut r = 0u64;
                     for i in 0..bits {
-                        let bit = if i < len && pos + i <= bits - 1 {
+                        let bit = if i < len && pos + i < bits {
                             (x >> (pos + i)) & 1 != 0
                         } else {
                             sbit
@@ -991,20 +1383,55 @@ impl<'a, 'm> Exec<'a, 'm> {
                 ds,
                 addr,
             } => {
-                let es = ty.bytes() as usize;
-                let total = es * *n as usize;
-                let mut buf = [0u8; 32];
-                for lane in Lanes(exec) {
-                    let a = self.addr_of(w, *addr, lane);
-                    self.load(w, lane, pc, *space, a, &mut buf[..total])?;
-                    for k in 0..*n as usize {
-                        let mut raw = [0u8; 8];
-                        raw[..es].copy_from_slice(&buf[k * es..(k + 1) * es]);
-                        let mut v = u64::from_le_bytes(raw);
+                if *space == Space::Param && addr.base.is_none() {
+                    // Kernel parameters: one address for the whole warp.
+                    let es = ty.bytes() as usize;
+                    let (a, total) = (addr.off as usize, es * *n as usize);
+                    let lane = exec.trailing_zeros() as usize;
+                    if addr.off < 0 || a + total > self.l.params.len() || a % total != 0 {
+                        return Err(self.fault(
+                            w,
+                            lane,
+                            pc,
+                            format!(
+                                "bad param load at offset {} (params are {} bytes)",
+                                addr.off,
+                                self.l.params.len()
+                            ),
+                        ));
+                    }
+                    for (k, &dk) in ds.iter().enumerate().take(*n as usize) {
+                        let mut v = read_le(&self.l.params[a + k * es..], es);
                         if ty.signed() {
                             v = sx(v, ty.bits()) as u64;
                         }
-                        self.set(w, ds[k], lane, v);
+                        self.scatter(w, dk, exec, &[v; 32]);
+                    }
+                    return Ok(Flow::Next);
+                }
+                if self.prof.is_none()
+                    && matches!(space, Space::Global | Space::Generic | Space::Const)
+                    && self.ld_global_fast(w, exec, *ty, *n, ds, *addr)
+                {
+                    return Ok(Flow::Next);
+                }
+                let es = ty.bytes() as usize;
+                let nn = *n as usize;
+                let total = es * nn;
+                let (signed, bits) = (ty.signed(), ty.bits());
+                for lane in Lanes(exec) {
+                    let a = self.addr_of(w, *addr, lane);
+                    let (r, off) = self.check_load(w, lane, pc, *space, a, total)?;
+                    let mut vals = [0u64; 4];
+                    {
+                        let bytes = &self.region(r)[off..off + total];
+                        for (k, v) in vals.iter_mut().enumerate().take(nn) {
+                            let x = read_le(&bytes[k * es..], es);
+                            *v = if signed { sx(x, bits) as u64 } else { x };
+                        }
+                    }
+                    for (k, v) in vals.iter().enumerate().take(nn) {
+                        self.set(w, ds[k], lane, *v);
                     }
                 }
                 self.account(*space);
@@ -1016,16 +1443,26 @@ impl<'a, 'm> Exec<'a, 'm> {
                 srcs,
                 addr,
             } => {
+                if self.prof.is_none()
+                    && matches!(space, Space::Global | Space::Generic)
+                    && self.st_global_fast(w, exec, *ty, *n, srcs, *addr)
+                {
+                    return Ok(Flow::Next);
+                }
                 let es = ty.bytes() as usize;
-                let total = es * *n as usize;
-                let mut buf = [0u8; 32];
+                let nn = *n as usize;
+                let total = es * nn;
                 for lane in Lanes(exec) {
                     let a = self.addr_of(w, *addr, lane);
-                    for k in 0..*n as usize {
-                        let v = self.val(w, srcs[k], lane);
-                        buf[k * es..(k + 1) * es].copy_from_slice(&v.to_le_bytes()[..es]);
+                    let mut vals = [0u64; 4];
+                    for (k, v) in vals.iter_mut().enumerate().take(nn) {
+                        *v = self.val(w, srcs[k], lane);
                     }
-                    self.store(w, lane, pc, *space, a, &buf[..total])?;
+                    let (r, off) = self.check_store(w, lane, pc, *space, a, total)?;
+                    let bytes = &mut self.region_mut(r)[off..off + total];
+                    for (k, v) in vals.iter().enumerate().take(nn) {
+                        write_le(&mut bytes[k * es..], es, *v);
+                    }
                 }
                 self.account(*space);
             }
@@ -1083,6 +1520,14 @@ impl<'a, 'm> Exec<'a, 'm> {
                         }
                     }
                     self.store(w, lane, pc, Space::Shared, da, &buf[..n])?;
+                    // The destination (resolved to a shared offset) is in flight until waited.
+                    let (_, off) = self.resolve(Space::Shared, da);
+                    let t = w * 32 + lane;
+                    self.cp_pending[t].push((self.cp_group[t], off as u32, n as u32));
+                    for b in off as usize..off as usize + n {
+                        self.shared_inflight[b] = self.shared_inflight[b].saturating_add(1);
+                    }
+                    self.cp_any = true;
                 }
                 self.acc = [None; 32];
             }
@@ -1133,14 +1578,13 @@ impl<'a, 'm> Exec<'a, 'm> {
                 let lane0 = exec.trailing_zeros() as usize;
                 let mm = self.val(w, *mask, lane0);
                 self.check_collective(w, pc, exec, mm, "shfl.sync")?;
-                let mut vals = [0u64; 32];
+                let vals = self.gather(w, *a, exec);
+                let bs = self.gather(w, *b, exec);
+                let cs = self.gather(w, *c, exec);
+                let (mut out, mut pout) = ([0u64; 32], [0u64; 32]);
                 for lane in Lanes(exec) {
-                    vals[lane] = self.val(w, *a, lane);
-                }
-                let mut out = [(0u64, false); 32];
-                for lane in Lanes(exec) {
-                    let bval = (self.val(w, *b, lane) & 0x1f) as i32;
-                    let cv = self.val(w, *c, lane) as u32;
+                    let bval = (bs[lane] & 0x1f) as i32;
+                    let cv = cs[lane] as u32;
                     let cval = (cv & 0x1f) as i32;
                     let seg = ((cv >> 8) & 0x1f) as i32;
                     let l = lane as i32;
@@ -1164,12 +1608,11 @@ impl<'a, 'm> Exec<'a, 'm> {
                             format!("shfl.sync reads lane {j}, which is not executing it"),
                         ));
                     }
-                    out[lane] = (vals[j], pval);
+                    out[lane] = vals[j] & 0xffff_ffff;
+                    pout[lane] = pval as u64;
                 }
-                for lane in Lanes(exec) {
-                    self.set(w, *d, lane, zx(out[lane].0, 32));
-                    self.set(w, *p, lane, out[lane].1 as u64);
-                }
+                self.scatter(w, *d, exec, &out);
+                self.scatter(w, *p, exec, &pout);
             }
             Op::Vote {
                 mode,
@@ -1245,6 +1688,34 @@ impl<'a, 'm> Exec<'a, 'm> {
                 self.check_collective(w, pc, exec, 0xffff_ffff, "ldmatrix (needs the full warp)")?;
                 self.ldmatrix(w, pc, *num, *trans, *space, ds, *addr)?;
             }
+            Op::CpCommit => {
+                for lane in Lanes(exec) {
+                    self.cp_group[w * 32 + lane] += 1;
+                }
+            }
+            Op::CpWait { keep } => {
+                for lane in Lanes(exec) {
+                    let t = w * 32 + lane;
+                    // Groups numbered below `done` are complete; wait_all also completes the
+                    // copies not yet committed.
+                    let done = match keep {
+                        Some(k) => self.cp_group[t].saturating_sub(*k),
+                        None => u32::MAX,
+                    };
+                    let pending = std::mem::take(&mut self.cp_pending[t]);
+                    let mut still = Vec::new();
+                    for (g, off, n) in pending {
+                        if g < done {
+                            for b in off as usize..(off + n) as usize {
+                                self.shared_inflight[b] = self.shared_inflight[b].saturating_sub(1);
+                            }
+                        } else {
+                            still.push((g, off, n));
+                        }
+                    }
+                    self.cp_pending[t] = still;
+                }
+            }
             Op::Nop => {}
             Op::Ret | Op::Exit => return Ok(Flow::Exit(exec)),
         }
@@ -1310,7 +1781,7 @@ impl<'a, 'm> Exec<'a, 'm> {
                 };
                 let al = &mut self.mem.allocs[i];
                 let off = (a - al.base) as usize;
-                let un = al.init[off..off + n].iter().any(|&x| x == 0);
+                let un = al.init[off..off + n].contains(&0);
                 al.init[off..off + n].fill(1);
                 (&mut al.data[off..off + n], un)
             }
@@ -1477,7 +1948,7 @@ impl<'a, 'm> Exec<'a, 'm> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     fn ldmatrix(
         &mut self,
         w: usize,
@@ -1522,7 +1993,57 @@ impl<'a, 'm> Exec<'a, 'm> {
     }
 }
 
-fn unreachable_space() {}
+#[derive(Clone, Copy)]
+enum Region {
+    Global(usize),
+    Shared,
+    Local,
+    Param,
+}
+
+/// All shadow bytes set (the init shadow holds 0 or 1 per byte).
+#[inline(always)]
+fn all_set(s: &[u8]) -> bool {
+    match s.len() {
+        4 => u32::from_ne_bytes([s[0], s[1], s[2], s[3]]) == 0x0101_0101,
+        8 => {
+            u64::from_ne_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]])
+                == 0x0101_0101_0101_0101
+        }
+        _ => s.iter().all(|&b| b != 0),
+    }
+}
+
+/// The little-endian value of the first `es` bytes of `s` (callers pass slices that are long
+/// enough; a short one reads as 0).
+#[inline(always)]
+fn read_le(s: &[u8], es: usize) -> u64 {
+    match es {
+        1 => s.first().map_or(0, |b| *b as u64),
+        2 => s
+            .get(..2)
+            .and_then(|b| <[u8; 2]>::try_from(b).ok())
+            .map_or(0, |b| u16::from_le_bytes(b) as u64),
+        4 => s
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, |b| u32::from_le_bytes(b) as u64),
+        _ => s
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_le_bytes),
+    }
+}
+
+#[inline(always)]
+fn write_le(s: &mut [u8], es: usize, v: u64) {
+    match es {
+        1 => s[0] = v as u8,
+        2 => s[..2].copy_from_slice(&(v as u16).to_le_bytes()),
+        4 => s[..4].copy_from_slice(&(v as u32).to_le_bytes()),
+        _ => s[..8].copy_from_slice(&v.to_le_bytes()),
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Scalar semantics.
@@ -1695,6 +2216,18 @@ fn fbin(op: FBin, ty: Ty, sat: bool, a: u64, b: u64) -> u64 {
         };
         return r.to_bits();
     }
+    if ty == Ty::F32 && !sat {
+        let (x, y) = (f32::from_bits(a as u32), f32::from_bits(b as u32));
+        let r = match op {
+            FBin::Add => x + y,
+            FBin::Sub => x - y,
+            FBin::Mul => x * y,
+            FBin::Div => x / y,
+            FBin::Min => x.min(y),
+            FBin::Max => x.max(y),
+        };
+        return r.to_bits() as u64;
+    }
     fmap(ty, [a, b, 0], |x, y, _| {
         let r = match op {
             FBin::Add => x + y,
@@ -1717,6 +2250,11 @@ fn ffma(ty: Ty, sat: bool, a: u64, b: u64, c: u64) -> u64 {
         return f64::from_bits(a)
             .mul_add(f64::from_bits(b), f64::from_bits(c))
             .to_bits();
+    }
+    if ty == Ty::F32 && !sat {
+        let r =
+            f32::from_bits(a as u32).mul_add(f32::from_bits(b as u32), f32::from_bits(c as u32));
+        return r.to_bits() as u64;
     }
     fmap(ty, [a, b, c], |x, y, z| {
         let r = x.mul_add(y, z);
@@ -1769,77 +2307,76 @@ fn fun(op: FUn, ty: Ty, a: u64) -> u64 {
     })
 }
 
-fn compare(cmp: Cmp, ty: Ty, a: u64, b: u64) -> bool {
-    if ty.float() {
-        let (x, y) = if ty == Ty::F64 {
-            (f64::from_bits(a), f64::from_bits(b))
-        } else {
-            (h2f(ty, a) as f64, h2f(ty, b) as f64)
-        };
-        let nan = x.is_nan() || y.is_nan();
-        return match cmp {
-            Cmp::Eq => x == y,
-            Cmp::Ne => !nan && x != y,
-            Cmp::Lt => x < y,
-            Cmp::Le => x <= y,
-            Cmp::Gt => x > y,
-            Cmp::Ge => x >= y,
-            Cmp::Equ => nan || x == y,
-            Cmp::Neu => nan || x != y,
-            Cmp::Ltu => nan || x < y,
-            Cmp::Leu => nan || x <= y,
-            Cmp::Gtu => nan || x > y,
-            Cmp::Geu => nan || x >= y,
-            Cmp::Num => !nan,
-            Cmp::Nan => nan,
-            Cmp::Lo => x < y,
-            Cmp::Ls => x <= y,
-            Cmp::Hi => x > y,
-            Cmp::Hs => x >= y,
-        };
-    }
-    let bits = ty.bits();
-    let (ua, ub) = (zx(a, bits), zx(b, bits));
-    let (sa, sb) = (sx(a, bits), sx(b, bits));
-    let signed = ty.signed();
+/// Truth of a comparison for each outcome: less, equal, greater, unordered (a NaN operand).
+fn cmp_table(cmp: Cmp) -> [bool; 4] {
+    const F: bool = false;
+    const T: bool = true;
     match cmp {
-        Cmp::Eq | Cmp::Equ => ua == ub,
-        Cmp::Ne | Cmp::Neu => ua != ub,
-        Cmp::Lt | Cmp::Ltu => {
-            if signed {
-                sa < sb
-            } else {
-                ua < ub
-            }
-        }
-        Cmp::Le | Cmp::Leu => {
-            if signed {
-                sa <= sb
-            } else {
-                ua <= ub
-            }
-        }
-        Cmp::Gt | Cmp::Gtu => {
-            if signed {
-                sa > sb
-            } else {
-                ua > ub
-            }
-        }
-        Cmp::Ge | Cmp::Geu => {
-            if signed {
-                sa >= sb
-            } else {
-                ua >= ub
-            }
-        }
-        Cmp::Lo => ua < ub,
-        Cmp::Ls => ua <= ub,
-        Cmp::Hi => ua > ub,
-        Cmp::Hs => ua >= ub,
-        Cmp::Num => true,
-        Cmp::Nan => false,
+        Cmp::Eq => [F, T, F, F],
+        Cmp::Ne => [T, F, T, F],
+        Cmp::Lt | Cmp::Lo => [T, F, F, F],
+        Cmp::Le | Cmp::Ls => [T, T, F, F],
+        Cmp::Gt | Cmp::Hi => [F, F, T, F],
+        Cmp::Ge | Cmp::Hs => [F, T, T, F],
+        Cmp::Equ => [F, T, F, T],
+        Cmp::Neu => [T, F, T, T],
+        Cmp::Ltu => [T, F, F, T],
+        Cmp::Leu => [T, T, F, T],
+        Cmp::Gtu => [F, F, T, T],
+        Cmp::Geu => [F, T, T, T],
+        Cmp::Num => [T, T, T, F],
+        Cmp::Nan => [F, F, F, T],
     }
+}
+
+#[inline(always)]
+fn code_of<T: PartialOrd>(x: T, y: T) -> u8 {
+    match x.partial_cmp(&y) {
+        Some(std::cmp::Ordering::Less) => 0,
+        Some(std::cmp::Ordering::Equal) => 1,
+        Some(std::cmp::Ordering::Greater) => 2,
+        None => 3,
+    }
+}
+
+/// Per-lane comparison outcome (see [`cmp_table`]); the type dispatch is outside the lane loop.
+/// Integers compare signed for signed types, except with lo/ls/hi/hs (always unsigned).
+fn order_codes(ty: Ty, cmp: Cmp, exec: u32, x: &[u64; 32], y: &[u64; 32]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    match ty {
+        Ty::F32 => {
+            for lane in Lanes(exec) {
+                out[lane] = code_of(
+                    f32::from_bits(x[lane] as u32),
+                    f32::from_bits(y[lane] as u32),
+                );
+            }
+        }
+        Ty::F64 => {
+            for lane in Lanes(exec) {
+                out[lane] = code_of(f64::from_bits(x[lane]), f64::from_bits(y[lane]));
+            }
+        }
+        t if t.float() => {
+            for lane in Lanes(exec) {
+                out[lane] = code_of(h2f(t, x[lane]), h2f(t, y[lane]));
+            }
+        }
+        t => {
+            let bits = t.bits().max(1);
+            if t.signed() && !matches!(cmp, Cmp::Lo | Cmp::Ls | Cmp::Hi | Cmp::Hs) {
+                for lane in Lanes(exec) {
+                    out[lane] = code_of(sx(x[lane], bits), sx(y[lane], bits));
+                }
+            } else {
+                let m = mask(bits);
+                for lane in Lanes(exec) {
+                    out[lane] = code_of(x[lane] & m, y[lane] & m);
+                }
+            }
+        }
+    }
+    out
 }
 
 pub fn f32_to_bf16(x: f32) -> u16 {

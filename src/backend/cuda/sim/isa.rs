@@ -468,7 +468,14 @@ pub enum Op {
         ds: [u32; 4],
         addr: Addr,
     },
-    /// Fences, cp.async commit/wait (copies are synchronous), prefetch hints.
+    /// `cp.async.commit_group`: close this thread's current group of copies.
+    CpCommit,
+    /// `cp.async.wait_group keep` (`None`: `wait_all`): complete all but the `keep` most
+    /// recently committed groups.
+    CpWait {
+        keep: Option<u32>,
+    },
+    /// Fences and prefetch hints.
     Nop,
     Ret,
     Exit,
@@ -501,6 +508,8 @@ pub struct Kernel {
     /// Offset of the `.extern .shared` array, if the kernel declares one.
     pub dyn_shared_offset: Option<u32>,
     pub local_bytes: u32,
+    pub maxntid: Option<Vec<u32>>,
+    pub reqntid: Option<Vec<u32>>,
 }
 
 /// Where a named symbol lives, for address operands and `mov d, sym`.
@@ -546,12 +555,7 @@ impl<'a> Mods<'a> {
         }
     }
     fn take_any(&mut self, ms: &[&'static str]) -> Option<&'static str> {
-        for m in ms {
-            if self.take(m) {
-                return Some(m);
-            }
-        }
-        None
+        ms.iter().copied().find(|m| self.take(m))
     }
     /// Drop cache, eviction, memory-ordering and scope hints.
     fn drop_hints(&mut self) {
@@ -969,6 +973,8 @@ pub fn decode_kernel(
         static_shared: shared as u32,
         dyn_shared_offset,
         local_bytes: local as u32,
+        maxntid: f.maxntid.clone(),
+        reqntid: f.reqntid.clone(),
     })
 }
 
@@ -1497,21 +1503,28 @@ fn decode_stmt(cx: &Ctx, s: &Statement) -> Result<Instr> {
             if !m.take("async") {
                 return cx.err(line, format!("`{}` is not implemented", s.opcode));
             }
-            if m.take("commit_group") || m.take("wait_all") {
+            let op = if m.take("commit_group") {
+                Some(Op::CpCommit)
+            } else if m.take("wait_all") {
+                Some(Op::CpWait { keep: None })
+            } else if m.take("wait_group") {
+                match ops.first() {
+                    Some(Operand::Int(k)) if *k >= 0 => Some(Op::CpWait {
+                        keep: Some(*k as u32),
+                    }),
+                    o => {
+                        return cx.err(
+                            line,
+                            format!("cp.async.wait_group needs an integer constant, found {o:?}"),
+                        )
+                    }
+                }
+            } else {
+                None
+            };
+            if let Some(op) = op {
                 m.finish_check(cx, line, &s.opcode)?;
-                return Ok(Instr {
-                    op: Op::Nop,
-                    guard,
-                    line,
-                });
-            }
-            if m.take("wait_group") {
-                m.finish_check(cx, line, &s.opcode)?;
-                return Ok(Instr {
-                    op: Op::Nop,
-                    guard,
-                    line,
-                });
+                return Ok(Instr { op, guard, line });
             }
             m.take_any(&["ca", "cg"]);
             m.drop_hints();
@@ -1575,7 +1588,7 @@ fn decode_stmt(cx: &Ctx, s: &Statement) -> Result<Instr> {
             // bar.sync / bar.sync a{, b} / barrier.sync{.aligned} / bar.cta.sync
             m.take("cta");
             m.take("aligned");
-            if !m.take("sync") && !(base == "barrier" && m.items.is_empty()) {
+            if !(m.take("sync") || base == "barrier" && m.items.is_empty()) {
                 return cx.err(
                     line,
                     format!("`{}`: only bar.sync/barrier.sync are implemented", s.opcode),

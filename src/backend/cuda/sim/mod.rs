@@ -16,7 +16,9 @@
 //!   `.param` (scalars, `.ptr.global.align N`), module `.global/.const` variables with simple
 //!   initialisers, module or kernel `.shared` arrays incl. `.extern .shared .align N .b8 s[]`
 //!   (dynamic shared memory, placed after the static ones), `.local` arrays, `.reg` incl.
-//!   `%r<N>` ranges, `.maxntid/.reqntid/...` (ignored), `.pragma`, labels, `@p`/`@!p`.
+//!   `%r<N>` ranges, `.maxntid/.reqntid` (checked at launch), other performance directives
+//!   and `.pragma` (ignored), labels, `@p`/`@!p`, `//` and `/* */` comments, `0f`/`0d`/hex/
+//!   negative immediates.
 //! - Integer: `add sub mul.{lo,hi,wide} mad.{lo,hi,wide} div rem min max abs neg not cnot popc
 //!   clz brev and or xor shl shr bfe bfi prmt` (default mode), `selp`, `setp` (all comparisons
 //!   incl. unordered, `.and/.or/.xor` with a predicate, `p|q` destinations), and/or/xor/not on
@@ -31,8 +33,11 @@
 //!   and eviction hints and `.nc/.volatile/.relaxed/...` ignored; `cvta{.to}.{global,shared,local}`;
 //!   `atom`/`red` `.global/.shared` `add min max inc dec cas exch and or xor` on 32/64-bit
 //!   integer types and `add.f32/.f64`; `cp.async.{ca,cg}.shared.global [d], [s], 4|8|16{, src}`
-//!   (executed synchronously) with `commit_group/wait_group/wait_all`; `membar`, `fence`,
-//!   `prefetch` (no-ops: execution is sequentially consistent).
+//!   (copied at once, but the bytes count as in flight until the issuing thread's
+//!   `cp.async.wait_group N`/`wait_all` completes their group: touching them earlier is
+//!   reported), `commit_group`; `membar`, `fence`,
+//!   `prefetch` (no-ops: execution is sequentially consistent). Shared memory is not
+//!   zeroed: reading a byte this CTA never wrote is reported.
 //! - Warp: `shfl.sync.{up,down,bfly,idx}.b32` (clamp/segment operand, optional `|p`),
 //!   `vote.sync.{all,any,uni,ballot}`, `redux.sync.{add,min,max,and,or,xor}.{u32,s32,b32}`,
 //!   `ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{.trans}.shared.b16`,
@@ -43,9 +48,17 @@
 //! - Special registers: `%tid %ntid %ctaid %nctaid` (.x/.y/.z), `%laneid %warpid %nwarpid
 //!   %clock %clock64 %gridid %smid %lanemask_{eq,lt,le,gt,ge}`.
 //!
-//! Semantics chosen where real hardware is undefined or racy: CTAs run one after another;
-//! registers start at zero; integer division by zero gives all ones; a barrier waits for all
-//! threads that have not exited.
+//! Launch checks: parameter count and sizes against the `.entry`, block and grid limits,
+//! `.reqntid`/`.maxntid`, shared memory up to 227 KB. A CTA that runs more than
+//! [`SimDriver::set_step_limit`] warp instructions fails as hung (spin-waits, livelocks).
+//!
+//! Semantics chosen where real hardware is undefined or racy: CTAs run one after another
+//! (not in parallel: the checks and counters stay exact, and global memory needs no locking);
+//! registers are zero at launch and not reset between CTAs; integer division by zero gives
+//! all ones; a barrier waits for all threads that have not exited, and threads waiting at two
+//! different `bar.sync` instructions are reported as a deadlock. Not checked: races on global
+//! memory between CTAs, `ld.global.nc` of data the same kernel writes, reads of registers
+//! before their first write.
 
 mod check;
 mod counters;
@@ -78,6 +91,7 @@ struct State {
     funcs: Vec<(usize, usize)>,
     profiling: bool,
     counters: Vec<KernelCounters>,
+    step_limit: u64,
 }
 
 /// The PTX interpreter device. Cheap to create; all state lives behind one lock, and launches
@@ -101,6 +115,7 @@ impl SimDriver {
                 funcs: Vec::new(),
                 profiling: false,
                 counters: Vec::new(),
+                step_limit: exec::DEFAULT_STEP_LIMIT,
             }),
         }
     }
@@ -109,6 +124,14 @@ impl SimDriver {
         self.state
             .lock()
             .map_err(|_| Error::Device("ptx interpreter state poisoned by an earlier panic".into()))
+    }
+
+    /// Warp instructions one CTA may execute before the launch fails as hung (a spin-wait on a
+    /// flag no thread will set, a barrier some threads never reach while others loop).
+    pub fn set_step_limit(&self, warp_instructions: u64) {
+        if let Ok(mut st) = self.state.lock() {
+            st.step_limit = warp_instructions.max(1);
+        }
     }
 
     /// Bytes of device memory currently allocated (for leak checks in tests).
@@ -298,6 +321,26 @@ impl GpuDriver for SimDriver {
                 args.len()
             )));
         }
+        let b = [cfg.block.0, cfg.block.1, cfg.block.2];
+        if let Some(req) = &kernel.reqntid {
+            let want: Vec<u32> = (0..3).map(|i| req.get(i).copied().unwrap_or(1)).collect();
+            if want != b {
+                return Err(Error::Ptx(format!(
+                    "kernel `{}` declares .reqntid {req:?} but is launched with block {:?}",
+                    kernel.name, cfg.block
+                )));
+            }
+        }
+        if let Some(max) = &kernel.maxntid {
+            let limit: u64 = max.iter().map(|&x| x as u64).product();
+            let threads: u64 = b.iter().map(|&x| x as u64).product();
+            if threads > limit {
+                return Err(Error::Ptx(format!(
+                    "kernel `{}` declares .maxntid {max:?} but is launched with block {:?}",
+                    kernel.name, cfg.block
+                )));
+            }
+        }
         let mut params = vec![0u8; kernel.param_bytes];
         for (i, (a, p)) in args.iter().zip(&kernel.params).enumerate() {
             let bytes: Vec<u8> = match a {
@@ -330,6 +373,7 @@ impl GpuDriver for SimDriver {
             block: cfg.block,
             params: &params,
             shared_bytes,
+            step_limit: st.step_limit,
         };
         let t0 = Instant::now();
         if st.profiling {

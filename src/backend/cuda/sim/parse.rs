@@ -181,6 +181,9 @@ pub struct Function {
     pub is_entry: bool,
     pub params: Vec<VarDecl>,
     pub body: Vec<BodyItem>,
+    /// `.maxntid` / `.reqntid` dimensions, if declared: launches must respect them.
+    pub maxntid: Option<Vec<u32>>,
+    pub reqntid: Option<Vec<u32>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -402,7 +405,7 @@ impl<'a> Parser<'a> {
         }
         while self.eat_punct('[') {
             if self.eat_punct(']') {
-                d.array = Some(d.array.unwrap_or(1) * 0);
+                d.array = Some(0);
             } else {
                 let n = self.word()?;
                 let n = parse_int(&n)
@@ -454,19 +457,33 @@ impl<'a> Parser<'a> {
             Vec::new()
         };
         // Performance directives before the body.
-        loop {
-            match self.peek_word() {
-                Some(".maxntid")
-                | Some(".reqntid")
-                | Some(".minnctapersm")
-                | Some(".maxnreg")
-                | Some(".maxclusterrank")
-                | Some(".reqnctapercluster")
-                | Some(".explicitcluster")
-                | Some(".noreturn")
-                | Some(".pragma") => {
+        let (mut maxntid, mut reqntid) = (None, None);
+        while let Some(dir) = self.peek_word() {
+            match dir {
+                ".maxntid" | ".reqntid" | ".minnctapersm" | ".maxnreg" | ".maxclusterrank"
+                | ".reqnctapercluster" | ".explicitcluster" | ".noreturn" | ".pragma" => {
                     let dline = self.line();
+                    let which = self.peek_word().unwrap_or("").to_string();
                     self.pos += 1;
+                    if which == ".maxntid" || which == ".reqntid" {
+                        let mut dims = Vec::new();
+                        loop {
+                            let n = self.word()?;
+                            match parse_int(&n) {
+                                Some(v) if v > 0 => dims.push(v as u32),
+                                _ => return self.err(format!("bad {which} value `{n}`")),
+                            }
+                            if !self.eat_punct(',') {
+                                break;
+                            }
+                        }
+                        if which == ".maxntid" {
+                            maxntid = Some(dims);
+                        } else {
+                            reqntid = Some(dims);
+                        }
+                        continue;
+                    }
                     while self.pos < self.toks.len()
                         && self.toks[self.pos].line == dline
                         && !self.is_punct('{')
@@ -558,6 +575,8 @@ impl<'a> Parser<'a> {
             is_entry,
             params,
             body,
+            maxntid,
+            reqntid,
         }))
     }
 
@@ -588,7 +607,11 @@ impl<'a> Parser<'a> {
         let mut operands = Vec::new();
         if !self.is_punct(';') {
             loop {
-                operands.push(self.operand()?);
+                let op = self.operand().map_err(|e| match e {
+                    Error::Ptx(m) => Error::Ptx(format!("{m} (in `{opcode}`)")),
+                    e => e,
+                })?;
+                operands.push(op);
                 if !self.eat_punct(',') {
                     break;
                 }
@@ -630,9 +653,7 @@ impl<'a> Parser<'a> {
                 if self.eat_punct(']') {
                     break;
                 }
-                let neg = if first {
-                    self.eat_punct('-')
-                } else if self.eat_punct('+') {
+                let neg = if first || self.eat_punct('+') {
                     self.eat_punct('-')
                 } else if self.eat_punct('-') {
                     true

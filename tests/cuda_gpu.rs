@@ -1,0 +1,104 @@
+//! The kernel parity cases of tests/cuda_kernels.rs and the fixture models, on a real GPU
+//! (feature `cuda`). Without the feature, a driver or a device, each test prints why it skips
+//! and returns: CI has no GPU; scripts/gpu-check.sh runs these on a machine that has one.
+
+#[cfg(feature = "cuda")]
+mod common;
+#[cfg(feature = "cuda")]
+mod cuda_cases;
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use std::path::Path;
+
+    use super::{common, cuda_cases};
+    use minfer::backend::cuda::cudarc_driver::CudarcDriver;
+    use minfer::backend::cuda::CudaBackend;
+    use minfer::engine::Checkpoint;
+    use minfer::{LoadOptions, Model};
+
+    fn gpu() -> Option<CudaBackend<CudarcDriver>> {
+        match CudarcDriver::new(0) {
+            Ok(d) => Some(CudaBackend::new(d).expect("every kernel loads on the GPU")),
+            Err(e) => {
+                eprintln!("skipping: no usable CUDA device ({e})");
+                None
+            }
+        }
+    }
+
+    macro_rules! gpu_cases {
+        ($($name:ident),* $(,)?) => {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(b) = gpu() {
+                        cuda_cases::$name(&b);
+                    }
+                }
+            )*
+        };
+    }
+
+    gpu_cases!(
+        embed,
+        rms_norm,
+        add_rms_norm,
+        head_rms_norm,
+        rope,
+        matvec,
+        gemm,
+        matmul_preconditions,
+        silu_mul_add,
+        argmax,
+        casts,
+        attention,
+        attention_splits,
+        attention_preconditions,
+    );
+
+    fn load_gpu(dir: &Path, all_logits: bool, f32_prefill: bool) -> Option<Model> {
+        let b = gpu()?.with_f32_prefill(f32_prefill);
+        let ck = Checkpoint::open(dir, false).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let opts = LoadOptions {
+            all_logits,
+            max_batch: 16,
+            ..LoadOptions::default()
+        };
+        Some(
+            Model::from_parts(ck.config, &ck.weights, b, ck.eos_ids, &opts, ck.files)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display())),
+        )
+    }
+
+    #[test]
+    fn every_variant_matches_transformers_on_gpu() {
+        if gpu().is_none() {
+            return;
+        }
+        for dir in common::variants() {
+            // As on the interpreter, plus the GPU's approximate ex2/rsqrt/sin/cos (relative error
+            // ~2^-22): still far below 1e-4 of the largest logit.
+            common::check_variant(&dir, 1e-4, &|d, all| {
+                load_gpu(d, all, true).expect("GPU vanished")
+            });
+        }
+    }
+
+    #[test]
+    fn copy_bandwidth_is_measurable() {
+        if let Some(b) = gpu() {
+            let gb_s = b.measure_copy_bandwidth(256 << 20, 5).expect("copy");
+            eprintln!("device copy bandwidth (copy_f32 kernel): {gb_s:.0} GB/s");
+            assert!(gb_s > 0.0);
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn gpu_tests_need_the_cuda_feature() {
+    eprintln!(
+        "skipping: built without the `cuda` feature (cargo test --features cuda --test cuda_gpu)"
+    );
+}
