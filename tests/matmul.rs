@@ -1,28 +1,14 @@
 //! The fast matmul against `matmul_reference`, for every instruction set this CPU has, every
 //! stored dtype, with and without bias, over awkward shapes (not multiples of any tile, 1, odd).
 
+mod common;
+use common::Rng;
+
 use half::{bf16, f16};
 use minfer::backend::cpu::matmul::{matmul, matmul_reference, matmul_with};
 use minfer::backend::cpu::simd::{Isa, Kernels};
 use minfer::loader::{DType, WeightTensor};
 use minfer::Error;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f32()).collect()
-    }
-}
 
 /// A weight tensor of `dtype` holding `vals` (rounded to the dtype), and the rounded values.
 fn weight(dtype: DType, n_out: usize, n_in: usize, vals: &[f32]) -> (WeightTensor, Vec<f32>) {
@@ -75,7 +61,7 @@ const IN_DIMS: [usize; 8] = [1, 3, 17, 63, 65, 130, 577, 1300];
 
 #[test]
 fn matmul_matches_reference() {
-    let mut rng = Rng(1234);
+    let mut rng = Rng::new(1234);
     let tabs = tables();
     for dtype in [DType::F32, DType::BF16, DType::F16] {
         for &n_in in &IN_DIMS {
@@ -131,7 +117,7 @@ fn matmul_matches_reference() {
 #[test]
 fn many_rows_cross_row_blocks() {
     // 300 rows of 1300: more than one L2 row block on every path, and three k-slices.
-    let mut rng = Rng(99);
+    let mut rng = Rng::new(99);
     let (rows, n_in, n_out) = (300, 1300, 9);
     let x = rng.vec(rows * n_in);
     let bias = rng.vec(n_out);
@@ -167,7 +153,7 @@ fn many_rows_cross_row_blocks() {
 
 #[test]
 fn default_entry_point_and_empty_shapes() {
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     let (w, _) = weight(DType::F32, 5, 3, &rng.vec(15));
     let x = rng.vec(6);
     let mut a = vec![0.0; 10];
@@ -247,7 +233,7 @@ fn random_blocks(rng: &mut Rng, dtype: DType, n_blocks: usize) -> Vec<u8> {
 
 #[test]
 fn quantized_matmul_matches_dequantized() {
-    let mut rng = Rng(77);
+    let mut rng = Rng::new(77);
     let quant = [
         DType::Q8_0,
         DType::Q4_0,
@@ -330,7 +316,7 @@ fn quantized_matmul_matches_dequantized() {
 
 #[test]
 fn quantized_reference_and_rows() {
-    let mut rng = Rng(8);
+    let mut rng = Rng::new(8);
     for dtype in [DType::Q8_0, DType::Q4_1, DType::Q4K, DType::Q6K] {
         let be = dtype.block().0;
         let (n_out, n_in) = (5, 2 * be);
@@ -365,7 +351,7 @@ fn quantized_reference_and_rows() {
 
 #[test]
 fn quantize_q8_0_matches_reference() {
-    let mut rng = Rng(21);
+    let mut rng = Rng::new(21);
     for n in [0usize, 32, 64, 32 * 1000, 32 * 2049] {
         let mut x = rng.vec(n);
         if n >= 64 {

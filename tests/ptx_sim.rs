@@ -4,23 +4,11 @@
 //!
 //! The programs live in tests/ptx/; each file's header says what it exercises.
 
+mod common;
+use common::Rng;
+
 use minfer::backend::cuda::driver::{DevPtr, GpuDriver, KernelArg, LaunchConfig};
 use minfer::backend::cuda::sim::SimDriver;
-
-/// splitmix64: a tiny deterministic RNG for test inputs.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
 
 fn ptx(name: &str) -> String {
     let p = format!("{}/tests/ptx/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -79,7 +67,7 @@ fn launch(
 fn vec_add_awkward_sizes() {
     for n in [1usize, 31, 32, 33, 100, 257] {
         let d = SimDriver::new();
-        let mut rng = Rng(n as u64);
+        let mut rng = Rng::new(n as u64);
         let a: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
         let b: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
         let (pa, pb, pc) = (upload_f32(&d, &a), upload_f32(&d, &b), zeros(&d, n * 4));
@@ -105,7 +93,7 @@ fn block_sum_with_shuffles_and_barrier() {
     let d = SimDriver::new();
     let blocks = 3;
     let threads = 128;
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let x: Vec<f32> = (0..blocks * threads).map(|_| rng.f32()).collect();
     let (px, po) = (upload_f32(&d, &x), zeros(&d, blocks * 4));
     launch(
@@ -219,7 +207,7 @@ fn int_reference(a: u32, b: u32) -> [u32; 24] {
 fn integer_alu_matches_reference() {
     let d = SimDriver::new();
     let n = 96;
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let mut a: Vec<u32> = (0..n).map(|_| rng.next() as u32).collect();
     let mut b: Vec<u32> = (0..n).map(|_| rng.next() as u32).collect();
     // Edge cases: zero divisor, small values, i32::MIN / -1, equal operands.
@@ -322,7 +310,7 @@ fn float_reference(x: f32, y: f32) -> Vec<(u32, f32)> {
 #[test]
 fn float_alu_matches_reference() {
     let d = SimDriver::new();
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     let mut x: Vec<f32> = (0..64).map(|_| rng.f32() * 8.0).collect();
     let mut y: Vec<f32> = (0..64).map(|_| rng.f32() * 8.0).collect();
     let specials = [
@@ -420,7 +408,7 @@ fn divergent_branches_reconverge() {
 fn warp_collectives_match_cuda_semantics() {
     let d = SimDriver::new();
     let n = 64;
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let v: Vec<u32> = (0..n).map(|_| (rng.next() % 64) as u32).collect();
     let (pi, po) = (upload_u32(&d, &v), zeros(&d, n * 48));
     launch(
@@ -481,7 +469,7 @@ fn upload_u16(d: &SimDriver, v: &[u16]) -> DevPtr {
 /// A (16x16) · B (16x8) + C against a CPU matmul in f64.
 fn check_mma(entry: &str, bf16: bool) {
     let d = SimDriver::new();
-    let mut rng = Rng(if bf16 { 5 } else { 6 });
+    let mut rng = Rng::new(if bf16 { 5 } else { 6 });
     let round = |x: f32| -> (u16, f32) {
         if bf16 {
             let h = half::bf16::from_f32(x);
@@ -982,7 +970,7 @@ fn throughput_matvec() {
         .unwrap();
     let d = SimDriver::new();
     let (k, n) = (64usize, 192usize);
-    let mut rng = Rng(9);
+    let mut rng = Rng::new(9);
     let x = upload_f32(&d, &(0..k).map(|_| rng.f32()).collect::<Vec<_>>());
     let w = upload_f32(&d, &(0..k * n).map(|_| rng.f32()).collect::<Vec<_>>());
     let o = zeros(&d, n * 4);

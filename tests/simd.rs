@@ -1,27 +1,11 @@
 //! Every SIMD kernel against a plain f64 reference, for every length 0..=300 and several
 //! misalignments, on every instruction set this CPU has (the others are skipped, with a note).
 
+mod common;
+use common::Rng;
+
 use half::{bf16, f16};
 use minfer::backend::cpu::simd::{self, Isa, Kernels};
-
-/// splitmix64: a tiny deterministic generator, so failures reproduce.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f32()).collect()
-    }
-}
 
 fn tables() -> Vec<Kernels> {
     let mut v = Vec::new();
@@ -51,7 +35,7 @@ fn check_dot<E: Copy>(
     widen: fn(E) -> f32,
     f: impl Fn(&Kernels, &[f32], &[E]) -> f32,
 ) {
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     for k in tables() {
         for n in 0..=MAX_LEN {
             for &off in &OFFSETS {
@@ -110,7 +94,7 @@ fn dot_uses_common_length() {
 
 #[test]
 fn axpy_every_isa() {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     for k in tables() {
         for n in 0..=MAX_LEN {
             for &off in &OFFSETS {

@@ -105,3 +105,27 @@ pub fn check_variant(dir: &Path, rel_tol: f32, load: &dyn Fn(&Path, bool) -> Mod
         );
     }
 }
+
+/// The library's SplitMix64 generator with the helpers the kernel tests use (one definition for
+/// every test file).
+pub struct Rng(minfer::sampler::Rng);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(minfer::sampler::Rng::new(seed))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    /// Uniform in [-1, 1).
+    pub fn f32(&mut self) -> f32 {
+        self.0.next_f32() * 2.0 - 1.0
+    }
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+    /// Uniform in 0..n.
+    pub fn below(&mut self, n: u32) -> u32 {
+        (self.next() % n as u64) as u32
+    }
+}

@@ -14,30 +14,8 @@ use minfer::backend::cuda::{CudaBackend, CudaBuf};
 use minfer::backend::{AttnParams, Backend, KvShape};
 use minfer::loader::{DType, WeightTensor};
 
-/// splitmix64: a tiny deterministic RNG for test inputs.
-pub struct Rng(u64);
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    pub fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    pub fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f32()).collect()
-    }
-    pub fn below(&mut self, n: u32) -> u32 {
-        (self.next() % n as u64) as u32
-    }
-}
+/// Test inputs come from the one shared generator.
+pub use crate::common::Rng;
 
 /// Put host values into a device activation buffer (exact): embed a one-row f32 table.
 pub fn upload_buf<D: GpuDriver + 'static>(b: &CudaBackend<D>, v: &[f32]) -> CudaBuf<D> {
