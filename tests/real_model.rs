@@ -8,24 +8,14 @@
 //! the reference's top-1/top-2 gap exceeds twice that tolerance (elsewhere the order of two
 //! logits within rounding noise of each other is not a property of the model).
 
+mod common;
+
 use std::path::PathBuf;
 
 use minfer::{GenerateOptions, LoadOptions, Model};
 use serde_json::Value;
 
-fn gguf() -> Option<PathBuf> {
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: {} is missing; run scripts/fetch-model.sh (scripts/test.sh does)",
-            p.display()
-        );
-        None
-    }
-}
+use common::real_model as gguf;
 
 fn reference() -> Value {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,23 +1,13 @@
 //! Text in, text out through the binary on the real model: tokenize, generate --prompt,
 //! and a multi-turn chat through a pipe.
 
+mod common;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-fn gguf() -> Option<PathBuf> {
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: {} is missing; run scripts/fetch-model.sh",
-            p.display()
-        );
-        None
-    }
-}
+use common::real_model as gguf;
 
 fn minfer() -> Command {
     Command::new(env!("CARGO_BIN_EXE_minfer"))

@@ -234,41 +234,32 @@ impl GgufFile {
     fn err(&self, message: impl std::fmt::Display) -> Error {
         Error::bad_weights(&self.path, message)
     }
-    fn str_key(&self, key: &str) -> Result<Option<&str>> {
+    /// Metadata `key` read with `get` (one of GgufValue's `as_*`), or an error saying it is not
+    /// `what`; absent keys are `None`.
+    fn typed_key<'a, T>(
+        &'a self,
+        key: &str,
+        what: &str,
+        get: impl FnOnce(&'a GgufValue) -> Option<T>,
+    ) -> Result<Option<T>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_str()
+            Some(v) => get(v)
                 .map(Some)
-                .ok_or_else(|| self.err(format!("metadata {key:?} is not a string"))),
+                .ok_or_else(|| self.err(format!("metadata {key:?} is not {what}"))),
         }
+    }
+    fn str_key(&self, key: &str) -> Result<Option<&str>> {
+        self.typed_key(key, "a string", GgufValue::as_str)
     }
     fn u64_key(&self, key: &str) -> Result<Option<u64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| self.err(format!("metadata {key:?} is not an unsigned integer"))),
-        }
+        self.typed_key(key, "an unsigned integer", GgufValue::as_u64)
     }
     fn f64_key(&self, key: &str) -> Result<Option<f64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.err(format!("metadata {key:?} is not a number"))),
-        }
+        self.typed_key(key, "a number", GgufValue::as_f64)
     }
     fn bool_key(&self, key: &str) -> Result<Option<bool>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.err(format!("metadata {key:?} is not a bool"))),
-        }
+        self.typed_key(key, "a bool", GgufValue::as_bool)
     }
     fn require_u64(&self, key: &str) -> Result<u64> {
         self.u64_key(key)?

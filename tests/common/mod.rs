@@ -106,6 +106,21 @@ pub fn check_variant(dir: &Path, rel_tol: f32, load: &dyn Fn(&Path, bool) -> Mod
     }
 }
 
+/// The real test model (SmolLM2-135M-Instruct, Q4_1), or None with a printed skip reason when
+/// scripts/fetch-model.sh has not been run (scripts/test.sh runs it).
+pub fn real_model() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIP: {} is missing; run scripts/fetch-model.sh (scripts/test.sh does)",
+            p.display()
+        );
+        None
+    }
+}
+
 /// The library's SplitMix64 generator with the helpers the kernel tests use (one definition for
 /// every test file).
 pub struct Rng(minfer::sampler::Rng);

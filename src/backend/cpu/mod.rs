@@ -260,7 +260,8 @@ impl Backend for CpuBackend {
         rows: usize,
         eps: f32,
     ) -> Result<()> {
-        let w_name = w.name.trim_end_matches(".weight").to_string();
+        // Borrowed, not formatted: the label is built only when activations are recorded.
+        let w_name: &str = w.name.trim_end_matches(".weight");
         let t0 = self.begin();
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let dim = w.len();
@@ -279,7 +280,7 @@ impl Backend for CpuBackend {
             (rows * dim * 8) as f64,
             (rows * dim * 3) as f64,
         );
-        self.observe(|| w_name.clone(), rows, &out[..rows * dim]);
+        self.observe(|| w_name.to_string(), rows, &out[..rows * dim]);
         Ok(())
     }
 
@@ -292,7 +293,8 @@ impl Backend for CpuBackend {
         rows: usize,
         eps: f32,
     ) -> Result<()> {
-        let w_name = w.name.trim_end_matches(".weight").to_string();
+        // Borrowed, not formatted: the label is built only when activations are recorded.
+        let w_name: &str = w.name.trim_end_matches(".weight");
         let t0 = self.begin();
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let dim = w.len();
@@ -319,7 +321,7 @@ impl Backend for CpuBackend {
             rows,
             &residual[..rows * dim],
         );
-        self.observe(|| w_name.clone(), rows, &out[..rows * dim]);
+        self.observe(|| w_name.to_string(), rows, &out[..rows * dim]);
         Ok(())
     }
 
@@ -362,7 +364,8 @@ impl Backend for CpuBackend {
         heads: usize,
         eps: f32,
     ) -> Result<()> {
-        let w_name = w.name.trim_end_matches(".weight").to_string();
+        // Borrowed, not formatted: the label is built only when activations are recorded.
+        let w_name: &str = w.name.trim_end_matches(".weight");
         let t0 = self.begin();
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let hd = w.len();
@@ -381,7 +384,7 @@ impl Backend for CpuBackend {
             (rows * heads * hd * 8) as f64,
             (rows * heads * hd * 3) as f64,
         );
-        self.observe(|| w_name.clone(), rows, &x[..rows * heads * hd]);
+        self.observe(|| w_name.to_string(), rows, &x[..rows * heads * hd]);
         Ok(())
     }
 
