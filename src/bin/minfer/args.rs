@@ -130,10 +130,15 @@ pub struct LoadArgs {
     #[arg(long, value_name = "DEVICE", default_value = "auto")]
     pub device: String,
     /// CPU threads (0 = all cores)
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value_t = 0
+    )]
     pub threads: usize,
     /// KV-cache length in tokens, at most the model's maximum (default: min(maximum, 4096))
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub ctx: Option<usize>,
     /// GGUF: dequantize quantized weights to f32 at load (default: use them as stored)
     #[arg(long)]
@@ -154,22 +159,22 @@ pub enum QuantizeTo {
 #[command(next_help_heading = "Sampling options")]
 pub struct SamplingArgs {
     /// 0 = greedy (the default)
-    #[arg(long, value_name = "T")]
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
     pub temperature: Option<f32>,
     /// Keep the K most likely tokens (0 = off)
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", allow_negative_numbers = true)]
     pub top_k: Option<usize>,
     /// Keep the smallest set of tokens whose probability reaches P (1 = off)
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
     pub top_p: Option<f32>,
     /// Drop tokens less likely than M × the most likely one (0 = off)
-    #[arg(long, value_name = "M")]
+    #[arg(long, value_name = "M", allow_negative_numbers = true)]
     pub min_p: Option<f32>,
     /// Above 1 discourages tokens already seen (1 = off)
-    #[arg(long, value_name = "R")]
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
     pub repeat_penalty: Option<f32>,
     /// Random seed of the sampler
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
     pub seed: Option<u64>,
 }
 
@@ -178,7 +183,7 @@ pub struct SamplingArgs {
 #[command(next_help_heading = "Generation options")]
 pub struct GenArgs {
     /// Stop after N new tokens (default 256)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub max_new_tokens: Option<usize>,
     /// Extra token ids that end generation, comma-separated
     #[arg(long, value_name = "IDS", value_parser = parse_ids)]
@@ -219,7 +224,7 @@ pub struct DemoArgs {
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     pub prompt: Option<String>,
     /// Stop after N new tokens (default 200)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub max_new_tokens: Option<usize>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -338,13 +343,28 @@ pub struct BenchArgs {
     /// The model: directory, .safetensors, .gguf, or synthetic:NAME
     pub model: String,
     /// Prompt tokens per prefill run
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value_t = 128
+    )]
     pub prompt_len: usize,
     /// Tokens per decode run
-    #[arg(long, value_name = "M", default_value_t = 64)]
+    #[arg(
+        long,
+        value_name = "M",
+        allow_negative_numbers = true,
+        default_value_t = 64
+    )]
     pub gen_len: usize,
     /// Timed runs of each phase (the median is reported)
-    #[arg(long, value_name = "R", default_value_t = 3)]
+    #[arg(
+        long,
+        value_name = "R",
+        allow_negative_numbers = true,
+        default_value_t = 3
+    )]
     pub repeats: usize,
     /// Also print a per-op profile to stderr
     #[arg(long)]

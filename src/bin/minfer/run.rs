@@ -47,10 +47,10 @@ pub fn stop_reason(stats: &GenerationStats, model: &Model, opts: &GenerateOption
             name: "context_full",
             token: None,
             text: format!(
-                "context full (the {}-token prompt left room for {} new tokens in --ctx {}; raise --ctx, up to {})",
+                "context full (--ctx {} reached after the {}-token prompt and {} new tokens; raise --ctx, up to {})",
+                model.context_len(),
                 stats.prompt_tokens,
                 stats.generated_tokens,
-                model.context_len(),
                 model.config().max_position_embeddings
             ),
         },
