@@ -58,7 +58,7 @@ pub type Res<T = ()> = std::result::Result<T, CliError>;
 pub struct Out(std::io::StdoutLock<'static>);
 
 impl Out {
-    pub fn new() -> Out {
+    pub fn stdout() -> Out {
         Out(std::io::stdout().lock())
     }
 
@@ -258,7 +258,7 @@ fn usage_lines(e: &clap::Error, command: Option<&str>) -> (String, String) {
 
 fn try_main() -> Res {
     let cli = Cli::try_parse().map_err(CliError::Usage)?;
-    let mut out = Out::new();
+    let mut out = Out::stdout();
     match cli.command {
         None => {
             let help = Cli::command().render_help().to_string();
