@@ -165,7 +165,7 @@ fn load_options(a: &Args) -> Result<LoadOptions> {
         keep_quantized: !a.flag("dequantize"),
         quantize: match a.opts.get("quantize").map(String::as_str) {
             None => None,
-            Some("q8_0") => Some(minfer::loader::DType::Q8_0),
+            Some("q8_0") => Some(minfer::DType::Q8_0),
             Some(other) => {
                 return Err(Error::arg(format!(
                     "--quantize: {other:?} is not supported (q8_0)"
@@ -433,21 +433,7 @@ fn cmd_tokenize(a: &Args) -> Result<()> {
 /// A tokenizer from a model directory, a tokenizer.json, a .safetensors beside one, or a .gguf
 /// (reading only the GGUF's metadata, not its tensors).
 fn load_tokenizer(path: &Path) -> Result<minfer::Tokenizer> {
-    if minfer::engine::is_gguf(path) {
-        let file = minfer::loader::gguf::read_header(path)?;
-        let (json, config) = minfer::loader::gguf::hf_tokenizer(&file)?;
-        return minfer::Tokenizer::from_json(&json, Some(&config));
-    }
-    let file = if path.is_dir() {
-        path.join("tokenizer.json")
-    } else if path.extension().is_some_and(|e| e == "json") {
-        path.to_path_buf()
-    } else {
-        path.parent()
-            .unwrap_or(Path::new("."))
-            .join("tokenizer.json")
-    };
-    minfer::Tokenizer::from_file(&file)
+    minfer::load_tokenizer(path)
 }
 
 fn cmd_perplexity(a: &Args) -> Result<()> {
@@ -497,16 +483,7 @@ fn cmd_inspect(a: &Args) -> Result<()> {
 /// The selected GPU's memory, when `--device` resolves to one.
 fn gpu_memory(a: &Args) -> Result<Option<u64>> {
     let device: Device = a.get_or("device", Device::Auto)?;
-    match device.resolve()? {
-        #[cfg(feature = "cuda")]
-        Device::Cuda(i) => {
-            use minfer::backend::cuda::driver::GpuDriver;
-            Ok(Some(
-                minfer::backend::cuda::cudarc_driver::CudarcDriver::new(i)?.total_memory(),
-            ))
-        }
-        _ => Ok(None),
-    }
+    device.total_memory()
 }
 
 fn cmd_convert(a: &Args) -> Result<()> {
@@ -517,17 +494,11 @@ fn cmd_convert(a: &Args) -> Result<()> {
         .map(PathBuf::from)
         .ok_or_else(|| Error::arg("convert needs OUT_DIR"))?;
     let dtype = match a.opts.get("dtype").map(String::as_str).unwrap_or("bf16") {
-        "bf16" => minfer::loader::DType::BF16,
-        "f32" => minfer::loader::DType::F32,
+        "bf16" => minfer::DType::BF16,
+        "f32" => minfer::DType::F32,
         other => return Err(Error::arg(format!("--dtype: {other:?} is not bf16 or f32"))),
     };
-    if !minfer::engine::is_gguf(&src) {
-        return Err(Error::arg(format!(
-            "convert reads a .gguf file; {} is not one",
-            src.display()
-        )));
-    }
-    minfer::convert::gguf_to_hf(&src, &out, dtype)?;
+    minfer::gguf_to_hf(&src, &out, dtype)?;
     eprintln!("wrote {} ({dtype})", out.display());
     Ok(())
 }
@@ -601,9 +572,9 @@ fn cmd_bench(a: &Args) -> Result<()> {
         match path_str.strip_prefix("synthetic:") {
             Some(preset) => {
                 let dtype = match a.opts.get("dtype").map(String::as_str).unwrap_or("bf16") {
-                    "f32" => minfer::loader::DType::F32,
-                    "f16" => minfer::loader::DType::F16,
-                    "bf16" => minfer::loader::DType::BF16,
+                    "f32" => minfer::DType::F32,
+                    "f16" => minfer::DType::F16,
+                    "bf16" => minfer::DType::BF16,
                     other => {
                         return Err(Error::arg(format!(
                             "--dtype: {other:?} is not f32, f16 or bf16"
@@ -616,29 +587,11 @@ fn cmd_bench(a: &Args) -> Result<()> {
         }
     };
     let mut model = load(false)?;
-    let threads = lo.threads;
-    // The machine's read bandwidth, measured now with the same thread count.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
-        })
-        .build()
-        .map_err(|e| Error::Device(e.to_string()))?;
     // The ceiling: the CPU's read bandwidth with the same thread count, or the GPU's copy
     // bandwidth; measured before and after the run, the better of the two kept. The
     // interpreter has none (NaN).
     let device = lo.device.resolve()?;
-    let ceiling =
-        || -> Result<f64> {
-            match device {
-                Device::Cpu | Device::Auto => Ok(pool
-                    .install(|| minfer::backend::cpu::simd::measure_read_bandwidth(512 << 20, 3))),
-                Device::Sim => Ok(f64::NAN),
-                d => minfer::device::measure_bandwidth(d),
-            }
-        };
+    let ceiling = || device.measure_bandwidth(lo.threads);
     let bw_before = ceiling()?;
     let r = bench::run(&mut model, &opts)?;
     let bw = bw_before.max(ceiling()?);
@@ -683,7 +636,7 @@ fn cmd_bench(a: &Args) -> Result<()> {
         let mut model = load(true)?;
         let p = bench::profile(&mut model, opts.prompt_len, opts.gen_len.min(16))?;
         if a.flag("profile") {
-            let peak = pool.install(bench::measure_matmul_gflops);
+            let peak = bench::measure_matmul_gflops(lo.threads)?;
             eprintln!(
                 "\nprefill of {} tokens: {:.1} ms",
                 opts.prompt_len,
