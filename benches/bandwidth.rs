@@ -2,7 +2,7 @@
 //! cache, on 1 thread and on the whole rayon pool. This is the ceiling decode is measured
 //! against (`cargo bench --bench bandwidth`).
 
-use minfer::backend::cpu::simd::measure_read_bandwidth;
+use minfer::internals::simd::measure_read_bandwidth;
 
 fn main() {
     let bytes = 1usize << 30;

@@ -15,11 +15,11 @@
 use std::time::Instant;
 
 use half::bf16;
-use minfer::backend::cuda::driver::GpuDriver;
-use minfer::backend::cuda::sim::SimDriver;
-use minfer::backend::cuda::{CudaBackend, CudaMat};
 use minfer::backend::{AttnParams, Backend, KvShape};
-use minfer::loader::{DType, WeightTensor};
+use minfer::internals::cuda::driver::GpuDriver;
+use minfer::internals::cuda::sim::SimDriver;
+use minfer::internals::cuda::{CudaBackend, CudaMat};
+use minfer::{DType, WeightTensor};
 
 struct Rng(u64);
 impl Rng {
@@ -54,7 +54,7 @@ fn random_buf<D: GpuDriver + 'static>(
     rng: &mut Rng,
     rows: usize,
     width: usize,
-) -> minfer::backend::cuda::CudaBuf<D> {
+) -> minfer::internals::CudaBuf<D> {
     let v: Vec<f32> = (0..rows * width).map(|_| rng.f32()).collect();
     let t = b
         .upload(&WeightTensor::from_f32("x", vec![rows, width], &v))
@@ -89,8 +89,8 @@ fn time_kernel<D: GpuDriver + 'static>(
 }
 
 #[cfg(feature = "cuda")]
-fn gpu() -> Option<CudaBackend<minfer::backend::cuda::cudarc_driver::CudarcDriver>> {
-    match minfer::backend::cuda::cudarc_driver::CudarcDriver::new(0) {
+fn gpu() -> Option<CudaBackend<minfer::internals::cuda::cudarc_driver::CudarcDriver>> {
+    match minfer::internals::cuda::cudarc_driver::CudarcDriver::new(0) {
         Ok(d) => Some(CudaBackend::new(d).expect("kernels load")),
         Err(e) => {
             eprintln!("no GPU ({e}); running the interpreter smoke pass instead");
@@ -120,7 +120,9 @@ fn gpu_benches<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
     let mut rng = Rng(42);
 
     // decode matvec: (name, N, K)
-    let shapes: &[(&str, &[(&str, usize, usize)])] = &[
+    // (model, [(matrix, n_out, n_in)])
+    type Shapes<'a> = &'a [(&'a str, &'a [(&'a str, usize, usize)])];
+    let shapes: Shapes = &[
         (
             "qwen2-1.5b",
             &[
@@ -241,7 +243,7 @@ fn gpu_benches<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
         let opts = minfer::LoadOptions {
             context_len: Some(512),
             max_batch: 128,
-            device: minfer::device::Device::Cuda(0),
+            device: minfer::Device::Cuda(0),
             ..Default::default()
         };
         let t = Instant::now();

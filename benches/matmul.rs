@@ -13,9 +13,9 @@
 use std::time::Instant;
 
 use half::{bf16, f16};
-use minfer::backend::cpu::matmul::matmul_with;
-use minfer::backend::cpu::simd::{self, Isa, Kernels};
-use minfer::loader::{DType, WeightTensor};
+use minfer::internals::matmul::matmul_with;
+use minfer::internals::simd::{self, Isa, Kernels};
+use minfer::{DType, WeightTensor};
 
 struct Rng(u64);
 impl Rng {
@@ -186,7 +186,7 @@ fn main() {
         DType::Q6K,
     ];
     // K-quant rows must be whole 256-blocks: SmolLM2's 576-wide matrices cannot be Q4_K/Q6_K.
-    let fits = |d: DType, n_in: usize| n_in % d.block().0 == 0;
+    let fits = |d: DType, n_in: usize| n_in.is_multiple_of(d.block().0);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     // Enough distinct weight bytes per shape that nothing is served from the 32 MiB L3.
     let stream_bytes: usize = if quick { 128 << 20 } else { 256 << 20 };

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use minfer::tokenizer::Tokenizer;
+use minfer::Tokenizer;
 
 const RUNS: usize = 5;
 

@@ -19,6 +19,10 @@ fi
 step "format"
 cargo fmt --check
 
+step "lint: clippy on every target and feature, warnings denied; the docs build without warnings"
+cargo clippy --all-targets --all-features -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+
 step "build: CPU-only library (no default features), CLI, and the cuda feature"
 cargo build --lib --no-default-features
 cargo build --release

@@ -5,14 +5,17 @@
 use std::time::Instant;
 
 use crate::backend::{OpProfile, TraceEvent};
-use crate::engine::Model;
 use crate::error::Result;
-use crate::generate::GenerateOptions;
+use crate::model::GenerateOptions;
+use crate::model::Model;
 use crate::sampler::Rng;
 
 #[derive(Clone, Debug)]
+/// What `run` measures.
 pub struct BenchOptions {
+    /// Prompt tokens (random ids) for the prefill measurement.
     pub prompt_len: usize,
+    /// Tokens generated for the decode measurement.
     pub gen_len: usize,
     /// Measured passes; medians are reported.
     pub repeats: usize,
@@ -29,17 +32,23 @@ impl Default for BenchOptions {
 }
 
 #[derive(Clone, Debug, Default)]
+/// Speeds measured by `run`.
 pub struct BenchResult {
+    /// Prompt tokens per second (median over repeats).
     pub prefill_tok_s: f64,
+    /// Generated tokens per second (median over repeats).
     pub decode_tok_s: f64,
     /// Bytes one decode step reads on average (weights + the KV cache at the mean position).
     pub decode_bytes_per_token: f64,
+    /// Weight and KV-cache bytes read per second during decode.
     pub decode_gb_s: f64,
     /// All passes, for the spread.
     pub prefill_runs: Vec<f64>,
+    /// Decode tok/s of every repeat.
     pub decode_runs: Vec<f64>,
 }
 
+/// The median (NaN for an empty slice).
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -94,14 +103,22 @@ pub fn run(model: &mut Model, opts: &BenchOptions) -> Result<BenchResult> {
 /// Per-op profiles of one prefill of `prompt_len` tokens and of `steps` decode steps, and
 /// the timeline of both (needs a model loaded with `LoadOptions::profile`).
 pub struct Profiles {
+    /// Per-op timings of the prefill.
     pub prefill: Vec<OpProfile>,
+    /// Wall time of the prefill.
     pub prefill_seconds: f64,
+    /// Per-op timings summed over the decode steps.
     pub decode: Vec<OpProfile>,
+    /// Wall time of the decode steps.
     pub decode_seconds: f64,
+    /// Decode steps profiled.
     pub decode_steps: usize,
+    /// Every op execution, for a Perfetto trace.
     pub trace: Vec<TraceEvent>,
 }
 
+/// Per-op profile of one prefill of `prompt_len` random tokens and `steps` decode steps
+/// (the model must be loaded with `LoadOptions::profile`).
 pub fn profile(model: &mut Model, prompt_len: usize, steps: usize) -> Result<Profiles> {
     let vocab = model.config().vocab_size;
     let mut prompt = random_prompt(vocab, prompt_len.max(1), 2);
@@ -166,10 +183,18 @@ pub fn chrome_trace(events: &[TraceEvent]) -> serde_json::Value {
 }
 
 /// The arithmetic ceiling used in profiles: GFLOP/s of our own f32 matrix product on a problem
-/// that stays in cache (64 rows × a 256×512 f32 weight, 512 KB), on the current rayon pool.
-/// A yardstick measured in the same run, not the datasheet peak.
-pub fn measure_matmul_gflops() -> f64 {
-    use crate::loader::WeightTensor;
+/// that stays in cache (64 rows × a 256×512 f32 weight, 512 KB), with `threads` threads (0 =
+/// all cores). A yardstick measured in the same run, not the datasheet peak.
+pub fn measure_matmul_gflops(threads: usize) -> Result<f64> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| crate::Error::Device(format!("cannot start {threads} threads: {e}")))?;
+    Ok(pool.install(matmul_gflops))
+}
+
+fn matmul_gflops() -> f64 {
+    use crate::tensor::WeightTensor;
     let (rows, n_out, n_in) = (64, 256, 512);
     let w: Vec<f32> = (0..n_out * n_in)
         .map(|i| ((i % 97) as f32 - 48.0) * 1e-3)

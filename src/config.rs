@@ -43,21 +43,36 @@ pub enum RopeScaling {
 }
 
 #[derive(Clone, Debug, PartialEq)]
+/// A model's shape and flags, from config.json or GGUF metadata. Architectures differ only by
+/// these fields; the forward pass reads them.
 pub struct ModelConfig {
+    /// The family.
     pub arch: Arch,
     /// The `architectures[0]` string, as written in config.json.
     pub architecture: String,
+    /// Width of the residual stream.
     pub hidden_size: usize,
+    /// Width of the MLP's hidden layer.
     pub intermediate_size: usize,
+    /// Transformer blocks.
     pub num_layers: usize,
+    /// Query heads.
     pub num_heads: usize,
+    /// Key/value heads.
     pub num_kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
+    /// Vocabulary size (rows of the embedding table).
     pub vocab_size: usize,
+    /// The epsilon inside every RMSNorm.
     pub rms_norm_eps: f32,
+    /// RoPE base frequency.
     pub rope_theta: f64,
+    /// RoPE frequency scaling (llama3, linear) or none.
     pub rope_scaling: RopeScaling,
+    /// The longest context the model was trained for.
     pub max_position_embeddings: usize,
+    /// The output projection reuses the embedding table.
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry biases (Qwen2, or `attention_bias: true`).
     pub attention_bias: bool,
@@ -65,7 +80,9 @@ pub struct ModelConfig {
     pub qk_norm: bool,
     /// Sliding-window size per layer; None = full causal attention.
     pub layer_windows: Vec<Option<usize>>,
+    /// Beginning-of-sequence id, when the config names one.
     pub bos_token_id: Option<u32>,
+    /// End-of-sequence ids the config names.
     pub eos_token_ids: Vec<u32>,
 }
 
@@ -94,6 +111,7 @@ pub(crate) fn token_ids(v: Option<&Value>) -> Vec<u32> {
 }
 
 impl ModelConfig {
+    /// Read and check a config.json.
     pub fn from_file(path: &Path) -> Result<ModelConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -277,6 +295,7 @@ impl ModelConfig {
     pub fn q_dim(&self) -> usize {
         self.num_heads * self.head_dim
     }
+    /// Width of one position's keys (or values): `num_kv_heads × head_dim`.
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
     }

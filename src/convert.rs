@@ -15,8 +15,9 @@ use safetensors::tensor::{Dtype, View};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::loader::{gguf, DType, WeightTensor};
+use crate::loader::gguf;
 use crate::quant;
+use crate::tensor::{DType, WeightTensor};
 
 /// Convert `gguf` into a Hugging Face model directory `out_dir` (created if needed; existing
 /// files of the same names are replaced). `dtype` is the stored precision: BF16 or F32.
@@ -25,14 +26,22 @@ pub fn gguf_to_hf(gguf: &Path, out_dir: &Path, dtype: DType) -> Result<()> {
         DType::F32 => (Dtype::F32, "float32"),
         DType::BF16 => (Dtype::BF16, "bfloat16"),
         other => {
-            return Err(Error::arg(format!(
-                "convert: --dtype {other} is not supported (bf16 or f32)"
-            )))
+            return Err(Error::option(
+                "dtype",
+                other,
+                "conversion writes bf16 or f32",
+            ))
         }
     };
     // Load without dequantizing: tensors stay mapped (or, for permuted q/k rows, small owned
     // copies) and each is converted only when the writer asks for its bytes, so the peak memory
     // is one tensor in f32, not the whole model.
+    if !crate::loader::is_gguf(gguf) {
+        return Err(Error::arg(format!(
+            "conversion reads a .gguf file; {} is not one",
+            gguf.display()
+        )));
+    }
     let ck = gguf::load(gguf, true)?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
 

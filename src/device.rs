@@ -3,9 +3,9 @@
 //!
 //! `auto` picks the first CUDA GPU when the build has the `cuda` feature and a driver with a
 //! device is present, and the CPU otherwise; `cuda` without a driver is a clear error, never a
-//! panic (the driver library is probed before any call into it). [`measure_bandwidth`] gives
+//! panic (the driver library is probed before any call into it). [`Device::measure_bandwidth`] gives
 //! the memory ceiling of the chosen device. Building the backend for a device is
-//! `Model::load`'s business (engine.rs, `LoadOptions::device`); this module parses and decides.
+//! `backend::on_device`'s business; this module parses and decides.
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,6 +18,7 @@ pub enum Device {
     /// The first CUDA GPU if one is usable, else the CPU.
     #[default]
     Auto,
+    /// The CPU backend (rayon + SIMD).
     Cpu,
     /// CUDA device by ordinal.
     Cuda(usize),
@@ -36,13 +37,17 @@ impl FromStr for Device {
             "sim" => Ok(Device::Sim),
             other => match other.strip_prefix("cuda:") {
                 Some(n) => n.parse::<usize>().map(Device::Cuda).map_err(|_| {
-                    Error::arg(format!(
-                        "--device {s:?}: the GPU ordinal must be a number, as in cuda:0"
-                    ))
+                    Error::option(
+                        "device",
+                        s,
+                        "the GPU ordinal must be a number, as in cuda:0",
+                    )
                 }),
-                None => Err(Error::arg(format!(
-                    "--device {s:?}: expected auto, cpu, cuda, cuda:N or sim"
-                ))),
+                None => Err(Error::option(
+                    "device",
+                    s,
+                    "expected auto, cpu, cuda, cuda:N or sim",
+                )),
             },
         }
     }
@@ -67,9 +72,7 @@ pub fn cuda_device_count() -> Result<usize> {
     }
     #[cfg(not(feature = "cuda"))]
     {
-        Err(Error::Device(
-            "minfer was built without the `cuda` feature (cargo build --features cuda)".into(),
-        ))
+        Err(no_cuda_feature())
     }
 }
 
@@ -95,29 +98,57 @@ impl Device {
     }
 }
 
-/// The memory-bandwidth ceiling of `device` in GB/s, for "achieved GB/s as a fraction of ..."
-/// figures: on the CPU the read bandwidth of the current rayon pool; on a GPU the device-to-
-/// device copy bandwidth (bytes read plus bytes written) through minfer's copy kernel. The
-/// interpreter has no meaningful bandwidth: an error.
-pub fn measure_bandwidth(device: Device) -> Result<f64> {
-    match device.resolve()? {
-        Device::Cpu | Device::Auto => Ok(crate::backend::cpu::simd::measure_read_bandwidth(
-            512 << 20,
-            3,
-        )),
-        Device::Sim => Err(Error::arg(
-            "the PTX interpreter has no memory bandwidth to measure",
-        )),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(i) => {
-            let drv = crate::backend::cuda::cudarc_driver::CudarcDriver::new(i)?;
-            let b = crate::backend::cuda::CudaBackend::new(drv)?;
-            b.measure_copy_bandwidth(1 << 30, 10)
+/// The error for a CUDA device in a build without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+pub(crate) fn no_cuda_feature() -> Error {
+    Error::Device(
+        "minfer was built without the `cuda` feature (cargo build --features cuda)".into(),
+    )
+}
+
+impl Device {
+    /// Total memory of the device in bytes: `Some` for a GPU, `None` for the CPU and the
+    /// interpreter (whose limit is host memory).
+    pub fn total_memory(self) -> Result<Option<u64>> {
+        match self.resolve()? {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => {
+                use crate::backend::cuda::driver::GpuDriver;
+                Ok(Some(
+                    crate::backend::cuda::cudarc_driver::CudarcDriver::new(i)?.total_memory(),
+                ))
+            }
+            _ => Ok(None),
         }
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(_) => Err(Error::Device(
-            "minfer was built without the `cuda` feature".into(),
-        )),
+    }
+
+    /// The memory-bandwidth ceiling of this device in GB/s, for "achieved GB/s as a fraction
+    /// of ..." figures: on the CPU the read bandwidth with `threads` threads (0 = all cores); on
+    /// a GPU the device-to-device copy bandwidth (bytes read plus bytes written) through
+    /// minfer's copy kernel. The interpreter has no meaningful bandwidth: NaN.
+    pub fn measure_bandwidth(self, threads: usize) -> Result<f64> {
+        match self.resolve()? {
+            Device::Cpu | Device::Auto => {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .map_err(|e| Error::Device(format!("cannot start {threads} threads: {e}")))?;
+                Ok(
+                    pool.install(|| {
+                        crate::backend::cpu::simd::measure_read_bandwidth(512 << 20, 3)
+                    }),
+                )
+            }
+            Device::Sim => Ok(f64::NAN),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => {
+                let drv = crate::backend::cuda::cudarc_driver::CudarcDriver::new(i)?;
+                let b = crate::backend::cuda::CudaBackend::new(drv)?;
+                b.measure_copy_bandwidth(1 << 30, 10)
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(no_cuda_feature()),
+        }
     }
 }
 

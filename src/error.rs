@@ -6,39 +6,84 @@
 use std::fmt;
 use std::path::PathBuf;
 
+/// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug)]
 #[non_exhaustive]
+/// Everything that can go wrong, with the file, tensor or option at fault.
 pub enum Error {
     /// A file could not be opened or read.
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
     /// A required file is not there (config.json, model.safetensors, tokenizer.json ...).
-    MissingFile { path: PathBuf, what: String },
+    MissingFile {
+        /// The path looked for.
+        path: PathBuf,
+        /// What the file is for.
+        what: String,
+    },
     /// A JSON file did not parse or lacks a required field.
-    Json { path: PathBuf, message: String },
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
     /// config.json names an architecture we do not implement.
     UnknownArchitecture {
+        /// The architecture named in the config.
         found: String,
+        /// The architectures minfer implements.
         supported: Vec<&'static str>,
     },
     /// A weight file (safetensors / GGUF) is malformed: bad header, offsets past the end ...
-    BadWeights { path: PathBuf, message: String },
+    BadWeights {
+        /// The weight file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
     /// A tensor the model needs is not in the checkpoint.
-    MissingTensor { name: String, path: PathBuf },
+    MissingTensor {
+        /// The tensor.
+        name: String,
+        /// The checkpoint looked in.
+        path: PathBuf,
+    },
     /// A tensor has the wrong shape for the config.
     ShapeMismatch {
+        /// The tensor.
         name: String,
+        /// The shape the config implies.
         expected: Vec<usize>,
+        /// The shape in the checkpoint.
         got: Vec<usize>,
     },
     /// A tensor's dtype is not one we can compute with.
-    UnsupportedDtype { name: String, dtype: String },
+    UnsupportedDtype {
+        /// The tensor.
+        name: String,
+        /// Its stored dtype.
+        dtype: String,
+    },
     /// A caller-supplied argument is invalid (token id out of range, prompt too long ...).
     InvalidArgument(String),
+    /// An option (a field of `LoadOptions`, `GenerateOptions`, `SamplerConfig` ...) has a value
+    /// minfer cannot use. `field` is the Rust field name, so a front end can map it to its own
+    /// spelling (the CLI maps `context_len` to `--ctx`).
+    InvalidOption {
+        /// The option's field name, e.g. "temperature" or "context_len".
+        field: &'static str,
+        /// The value given, as text.
+        value: String,
+        /// Why it is refused and what would be accepted.
+        reason: String,
+    },
     /// The tokenizer definition is invalid or uses an unsupported feature.
     Tokenizer(String),
     /// A device (CUDA driver, PTX interpreter) failed.
@@ -48,26 +93,42 @@ pub enum Error {
 }
 
 impl Error {
+    /// An [`Error::Io`].
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,
         }
     }
+    /// An [`Error::Json`].
     pub fn json(path: impl Into<PathBuf>, message: impl fmt::Display) -> Self {
         Error::Json {
             path: path.into(),
             message: message.to_string(),
         }
     }
+    /// An [`Error::BadWeights`].
     pub fn bad_weights(path: impl Into<PathBuf>, message: impl fmt::Display) -> Self {
         Error::BadWeights {
             path: path.into(),
             message: message.to_string(),
         }
     }
+    /// An [`Error::InvalidArgument`].
     pub fn arg(message: impl fmt::Display) -> Self {
         Error::InvalidArgument(message.to_string())
+    }
+    /// An [`Error::InvalidOption`].
+    pub fn option(
+        field: &'static str,
+        value: impl fmt::Display,
+        reason: impl fmt::Display,
+    ) -> Self {
+        Error::InvalidOption {
+            field,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        }
     }
 
     /// A one-line hint the CLI prints under the error.
@@ -83,7 +144,7 @@ impl Error {
                 "the checkpoint does not match its config.json"
             }
             Error::UnsupportedDtype { .. } => "convert the checkpoint to f32, f16 or bf16",
-            Error::InvalidArgument(_) => "see `minfer help`",
+            Error::InvalidArgument(_) | Error::InvalidOption { .. } => "see `minfer help`",
             Error::Tokenizer(_) => "the tokenizer.json uses a feature minfer does not implement",
             Error::Device(_) => "try --device cpu",
             Error::Ptx(_) => "a kernel failed to parse or faulted under the PTX interpreter",
@@ -120,6 +181,11 @@ impl fmt::Display for Error {
                 write!(f, "tensor {name:?}: unsupported dtype {dtype}")
             }
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            Error::InvalidOption {
+                field,
+                value,
+                reason,
+            } => write!(f, "{field} = {value}: {reason}"),
             Error::Tokenizer(m) => write!(f, "tokenizer: {m}"),
             Error::Device(m) => write!(f, "device: {m}"),
             Error::Ptx(m) => write!(f, "ptx: {m}"),

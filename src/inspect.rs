@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::config::ModelConfig;
-use crate::engine::ModelFiles;
 use crate::error::{Error, Result};
+use crate::loader::ModelFiles;
 use crate::loader::{gguf, safetensors};
 
 /// Bytes per weight of the precisions a checkpoint can be held in.
@@ -33,10 +33,15 @@ const PRECISIONS: [(&str, f64); 4] = [
 /// Parameters by role. Tied embeddings are counted once, under `embeddings`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Breakdown {
+    /// The token embedding table.
     pub embeddings: u64,
+    /// q/k/v/o projections, their biases and q/k norms.
     pub attention: u64,
+    /// gate/up/down projections.
     pub mlp: u64,
+    /// The layer norms and the final norm.
     pub norms: u64,
+    /// An untied output projection.
     pub lm_head: u64,
     /// Anything outside the llama family's tensor names.
     pub other: u64,
@@ -45,14 +50,17 @@ pub struct Breakdown {
 /// The answer to "what is this checkpoint", computed from headers.
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// The checkpoint inspected.
     pub path: PathBuf,
     /// "safetensors" or "gguf".
     pub format: &'static str,
+    /// Its config.
     pub config: ModelConfig,
     /// Tensors in the checkpoint.
     pub tensor_count: usize,
     /// Exact number of parameters (sum of tensor element counts; tied embeddings once).
     pub parameters: u64,
+    /// Parameters by role.
     pub breakdown: Breakdown,
     /// Tensor bytes on disk by stored dtype ("bf16", "f32", "q4_1" ...).
     pub weight_bytes: BTreeMap<String, u64>,
@@ -233,6 +241,7 @@ fn mem_total() -> Option<u64> {
 }
 
 impl Report {
+    /// The parameter count as people say it ("135M", "1.5B").
     pub fn parameters_human(&self) -> String {
         human_count(self.parameters)
     }
@@ -251,6 +260,7 @@ impl Report {
         2 * (c.num_layers * c.num_kv_heads * c.head_dim) as u64 * bytes_per_elem
     }
 
+    /// The context the KV-cache figures assume.
     pub fn context_length(&self) -> u64 {
         self.config.max_position_embeddings as u64
     }
@@ -268,6 +278,7 @@ impl Report {
         need <= capacity
     }
 
+    /// The report as JSON (what `minfer inspect --json` prints).
     pub fn to_json(&self) -> Value {
         let c = &self.config;
         let mem: serde_json::Map<String, Value> = self
@@ -438,7 +449,7 @@ pub fn group_digits(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

@@ -12,7 +12,7 @@
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
-use crate::loader::DType;
+use crate::tensor::DType;
 
 /// Elements in one Q8_0 / Q4_0 / Q4_1 block.
 pub const QK: usize = 32;
@@ -251,7 +251,7 @@ pub fn dequantize_to_vec(dtype: DType, bytes: &[u8], n: usize) -> Result<Vec<f32
 /// `d = max|x| / 127`, `q = round(x / d)` (half away from zero), d stored as f16.
 /// `x.len()` must be a multiple of 32.
 pub fn quantize_q8_0_reference(x: &[f32]) -> Result<Vec<u8>> {
-    if x.len() % QK != 0 {
+    if !x.len().is_multiple_of(QK) {
         return Err(Error::arg(format!(
             "quantize_q8_0: length {} is not a multiple of {QK}",
             x.len()

@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq)]
+/// How the next token is chosen from the logits.
 pub struct SamplerConfig {
     /// 0 = greedy (argmax).
     pub temperature: f32,
@@ -19,6 +20,7 @@ pub struct SamplerConfig {
     pub min_p: f32,
     /// > 1 discourages tokens already seen (logit / r if positive, × r if negative); 1 = off.
     pub repetition_penalty: f32,
+    /// Seed of the random generator: the same seed gives the same text.
     pub seed: u64,
 }
 
@@ -36,19 +38,27 @@ impl Default for SamplerConfig {
 }
 
 impl SamplerConfig {
+    /// Check every field's range; the error names the field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::arg(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad("--temperature must be a finite number ≥ 0");
+            return Err(Error::option(
+                "temperature",
+                self.temperature,
+                "must be a finite number ≥ 0",
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("--top-p must be in (0, 1]");
+            return Err(Error::option("top_p", self.top_p, "must be in (0, 1]"));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return bad("--min-p must be in [0, 1]");
+            return Err(Error::option("min_p", self.min_p, "must be in [0, 1]"));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad("--repeat-penalty must be a positive number");
+            return Err(Error::option(
+                "repetition_penalty",
+                self.repetition_penalty,
+                "must be a positive number",
+            ));
         }
         Ok(())
     }
@@ -64,9 +74,11 @@ impl SamplerConfig {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator from `seed`.
     pub fn new(seed: u64) -> Rng {
         Rng(seed)
     }
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -80,13 +92,16 @@ impl Rng {
     }
 }
 
+/// Chooses tokens from logits by a `SamplerConfig`, with its own seeded generator.
 pub struct Sampler {
+    /// The settings.
     pub config: SamplerConfig,
     rng: Rng,
     cand: Vec<(u32, f32)>,
 }
 
 impl Sampler {
+    /// A sampler, after checking `config`.
     pub fn new(config: SamplerConfig) -> Result<Sampler> {
         config.validate()?;
         let rng = Rng::new(config.seed);

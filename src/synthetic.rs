@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::loader::{DType, Storage, WeightTensor, Weights};
 use crate::sampler::Rng;
+use crate::tensor::{DType, Storage, WeightTensor, Weights};
 
 /// The presets: name → config.json (the published values of each checkpoint).
 pub const PRESETS: &[&str] = &["smollm2-135m", "qwen2-1.5b", "qwen2-7b", "llama3-8b"];

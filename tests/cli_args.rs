@@ -347,19 +347,80 @@ fn ctx_above_the_models_maximum_is_an_error() {
 #[test]
 fn library_errors_name_the_flags() {
     let d = fixture("llama_mha_tied");
-    for (flag, value) in [
-        ("--temperature", "-1"),
-        ("--top-p", "0"),
-        ("--min-p", "2"),
-        ("--repeat-penalty", "0"),
+    let q = fixture("qwen3_norms");
+    let field_names = [
+        "temperature =",
+        "top_p",
+        "min_p",
+        "repetition_penalty",
+        "context_len",
+        "LoadOptions",
+        "SamplerConfig",
+        "record_activations",
+        "quantize =",
+        "device =",
+    ];
+    for (args, flag) in [
+        (
+            vec!["generate", &d, "--ids", "1", "--temperature", "-1"],
+            "--temperature",
+        ),
+        (
+            vec!["generate", &d, "--ids", "1", "--top-p", "0"],
+            "--top-p",
+        ),
+        (
+            vec!["generate", &d, "--ids", "1", "--min-p", "2"],
+            "--min-p",
+        ),
+        (
+            vec!["generate", &d, "--ids", "1", "--repeat-penalty", "0"],
+            "--repeat-penalty",
+        ),
+        (
+            vec!["generate", &d, "--ids", "1,2,3,4,5", "--ctx", "3"],
+            "--ctx",
+        ),
+        (
+            vec!["generate", &d, "--ids", "1", "--device", "tpu"],
+            "--device",
+        ),
+        (
+            vec![
+                "generate",
+                &d,
+                "--ids",
+                "1",
+                "--device",
+                "sim",
+                "--quantize",
+                "q8_0",
+            ],
+            "--quantize",
+        ),
+        (
+            vec![
+                "logits",
+                &q,
+                "--ids",
+                "1",
+                "--device",
+                "sim",
+                "--activations",
+            ],
+            "--activations",
+        ),
     ] {
-        let stderr = assert_error(&["generate", &d, "--ids", "1", flag, value]);
-        assert!(stderr.lines().next().unwrap().contains(flag), "{stderr}");
+        let stderr = assert_error(&args);
+        let line = stderr.lines().next().unwrap();
+        assert!(line.contains(flag), "{args:?}: {stderr}");
+        for name in field_names {
+            assert!(
+                !line.contains(name),
+                "{args:?} names a library field: {stderr}"
+            );
+        }
     }
-    let stderr = assert_error(&["generate", &d, "--ids", "1,2,3,4,5", "--ctx", "3"]);
-    assert!(stderr.contains("--ctx"), "{stderr}");
-    let stderr = assert_error(&["generate", &d, "--ids", "1", "--device", "tpu"]);
-    assert!(stderr.contains("--device"), "{stderr}");
 }
 
 /// `generate --json` on a fixture with ids: the new ids and the stop reason.

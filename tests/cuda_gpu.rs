@@ -12,9 +12,8 @@ mod gpu {
     use std::path::Path;
 
     use super::{common, cuda_cases};
-    use minfer::backend::cuda::cudarc_driver::CudarcDriver;
-    use minfer::backend::cuda::CudaBackend;
-    use minfer::engine::Checkpoint;
+    use minfer::internals::cuda::cudarc_driver::CudarcDriver;
+    use minfer::internals::CudaBackend;
     use minfer::{LoadOptions, Model};
 
     fn gpu() -> Option<CudaBackend<CudarcDriver>> {
@@ -59,14 +58,14 @@ mod gpu {
 
     fn load_gpu(dir: &Path, all_logits: bool, f32_prefill: bool) -> Option<Model> {
         let b = gpu()?.with_f32_prefill(f32_prefill);
-        let ck = Checkpoint::open(dir, false).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let opts = LoadOptions {
             all_logits,
             max_batch: 16,
+            keep_quantized: false,
             ..LoadOptions::default()
         };
         Some(
-            Model::from_parts(ck.config, &ck.weights, b, ck.eos_ids, &opts, ck.files)
+            Model::load_with_backend(dir, &opts, b)
                 .unwrap_or_else(|e| panic!("{}: {e}", dir.display())),
         )
     }

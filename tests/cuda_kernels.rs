@@ -5,8 +5,8 @@
 
 mod cuda_cases;
 
-use minfer::backend::cuda::sim::SimDriver;
-use minfer::backend::cuda::CudaBackend;
+use minfer::internals::cuda::sim::SimDriver;
+use minfer::internals::CudaBackend;
 
 fn sim() -> CudaBackend<SimDriver> {
     CudaBackend::new(SimDriver::new()).expect("every kernel loads into the interpreter")
@@ -49,11 +49,7 @@ fn buffers_are_freed() {
     {
         let _x = b.alloc(1000).expect("alloc");
         let _w = b
-            .upload(&minfer::loader::WeightTensor::from_f32(
-                "w",
-                vec![3, 4],
-                &[1.0; 12],
-            ))
+            .upload(&minfer::WeightTensor::from_f32("w", vec![3, 4], &[1.0; 12]))
             .expect("upload");
         assert!(b.driver().bytes_allocated() > before);
     }
@@ -72,19 +68,18 @@ mod fixtures {
     use std::path::Path;
 
     use super::{common, sim};
-    use minfer::engine::Checkpoint;
     use minfer::{LoadOptions, Model};
 
     fn load_sim(dir: &Path, all_logits: bool, f32_prefill: bool) -> Model {
-        let ck = Checkpoint::open(dir, false).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         // max_batch 16: 40-token prompts run in chunks of up to 16 rows.
         let opts = LoadOptions {
             all_logits,
             max_batch: 16,
+            keep_quantized: false,
             ..LoadOptions::default()
         };
         let backend = sim().with_f32_prefill(f32_prefill);
-        Model::from_parts(ck.config, &ck.weights, backend, ck.eos_ids, &opts, ck.files)
+        Model::load_with_backend(dir, &opts, backend)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
     }
 

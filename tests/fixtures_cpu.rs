@@ -84,7 +84,7 @@ fn quantized_q8_0_weights_stay_close_to_f32() {
         let opts = LoadOptions {
             threads: 2,
             all_logits: true,
-            quantize: Some(minfer::loader::DType::Q8_0),
+            quantize: Some(minfer::DType::Q8_0),
             ..LoadOptions::default()
         };
         let mut m = Model::load(&dir, &opts).unwrap();

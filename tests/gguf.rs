@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use minfer::loader::gguf::{self, GgufValue};
-use minfer::loader::DType;
-use minfer::quant;
+use minfer::internals::gguf::{self, GgufValue};
+use minfer::internals::quant;
+use minfer::DType;
 use minfer::Error;
 use serde_json::Value;
 
@@ -170,7 +170,7 @@ impl Writer {
             b.extend(t.ty.to_le_bytes());
             b.extend(o.to_le_bytes());
         }
-        while b.len() as u64 % al != 0 {
+        while !(b.len() as u64).is_multiple_of(al) {
             b.push(0);
         }
         let data_start = b.len();
@@ -430,7 +430,7 @@ fn unknown_pre_tokenizer_is_named() {
 
 // ---- synthetic models ----------------------------------------------------------------------
 
-fn rows_of(t: &minfer::loader::WeightTensor) -> Vec<f32> {
+fn rows_of(t: &minfer::WeightTensor) -> Vec<f32> {
     let v = t.to_f32_vec().unwrap();
     let cols = t.shape[1];
     v.chunks(cols).map(|r| r[0] / 100.0).collect()
@@ -787,13 +787,13 @@ fn real_smollm2_loads() {
 
 #[test]
 fn convert_round_trips_through_safetensors() {
-    use minfer::config::ModelConfig;
-    use minfer::loader::safetensors;
+    use minfer::internals::safetensors;
+    use minfer::ModelConfig;
     let src = fixture("tiny-llama.gguf");
     let ck = gguf::load(&src, false).unwrap();
     for (dtype, name) in [(DType::F32, "conv-f32"), (DType::BF16, "conv-bf16")] {
         let out = tmp(name);
-        minfer::convert::gguf_to_hf(&src, &out, dtype).unwrap();
+        minfer::gguf_to_hf(&src, &out, dtype).unwrap();
         let cfg = ModelConfig::from_file(&out.join("config.json")).unwrap();
         assert_eq!(
             (cfg.num_layers, cfg.hidden_size, cfg.num_kv_heads),
@@ -836,8 +836,8 @@ fn convert_round_trips_through_safetensors() {
         assert_eq!(a.parameters, b.parameters);
     }
     assert!(matches!(
-        minfer::convert::gguf_to_hf(&src, &tmp("conv-q8"), DType::Q8_0),
-        Err(Error::InvalidArgument(_))
+        minfer::gguf_to_hf(&src, &tmp("conv-q8"), DType::Q8_0),
+        Err(Error::InvalidOption { field: "dtype", .. })
     ));
 }
 
@@ -947,9 +947,7 @@ fn llama31_rope_freqs_is_refused_by_load_but_inspected() {
 #[test]
 fn sentencepiece_tokenizer_encodes_like_hf_tokenizers() {
     let ck = gguf::load(&fixture("tiny-llama.gguf"), false).unwrap();
-    let tok =
-        minfer::tokenizer::Tokenizer::from_json(&ck.tokenizer_json, Some(&ck.tokenizer_config))
-            .unwrap();
+    let tok = minfer::Tokenizer::from_json(&ck.tokenizer_json, Some(&ck.tokenizer_config)).unwrap();
     let cases = json_file("tiny-llama.encodings.json");
     for case in cases.as_array().unwrap() {
         let text = case["text"].as_str().unwrap();

@@ -38,7 +38,7 @@ fn write_header_only(path: &Path, tensors: &[(String, Vec<u64>)], dtype: &str) {
         off += n;
     }
     let mut text = serde_json::to_string(&Value::Object(header)).unwrap();
-    while (8 + text.len()) % 8 != 0 {
+    while !(8 + text.len()).is_multiple_of(8) {
         text.push(' ');
     }
     let mut bytes = (text.len() as u64).to_le_bytes().to_vec();

@@ -5,10 +5,10 @@ mod common;
 use common::Rng;
 
 use half::{bf16, f16};
-use minfer::backend::cpu::matmul::{matmul, matmul_reference, matmul_with};
-use minfer::backend::cpu::simd::{Isa, Kernels};
-use minfer::loader::{DType, WeightTensor};
+use minfer::internals::matmul::{matmul, matmul_reference, matmul_with};
+use minfer::internals::simd::{Isa, Kernels};
 use minfer::Error;
+use minfer::{DType, WeightTensor};
 
 /// A weight tensor of `dtype` holding `vals` (rounded to the dtype), and the rounded values.
 fn weight(dtype: DType, n_out: usize, n_in: usize, vals: &[f32]) -> (WeightTensor, Vec<f32>) {
@@ -203,9 +203,9 @@ fn bad_arguments_are_errors() {
 
 // ---- block-quantized weights ------------------------------------------------------------
 
-use minfer::backend::cpu::matmul::dequantize_row;
-use minfer::backend::cpu::quant_kernels::quantize_q8_0;
-use minfer::quant::{dequantize_to_vec, quantize_q8_0_reference};
+use minfer::internals::matmul::dequantize_row;
+use minfer::internals::quant::{dequantize_to_vec, quantize_q8_0_reference};
+use minfer::internals::quant_kernels::quantize_q8_0;
 
 /// Random blocks of `dtype` with finite, moderate f16 scales (random bytes everywhere else:
 /// every nibble, high bit and 6-bit scale pattern is fair game).

@@ -7,8 +7,8 @@
 mod common;
 use common::Rng;
 
-use minfer::backend::cuda::driver::{DevPtr, GpuDriver, KernelArg, LaunchConfig};
-use minfer::backend::cuda::sim::SimDriver;
+use minfer::internals::cuda::driver::{DevPtr, GpuDriver, KernelArg, LaunchConfig};
+use minfer::internals::cuda::sim::SimDriver;
 
 fn ptx(name: &str) -> String {
     let p = format!("{}/tests/ptx/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -377,7 +377,7 @@ fn divergent_branches_reconverge() {
             } else {
                 20
             }
-        } else if t % 5 == 0 {
+        } else if t.is_multiple_of(5) {
             60
         } else {
             30

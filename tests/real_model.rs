@@ -333,7 +333,7 @@ fn quantized_q8_0_perplexity_stays_close() {
         threads: 2,
         all_logits: true,
         keep_quantized: false,
-        quantize: Some(minfer::loader::DType::Q8_0),
+        quantize: Some(minfer::DType::Q8_0),
         ..LoadOptions::default()
     };
     let mut m = Model::load(&path, &opts).unwrap();

@@ -5,7 +5,7 @@ mod common;
 use common::Rng;
 
 use half::{bf16, f16};
-use minfer::backend::cpu::simd::{self, Isa, Kernels};
+use minfer::internals::simd::{self, Isa, Kernels};
 
 fn tables() -> Vec<Kernels> {
     let mut v = Vec::new();

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use minfer::tokenizer::{ChatMessage, Tokenizer};
 use minfer::Error;
+use minfer::{ChatMessage, Tokenizer};
 use serde_json::{json, Value};
 
 fn fixtures() -> PathBuf {

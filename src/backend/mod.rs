@@ -12,18 +12,27 @@
 //!   stores it, and `matmul` computes `out[r, o] = Σ_i x[r, i] · w[o, i] (+ bias[o])`.
 //! - Positions are contiguous: row `r` of a batch sits at position `pos0 + r`.
 
-pub mod cpu;
-pub mod cuda;
+// The backends themselves are internal: embedders pick one with `Device`; tests and benches
+// reach them through `minfer::internals`.
+#[allow(missing_docs)]
+pub(crate) mod cpu;
+#[allow(missing_docs)]
+pub(crate) mod cuda;
 
-use crate::error::Result;
-use crate::loader::WeightTensor;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::tensor::WeightTensor;
 
 /// Shape of the KV cache: `layers × ctx × n_kv_heads × head_dim` for K and again for V.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvShape {
+    /// Transformer layers.
     pub layers: usize,
+    /// Positions the cache holds.
     pub ctx: usize,
+    /// Key/value heads (fewer than query heads under grouped-query attention).
     pub n_kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
 }
 
@@ -37,8 +46,11 @@ impl KvShape {
 /// Everything attention needs to know about one layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttnParams {
+    /// Query heads.
     pub n_heads: usize,
+    /// Key/value heads (fewer than query heads under grouped-query attention).
     pub n_kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
     /// Softmax scale, normally 1/√head_dim.
     pub scale: f32,
@@ -47,6 +59,8 @@ pub struct AttnParams {
     pub window: Option<usize>,
 }
 
+/// The ops the transformer runs, implemented once per device (see the module docs for the
+/// conventions every implementation follows).
 pub trait Backend: Send + Sync {
     /// An activation buffer.
     type Buf: Send;
@@ -58,9 +72,11 @@ pub trait Backend: Send + Sync {
     /// A human-readable description ("cpu avx512-bf16, 2 threads", "cuda H200", "sim").
     fn name(&self) -> String;
 
+    /// Put a weight on the device once, in a layout of the backend's choosing.
     fn upload(&self, w: &WeightTensor) -> Result<Self::Mat>;
     /// A zeroed buffer of `len` f32 elements.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    /// A zeroed KV cache of `shape`.
     fn alloc_kv(&self, shape: KvShape) -> Result<Self::Kv>;
 
     /// `out[r, :] = table[tokens[r], :]`. Token ids were range-checked by the caller.
@@ -104,7 +120,7 @@ pub trait Backend: Send + Sync {
         eps: f32,
     ) -> Result<()>;
     /// Rotary embedding in place, Hugging Face's rotate-half layout: for head h, i < head_dim/2,
-    /// angle = (pos0 + r) · inv_freq[i], the pair (x[i], x[i + head_dim/2]) is rotated by angle.
+    /// angle = (pos0 + r) · `inv_freq[i]`, the pair (`x[i]`, `x[i + head_dim/2]`) is rotated by angle.
     fn rope(
         &self,
         x: &mut Self::Buf,
@@ -180,28 +196,99 @@ pub trait Backend: Send + Sync {
 /// it wrote, row-major `[rows, width]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Activation {
+    /// The op (and its weight, where it has one).
     pub op: String,
+    /// Rows written; the row width is `values.len() / rows`.
     pub rows: usize,
+    /// The values, row-major.
     pub values: Vec<f32>,
 }
 
 /// One op execution on a timeline (microseconds since the backend started).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceEvent {
+    /// The op.
     pub name: String,
+    /// Start, microseconds since the backend started.
     pub start_us: f64,
+    /// Duration in microseconds.
     pub dur_us: f64,
 }
 
 /// One row of a per-op timing profile.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct OpProfile {
+    /// The op (and its weight, where it has one).
     pub op: String,
+    /// Executions.
     pub calls: u64,
+    /// Total time.
     pub seconds: f64,
+    /// Bytes moved (weights, activations, cache), by the op's own count.
     pub bytes: f64,
+    /// Floating-point operations (a multiply-add is two).
     pub flops: f64,
     /// Backend-specific counters (the PTX interpreter's warp instructions, coalescing, bank
     /// conflicts ...), by name.
     pub extra: Vec<(&'static str, f64)>,
+}
+
+/// How to configure a backend; the same calls for every device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendOptions {
+    /// CPU worker threads; 0 = all cores. (GPU backends ignore it.)
+    pub threads: usize,
+    /// Record per-op timings ([`Backend::take_profile`], [`Backend::take_trace`]).
+    pub profile: bool,
+    /// Keep a copy of every op's output ([`Backend::take_activations`]). CPU only; slow.
+    pub record_activations: bool,
+}
+
+/// Something to do with a backend whose type is only known once the device is: the one way a
+/// [`Device`] turns into a backend (see [`on_device`]).
+pub(crate) trait WithBackend {
+    type Out;
+    fn run<B: Backend + 'static>(self, backend: B) -> Result<Self::Out>;
+}
+
+/// Build the backend for `device` (resolving `Auto`) with `opts`, and hand it to `job`. The
+/// only place in the crate that names the concrete backends.
+pub(crate) fn on_device<W: WithBackend>(
+    device: Device,
+    opts: &BackendOptions,
+    job: W,
+) -> Result<W::Out> {
+    let gpu_only = |what: &str| {
+        if opts.record_activations {
+            Err(Error::option(
+                "record_activations",
+                true,
+                format!("activations are recorded on the CPU backend only, not on {what}"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match device.resolve()? {
+        Device::Cpu | Device::Auto => job.run(
+            cpu::CpuBackend::new(opts.threads)?
+                .with_profiling(opts.profile)
+                .with_activations(opts.record_activations),
+        ),
+        Device::Sim => {
+            gpu_only("the PTX interpreter")?;
+            let b = cuda::CudaBackend::new(cuda::sim::SimDriver::new())?;
+            b.set_profiling(opts.profile);
+            job.run(b)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => {
+            gpu_only("a GPU")?;
+            let b = cuda::CudaBackend::new(cuda::cudarc_driver::CudarcDriver::new(i)?)?;
+            b.set_profiling(opts.profile);
+            job.run(b)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(crate::device::no_cuda_feature()),
+    }
 }

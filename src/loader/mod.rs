@@ -1,325 +1,169 @@
-//! Weights: every checkpoint format ends as named, typed, shaped byte views.
+//! Opening a checkpoint: one entry, [`open`], for a Hugging Face directory, a `.safetensors`
+//! file with its config.json beside it, or a `.gguf` file. Every format ends as the same
+//! [`Checkpoint`]: a [`ModelConfig`], zero-copy [`Weights`] by Hugging Face name, the EOS ids,
+//! and the tokenizer definition.
 //!
-//! A [`WeightTensor`] is a view into a [`Storage`]: either a memory-mapped file (used in place,
-//! no copy) or an owned buffer (GGUF tensors dequantized at load, tables the model computes).
-//! The model asks for tensors by their Hugging Face names; the loader that built the
-//! [`Weights`] has already checked every offset against the file length.
+//! The model asks for tensors by their Hugging Face names; the readers here have already checked
+//! every offset against the file length.
 
+// The format readers are internal (tests reach them through `minfer::internals`).
+#[allow(missing_docs)]
 pub mod gguf;
+#[allow(missing_docs)]
 pub mod safetensors;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use half::{bf16, f16};
+use serde_json::Value;
 
+use crate::config::{token_ids, ModelConfig};
 use crate::error::{Error, Result};
+use crate::tensor::Weights;
+use crate::tokenizer::Tokenizer;
 
-/// The element types minfer can hold. Quantized types are stored in GGML's block layouts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DType {
-    F32,
-    F16,
-    BF16,
-    /// GGML Q8_0: blocks of 32 weights, one f16 scale + 32 × i8 (34 bytes).
-    Q8_0,
-    /// GGML Q4_0: blocks of 32, f16 scale + 16 bytes of nibbles (18 bytes), value = (q - 8) · d.
-    Q4_0,
-    /// GGML Q4_1: blocks of 32, f16 scale d, f16 min m, 16 bytes of nibbles (20 bytes), value = q · d + m.
-    Q4_1,
-    /// GGML Q4_K: super-blocks of 256 (144 bytes).
-    Q4K,
-    /// GGML Q5_K: super-blocks of 256 (176 bytes).
-    Q5K,
-    /// GGML Q6_K: super-blocks of 256 (210 bytes).
-    Q6K,
+/// The files that make a checkpoint, resolved from what the user pointed at.
+#[derive(Clone, Debug)]
+pub struct ModelFiles {
+    /// The directory holding config.json (and tokenizer files).
+    pub dir: PathBuf,
+    /// A directory of shards, or one .safetensors file.
+    pub weights: PathBuf,
 }
 
-impl DType {
-    /// (elements per block, bytes per block). Plain types are blocks of one.
-    pub fn block(self) -> (usize, usize) {
-        match self {
-            DType::F32 => (1, 4),
-            DType::F16 | DType::BF16 => (1, 2),
-            DType::Q8_0 => (32, 34),
-            DType::Q4_0 => (32, 18),
-            DType::Q4_1 => (32, 20),
-            DType::Q4K => (256, 144),
-            DType::Q5K => (256, 176),
-            DType::Q6K => (256, 210),
+impl ModelFiles {
+    /// `path` is a model directory, or a .safetensors file with config.json beside it.
+    pub fn resolve(path: &Path) -> Result<ModelFiles> {
+        if !path.exists() {
+            return Err(Error::MissingFile {
+                path: path.to_path_buf(),
+                what: "model (no such file or directory)".into(),
+            });
         }
-    }
-
-    /// Bytes needed for `n` elements, or None when `n` is not a whole number of blocks.
-    pub fn bytes_for(self, n: usize) -> Option<usize> {
-        let (be, bb) = self.block();
-        if n % be != 0 {
-            return None;
+        if path.is_dir() {
+            return Ok(ModelFiles {
+                dir: path.to_path_buf(),
+                weights: path.to_path_buf(),
+            });
         }
-        (n / be).checked_mul(bb)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "f32",
-            DType::F16 => "f16",
-            DType::BF16 => "bf16",
-            DType::Q8_0 => "q8_0",
-            DType::Q4_0 => "q4_0",
-            DType::Q4_1 => "q4_1",
-            DType::Q4K => "q4_k",
-            DType::Q5K => "q5_k",
-            DType::Q6K => "q6_k",
-        }
-    }
-
-    pub fn is_quantized(self) -> bool {
-        !matches!(self, DType::F32 | DType::F16 | DType::BF16)
-    }
-}
-
-impl std::fmt::Display for DType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Where tensor bytes live.
-pub enum Storage {
-    Mmap(memmap2::Mmap),
-    /// Owned bytes. Stored as u64 words so that any f32/f16/bf16 view of it is aligned.
-    Owned(Vec<u64>),
-}
-
-impl Storage {
-    pub fn bytes(&self) -> &[u8] {
-        match self {
-            Storage::Mmap(m) => m,
-            Storage::Owned(v) => bytemuck::cast_slice(v),
-        }
-    }
-
-    /// An owned, 8-byte aligned copy of `bytes`.
-    pub fn owned(bytes: &[u8]) -> Storage {
-        let mut words = vec![0u64; bytes.len().div_ceil(8)];
-        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-        Storage::Owned(words)
-    }
-
-    /// Memory-map a file read-only.
-    pub fn map(path: &Path) -> Result<Storage> {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the mapping is read-only. If another process truncates the file while we hold
-        // the mapping, reads fault (SIGBUS); every memory-mapping runtime accepts that risk, and
-        // we never hand out the mapping mutably.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Ok(Storage::Mmap(map))
-    }
-}
-
-/// One tensor: a typed, shaped view into shared storage.
-#[derive(Clone)]
-pub struct WeightTensor {
-    pub name: String,
-    pub dtype: DType,
-    /// Row-major shape, outermost first, as Hugging Face writes it: a linear layer is [out, in].
-    pub shape: Vec<usize>,
-    storage: Arc<Storage>,
-    start: usize,
-    len: usize,
-}
-
-impl WeightTensor {
-    /// A view of `len` bytes at `start` of `storage`. Checks the range and that the byte count
-    /// matches shape × dtype.
-    pub fn new(
-        name: impl Into<String>,
-        dtype: DType,
-        shape: Vec<usize>,
-        storage: Arc<Storage>,
-        start: usize,
-        len: usize,
-        path: &Path,
-    ) -> Result<WeightTensor> {
-        let name = name.into();
-        let end = start.checked_add(len);
-        if end.is_none_or(|e| e > storage.bytes().len()) {
-            return Err(Error::bad_weights(
-                path,
-                format!(
-                    "tensor {name:?}: bytes {start}..{} lie past the end of the data ({} bytes)",
-                    start.saturating_add(len),
-                    storage.bytes().len()
-                ),
-            ));
-        }
-        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        let want = numel.and_then(|n| dtype.bytes_for(n));
-        if want != Some(len) {
-            return Err(Error::bad_weights(
-                path,
-                format!("tensor {name:?}: shape {shape:?} of {dtype} needs {want:?} bytes, the header gives {len}"),
-            ));
-        }
-        Ok(WeightTensor {
-            name,
-            dtype,
-            shape,
-            storage,
-            start,
-            len,
-        })
-    }
-
-    /// A tensor owning a copy of `values` (used for computed tables and dequantized weights).
-    pub fn from_f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> WeightTensor {
-        let bytes: &[u8] = bytemuck::cast_slice(values);
-        let storage = Arc::new(Storage::owned(bytes));
-        WeightTensor {
-            name: name.into(),
-            dtype: DType::F32,
-            shape,
-            storage,
-            start: 0,
-            len: bytes.len(),
-        }
-    }
-
-    /// A tensor owning arbitrary bytes of `dtype` (the caller guarantees the size matches).
-    pub fn from_bytes(
-        name: impl Into<String>,
-        dtype: DType,
-        shape: Vec<usize>,
-        bytes: &[u8],
-    ) -> Result<WeightTensor> {
-        let storage = Arc::new(Storage::owned(bytes));
-        WeightTensor::new(
-            name,
-            dtype,
-            shape,
-            storage,
-            0,
-            bytes.len(),
-            Path::new("<memory>"),
-        )
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.storage.bytes()[self.start..self.start + self.len]
-    }
-
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// The data as f32, if the dtype is f32 and the bytes are 4-aligned.
-    pub fn as_f32(&self) -> Option<&[f32]> {
-        (self.dtype == DType::F32)
-            .then(|| bytemuck::try_cast_slice(self.bytes()).ok())
-            .flatten()
-    }
-    pub fn as_bf16(&self) -> Option<&[bf16]> {
-        (self.dtype == DType::BF16)
-            .then(|| bytemuck::try_cast_slice(self.bytes()).ok())
-            .flatten()
-    }
-    pub fn as_f16(&self) -> Option<&[f16]> {
-        (self.dtype == DType::F16)
-            .then(|| bytemuck::try_cast_slice(self.bytes()).ok())
-            .flatten()
-    }
-
-    /// Whether the typed views above will succeed (mmapped data can be misaligned when a
-    /// safetensors header length is not a multiple of 8).
-    pub fn is_aligned(&self) -> bool {
-        let align = match self.dtype {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-            _ => 1,
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
         };
-        (self.bytes().as_ptr() as usize) % align == 0
-    }
-
-    /// The same tensor copied into aligned owned storage.
-    pub fn to_owned_aligned(&self) -> WeightTensor {
-        let storage = Arc::new(Storage::owned(self.bytes()));
-        WeightTensor {
-            storage,
-            start: 0,
-            ..self.clone()
-        }
-    }
-
-    /// Every element as f32 (dequantizing when needed). Allocates: for load time and tests only.
-    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
-        let b = self.bytes();
-        Ok(match self.dtype {
-            DType::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            DType::F16 => b
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::BF16 => b
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(Error::UnsupportedDtype {
-                    name: self.name.clone(),
-                    dtype: other.to_string(),
-                })
-            }
-        })
-    }
-}
-
-impl std::fmt::Debug for WeightTensor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} {:?}", self.name, self.dtype, self.shape)
-    }
-}
-
-/// All tensors of a checkpoint, by Hugging Face name.
-pub struct Weights {
-    /// Where they came from (for error messages).
-    pub path: PathBuf,
-    pub tensors: BTreeMap<String, WeightTensor>,
-    /// Tensors present in the checkpoint in a dtype we do not compute with (name → dtype).
-    pub unsupported: BTreeMap<String, String>,
-}
-
-impl Weights {
-    pub fn get(&self, name: &str) -> Result<&WeightTensor> {
-        if let Some(dtype) = self.unsupported.get(name) {
-            return Err(Error::UnsupportedDtype {
-                name: name.to_string(),
-                dtype: dtype.clone(),
-            });
-        }
-        self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
-            name: name.to_string(),
-            path: self.path.clone(),
+        Ok(ModelFiles {
+            dir,
+            weights: path.to_path_buf(),
         })
     }
 
-    /// The tensor, checked to have exactly `shape`.
-    pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<&WeightTensor> {
-        let t = self.get(name)?;
-        if t.shape != shape {
-            return Err(Error::ShapeMismatch {
-                name: name.to_string(),
-                expected: shape.to_vec(),
-                got: t.shape.clone(),
-            });
-        }
-        Ok(t)
+    /// The weights are a GGUF file.
+    pub fn is_gguf(&self) -> bool {
+        is_gguf(&self.weights)
     }
+}
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+/// A .gguf file (by extension, or by its magic when the extension is something else).
+pub fn is_gguf(path: &Path) -> bool {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        return true;
     }
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+        && &magic == b"GGUF"
+}
+
+/// A checkpoint once read: config, weights (mapped, not copied, except GGUF tensors that are
+/// dequantized or permuted at load), EOS ids and the tokenizer (tokenizer.json beside
+/// config.json, or the one embedded in a GGUF), when there is one.
+pub struct Checkpoint {
+    /// The model's shape and flags.
+    pub config: ModelConfig,
+    /// Every tensor, by Hugging Face name.
+    pub weights: Weights,
+    /// EOS ids from config.json, generation_config.json and the tokenizer, deduplicated.
+    pub eos_ids: Vec<u32>,
+    /// Where the checkpoint's files are.
+    pub files: ModelFiles,
+    /// The checkpoint's tokenizer; None when a directory has no tokenizer.json.
+    pub tokenizer: Option<Tokenizer>,
+}
+
+/// Read a directory, .safetensors or .gguf checkpoint. `keep_quantized`: GGUF block-quantized
+/// tensors stay in their block format (false dequantizes them to f32 at load).
+pub fn open(path: &Path, keep_quantized: bool) -> Result<Checkpoint> {
+    let files = ModelFiles::resolve(path)?;
+    let (config, weights, mut eos_ids, tokenizer) = if files.is_gguf() {
+        let ck = gguf::load(&files.weights, keep_quantized)?;
+        let config = ModelConfig::from_json(&ck.config, &files.weights)?;
+        let mut eos = config.eos_token_ids.clone();
+        eos.extend(token_ids(ck.generation_config.get("eos_token_id")));
+        let tokenizer = Tokenizer::from_json(&ck.tokenizer_json, Some(&ck.tokenizer_config))?;
+        (config, ck.weights, eos, Some(tokenizer))
+    } else {
+        let config = ModelConfig::from_file(&files.dir.join("config.json"))?;
+        let weights = safetensors::load(&files.weights)?;
+        let eos = eos_ids(&config, &files.dir)?;
+        let t = files.dir.join("tokenizer.json");
+        let tokenizer = if t.is_file() {
+            Some(Tokenizer::from_file(&t)?)
+        } else {
+            None
+        };
+        (config, weights, eos, tokenizer)
+    };
+    // Stop at the tokenizer's EOS too (a chat model's end-of-turn token is often only there).
+    eos_ids.extend(tokenizer.iter().flat_map(Tokenizer::eos_ids));
+    eos_ids.sort_unstable();
+    eos_ids.dedup();
+    Ok(Checkpoint {
+        config,
+        weights,
+        eos_ids,
+        files,
+        tokenizer,
+    })
+}
+
+/// The tokenizer of a model directory, a tokenizer.json, a .safetensors file beside one, or a
+/// .gguf file (reading only the GGUF's metadata, not its tensors).
+pub fn open_tokenizer(path: &Path) -> Result<Tokenizer> {
+    if is_gguf(path) {
+        let file = gguf::read_header(path)?;
+        let (json, config) = gguf::hf_tokenizer(&file)?;
+        return Tokenizer::from_json(&json, Some(&config));
+    }
+    let file = if path.is_dir() {
+        path.join("tokenizer.json")
+    } else if path.extension().is_some_and(|e| e == "json") {
+        path.to_path_buf()
+    } else {
+        path.parent()
+            .unwrap_or(Path::new("."))
+            .join("tokenizer.json")
+    };
+    Tokenizer::from_file(&file)
+}
+
+/// EOS ids from config.json and generation_config.json, deduplicated.
+fn eos_ids(config: &ModelConfig, dir: &Path) -> Result<Vec<u32>> {
+    let mut ids = config.eos_token_ids.clone();
+    let gen = dir.join("generation_config.json");
+    if gen.is_file() {
+        let text = std::fs::read_to_string(&gen).map_err(|e| Error::io(&gen, e))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::json(&gen, e))?;
+        ids.extend(token_ids(v.get("eos_token_id")));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{DType, Storage, WeightTensor, Weights};
 use crate::error::{Error, Result};
+use crate::tensor::{DType, Storage, WeightTensor, Weights};
 
 /// Headers larger than this are refused (the format's own limit is 100 MB).
 const MAX_HEADER: u64 = 100 << 20;

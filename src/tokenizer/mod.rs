@@ -34,11 +34,14 @@ use pretok::SplitPattern;
 /// One chat message for `apply_chat_template`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ChatMessage {
+    /// "system", "user" or "assistant".
     pub role: String,
+    /// The text.
     pub content: String,
 }
 
 impl ChatMessage {
+    /// A message.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
         ChatMessage {
             role: role.into(),
@@ -78,6 +81,8 @@ enum PostItem {
     Sequence,
 }
 
+/// A tokenizer built from tokenizer.json (or GGUF metadata): BPE, byte-level or SentencePiece
+/// style, with added tokens, normalizer, pre-tokenizer, decoder and chat template.
 pub struct Tokenizer {
     bpe: Bpe,
     /// id -> piece, for model vocab and added tokens alike.
@@ -613,6 +618,7 @@ impl Tokenizer {
         })
     }
 
+    /// Token ids of `text`; `add_special_tokens` adds what the post-processor adds (BOS ...).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 4);
         let mut segs = Vec::new();
@@ -815,6 +821,7 @@ impl Tokenizer {
         self.pieces.get(id as usize).and_then(|p| p.as_deref())
     }
 
+    /// The id of a vocabulary piece or added token.
     pub fn token_to_id(&self, piece: &str) -> Option<u32> {
         self.added
             .iter()
@@ -828,10 +835,12 @@ impl Tokenizer {
         self.pieces.len()
     }
 
+    /// The beginning-of-sequence id, if the tokenizer has one.
     pub fn bos_id(&self) -> Option<u32> {
         self.bos
     }
 
+    /// The end-of-sequence ids the tokenizer config names.
     pub fn eos_ids(&self) -> Vec<u32> {
         self.eos.clone()
     }
@@ -843,6 +852,7 @@ impl Tokenizer {
             .is_some_and(|&i| self.added[i].special)
     }
 
+    /// A streaming decoder: push ids, get text as soon as it is complete UTF-8.
     pub fn decode_stream(&self, skip_special_tokens: bool) -> DecodeStream<'_> {
         DecodeStream {
             tok: self,
@@ -851,10 +861,12 @@ impl Tokenizer {
         }
     }
 
+    /// Whether the checkpoint ships a chat template.
     pub fn has_chat_template(&self) -> bool {
         self.chat.is_some()
     }
 
+    /// Render `messages` with the checkpoint's chat template.
     pub fn apply_chat_template(
         &self,
         messages: &[ChatMessage],

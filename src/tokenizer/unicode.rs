@@ -129,7 +129,7 @@ fn compose_pair(a: char, b: char) -> Option<char> {
         return char::from_u32(lv);
     }
     if (S_BASE..S_BASE + S_COUNT).contains(&a32)
-        && (a32 - S_BASE) % T_COUNT == 0
+        && (a32 - S_BASE).is_multiple_of(T_COUNT)
         && (T_BASE + 1..T_BASE + T_COUNT).contains(&b32)
     {
         return char::from_u32(a32 + (b32 - T_BASE));

@@ -123,11 +123,11 @@ pub fn real_model() -> Option<PathBuf> {
 
 /// The library's SplitMix64 generator with the helpers the kernel tests use (one definition for
 /// every test file).
-pub struct Rng(minfer::sampler::Rng);
+pub struct Rng(minfer::internals::Rng);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(minfer::sampler::Rng::new(seed))
+        Rng(minfer::internals::Rng::new(seed))
     }
     pub fn next(&mut self) -> u64 {
         self.0.next_u64()

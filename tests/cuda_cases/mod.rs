@@ -9,10 +9,10 @@
 #![allow(dead_code)]
 
 use half::{bf16, f16};
-use minfer::backend::cuda::driver::GpuDriver;
-use minfer::backend::cuda::{CudaBackend, CudaBuf};
 use minfer::backend::{AttnParams, Backend, KvShape};
-use minfer::loader::{DType, WeightTensor};
+use minfer::internals::cuda::driver::GpuDriver;
+use minfer::internals::cuda::{CudaBackend, CudaBuf};
+use minfer::{DType, WeightTensor};
 
 /// Test inputs come from the one shared generator.
 pub use crate::common::Rng;
@@ -599,7 +599,7 @@ fn attention_case<D: GpuDriver + 'static>(
     let mut vals = Vec::new();
     let mut pos = 0;
     for (step, rows) in std::iter::once(rows0)
-        .chain(std::iter::repeat(1).take(steps))
+        .chain(std::iter::repeat_n(1, steps))
         .enumerate()
     {
         let q = rng.vec(rows * nh * hd);

@@ -33,7 +33,7 @@ use rayon::prelude::*;
 use super::simd::vector::{Elem, NW_WIDE as NW, NX_MAX as NX};
 use super::simd::{self, Bf16DotTable, Kernels};
 use crate::error::{Error, Result};
-use crate::loader::{DType, WeightTensor};
+use crate::tensor::{DType, WeightTensor};
 
 /// Plain reference: one output at a time, f32 accumulation, no SIMD, no threads.
 pub fn matmul_reference(
@@ -184,7 +184,7 @@ pub fn dequantize_row(w: &WeightTensor, row: usize, out: &mut [f32]) -> Result<(
     let width = out.len();
     let (be, bb) = w.dtype.block();
     let rows = w.shape.first().copied().unwrap_or(0);
-    if row >= rows || width % be != 0 || w.numel() != rows * width {
+    if row >= rows || !width.is_multiple_of(be) || w.numel() != rows * width {
         return Err(Error::arg(format!(
             "dequantize_row {}: row {row} of width {width} does not fit {:?} {}",
             w.name, w.shape, w.dtype

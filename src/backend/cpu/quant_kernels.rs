@@ -51,8 +51,8 @@ use crate::backend::cpu::matmul::{prefill, split_columns, Panel, SyncPtr};
 const PREFILL_MIN_ROWS: usize = 8;
 use crate::backend::cpu::simd::Kernels;
 use crate::error::{Error, Result};
-use crate::loader::DType;
 use crate::quant::{scale_min_k4, QK};
+use crate::tensor::DType;
 
 /// Activations quantized per block of 32 (see the module header), row-major.
 #[derive(Default)]
@@ -721,7 +721,7 @@ pub(crate) fn matmul_quant(
     bias: Option<&[f32]>,
 ) -> Result<()> {
     let (be, bb) = dtype.block();
-    if n_in % be != 0 {
+    if !n_in.is_multiple_of(be) {
         return Err(Error::UnsupportedDtype {
             name: name.to_string(),
             dtype: format!("{dtype} with rows of {n_in} (not whole blocks of {be})"),
@@ -872,7 +872,7 @@ fn dequant_dot(
 /// Quantizes rows of f32 to Q8_0 bytes (34 per 32 values), exactly as
 /// `crate::quant::quantize_q8_0_reference` (ggml's `quantize_row_q8_0_ref`), in parallel.
 pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<u8>> {
-    if x.len() % QK != 0 {
+    if !x.len().is_multiple_of(QK) {
         return Err(Error::arg(format!(
             "quantize_q8_0: length {} is not a multiple of {QK}",
             x.len()

@@ -26,7 +26,7 @@ use super::driver::{DevPtr, GpuDriver, KernelArg, KernelCounters, LaunchConfig};
 use super::registry::{Kernel, Kernels};
 use crate::backend::{AttnParams, Backend, KvShape, OpProfile};
 use crate::error::{Error, Result};
-use crate::loader::{DType, WeightTensor};
+use crate::tensor::{DType, WeightTensor};
 
 /// Threads per block of the element-wise and row kernels (their headers assume it).
 const BLOCK: u32 = 256;
@@ -784,7 +784,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         inv_freq: &CudaMat<D>,
     ) -> Result<()> {
         let op = "rope";
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(Error::arg(format!("{op}: head_dim {head_dim} is odd")));
         }
         let half = head_dim / 2;
@@ -844,13 +844,13 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
                 p.n_kv_heads, p.head_dim
             )));
         }
-        if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
+        if p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
             return Err(Error::arg(format!(
                 "{op}: {} heads are not a multiple of {} kv heads",
                 p.n_heads, p.n_kv_heads
             )));
         }
-        if p.head_dim == 0 || p.head_dim % 4 != 0 || p.head_dim > 256 {
+        if p.head_dim == 0 || !p.head_dim.is_multiple_of(4) || p.head_dim > 256 {
             return Err(Error::arg(format!(
                 "{op}: head_dim {} must be a multiple of 4, at most 256",
                 p.head_dim

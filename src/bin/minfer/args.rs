@@ -1,10 +1,11 @@
 //! The command line as data: one clap struct per subcommand, with the option groups that several
-//! commands share (loading, sampling, generation) flattened into each. Parsing and help text
-//! only; what the commands do is in the other modules.
+//! commands share (loading, sampling, generation) flattened into each, and the dtype each dtype
+//! flag stands for. Parsing and help text only; what the commands do is in the other modules.
 
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use minfer::DType;
 
 const OVERVIEW: &str = "\
 MODEL is a Hugging Face directory (config.json + *.safetensors [+ tokenizer.json]), a .safetensors
@@ -152,6 +153,14 @@ pub struct LoadArgs {
 pub enum QuantizeTo {
     #[value(name = "q8_0")]
     Q8_0,
+}
+
+impl QuantizeTo {
+    pub fn dtype(self) -> DType {
+        match self {
+            QuantizeTo::Q8_0 => DType::Q8_0,
+        }
+    }
 }
 
 /// How the next token is chosen. Every value left out takes the library's default.
@@ -338,6 +347,15 @@ pub enum ConvertDType {
     F32,
 }
 
+impl ConvertDType {
+    pub fn dtype(self) -> DType {
+        match self {
+            ConvertDType::Bf16 => DType::BF16,
+            ConvertDType::F32 => DType::F32,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// The model: directory, .safetensors, .gguf, or synthetic:NAME
@@ -387,6 +405,16 @@ pub enum SyntheticDType {
     F32,
     F16,
     Bf16,
+}
+
+impl SyntheticDType {
+    pub fn dtype(self) -> DType {
+        match self {
+            SyntheticDType::F32 => DType::F32,
+            SyntheticDType::F16 => DType::F16,
+            SyntheticDType::Bf16 => DType::BF16,
+        }
+    }
 }
 
 /// A comma-separated list of token ids (a newtype so clap takes it as one value).

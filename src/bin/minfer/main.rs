@@ -4,14 +4,12 @@
 //! - args.rs: the command line, declared with clap (help text and examples live there).
 //! - run.rs: the commands that generate (demo, generate, chat) and their stop reasons.
 //! - tools.rs: tokenize, logits, perplexity, inspect, convert, bench.
-//! - internals.rs: the few calls that still reach past the library's public API, one small
-//!   function each.
+//! - options.rs: from arguments to the library's option structs; loading with the `--ctx` check.
 //!
 //! Stdout may be a pipe that closes early (`minfer ... | head`): everything written there goes
 //! through [`Out`], which turns a broken pipe into a quiet exit 0.
 
 mod args;
-mod internals;
 mod options;
 mod run;
 mod tools;
@@ -124,6 +122,8 @@ const FIELD_FLAGS: &[(&str, &str)] = &[
     ("device", "--device"),
     ("quantize", "--quantize"),
     ("threads", "--threads"),
+    ("record_activations", "--activations"),
+    ("dtype", "--dtype"),
 ];
 
 /// Rewrite the library's field names in `msg` as this CLI's flags (see [`FIELD_FLAGS`]).
@@ -179,9 +179,27 @@ pub fn fields_to_flags(msg: &str) -> String {
     out
 }
 
-/// The one line printed after `error: ` for a library error.
+/// The flag that sets a library field, if the CLI has one.
+fn flag_for(field: &str) -> Option<&'static str> {
+    FIELD_FLAGS.iter().find(|f| f.0 == field).map(|f| f.1)
+}
+
+/// The one line printed after `error: ` for a library error: options as the flags that set
+/// them (`--ctx 100000: ...` rather than `context_len = 100000: ...`).
 fn lib_message(e: &minfer::Error) -> String {
     match e {
+        minfer::Error::InvalidOption {
+            field,
+            value,
+            reason,
+        } => match flag_for(field) {
+            // A boolean field is a flag without a value.
+            Some(flag) if value == "true" || value == "false" => {
+                format!("{flag}: {}", fields_to_flags(reason))
+            }
+            Some(flag) => format!("{flag} {value}: {}", fields_to_flags(reason)),
+            None => format!("{field} = {value}: {}", fields_to_flags(reason)),
+        },
         minfer::Error::InvalidArgument(_) => fields_to_flags(&e.to_string()),
         _ => e.to_string(),
     }
@@ -190,7 +208,9 @@ fn lib_message(e: &minfer::Error) -> String {
 /// The hint printed under a library error.
 fn lib_hint(e: &minfer::Error, command: Option<&str>) -> String {
     match (e, command) {
-        (minfer::Error::InvalidArgument(_), Some(c)) => format!("see `minfer {c} --help`"),
+        (minfer::Error::InvalidArgument(_) | minfer::Error::InvalidOption { .. }, Some(c)) => {
+            format!("see `minfer {c} --help`")
+        }
         _ => fields_to_flags(e.hint()),
     }
 }

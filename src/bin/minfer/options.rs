@@ -5,8 +5,8 @@ use std::path::Path;
 
 use minfer::{Device, GenerateOptions, LoadOptions, Model, SamplerConfig};
 
-use crate::args::{GenArgs, LoadArgs, SamplingArgs};
-use crate::{internals, CliError, Res};
+use crate::args::{GenArgs, LoadArgs, QuantizeTo, SamplingArgs};
+use crate::{CliError, Res};
 
 pub fn device(name: &str) -> Res<Device> {
     Ok(name.parse::<Device>()?)
@@ -18,7 +18,7 @@ pub fn load_options(a: &LoadArgs) -> Res<LoadOptions> {
         threads: a.threads,
         context_len: a.ctx,
         keep_quantized: !a.dequantize,
-        quantize: a.quantize.map(internals::quantize_dtype),
+        quantize: a.quantize.map(QuantizeTo::dtype),
         ..LoadOptions::default()
     })
 }

@@ -1,6 +1,7 @@
 //! The commands that look at a model rather than chat with it: tokenize, logits, perplexity,
 //! inspect, convert, bench.
 
+use std::io::Read;
 use std::path::Path;
 
 use minfer::{LoadOptions, Model};
@@ -9,11 +10,11 @@ use serde_json::json;
 use crate::args::{BenchArgs, ConvertArgs, InspectArgs, LogitsArgs, PerplexityArgs, TokenizeArgs};
 use crate::options::{check_ctx, device, load_model, load_options, max_context};
 use crate::run::{json_f64, prompt_ids};
-use crate::{internals, note, outln, CliError, Out, Res};
+use crate::{note, outln, CliError, Out, Res};
 
 pub fn tokenize(a: &TokenizeArgs, out: &mut Out) -> Res {
     let text = a.text.as_deref().or(a.text_flag.as_deref()).unwrap_or("");
-    let tok = internals::load_tokenizer(&a.path)?;
+    let tok = minfer::load_tokenizer(&a.path)?;
     let (ids, pieces) = tok.encode_with_pieces(text, a.special)?;
     if a.json {
         outln!(out, "{}", json!({ "ids": ids, "pieces": pieces }));
@@ -155,7 +156,7 @@ pub fn perplexity(a: &PerplexityArgs, out: &mut Out) -> Res {
 
 pub fn inspect(a: &InspectArgs, out: &mut Out) -> Res {
     let mut report = minfer::inspect::inspect(&a.model)?;
-    report.gpu_memory_bytes = internals::gpu_memory(device(&a.device)?)?;
+    report.gpu_memory_bytes = device(&a.device)?.total_memory()?;
     if a.json {
         outln!(out, "{}", report.to_json());
     } else {
@@ -165,7 +166,7 @@ pub fn inspect(a: &InspectArgs, out: &mut Out) -> Res {
 }
 
 pub fn convert(a: &ConvertArgs) -> Res {
-    if !internals::is_gguf(&a.model) {
+    if !is_gguf(&a.model) {
         return Err(CliError::msg(
             format!(
                 "convert reads a .gguf file; {} is not one",
@@ -174,10 +175,25 @@ pub fn convert(a: &ConvertArgs) -> Res {
             "give the path of a .gguf file (a Hugging Face directory needs no conversion)",
         ));
     }
-    let dtype = internals::convert_dtype(a.dtype);
-    internals::gguf_to_hf(&a.model, &a.out_dir, dtype)?;
+    let dtype = a.dtype.dtype();
+    minfer::gguf_to_hf(&a.model, &a.out_dir, dtype)?;
     note!("wrote {} ({dtype})", a.out_dir.display());
     Ok(())
+}
+
+/// A .gguf file, by extension or by its magic.
+fn is_gguf(path: &Path) -> bool {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        return true;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
 }
 
 pub fn bench(a: &BenchArgs, out: &mut Out) -> Res {
@@ -200,7 +216,7 @@ pub fn bench(a: &BenchArgs, out: &mut Out) -> Res {
         };
         match path_str.strip_prefix("synthetic:") {
             Some(preset) => {
-                let model = Model::synthetic(preset, internals::synthetic_dtype(a.dtype), &lo)?;
+                let model = Model::synthetic(preset, a.dtype.dtype(), &lo)?;
                 check_ctx(a.load.ctx, model.config().max_position_embeddings)?;
                 Ok(model)
             }
@@ -227,9 +243,9 @@ pub fn bench(a: &BenchArgs, out: &mut Out) -> Res {
     // The ceiling: the CPU's read bandwidth with the same thread count, or the GPU's copy
     // bandwidth; measured before and after the run, the better of the two kept.
     let device = lo.device;
-    let bw_before = internals::read_bandwidth(device, threads)?;
+    let bw_before = device.measure_bandwidth(threads)?;
     let r = bench::run(&mut model, &opts)?;
-    let bw = bw_before.max(internals::read_bandwidth(device, threads)?);
+    let bw = bw_before.max(device.measure_bandwidth(threads)?);
     let frac = r.decode_gb_s / bw;
     if a.json {
         let v = json!({
@@ -275,7 +291,7 @@ pub fn bench(a: &BenchArgs, out: &mut Out) -> Res {
         let mut model = load(true)?;
         let p = bench::profile(&mut model, opts.prompt_len, opts.gen_len.min(16))?;
         if a.profile {
-            let peak = internals::matmul_gflops(threads)?;
+            let peak = bench::measure_matmul_gflops(threads)?;
             note!(
                 "\nprefill of {} tokens: {:.1} ms",
                 opts.prompt_len,

@@ -1,6 +1,6 @@
 //! SIMD kernels with runtime CPU detection (AVX-512, AVX2+FMA, NEON, scalar), chosen once.
 //!
-//! The kernels are written once over a small vector trait ([`vector::Simd`]); each instruction
+//! The kernels are written once over a small vector trait (`vector::Simd`); each instruction
 //! set is a token type whose safe `new()` checks the CPU, so holding one proves support
 //! (memchr's pattern). A [`Kernels`] value is a dispatch table built from one token; the
 //! process-wide table is picked on first use and cached ([`kernels`]). `MINFER_SIMD=scalar|avx2|

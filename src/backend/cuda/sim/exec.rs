@@ -633,7 +633,7 @@ impl<'a, 'm> Exec<'a, 'm> {
         addr: u64,
         n: usize,
     ) -> Result<(Region, usize)> {
-        if addr % n as u64 != 0 {
+        if !addr.is_multiple_of(n as u64) {
             return Err(self.fault(
                 w,
                 lane,
@@ -774,7 +774,7 @@ impl<'a, 'm> Exec<'a, 'm> {
         addr: u64,
         n: usize,
     ) -> Result<(Region, usize)> {
-        if addr % n as u64 != 0 {
+        if !addr.is_multiple_of(n as u64) {
             return Err(self.fault(
                 w,
                 lane,
@@ -1505,7 +1505,7 @@ impl<'a, 'm> Exec<'a, 'm> {
                     }
                     let mut buf = [0u8; 16];
                     if ss > 0 {
-                        if sa % n as u64 != 0 {
+                        if !sa.is_multiple_of(n as u64) {
                             return Err(self.fault(
                                 w,
                                 lane,
@@ -1754,7 +1754,7 @@ impl<'a, 'm> Exec<'a, 'm> {
         c: Src,
     ) -> Result<()> {
         let n = ty.bytes() as usize;
-        if addr % n as u64 != 0 {
+        if !addr.is_multiple_of(n as u64) {
             return Err(self.fault(
                 w,
                 lane,

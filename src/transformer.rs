@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crate::backend::{AttnParams, Backend, KvShape, OpProfile};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::loader::{WeightTensor, Weights};
+use crate::tensor::{WeightTensor, Weights};
 
 /// One decoder layer's weights, named as in the Hugging Face checkpoint.
 struct Layer<M> {

@@ -6,17 +6,20 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
-use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::{sim::SimDriver, CudaBackend};
-use crate::backend::{Activation, Backend, OpProfile, TraceEvent};
-use crate::config::{token_ids, ModelConfig};
+use crate::backend::{
+    self, Activation, Backend, BackendOptions, OpProfile, TraceEvent, WithBackend,
+};
+use crate::config::ModelConfig;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::loader::{gguf, safetensors, DType, Weights};
-use crate::model::{Logits, Transformer};
+use crate::loader::{self, ModelFiles};
+use crate::tensor::{DType, Weights};
 use crate::tokenizer::Tokenizer;
+use crate::transformer::{Logits, Transformer};
+
+mod generate;
+
+pub use generate::{GenerateOptions, GenerationStats, StopReason, TextOutput};
 
 /// The transformer on some backend, as the rest of the library sees it.
 pub trait Engine: Send {
@@ -113,124 +116,6 @@ impl Default for LoadOptions {
     }
 }
 
-/// The files that make a checkpoint, resolved from what the user pointed at.
-#[derive(Clone, Debug)]
-pub struct ModelFiles {
-    /// The directory holding config.json (and tokenizer files).
-    pub dir: PathBuf,
-    /// A directory of shards, or one .safetensors file.
-    pub weights: PathBuf,
-}
-
-impl ModelFiles {
-    /// `path` is a model directory, or a .safetensors file with config.json beside it.
-    pub fn resolve(path: &Path) -> Result<ModelFiles> {
-        if !path.exists() {
-            return Err(Error::MissingFile {
-                path: path.to_path_buf(),
-                what: "model (no such file or directory)".into(),
-            });
-        }
-        if path.is_dir() {
-            return Ok(ModelFiles {
-                dir: path.to_path_buf(),
-                weights: path.to_path_buf(),
-            });
-        }
-        let dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let dir = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        };
-        Ok(ModelFiles {
-            dir,
-            weights: path.to_path_buf(),
-        })
-    }
-
-    pub fn is_gguf(&self) -> bool {
-        is_gguf(&self.weights)
-    }
-}
-
-/// A .gguf file (by extension, or by its magic when the extension is something else).
-pub fn is_gguf(path: &Path) -> bool {
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        return true;
-    }
-    let mut magic = [0u8; 4];
-    path.is_file()
-        && std::fs::File::open(path)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-            .is_ok()
-        && &magic == b"GGUF"
-}
-
-/// What a checkpoint is made of once read: config, weights, and the tokenizer definition when
-/// it is embedded (GGUF); directories keep tokenizer.json on disk.
-pub struct Checkpoint {
-    pub config: ModelConfig,
-    pub weights: Weights,
-    pub eos_ids: Vec<u32>,
-    pub files: ModelFiles,
-    /// GGUF only: the equivalent tokenizer.json and tokenizer_config.json.
-    pub embedded_tokenizer: Option<(Value, Value)>,
-}
-
-impl Checkpoint {
-    /// Read a directory, .safetensors or .gguf checkpoint (weights mapped, not copied, except
-    /// GGUF tensors dequantized at load).
-    pub fn open(path: &Path, keep_quantized: bool) -> Result<Checkpoint> {
-        let files = ModelFiles::resolve(path)?;
-        if files.is_gguf() {
-            let ck = gguf::load(&files.weights, keep_quantized)?;
-            let config = ModelConfig::from_json(&ck.config, &files.weights)?;
-            let mut eos = config.eos_token_ids.clone();
-            eos.extend(token_ids(ck.generation_config.get("eos_token_id")));
-            eos.sort_unstable();
-            eos.dedup();
-            return Ok(Checkpoint {
-                config,
-                weights: ck.weights,
-                eos_ids: eos,
-                files,
-                embedded_tokenizer: Some((ck.tokenizer_json, ck.tokenizer_config)),
-            });
-        }
-        let config = ModelConfig::from_file(&files.dir.join("config.json"))?;
-        let weights = safetensors::load(&files.weights)?;
-        let eos_ids = eos_ids(&config, &files.dir)?;
-        Ok(Checkpoint {
-            config,
-            weights,
-            eos_ids,
-            files,
-            embedded_tokenizer: None,
-        })
-    }
-}
-
-/// EOS ids from config.json and generation_config.json, deduplicated.
-fn eos_ids(config: &ModelConfig, dir: &Path) -> Result<Vec<u32>> {
-    let mut ids = config.eos_token_ids.clone();
-    let gen = dir.join("generation_config.json");
-    if gen.is_file() {
-        let text = std::fs::read_to_string(&gen).map_err(|e| Error::io(&gen, e))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| Error::json(&gen, e))?;
-        ids.extend(token_ids(v.get("eos_token_id")));
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    Ok(ids)
-}
-
 /// The exact parameter count: every tensor the model uses, tied embeddings once.
 pub fn count_parameters(config: &ModelConfig, weights: &Weights) -> u64 {
     weights
@@ -259,6 +144,7 @@ pub fn decode_weight_bytes(config: &ModelConfig, weights: &Weights) -> u64 {
         .sum()
 }
 
+/// A loaded model on a device, with its tokenizer and KV cache: the library's entry point.
 pub struct Model {
     pub(crate) engine: Box<dyn Engine>,
     pub(crate) eos_ids: Vec<u32>,
@@ -283,29 +169,21 @@ impl Model {
             device,
             ..opts.clone()
         };
-        let mut ck = Checkpoint::open(path, keep_quantized)?;
+        let mut ck = loader::open(path, keep_quantized)?;
         if let Some(target) = opts.quantize {
             if device != Device::Cpu {
-                return Err(Error::arg("--quantize applies to the CPU backend only"));
+                return Err(Error::option(
+                    "quantize",
+                    target,
+                    format!(
+                        "weights are quantized at load on the CPU backend only, not on {device}"
+                    ),
+                ));
             }
             quantize_weights(&mut ck.weights, target)?;
         }
-        let tokenizer = match &ck.embedded_tokenizer {
-            Some((json, config)) => Some(Tokenizer::from_json(json, Some(config))?),
-            None => {
-                let t = ck.files.dir.join("tokenizer.json");
-                if t.is_file() {
-                    Some(Tokenizer::from_file(&t)?)
-                } else {
-                    None
-                }
-            }
-        };
-        // Stop at the tokenizer's EOS too (a chat model's end-of-turn token is often only there).
-        let mut eos = ck.eos_ids;
-        eos.extend(tokenizer.iter().flat_map(Tokenizer::eos_ids));
-        eos.sort_unstable();
-        eos.dedup();
+        let tokenizer = ck.tokenizer.take();
+        let eos = ck.eos_ids;
         let mut model = Self::on_device(ck.config, &ck.weights, eos, opts, ck.files)?;
         model.tokenizer = tokenizer;
         Ok(model)
@@ -315,38 +193,63 @@ impl Model {
     fn on_device(
         config: ModelConfig,
         weights: &Weights,
-        eos: Vec<u32>,
+        eos_ids: Vec<u32>,
         opts: &LoadOptions,
         files: ModelFiles,
     ) -> Result<Model> {
-        match opts.device.resolve()? {
-            Device::Cpu | Device::Auto => {
-                let backend = CpuBackend::new(opts.threads)?
-                    .with_profiling(opts.profile)
-                    .with_activations(opts.record_activations);
-                Self::from_parts(config, weights, backend, eos, opts, files)
-            }
-            Device::Sim => {
-                let backend = CudaBackend::new(SimDriver::new())?;
-                backend.set_profiling(opts.profile);
-                Self::from_parts(config, weights, backend, eos, opts, files)
-            }
-            #[cfg(feature = "cuda")]
-            Device::Cuda(i) => {
-                let backend =
-                    CudaBackend::new(crate::backend::cuda::cudarc_driver::CudarcDriver::new(i)?)?;
-                backend.set_profiling(opts.profile);
-                Self::from_parts(config, weights, backend, eos, opts, files)
-            }
-            #[cfg(not(feature = "cuda"))]
-            Device::Cuda(_) => Err(Error::Device(
-                "minfer was built without the `cuda` feature".into(),
-            )),
+        struct Build<'a> {
+            config: ModelConfig,
+            weights: &'a Weights,
+            eos_ids: Vec<u32>,
+            opts: &'a LoadOptions,
+            files: ModelFiles,
         }
+        impl WithBackend for Build<'_> {
+            type Out = Model;
+            fn run<B: Backend + 'static>(self, backend: B) -> Result<Model> {
+                Model::from_parts(
+                    self.config,
+                    self.weights,
+                    backend,
+                    self.eos_ids,
+                    self.opts,
+                    self.files,
+                )
+            }
+        }
+        let backend_opts = BackendOptions {
+            threads: opts.threads,
+            profile: opts.profile,
+            record_activations: opts.record_activations,
+        };
+        let job = Build {
+            config,
+            weights,
+            eos_ids,
+            opts,
+            files,
+        };
+        backend::on_device(opts.device, &backend_opts, job)
+    }
+
+    /// Load a checkpoint as [`Model::load`] does, onto a backend the caller built (a backend of
+    /// one's own, or a configured CUDA backend). `opts.device` and the backend settings in
+    /// `opts` (threads, profiling) are not used: the backend is as given.
+    pub fn load_with_backend<B: Backend + 'static>(
+        path: &Path,
+        opts: &LoadOptions,
+        backend: B,
+    ) -> Result<Model> {
+        let mut ck = loader::open(path, opts.keep_quantized)?;
+        let tokenizer = ck.tokenizer.take();
+        let mut model =
+            Self::from_parts(ck.config, &ck.weights, backend, ck.eos_ids, opts, ck.files)?;
+        model.tokenizer = tokenizer;
+        Ok(model)
     }
 
     /// Build a model from already-loaded weights on any backend.
-    pub fn from_parts<B: Backend + 'static>(
+    pub(crate) fn from_parts<B: Backend + 'static>(
         config: ModelConfig,
         weights: &Weights,
         backend: B,
@@ -385,6 +288,7 @@ impl Model {
         })
     }
 
+    /// The model's shape and flags.
     pub fn config(&self) -> &ModelConfig {
         self.engine.config()
     }
@@ -394,10 +298,12 @@ impl Model {
         self.num_parameters
     }
 
+    /// The ids that end generation.
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos_ids
     }
 
+    /// Positions the KV cache holds.
     pub fn context_len(&self) -> usize {
         self.engine.context_len()
     }
@@ -407,6 +313,7 @@ impl Model {
         self.engine.backend_name()
     }
 
+    /// Where the checkpoint's files are.
     pub fn files(&self) -> &ModelFiles {
         &self.files
     }
@@ -447,13 +354,9 @@ impl Model {
         (2 * c.num_layers * c.kv_dim() * 4 * pos) as u64
     }
 
-    /// A random-weight model with the published shapes of `preset` (see [`crate::synthetic`]):
+    /// A random-weight model with the published shapes of `preset` (`synthetic:NAME` in the CLI):
     /// for benchmarks without a download.
-    pub fn synthetic(
-        preset: &str,
-        dtype: crate::loader::DType,
-        opts: &LoadOptions,
-    ) -> Result<Model> {
+    pub fn synthetic(preset: &str, dtype: DType, opts: &LoadOptions) -> Result<Model> {
         let config = crate::synthetic::preset_config(preset)?;
         let weights = crate::synthetic::random_weights(&config, dtype, 0x5eed)?;
         let files = ModelFiles {
@@ -545,7 +448,7 @@ pub fn quantize_weights(weights: &mut Weights, target: DType) -> Result<()> {
             continue;
         }
         let bytes = crate::backend::cpu::quant_kernels::quantize_q8_0(&t.to_f32_vec()?)?;
-        *t = crate::loader::WeightTensor::from_bytes(
+        *t = crate::tensor::WeightTensor::from_bytes(
             t.name.clone(),
             DType::Q8_0,
             t.shape.clone(),
@@ -560,11 +463,13 @@ pub fn quantize_weights(weights: &mut Weights, target: DType) -> Result<()> {
 pub struct Perplexity {
     /// exp(mean NLL) over tokens 1..n, each predicted from its prefix.
     pub ppl: f64,
+    /// Mean negative log-likelihood per token, in nats.
     pub mean_nll: f64,
     /// Standard error of the mean NLL (sample standard deviation / √count).
     pub nll_stderr: f64,
     /// ppl's standard error by the delta method: ppl × nll_stderr.
     pub ppl_stderr: f64,
+    /// Tokens scored.
     pub count: usize,
 }
 

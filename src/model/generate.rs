@@ -5,14 +5,17 @@
 
 use std::time::Instant;
 
-use crate::engine::Model;
+use super::Model;
 use crate::error::{Error, Result};
-use crate::model::Logits;
 use crate::sampler::{Sampler, SamplerConfig};
+use crate::transformer::Logits;
 
 #[derive(Clone, Debug)]
+/// How to generate.
 pub struct GenerateOptions {
+    /// Stop after this many new tokens.
     pub max_new_tokens: usize,
+    /// Sampling settings (greedy by default).
     pub sampling: SamplerConfig,
     /// Extra ids that end generation (besides the model's EOS ids).
     pub stop_ids: Vec<u32>,
@@ -32,16 +35,20 @@ impl Default for GenerateOptions {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why generation stopped.
 pub enum StopReason {
     /// An EOS or stop id was produced (it is not passed to the callback).
     Stop(u32),
+    /// `max_new_tokens` were generated.
     MaxTokens,
+    /// The KV cache is full (`LoadOptions::context_len`).
     ContextFull,
     /// The callback returned false.
     Caller,
 }
 
 #[derive(Clone, Debug, PartialEq)]
+/// Counts, timings and the stop reason of one `generate` call.
 pub struct GenerationStats {
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
@@ -49,12 +56,15 @@ pub struct GenerationStats {
     pub reused_tokens: usize,
     /// Tokens handed to the callback.
     pub generated_tokens: usize,
+    /// Time to process the prompt (the part not already cached).
     pub prefill_seconds: f64,
+    /// Time to generate the new tokens.
     pub decode_seconds: f64,
     /// Prompt tokens computed per second of prefill.
     pub prefill_tok_s: f64,
     /// Tokens per second of the decode loop (one forward step per token).
     pub decode_tok_s: f64,
+    /// Why generation stopped.
     pub stop: StopReason,
 }
 
@@ -74,7 +84,7 @@ impl Model {
         }
         if prompt.len() >= ctx {
             return Err(Error::arg(format!(
-                "the prompt has {} tokens but the context holds {ctx} (leave room for at least one new token; raise --ctx)",
+                "the prompt has {} tokens but the context holds {ctx} (leave room for at least one new token; raise LoadOptions::context_len)",
                 prompt.len()
             )));
         }
@@ -166,8 +176,11 @@ fn rate(n: usize, secs: f64) -> f64 {
 /// The result of a text generation.
 #[derive(Clone, Debug)]
 pub struct TextOutput {
+    /// The generated text.
     pub text: String,
+    /// The generated ids.
     pub ids: Vec<u32>,
+    /// Counts, timings, stop reason.
     pub stats: GenerationStats,
 }
 
