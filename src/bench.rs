@@ -8,7 +8,7 @@ use crate::backend::{OpProfile, TraceEvent};
 use crate::error::Result;
 use crate::model::GenerateOptions;
 use crate::model::Model;
-use crate::sampler::Rng;
+use crate::rng::Rng;
 
 #[derive(Clone, Debug)]
 /// What `run` measures.

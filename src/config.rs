@@ -111,6 +111,40 @@ pub(crate) fn token_ids(v: Option<&Value>) -> Vec<u32> {
 }
 
 impl ModelConfig {
+    /// The tensor schema of this architecture: every tensor name and shape the forward pass
+    /// reads, in checkpoint order. The one place shapes are written down: the transformer checks
+    /// a checkpoint against it and the synthetic models are generated from it.
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let c = self;
+        let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (q, kv, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
+        for l in 0..c.num_layers {
+            let p = format!("model.layers.{l}");
+            out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            for (n, rows) in [("q", q), ("k", kv), ("v", kv)] {
+                out.push((format!("{p}.self_attn.{n}_proj.weight"), vec![rows, h]));
+                if c.attention_bias {
+                    out.push((format!("{p}.self_attn.{n}_proj.bias"), vec![rows]));
+                }
+            }
+            if c.qk_norm {
+                out.push((format!("{p}.self_attn.q_norm.weight"), vec![hd]));
+                out.push((format!("{p}.self_attn.k_norm.weight"), vec![hd]));
+            }
+            out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
+            out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+            out.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+            out.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+        }
+        out.push(("model.norm.weight".to_string(), vec![h]));
+        if !c.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![v, h]));
+        }
+        out
+    }
+
     /// Read and check a config.json.
     pub fn from_file(path: &Path) -> Result<ModelConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| {

@@ -45,6 +45,8 @@ pub struct Breakdown {
     pub lm_head: u64,
     /// Anything outside the llama family's tensor names.
     pub other: u64,
+    /// The checkpoint ties its embeddings and stores them: a stored lm_head is a duplicate.
+    tied_skip: bool,
 }
 
 /// The answer to "what is this checkpoint", computed from headers.
@@ -131,6 +133,45 @@ fn role(hf_name: &str) -> Role {
     }
 }
 
+impl Breakdown {
+    /// The exact parameter count by role of a checkpoint's tensors (Hugging Face name, element
+    /// count): the one place parameters are counted, for `inspect` and `Model::num_parameters`.
+    /// A checkpoint that ties its embeddings but still stores lm_head holds one matrix twice;
+    /// it is counted once.
+    pub(crate) fn of<'a>(
+        tied: bool,
+        tensors: impl Iterator<Item = (&'a str, u64)> + Clone,
+    ) -> Self {
+        let has_embed = tensors.clone().any(|(n, _)| role(n) == Role::Embeddings);
+        let mut b = Breakdown {
+            tied_skip: tied && has_embed,
+            ..Breakdown::default()
+        };
+        let skip = b.tied_skip;
+        for (name, numel) in tensors.filter(|(n, _)| !(skip && role(n) == Role::LmHead)) {
+            *match role(name) {
+                Role::Embeddings => &mut b.embeddings,
+                Role::Attention => &mut b.attention,
+                Role::Mlp => &mut b.mlp,
+                Role::Norm => &mut b.norms,
+                Role::LmHead => &mut b.lm_head,
+                Role::Other => &mut b.other,
+            } += numel;
+        }
+        b
+    }
+
+    /// Whether the tensor's elements are counted (a duplicate tied lm_head is not).
+    fn counted(&self, hf_name: &str) -> bool {
+        !(self.tied_skip && role(hf_name) == Role::LmHead)
+    }
+
+    /// All parameters.
+    pub fn total(&self) -> u64 {
+        self.embeddings + self.attention + self.mlp + self.norms + self.lm_head + self.other
+    }
+}
+
 /// One tensor as inspect sees it.
 struct Entry {
     hf_name: String,
@@ -149,30 +190,19 @@ pub fn inspect(path: &Path) -> Result<Report> {
         inspect_safetensors(&files)?
     };
 
-    let tied = config.tie_word_embeddings;
-    let has_embed = entries.iter().any(|e| role(&e.hf_name) == Role::Embeddings);
-    let mut b = Breakdown::default();
+    let b = Breakdown::of(
+        config.tie_word_embeddings,
+        entries.iter().map(|e| (e.hf_name.as_str(), e.numel)),
+    );
     let mut weight_bytes = BTreeMap::new();
     let mut by_dtype = BTreeMap::new();
     for e in &entries {
         *weight_bytes.entry(e.dtype.clone()).or_insert(0) += e.bytes;
-        let r = role(&e.hf_name);
-        // A checkpoint that ties its embeddings but still stores lm_head holds one matrix twice.
-        if r == Role::LmHead && tied && has_embed {
-            continue;
+        if b.counted(&e.hf_name) {
+            *by_dtype.entry(e.dtype.clone()).or_insert(0) += e.numel;
         }
-        *by_dtype.entry(e.dtype.clone()).or_insert(0) += e.numel;
-        let slot = match r {
-            Role::Embeddings => &mut b.embeddings,
-            Role::Attention => &mut b.attention,
-            Role::Mlp => &mut b.mlp,
-            Role::Norm => &mut b.norms,
-            Role::LmHead => &mut b.lm_head,
-            Role::Other => &mut b.other,
-        };
-        *slot += e.numel;
     }
-    let parameters = b.embeddings + b.attention + b.mlp + b.norms + b.lm_head + b.other;
+    let parameters = b.total();
     Ok(Report {
         path: path.to_path_buf(),
         format,

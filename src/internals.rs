@@ -20,7 +20,8 @@ pub use crate::loader::{
 pub mod quant {
     pub use crate::quant::*;
 }
-pub use crate::sampler::{Rng, Sampler};
+pub use crate::rng::Rng;
+pub use crate::sampler::Sampler;
 /// Random-weight models with published shapes.
 pub mod synthetic {
     pub use crate::synthetic::*;

@@ -49,6 +49,7 @@ pub mod inspect;
 mod loader;
 mod model;
 mod quant;
+mod rng;
 mod sampler;
 #[allow(missing_docs)]
 mod synthetic;

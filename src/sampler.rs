@@ -6,6 +6,7 @@
 //! candidate buffer between calls, so sampling allocates nothing per token.
 
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 
 #[derive(Clone, Debug, PartialEq)]
 /// How the next token is chosen from the logits.
@@ -66,29 +67,6 @@ impl SamplerConfig {
     /// Greedy decoding with no penalty: the argmax can be taken on the device.
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0 && self.repetition_penalty == 1.0
-    }
-}
-
-/// A small, fast, seedable generator (SplitMix64): reproducible across platforms.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed`.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::sampler::Rng;
+use crate::rng::Rng;
 use crate::tensor::{DType, Storage, WeightTensor, Weights};
 
 /// The presets: name → config.json (the published values of each checkpoint).
@@ -65,37 +65,6 @@ pub fn preset_config(name: &str) -> Result<ModelConfig> {
     )
 }
 
-/// Every tensor name and shape the model reads, in checkpoint order.
-pub fn tensor_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-    let (q, kv, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
-    for l in 0..c.num_layers {
-        let p = format!("model.layers.{l}");
-        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
-        for (n, rows) in [("q", q), ("k", kv), ("v", kv)] {
-            out.push((format!("{p}.self_attn.{n}_proj.weight"), vec![rows, h]));
-            if c.attention_bias {
-                out.push((format!("{p}.self_attn.{n}_proj.bias"), vec![rows]));
-            }
-        }
-        if c.qk_norm {
-            out.push((format!("{p}.self_attn.q_norm.weight"), vec![hd]));
-            out.push((format!("{p}.self_attn.k_norm.weight"), vec![hd]));
-        }
-        out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
-        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-        out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
-        out.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
-        out.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
-    }
-    out.push(("model.norm.weight".to_string(), vec![h]));
-    if !c.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![v, h]));
-    }
-    out
-}
-
 /// Random weights for `config`: matrices uniform in ±1/√fan_in (so activations stay O(1)),
 /// norm weights 1, biases small. `dtype` is F32, F16 or BF16.
 pub fn random_weights(config: &ModelConfig, dtype: DType, seed: u64) -> Result<Weights> {
@@ -103,7 +72,7 @@ pub fn random_weights(config: &ModelConfig, dtype: DType, seed: u64) -> Result<W
         return Err(Error::arg("synthetic weights are f32, f16 or bf16"));
     }
     let path = Path::new("<synthetic>");
-    let shapes = tensor_shapes(config);
+    let shapes = config.tensor_shapes();
     let tensors = shapes
         .into_par_iter()
         .enumerate()

@@ -97,49 +97,44 @@ impl<B: Backend> Transformer<B> {
         if ctx == 0 || max_batch == 0 {
             return Err(Error::arg("context length and batch size must be positive"));
         }
+        // Every tensor the schema names must be there with its shape; then each is uploaded.
+        for (name, shape) in c.tensor_shapes() {
+            weights.get_shaped(&name, &shape)?;
+        }
         let (hidden, inter, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-        let (q_dim, kv_dim, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
-        let up = |name: &str, shape: &[usize]| -> Result<B::Mat> {
-            backend.upload(weights.get_shaped(name, shape)?)
-        };
-        let opt = |name: &str, shape: &[usize], present: bool| -> Result<Option<B::Mat>> {
-            if present {
-                up(name, shape).map(Some)
-            } else {
-                Ok(None)
-            }
+        let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
+        let up = |name: &str| -> Result<B::Mat> { backend.upload(weights.get(name)?) };
+        let opt = |name: &str, present: bool| -> Result<Option<B::Mat>> {
+            present.then(|| up(name)).transpose()
         };
 
-        let embed_tokens = up("model.embed_tokens.weight", &[vocab, hidden])?;
+        let embed_tokens = up("model.embed_tokens.weight")?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
             let bias = c.attention_bias;
             layers.push(Layer {
-                input_layernorm: up(&format!("{p}.input_layernorm.weight"), &[hidden])?,
-                q_proj: up(&format!("{p}.self_attn.q_proj.weight"), &[q_dim, hidden])?,
-                k_proj: up(&format!("{p}.self_attn.k_proj.weight"), &[kv_dim, hidden])?,
-                v_proj: up(&format!("{p}.self_attn.v_proj.weight"), &[kv_dim, hidden])?,
-                q_bias: opt(&format!("{p}.self_attn.q_proj.bias"), &[q_dim], bias)?,
-                k_bias: opt(&format!("{p}.self_attn.k_proj.bias"), &[kv_dim], bias)?,
-                v_bias: opt(&format!("{p}.self_attn.v_proj.bias"), &[kv_dim], bias)?,
-                q_norm: opt(&format!("{p}.self_attn.q_norm.weight"), &[hd], c.qk_norm)?,
-                k_norm: opt(&format!("{p}.self_attn.k_norm.weight"), &[hd], c.qk_norm)?,
-                o_proj: up(&format!("{p}.self_attn.o_proj.weight"), &[hidden, q_dim])?,
-                post_attention_layernorm: up(
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    &[hidden],
-                )?,
-                gate_proj: up(&format!("{p}.mlp.gate_proj.weight"), &[inter, hidden])?,
-                up_proj: up(&format!("{p}.mlp.up_proj.weight"), &[inter, hidden])?,
-                down_proj: up(&format!("{p}.mlp.down_proj.weight"), &[hidden, inter])?,
+                input_layernorm: up(&format!("{p}.input_layernorm.weight"))?,
+                q_proj: up(&format!("{p}.self_attn.q_proj.weight"))?,
+                k_proj: up(&format!("{p}.self_attn.k_proj.weight"))?,
+                v_proj: up(&format!("{p}.self_attn.v_proj.weight"))?,
+                q_bias: opt(&format!("{p}.self_attn.q_proj.bias"), bias)?,
+                k_bias: opt(&format!("{p}.self_attn.k_proj.bias"), bias)?,
+                v_bias: opt(&format!("{p}.self_attn.v_proj.bias"), bias)?,
+                q_norm: opt(&format!("{p}.self_attn.q_norm.weight"), c.qk_norm)?,
+                k_norm: opt(&format!("{p}.self_attn.k_norm.weight"), c.qk_norm)?,
+                o_proj: up(&format!("{p}.self_attn.o_proj.weight"))?,
+                post_attention_layernorm: up(&format!("{p}.post_attention_layernorm.weight"))?,
+                gate_proj: up(&format!("{p}.mlp.gate_proj.weight"))?,
+                up_proj: up(&format!("{p}.mlp.up_proj.weight"))?,
+                down_proj: up(&format!("{p}.mlp.down_proj.weight"))?,
             });
         }
-        let norm = up("model.norm.weight", &[hidden])?;
+        let norm = up("model.norm.weight")?;
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(up("lm_head.weight", &[vocab, hidden])?)
+            Some(up("lm_head.weight")?)
         };
         let inv = c.rope_inv_freq();
         let inv_freq = backend.upload(&WeightTensor::from_f32(
@@ -151,7 +146,7 @@ impl<B: Backend> Transformer<B> {
             layers: c.num_layers,
             ctx,
             n_kv_heads: c.num_kv_heads,
-            head_dim: hd,
+            head_dim: c.head_dim,
         })?;
         let all_logits_rows = if all_logits { max_batch } else { 1 };
         let a = |n: usize| backend.alloc(n);
@@ -259,7 +254,7 @@ impl<B: Backend> Transformer<B> {
             let p = AttnParams {
                 n_heads: c.num_heads,
                 n_kv_heads: c.num_kv_heads,
-                head_dim: hd,
+                head_dim: c.head_dim,
                 scale: 1.0 / (hd as f32).sqrt(),
                 window: c.layer_windows[l],
             };

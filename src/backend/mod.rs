@@ -289,6 +289,145 @@ pub(crate) fn on_device<W: WithBackend>(
             job.run(b)
         }
         #[cfg(not(feature = "cuda"))]
-        Device::Cuda(_) => Err(crate::device::no_cuda_feature()),
+        Device::Cuda(_) => Err(no_cuda_feature()),
+    }
+}
+
+// What a `Device` is on this machine: whether it exists, its memory, its bandwidth. (The
+// `Device` type itself sits below, in device.rs; these need the backends.)
+
+/// How many CUDA devices this build can use, or why none.
+pub(crate) fn cuda_device_count() -> Result<usize> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::cudarc_driver::device_count()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(no_cuda_feature())
+    }
+}
+
+impl Device {
+    /// Settle `Auto` and check that a requested GPU exists. Never returns `Auto`.
+    pub fn resolve(self) -> Result<Device> {
+        match self {
+            Device::Auto => Ok(match cuda_device_count() {
+                Ok(n) if n > 0 => Device::Cuda(0),
+                _ => Device::Cpu,
+            }),
+            Device::Cuda(i) => {
+                let n = cuda_device_count()?;
+                if i >= n {
+                    return Err(Error::Device(format!(
+                        "cuda:{i} requested, {n} CUDA device(s) present"
+                    )));
+                }
+                Ok(Device::Cuda(i))
+            }
+            d => Ok(d),
+        }
+    }
+}
+
+/// The error for a CUDA device in a build without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+pub(crate) fn no_cuda_feature() -> Error {
+    Error::Device(
+        "minfer was built without the `cuda` feature (cargo build --features cuda)".into(),
+    )
+}
+
+impl Device {
+    /// Total memory of the device in bytes: `Some` for a GPU, `None` for the CPU and the
+    /// interpreter (whose limit is host memory).
+    pub fn total_memory(self) -> Result<Option<u64>> {
+        match self.resolve()? {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => {
+                use cuda::driver::GpuDriver;
+                Ok(Some(
+                    cuda::cudarc_driver::CudarcDriver::new(i)?.total_memory(),
+                ))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The memory-bandwidth ceiling of this device in GB/s, for "achieved GB/s as a fraction
+    /// of ..." figures: on the CPU the read bandwidth with `threads` threads (0 = all cores); on
+    /// a GPU the device-to-device copy bandwidth (bytes read plus bytes written) through
+    /// minfer's copy kernel. The interpreter has no meaningful bandwidth: NaN.
+    pub fn measure_bandwidth(self, threads: usize) -> Result<f64> {
+        match self.resolve()? {
+            Device::Cpu | Device::Auto => {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .map_err(|e| Error::Device(format!("cannot start {threads} threads: {e}")))?;
+                Ok(pool.install(|| cpu::simd::measure_read_bandwidth(512 << 20, 3)))
+            }
+            Device::Sim => Ok(f64::NAN),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => {
+                let drv = cuda::cudarc_driver::CudarcDriver::new(i)?;
+                let b = cuda::CudaBackend::new(drv)?;
+                b.measure_copy_bandwidth(1 << 30, 10)
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(no_cuda_feature()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LoadOptions, Model};
+    use std::path::Path;
+
+    #[test]
+    fn auto_never_fails_and_never_stays_auto() {
+        // On a machine without a driver (CI) this is the CPU; with one, a GPU. Either way no
+        // panic and no error.
+        let d = Device::Auto.resolve();
+        assert!(matches!(d, Ok(Device::Cpu) | Ok(Device::Cuda(0))), "{d:?}");
+    }
+
+    #[test]
+    fn sim_device_runs_a_fixture_model() {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama_gqa_untied");
+        let opts = LoadOptions {
+            max_batch: 4,
+            device: Device::Sim,
+            ..LoadOptions::default()
+        };
+        let mut m = Model::load(&dir, &opts).expect("load on sim");
+        assert!(
+            m.backend_name().contains("ptx interpreter"),
+            "{}",
+            m.backend_name()
+        );
+        let gen = crate::GenerateOptions {
+            max_new_tokens: 2,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let mut n = 0;
+        m.generate(&[1, 2, 3], &gen, |_| {
+            n += 1;
+            true
+        })
+        .expect("generate");
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn cuda_without_a_device_is_an_error_not_a_panic() {
+        match cuda_device_count() {
+            Ok(n) => assert!(Device::Cuda(n).resolve().is_err()),
+            Err(_) => assert!(Device::Cuda(0).resolve().is_err()),
+        }
     }
 }

@@ -117,13 +117,12 @@ impl Default for LoadOptions {
 }
 
 /// The exact parameter count: every tensor the model uses, tied embeddings once.
-pub fn count_parameters(config: &ModelConfig, weights: &Weights) -> u64 {
-    weights
+fn count_parameters(config: &ModelConfig, weights: &Weights) -> u64 {
+    let tensors = weights
         .tensors
         .iter()
-        .filter(|(name, _)| !(config.tie_word_embeddings && name.as_str() == "lm_head.weight"))
-        .map(|(_, t)| t.numel() as u64)
-        .sum()
+        .map(|(n, t)| (n.as_str(), t.numel() as u64));
+    crate::inspect::Breakdown::of(config.tie_word_embeddings, tensors).total()
 }
 
 /// Bytes of weights read by one decode step: every tensor once, except that an untied

@@ -802,7 +802,7 @@ impl AttnGeometry<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampler::Rng;
+    use crate::rng::Rng;
 
     fn random(n: usize, rng: &mut Rng) -> Vec<f32> {
         (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
