@@ -56,8 +56,7 @@ line on stderr ends with why generation stopped.
   eos           the model produced an end-of-sequence token (not printed; its id is stop_token)
   stop_id       a token given with --stop was produced (not printed; its id is stop_token)
   max_tokens    --max-new-tokens tokens were generated
-  context_full  the KV cache (--ctx) is full; raise --ctx
-  interrupted   the output was closed")]
+  context_full  the KV cache (--ctx) is full; raise --ctx")]
     #[command(group(ArgGroup::new("prompt_input").required(true).args(["prompt", "ids"])))]
     Generate(GenerateArgs),
 

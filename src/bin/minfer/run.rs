@@ -54,6 +54,8 @@ pub fn stop_reason(stats: &GenerationStats, model: &Model, opts: &GenerateOption
                 model.config().max_position_embeddings
             ),
         },
+        // Only when the callback says stop, which here means stdout was closed: then nothing
+        // more is printed, so this name is never seen.
         StopReason::Caller => Stop {
             name: "interrupted",
             token: None,
