@@ -94,12 +94,20 @@ fn adapter_maps_interpreter_errors() {
             && text.contains(&format!("{:#x}", a.0 + 16)),
         "{text}"
     );
-    let e = d.load_module("bad.ptx", ".version 8.0\n.target sm_90\n.bogus\n").unwrap_err();
-    assert!(matches!(e, Error::Ptx(_)) && e.to_string().contains("bad.ptx:3"), "{e}");
+    let e = d
+        .load_module("bad.ptx", ".version 8.0\n.target sm_90\n.bogus\n")
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Ptx(_)) && e.to_string().contains("bad.ptx:3"),
+        "{e}"
+    );
     let e = d.free(a.offset(4)).unwrap_err();
     assert!(matches!(e, Error::Device(_)), "{e:?}");
     let e = d.function(m, "nope").unwrap_err();
-    assert!(matches!(e, Error::Device(_)) && e.to_string().contains("copy"), "{e}");
+    assert!(
+        matches!(e, Error::Device(_)) && e.to_string().contains("copy"),
+        "{e}"
+    );
     assert_eq!(d.name(), "ptx interpreter");
     d.free(a).unwrap();
     d.free(b).unwrap();

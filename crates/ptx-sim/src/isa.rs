@@ -531,9 +531,8 @@ fn align_up(x: u64, a: u64) -> u64 {
 /// Bytes of one element of a declaration (`.v4 .f32` → 16); `kernel` names the `.entry` the
 /// declaration is in, for the error.
 pub fn decl_elem_bytes(module: &str, kernel: Option<&str>, d: &VarDecl) -> Result<u64> {
-    let t = Ty::parse(&d.ty).ok_or_else(|| {
-        Error::ptx(module, d.line, kernel, format!("unknown type .{}", d.ty))
-    })?;
+    let t = Ty::parse(&d.ty)
+        .ok_or_else(|| Error::ptx(module, d.line, kernel, format!("unknown type .{}", d.ty)))?;
     Ok(t.bytes() as u64 * d.vec as u64)
 }
 

@@ -2,12 +2,20 @@
 //!
 //! # Source layout
 //!
-//! `parse.rs` (text → syntax tree), `isa.rs` (decode once into compact instructions),
-//! `exec/` (warps, lockstep, dispatch; `exec/access.rs` holds every memory check and memory
-//! counter, once per state space; `exec/scalar.rs` the per-value arithmetic), `memory.rs` (the
-//! address map, global memory and its init shadow), `check.rs` (shared-memory race/init shadow),
-//! `counters.rs` (profiling arithmetic), `error.rs`. Imports only go down that list's
-//! dependency order: parse ← isa ← exec ← lib, with memory, check and counters below exec.
+//! - `parse.rs`: PTX text → syntax tree (syntax only, with lines kept for errors).
+//! - `isa.rs`: the syntax tree → compact decoded instructions, once per module; rejects
+//!   unsupported PTX.
+//! - `exec/`: warps in lockstep and instruction dispatch (`mod.rs`), every memory check and
+//!   memory counter written once per state space (`access.rs`), per-value arithmetic
+//!   (`scalar.rs`).
+//! - `memory.rs`: the address map, global memory and its initialisation shadow.
+//! - `check.rs`: the shared-memory race and initialisation shadow.
+//! - `counters.rs`: profiling arithmetic (sectors, bank conflicts) and [`KernelCounters`].
+//! - `error.rs`: [`Error`].
+//!
+//! Imports go one way: `lib` → `exec` → `isa` → `parse`; below them `memory`, `check` and
+//! `counters`, which import nothing of the crate but `error`. (`exec/access.rs` is the rest of
+//! the executor's `impl`, so it and `exec/mod.rs` see each other; `exec/scalar.rs` sees neither.)
 #![warn(missing_docs)]
 
 mod check;

@@ -58,7 +58,12 @@ fn zeros(d: &mut Device, bytes: usize) -> DevPtr {
     d.memset_zero(p, bytes).unwrap();
     p
 }
-fn download<T, const N: usize>(d: &Device, p: DevPtr, n: usize, from_le: fn([u8; N]) -> T) -> Vec<T> {
+fn download<T, const N: usize>(
+    d: &Device,
+    p: DevPtr,
+    n: usize,
+    from_le: fn([u8; N]) -> T,
+) -> Vec<T> {
     let mut b = vec![0u8; n * N];
     d.copy_to_host(&mut b, p).unwrap();
     b.chunks_exact(N)
@@ -92,7 +97,11 @@ fn vec_add_awkward_sizes() {
         let mut rng = Rng::new(n as u64);
         let a: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
         let b: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
-        let (pa, pb, pc) = (upload_f32(&mut d, &a), upload_f32(&mut d, &b), zeros(&mut d, n * 4));
+        let (pa, pb, pc) = (
+            upload_f32(&mut d, &a),
+            upload_f32(&mut d, &b),
+            zeros(&mut d, n * 4),
+        );
         let grid = n.div_ceil(64) as u32;
         let args = [
             KernelArg::Ptr(pa),
@@ -101,8 +110,15 @@ fn vec_add_awkward_sizes() {
             KernelArg::F32(0.5),
             KernelArg::U32(n as u32),
         ];
-        launch(&mut d, "vec_add.ptx", "vec_add_f32", cfg(grid, 64, 0), &args).unwrap();
-        let c = download_f32(&mut d, pc, n);
+        launch(
+            &mut d,
+            "vec_add.ptx",
+            "vec_add_f32",
+            cfg(grid, 64, 0),
+            &args,
+        )
+        .unwrap();
+        let c = download_f32(&d, pc, n);
         for i in 0..n {
             // fma is exact-then-rounded on both sides: bitwise equal.
             assert_eq!(c[i], b[i].mul_add(0.5, a[i]), "n={n} i={i}");
@@ -126,7 +142,7 @@ fn block_sum_with_shuffles_and_barrier() {
         &[KernelArg::Ptr(px), KernelArg::Ptr(po)],
     )
     .unwrap();
-    let o = download_f32(&mut d, po, blocks);
+    let o = download_f32(&d, po, blocks);
     for b in 0..blocks {
         let want: f32 = x[b * threads..(b + 1) * threads].iter().sum();
         // Different summation order: 128 values in [-1, 1], f32: 1e-4 absolute is ample.
@@ -216,7 +232,11 @@ fn integer_alu_matches_reference() {
     b[3] = 5;
     a[4] = 1234;
     b[4] = 1234;
-    let (pa, pb, po) = (upload_u32(&mut d, &a), upload_u32(&mut d, &b), zeros(&mut d, n * 96));
+    let (pa, pb, po) = (
+        upload_u32(&mut d, &a),
+        upload_u32(&mut d, &b),
+        zeros(&mut d, n * 96),
+    );
     launch(
         &mut d,
         "alu_int.ptx",
@@ -225,7 +245,7 @@ fn integer_alu_matches_reference() {
         &[KernelArg::Ptr(pa), KernelArg::Ptr(pb), KernelArg::Ptr(po)],
     )
     .unwrap();
-    let out = download_u32(&mut d, po, n * 24);
+    let out = download_u32(&d, po, n * 24);
     for t in 0..n {
         let want = int_reference(a[t], b[t]);
         for k in 0..24 {
@@ -326,7 +346,11 @@ fn float_alu_matches_reference() {
         y[i] = *b;
     }
     let n = x.len();
-    let (px, py, po) = (upload_f32(&mut d, &x), upload_f32(&mut d, &y), zeros(&mut d, n * 104));
+    let (px, py, po) = (
+        upload_f32(&mut d, &x),
+        upload_f32(&mut d, &y),
+        zeros(&mut d, n * 104),
+    );
     launch(
         &mut d,
         "alu_float.ptx",
@@ -335,7 +359,7 @@ fn float_alu_matches_reference() {
         &[KernelArg::Ptr(px), KernelArg::Ptr(py), KernelArg::Ptr(po)],
     )
     .unwrap();
-    let out = download_u32(&mut d, po, n * 26);
+    let out = download_u32(&d, po, n * 26);
     for t in 0..n {
         for (k, (want, tol)) in float_reference(x[t], y[t]).into_iter().enumerate() {
             let got = out[t * 26 + k];
@@ -365,7 +389,7 @@ fn divergent_branches_reconverge() {
         &[KernelArg::Ptr(po)],
     )
     .unwrap();
-    let out = download_u32(&mut d, po, n * 4);
+    let out = download_u32(&d, po, n * 4);
     let acc = |t: u32| -> u32 {
         let mut a = if t & 1 == 1 {
             if t & 2 != 0 {
@@ -373,7 +397,7 @@ fn divergent_branches_reconverge() {
             } else {
                 20
             }
-        } else if t % 5 == 0 {
+        } else if t.is_multiple_of(5) {
             60
         } else {
             30
@@ -415,7 +439,7 @@ fn warp_collectives_match_cuda_semantics() {
         &[KernelArg::Ptr(pi), KernelArg::Ptr(po)],
     )
     .unwrap();
-    let out = download_u32(&mut d, po, n * 12);
+    let out = download_u32(&d, po, n * 12);
     for t in 0..n {
         let w0 = t & !31;
         let lane = t % 32;
@@ -504,7 +528,7 @@ fn check_mma(entry: &str, bf16: bool) {
         ],
     )
     .unwrap();
-    let out = download_f32(&mut d, pd, 128);
+    let out = download_f32(&d, pd, 128);
     for i in 0..16 {
         for j in 0..8 {
             let mut s = c[i * 8 + j] as f64;
@@ -550,7 +574,7 @@ fn ldmatrix_variants() {
         &[KernelArg::Ptr(pi), KernelArg::Ptr(po)],
     )
     .unwrap();
-    let out = download_u32(&mut d, po, 32 * 11);
+    let out = download_u32(&d, po, 32 * 11);
     // Matrix mat, row r, col c sits at element mat*64 + r*8 + c. Thread l holds row l/4,
     // columns 2*(l%4) and +1 (transposed: those become rows, l/4 the column).
     let el = |mat: usize, r: usize, c: usize| m[mat * 64 + r * 8 + c] as u32;
@@ -589,8 +613,8 @@ fn atomics_and_reductions() {
         &[KernelArg::Ptr(pc), KernelArg::Ptr(po)],
     )
     .unwrap();
-    let c = download_u32(&mut d, pc, 10);
-    let out = download_u32(&mut d, po, n as usize * 2);
+    let c = download_u32(&d, pc, 10);
+    let out = download_u32(&d, po, n as usize * 2);
     let vals: Vec<i32> = (0..n).map(|t| ((t * 37) % 101) as i32 - 50).collect();
     assert_eq!(c[0], n);
     assert_eq!(c[1] as i32, *vals.iter().max().unwrap());
@@ -624,7 +648,7 @@ fn cp_async_sizes_and_zero_fill() {
         &[KernelArg::Ptr(ps), KernelArg::Ptr(po)],
     )
     .unwrap();
-    let out = download_u32(&mut d, po, 64);
+    let out = download_u32(&d, po, 64);
     for i in 0..64 {
         let want = match i {
             0..=31 => src[i],
@@ -695,6 +719,116 @@ fn planted_out_of_bounds_read() {
 }
 
 #[test]
+fn planted_atomic_faults() {
+    let mut d = Device::new();
+    let a = upload_u32(&mut d, &[0; 4]);
+    let line = format!("faults.ptx:{}", line_of("faults.ptx", "atomic_oob"));
+    let e = expect_fault(
+        "faults.ptx",
+        "atomic_oob",
+        cfg(1, 5, 0),
+        &[KernelArg::Ptr(a)],
+        &mut d,
+        &["out-of-bounds global atomic", &line, "thread (4, 0, 0)"],
+    );
+    assert!(e.contains(&format!("{:#x}", a.0 + 16)), "{e}");
+    // In bounds, every thread's add lands (on top of those of lanes 0..4 of the faulting
+    // launch, which ran before lane 4 faulted).
+    launch(
+        &mut d,
+        "faults.ptx",
+        "atomic_oob",
+        cfg(1, 4, 0),
+        &[KernelArg::Ptr(a)],
+    )
+    .unwrap();
+    assert_eq!(download_u32(&d, a, 4), [2, 2, 2, 2]);
+    let line = format!(
+        "faults.ptx:{}",
+        line_of("faults.ptx", "shared_atomic_uninit")
+    );
+    expect_fault(
+        "faults.ptx",
+        "shared_atomic_uninit",
+        cfg(1, 1, 0),
+        &[],
+        &mut d,
+        &["atomic on uninitialised Shared memory", &line],
+    );
+}
+
+/// The errors carry their culprit in fields, not only in the message.
+#[test]
+fn errors_name_their_culprit_in_fields() {
+    use ptx_sim::Error;
+    let mut d = Device::new();
+    let a = upload_u32(&mut d, &[1, 2, 3, 4, 5]);
+    let o = zeros(&mut d, 64);
+    let m = d.load_module("faults.ptx", &ptx("faults.ptx")).unwrap();
+    let f = d.function(m, "oob_read").unwrap();
+    let args = [KernelArg::Ptr(a), KernelArg::Ptr(o)];
+    match d.launch(f, cfg(1, 6, 0), &args).unwrap_err() {
+        Error::Fault(x) => {
+            assert_eq!(x.kernel, "oob_read");
+            assert_eq!(x.module, "faults.ptx");
+            let (line, src) = x.line.clone().expect("an instruction is to blame");
+            assert_eq!(line as usize, line_of("faults.ptx", "oob"));
+            assert!(src.starts_with("ld.global.u32"), "{src}");
+            assert_eq!((x.thread, x.block), (Some((5, 0, 0)), (0, 0, 0)));
+            assert_eq!(x.address, Some(a.0 + 20));
+        }
+        e => panic!("expected a fault, got {e:?}"),
+    }
+    match d.launch(f, cfg(1, 6, 0), &args[..1]).unwrap_err() {
+        Error::Launch { kernel, .. } => assert_eq!(kernel, "oob_read"),
+        e => panic!("expected a launch error, got {e:?}"),
+    }
+    match d.function(m, "nope").unwrap_err() {
+        Error::NoEntry {
+            module,
+            entry,
+            available,
+        } => {
+            assert_eq!((module.as_str(), entry.as_str()), ("faults.ptx", "nope"));
+            assert!(available.iter().any(|k| k == "oob_read"), "{available:?}");
+        }
+        e => panic!("expected NoEntry, got {e:?}"),
+    }
+    let e = d.function(ptx_sim::ModuleId(7), "oob_read").unwrap_err();
+    assert_eq!(
+        e,
+        Error::UnknownHandle {
+            what: "module",
+            id: 7
+        }
+    );
+    let e = d.free(a.offset(4)).unwrap_err();
+    assert!(
+        matches!(e, Error::Memory { address, .. } if address == a.0 + 4),
+        "{e:?}"
+    );
+    assert!(e.is_host_side());
+    let e = d
+        .load_module("unknown_op.ptx", &ptx("unknown_op.ptx"))
+        .unwrap_err();
+    match &e {
+        Error::Ptx {
+            module,
+            line,
+            kernel,
+            ..
+        } => {
+            assert_eq!(module, "unknown_op.ptx");
+            assert_eq!(*line as usize, line_of("unknown_op.ptx", "unknown"));
+            assert_eq!(kernel.as_deref(), Some("unknown_op"));
+        }
+        e => panic!("expected a PTX error, got {e:?}"),
+    }
+    assert!(!e.is_host_side());
+    let _: &dyn std::error::Error = &e;
+}
+
+#[test]
 fn planted_misaligned_access() {
     let mut d = Device::new();
     let a = zeros(&mut d, 16);
@@ -758,7 +892,7 @@ fn planted_shared_memory_race() {
         &[KernelArg::Ptr(o)],
     )
     .unwrap();
-    assert_eq!(download_u32(&mut d, o, 1), [77]);
+    assert_eq!(download_u32(&d, o, 1), [77]);
 }
 
 #[test]
@@ -852,8 +986,15 @@ fn state_spaces_and_addressing() {
         block: (bx, by, 1),
         shared_bytes: 0,
     };
-    launch(&mut d, "addressing.ptx", "addressing", c, &[KernelArg::Ptr(po)]).unwrap();
-    let out = download_u32(&mut d, po, n * 8);
+    launch(
+        &mut d,
+        "addressing.ptx",
+        "addressing",
+        c,
+        &[KernelArg::Ptr(po)],
+    )
+    .unwrap();
+    let out = download_u32(&d, po, n * 8);
     for cy in 0..gy {
         for cx in 0..gx {
             for ty in 0..by {
@@ -977,7 +1118,11 @@ fn cp_async_wait_group_keeps_the_newest_groups_in_flight() {
     let mut d = Device::new();
     let a: Vec<u32> = (0..32).collect();
     let b: Vec<u32> = (0..32).map(|i| 1000 * i).collect();
-    let (pa, pb, po) = (upload_u32(&mut d, &a), upload_u32(&mut d, &b), zeros(&mut d, 128));
+    let (pa, pb, po) = (
+        upload_u32(&mut d, &a),
+        upload_u32(&mut d, &b),
+        zeros(&mut d, 128),
+    );
     let args = |early: u32| {
         [
             KernelArg::Ptr(pa),
@@ -995,7 +1140,7 @@ fn cp_async_wait_group_keeps_the_newest_groups_in_flight() {
     )
     .unwrap();
     assert_eq!(
-        download_u32(&mut d, po, 32),
+        download_u32(&d, po, 32),
         (0..32).map(|i| 1001 * i).collect::<Vec<_>>()
     );
     let line = format!("cp_async.ptx:{}", line_of("cp_async.ptx", "early"));
@@ -1033,9 +1178,23 @@ fn launch_shape_checks() {
     launch(&mut d, "faults.ptx", "bounded_block", cfg(1, 128, 0), &[]).unwrap();
     let e = launch(&mut d, "faults.ptx", "bounded_block", cfg(1, 129, 0), &[]).unwrap_err();
     assert!(e.contains(".maxntid"), "{e}");
-    let e = launch(&mut d, "faults.ptx", "bounded_block", cfg(1, 64, 300_000), &[]).unwrap_err();
+    let e = launch(
+        &mut d,
+        "faults.ptx",
+        "bounded_block",
+        cfg(1, 64, 300_000),
+        &[],
+    )
+    .unwrap_err();
     assert!(e.contains("shared memory") && e.contains("maximum"), "{e}");
-    let e = launch(&mut d, "faults.ptx", "divergent_barrier", cfg(1, 2048, 0), &[]).unwrap_err();
+    let e = launch(
+        &mut d,
+        "faults.ptx",
+        "divergent_barrier",
+        cfg(1, 2048, 0),
+        &[],
+    )
+    .unwrap_err();
     assert!(e.contains("block shape"), "{e}");
 }
 
@@ -1055,7 +1214,7 @@ fn comments_and_literals_keep_line_numbers() {
     let f = d.function(m, "comments").unwrap();
     let o = zeros(&mut d, 8);
     d.launch(f, cfg(1, 1, 0), &[KernelArg::Ptr(o)]).unwrap();
-    assert_eq!(download_u32(&mut d, o, 2), [(-16i32 + 1) as u32, -16i32 as u32]);
+    assert_eq!(download_u32(&d, o, 2), [(-16i32 + 1) as u32, -16i32 as u32]);
 }
 
 /// Directed rounding of a finite f32 to bf16 by bit manipulation (independent of `half`):
@@ -1120,7 +1279,7 @@ fn cvt_rounding_modes_and_saturation() {
         &[KernelArg::Ptr(px), KernelArg::Ptr(pi), KernelArg::Ptr(po)],
     )
     .unwrap();
-    let out = download_u32(&mut d, po, n * 12);
+    let out = download_u32(&d, po, n * 12);
     for t in 0..n {
         let v = x[t];
         let f16 = |v: f32| {

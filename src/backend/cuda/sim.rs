@@ -72,7 +72,9 @@ impl GpuDriver for SimDriver {
     }
 
     fn compute_capability(&self) -> (u32, u32) {
-        self.lock().map(|d| d.compute_capability()).unwrap_or((9, 0))
+        self.lock()
+            .map(|d| d.compute_capability())
+            .unwrap_or((9, 0))
     }
 
     fn load_module(&self, name: &str, ptx: &str) -> Result<ModuleId> {

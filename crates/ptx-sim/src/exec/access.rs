@@ -104,7 +104,7 @@ impl<'a, 'm> Exec<'a, 'm> {
         n: usize,
         kind: Access,
     ) -> Result<Place> {
-        if addr % n as u64 != 0 {
+        if !addr.is_multiple_of(n as u64) {
             let msg = format!("misaligned {n}-byte {space:?} {} at {addr:#x}", kind.word());
             return Err(self.mem_fault(s, addr, msg));
         }
@@ -637,4 +637,3 @@ pub(super) fn write_le(s: &mut [u8], es: usize, v: u64) {
         _ => s[..8].copy_from_slice(&v.to_le_bytes()),
     }
 }
-

@@ -87,7 +87,6 @@ impl Iterator for Lanes {
     }
 }
 
-
 struct Exec<'a, 'm> {
     l: &'a Launch<'a>,
     mem: &'m mut GlobalMem,
@@ -1013,7 +1012,7 @@ impl<'a, 'm> Exec<'a, 'm> {
                     let mut buf = [0u8; 16];
                     let at = Site { w, lane, pc };
                     if ss > 0 {
-                        if sa % n as u64 != 0 {
+                        if !sa.is_multiple_of(n as u64) {
                             return Err(self.fault(
                                 w,
                                 lane,
