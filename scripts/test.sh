@@ -30,4 +30,4 @@ cargo build --features cuda --tests
 cargo build --release --benches
 
 step "tests (release profile: the PTX interpreter and real-model tests need optimised code)"
-cargo test --release
+cargo test --release --workspace
