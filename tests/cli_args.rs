@@ -330,6 +330,12 @@ fn ctx_above_the_models_maximum_is_an_error() {
         stderr.contains("--ctx") && stderr.contains("8192"),
         "{stderr}"
     );
+    // bench sizes the cache for its run when --ctx is not given: too long a run is named.
+    let stderr = assert_error(&["bench", &d, "--prompt-len", "300", "--gen-len", "2"]);
+    assert!(
+        stderr.contains("--prompt-len 300") && stderr.contains("256"),
+        "{stderr}"
+    );
     // At the maximum is fine.
     let (code, _, stderr) = minfer(&[
         "generate",

@@ -4,7 +4,7 @@
 //! - args.rs: the command line, declared with clap (help text and examples live there).
 //! - run.rs: the commands that generate (demo, generate, chat) and their stop reasons.
 //! - tools.rs: tokenize, logits, perplexity, inspect, convert, bench.
-//! - options.rs: from arguments to the library's option structs; loading with the `--ctx` check.
+//! - options.rs: from arguments to the library's option structs.
 //!
 //! Stdout may be a pipe that closes early (`minfer ... | head`): everything written there goes
 //! through [`Out`], which turns a broken pipe into a quiet exit 0.
@@ -208,6 +208,9 @@ fn lib_message(e: &minfer::Error) -> String {
 /// The hint printed under a library error.
 fn lib_hint(e: &minfer::Error, command: Option<&str>) -> String {
     match (e, command) {
+        (minfer::Error::InvalidOption { field, .. }, _) if *field == "context_len" => {
+            "lower --ctx to the model's maximum or less, or leave it out for the default".into()
+        }
         (minfer::Error::InvalidArgument(_) | minfer::Error::InvalidOption { .. }, Some(c)) => {
             format!("see `minfer {c} --help`")
         }

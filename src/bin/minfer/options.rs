@@ -1,12 +1,11 @@
-//! From parsed arguments to the library's option structs, and loading a model with the checks
-//! that belong to the command line (`--ctx` against the model's maximum).
+//! From parsed arguments to the library's option structs.
 
 use std::path::Path;
 
-use minfer::{Device, GenerateOptions, LoadOptions, Model, SamplerConfig};
+use minfer::{Device, GenerateOptions, LoadOptions, SamplerConfig};
 
 use crate::args::{GenArgs, LoadArgs, QuantizeTo, SamplingArgs};
-use crate::{CliError, Res};
+use crate::Res;
 
 pub fn device(name: &str) -> Res<Device> {
     Ok(name.parse::<Device>()?)
@@ -49,30 +48,4 @@ pub fn max_context(path: &Path) -> Res<usize> {
     Ok(minfer::inspect::inspect(path)?
         .config
         .max_position_embeddings)
-}
-
-/// `--ctx N` above the model's maximum is an error.
-pub fn check_ctx(ctx: Option<usize>, max: usize) -> Res {
-    match ctx {
-        Some(n) if n > max => Err(CliError::msg(
-            format!("--ctx {n} is more than this model's maximum context of {max} tokens (max_position_embeddings)"),
-            format!("pass --ctx {max} or less, or leave --ctx out (default: min({max}, 4096))"),
-        )),
-        Some(0) => Err(CliError::msg(
-            "--ctx 0 leaves no room for any token",
-            format!("pass --ctx between 1 and {max}"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Load `path` with `lo`, first checking `--ctx` against the model's maximum (before the KV
-/// cache is allocated for it).
-pub fn load_model(path: &Path, lo: &LoadOptions) -> Res<Model> {
-    if lo.context_len.is_some() {
-        check_ctx(lo.context_len, max_context(path)?)?;
-    }
-    let model = Model::load(path, lo)?;
-    check_ctx(lo.context_len, model.config().max_position_embeddings)?;
-    Ok(model)
 }

@@ -8,7 +8,7 @@ use minfer::{ChatMessage, GenerateOptions, GenerationStats, Model, StopReason};
 use serde_json::json;
 
 use crate::args::{ChatArgs, DemoArgs, GenerateArgs, PromptArgs};
-use crate::options::{generate_options, load_model, load_options, sampler_config};
+use crate::options::{generate_options, load_options, sampler_config};
 use crate::{note, out, outln, CliError, Out, Res};
 
 /// Why generation stopped: a snake_case name for `--json` ("stop_reason"), the token that
@@ -122,7 +122,7 @@ fn check(failed: Option<CliError>) -> Res {
 }
 
 pub fn generate(a: &GenerateArgs, out: &mut Out) -> Res {
-    let mut model = load_model(&a.model, &load_options(&a.load)?)?;
+    let mut model = Model::load(&a.model, &load_options(&a.load)?)?;
     let ids = prompt_ids(&a.prompt, &model)?;
     let opts = generate_options(&a.gen);
     let json = a.json;
@@ -168,7 +168,7 @@ pub fn generate(a: &GenerateArgs, out: &mut Out) -> Res {
 /// Multi-turn chat. Each turn re-renders the whole conversation with the chat template; the
 /// KV cache still holds the earlier turns, so only the new tokens are computed.
 pub fn chat(a: &ChatArgs, out: &mut Out) -> Res {
-    let mut model = load_model(&a.model, &load_options(&a.load)?)?;
+    let mut model = Model::load(&a.model, &load_options(&a.load)?)?;
     if !model.require_tokenizer()?.has_chat_template() {
         return Err(CliError::msg(
             format!(
@@ -247,7 +247,7 @@ pub fn demo(a: &DemoArgs, out: &mut Out) -> Res {
     let prompt = a.prompt.clone().unwrap_or_else(|| {
         "What is the capital of France, and why is it famous? Answer in three sentences.".into()
     });
-    let mut model = load_model(&model_path, &load_options(&a.load)?)?;
+    let mut model = Model::load(&model_path, &load_options(&a.load)?)?;
     note!(
         "{}: {} parameters on {}",
         model_path.display(),

@@ -8,7 +8,7 @@ use minfer::{LoadOptions, Model};
 use serde_json::json;
 
 use crate::args::{BenchArgs, ConvertArgs, InspectArgs, LogitsArgs, PerplexityArgs, TokenizeArgs};
-use crate::options::{check_ctx, device, load_model, load_options, max_context};
+use crate::options::{device, load_options, max_context};
 use crate::run::{json_f64, prompt_ids};
 use crate::{note, outln, CliError, Out, Res};
 
@@ -35,7 +35,7 @@ pub fn logits(a: &LogitsArgs, out: &mut Out) -> Res {
         record_activations: dump,
         ..load_options(&a.load)?
     };
-    let mut model = load_model(&a.model, &lo)?;
+    let mut model = Model::load(&a.model, &lo)?;
     let ids = prompt_ids(&a.prompt, &model)?;
     let (argmax, last) = model.score(&ids)?;
     let acts = model.take_activations();
@@ -128,10 +128,10 @@ pub fn perplexity(a: &PerplexityArgs, out: &mut Out) -> Res {
         ..load_options(&a.load)?
     };
     // The longest context the model allows, up to 8192 tokens, unless --ctx says otherwise.
-    let max = max_context(&a.model)?;
-    check_ctx(lo.context_len, max)?;
-    lo.context_len = Some(lo.context_len.unwrap_or(max.min(8192)));
-    let mut model = load_model(&a.model, &lo)?;
+    if lo.context_len.is_none() {
+        lo.context_len = Some(max_context(&a.model)?.min(8192));
+    }
+    let mut model = Model::load(&a.model, &lo)?;
     let ids = model.require_tokenizer()?.encode(&text, false)?;
     let p = model.perplexity(&ids)?;
     if a.json {
@@ -215,26 +215,23 @@ pub fn bench(a: &BenchArgs, out: &mut Out) -> Res {
             ..lo.clone()
         };
         match path_str.strip_prefix("synthetic:") {
-            Some(preset) => {
-                let model = Model::synthetic(preset, a.dtype.dtype(), &lo)?;
-                check_ctx(a.load.ctx, model.config().max_position_embeddings)?;
-                Ok(model)
-            }
+            Some(preset) => Ok(Model::synthetic(preset, a.dtype.dtype(), &lo)?),
             None => {
                 let path = Path::new(path_str);
+                // Without --ctx the cache is sized for the run; say so if that is too long.
                 if a.load.ctx.is_none() {
-                    // The default must fit the model, or bench would fail for lack of room.
-                    check_ctx(lo.context_len, max_context(path)?).map_err(|_| {
-                        CliError::msg(
+                    let max = max_context(path)?;
+                    if lo.context_len.is_some_and(|n| n > max) {
+                        return Err(CliError::msg(
                             format!(
-                                "--prompt-len {} + --gen-len {} do not fit in this model's context",
+                                "--prompt-len {} + --gen-len {} do not fit in this model's context of {max} tokens",
                                 opts.prompt_len, opts.gen_len
                             ),
                             "use a shorter --prompt-len or --gen-len",
-                        )
-                    })?;
+                        ));
+                    }
                 }
-                load_model(path, &lo)
+                Ok(Model::load(path, &lo)?)
             }
         }
     };
