@@ -20,8 +20,8 @@ step "format"
 cargo fmt --check
 
 step "lint: clippy on every target and feature, warnings denied; the docs build without warnings"
-cargo clippy --all-targets --all-features -- -D warnings
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 step "build: CPU-only library (no default features), CLI, and the cuda feature"
 cargo build --lib --no-default-features
