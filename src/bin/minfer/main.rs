@@ -214,7 +214,29 @@ fn lib_hint(e: &minfer::Error, command: Option<&str>) -> String {
         (minfer::Error::InvalidArgument(_) | minfer::Error::InvalidOption { .. }, Some(c)) => {
             format!("see `minfer {c} --help`")
         }
-        _ => fields_to_flags(e.hint()),
+        _ => general_hint(e).into(),
+    }
+}
+
+/// What a user of the command line can do about each kind of library error.
+fn general_hint(e: &minfer::Error) -> &'static str {
+    use minfer::Error as E;
+    match e {
+        E::Io { .. } | E::MissingFile { .. } => {
+            "check the path: a model is a directory with config.json and *.safetensors, a .safetensors file with config.json beside it, or a .gguf file"
+        }
+        E::Json { .. } => "the file is not valid JSON or lacks a required field",
+        E::UnknownArchitecture { .. } => "see README.md for the supported architectures",
+        E::BadWeights { .. } => "the weight file is truncated or corrupt: download it again",
+        E::MissingTensor { .. } | E::ShapeMismatch { .. } => {
+            "the checkpoint does not match its config.json"
+        }
+        E::UnsupportedDtype { .. } => "convert the checkpoint to f32, f16 or bf16",
+        E::InvalidArgument(_) | E::InvalidOption { .. } => "see `minfer help`",
+        E::Tokenizer(_) => "the tokenizer.json uses a feature minfer does not implement",
+        E::Device(_) => "try --device cpu",
+        E::Ptx(_) => "a kernel failed to parse or faulted under the PTX interpreter",
+        _ => "see README.md",
     }
 }
 

@@ -28,12 +28,12 @@ pub fn stop_reason(stats: &GenerationStats, model: &Model, opts: &GenerateOption
             .unwrap_or_default()
     };
     match stats.stop {
-        StopReason::Stop(id) if !opts.ignore_eos && model.eos_ids().contains(&id) => Stop {
+        StopReason::Eos(id) => Stop {
             name: "eos",
             token: Some(id),
             text: format!("end of sequence (token {id}{})", piece(id)),
         },
-        StopReason::Stop(id) => Stop {
+        StopReason::StopId(id) => Stop {
             name: "stop_id",
             token: Some(id),
             text: format!("stop id {id}{} (--stop)", piece(id)),
