@@ -27,7 +27,10 @@ fn load(dir: &Path, opts: LoadOptions) -> Model {
 }
 
 fn model(variant: &str) -> Model {
-    load(&common::fixtures_dir().join(variant), LoadOptions::default())
+    load(
+        &common::fixtures_dir().join(variant),
+        LoadOptions::default(),
+    )
 }
 
 /// (prompt, transformers' 16 greedy tokens) of case `i` of `variant`.
@@ -75,7 +78,11 @@ fn stop_ids_end_generation_before_the_stop_token() {
             };
             let (got, stats) = run(&mut m, &prompt, &opts);
             assert_eq!(got, g[..first], "case {i}, stop id {stop}");
-            assert_eq!(stats.stop, StopReason::Stop(stop), "case {i}, stop id {stop}");
+            assert_eq!(
+                stats.stop,
+                StopReason::Stop(stop),
+                "case {i}, stop id {stop}"
+            );
         }
         // Two stop ids: the earlier one wins. An id that never comes: max tokens.
         let (a, b) = (g[3], g[9]);
@@ -348,7 +355,11 @@ fn a_multi_turn_conversation_equals_a_fresh_run_over_the_whole_conversation() {
             assert_eq!(reply, fresh, "{variant} turn {turn}");
             if turn > 0 {
                 // Everything but the last reply token (never fed back) and the new user tokens.
-                assert_eq!(stats.reused_tokens, convo.len() - 8, "{variant} turn {turn}");
+                assert_eq!(
+                    stats.reused_tokens,
+                    convo.len() - 8,
+                    "{variant} turn {turn}"
+                );
             }
             convo.extend(&reply);
             convo.extend(p[12 + 7 * turn..19 + 7 * turn].iter());

@@ -316,8 +316,7 @@ fn integer_dot_products_match_an_f64_dot_over_the_exact_activations() {
                     *q = rng.next_u64() as u8;
                 }
             }
-            let wt =
-                WeightTensor::from_bytes("w", DType::Q8_0, vec![n_out, n_in], &w).unwrap();
+            let wt = WeightTensor::from_bytes("w", DType::Q8_0, vec![n_out, n_in], &w).unwrap();
             let mut out = vec![f32::NAN; rows * n_out];
             matmul_with(&k, &mut out, &x, rows, &wt, None).unwrap();
             for r in 0..rows {
@@ -346,4 +345,3 @@ fn integer_dot_products_match_an_f64_dot_over_the_exact_activations() {
         }
     }
 }
-

@@ -437,7 +437,10 @@ fn stop_ids_eos_max_tokens_and_full_context_on_the_real_model() {
                 ..g.clone()
             },
         );
-        assert_eq!((got.as_slice(), stats.stop), (&greedy[..n], StopReason::MaxTokens));
+        assert_eq!(
+            (got.as_slice(), stats.stop),
+            (&greedy[..n], StopReason::MaxTokens)
+        );
     }
     // A full context: P + 3 positions hold the prompt and 3 tokens; one more is chosen from
     // the last position's logits (see tests/generation.rs).
@@ -492,7 +495,11 @@ fn repetition_penalty_inside_generate_on_the_real_model() {
     }
     assert_eq!(got, want);
     let plain = ids(&r["prompts"]["english"]["greedy_ids"]);
-    assert_ne!(got, plain[..n], "the penalty changed nothing on this prompt");
+    assert_ne!(
+        got,
+        plain[..n],
+        "the penalty changed nothing on this prompt"
+    );
 }
 
 /// Turn 2 of a chat on a model that keeps turn 1 in its cache equals a fresh model's run over
@@ -517,7 +524,9 @@ fn multi_turn_chat_equals_a_fresh_run_over_the_whole_conversation() {
         let Some(mut fresh) = f32_model(None, false) else {
             return;
         };
-        let want = fresh.generate_ids_as_text(&prompt, &opts, |_| true).unwrap();
+        let want = fresh
+            .generate_ids_as_text(&prompt, &opts, |_| true)
+            .unwrap();
         assert_eq!(out.ids, want.ids, "turn {turn}: cached vs fresh");
         assert_eq!(out.text, want.text, "turn {turn}");
         assert!(!out.text.trim().is_empty(), "turn {turn}: empty reply");
