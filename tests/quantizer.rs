@@ -9,6 +9,15 @@
 //! in the product cannot reach ±0.5). Fewer than 8 activation rows keep the integer path
 //! (from 8 on, products dequantize the weights and use f32 activations; see quant_kernels.rs).
 //!
+//! Instruction sets this machine lacks: NEON runs on an aarch64 machine, or here under user-mode
+//! QEMU (not tried in this repository yet; Debian packages `qemu-user` and
+//! `gcc-aarch64-linux-gnu`, `rustup target add aarch64-unknown-linux-gnu`, then
+//! `CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+//! CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+//! cargo test --release --target aarch64-unknown-linux-gnu --test quantizer`); the NEON table
+//! uses the scalar quantizer and integer kernels. AVX-512 (and VNNI) need such a CPU (Zen 4,
+//! Ice Lake and later); Intel's SDE emulates them but is not on a package registry.
+//!
 //! Then the integer dot products: random Q8_0 weights times the fixture's activations, against
 //! an f64 sum over the exactly quantized activations (gguf-py's integers), at f32 tolerance.
 
@@ -79,7 +88,7 @@ fn tables(test: &str) -> Vec<Kernels> {
     }
     let _ = writeln!(
         std::io::stderr(),
-        "{test}: instruction sets RUN: {}; NOT RUN: {}",
+        "\n{test}: instruction sets RUN: {}; NOT RUN: {}",
         ran.join(", "),
         if not_run.is_empty() {
             "none".to_string()

@@ -112,7 +112,7 @@ pub fn check_variant(dir: &Path, rel_tol: f32, load: &dyn Fn(&Path, bool) -> Mod
 pub fn real_model() -> Option<PathBuf> {
     require_file(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        "run scripts/fetch-model.sh (scripts/test.sh does)",
+        "run scripts/fetch-model.sh; scripts/test.sh does",
     )
 }
 
@@ -154,7 +154,7 @@ pub fn require_file(path: &Path, how: &str) -> Option<PathBuf> {
 pub fn record_skip(line: &str) {
     use std::io::Write;
     // io::stderr() bypasses libtest's output capture (only the print macros are captured).
-    let _ = writeln!(std::io::stderr(), "{line}");
+    let _ = writeln!(std::io::stderr(), "\n{line}");
     let log = skip_log();
     if let Some(dir) = log.parent() {
         let _ = std::fs::create_dir_all(dir);
