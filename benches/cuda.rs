@@ -101,7 +101,8 @@ fn gpu() -> Option<CudaBackend<minfer::internals::cuda::cudarc_driver::CudarcDri
 
 fn main() {
     // MINFER_PREDICT=h200[,a100] [MINFER_PREDICT_MODELS=qwen2-1.5b,llama3-8b]
-    // [MINFER_PREDICT_CTX=1024]: the performance model's predicted decode tables instead.
+    // [MINFER_PREDICT_CTX=1024] [MINFER_PREDICT_KERNELS=dir of .ptx replacing the shipped
+    // ones]: the performance model's predicted decode tables instead.
     if let Ok(gpus) = std::env::var("MINFER_PREDICT") {
         predict_tables(&gpus);
         return;
@@ -307,7 +308,8 @@ fn predict_tables(gpus: &str) {
     for m in models.split(',') {
         let shape = DecodeShape::preset(m.trim()).expect("shape");
         let t = Instant::now();
-        let preds = predict_decode(&shape, ctx, &gpus).expect("predict");
+        let dir = std::env::var_os("MINFER_PREDICT_KERNELS").map(std::path::PathBuf::from);
+        let preds = predict_decode(&shape, ctx, &gpus, dir.as_deref()).expect("predict");
         for p in preds {
             println!("{}", p.table());
         }

@@ -29,6 +29,8 @@ EXPECT = {
     "gemm_bf16": (0, False, "gemm"),
     "gemm_f16": (0, False, "gemm"),
     "argmax_f32": (0, False, "argmax"),  # 4 independent scalar loads per trip (see its header)
+    "attn_split_f32": (8, False, None),  # P.V: 16-byte V loads, key loop unrolled by ptxas
+    "attn_combine_f32": (8, False, None),  # split loop branch-free, unrolled: 16-byte acc loads
 }
 
 LABEL = re.compile(r"^\s*(\.L_x_\d+):")
@@ -173,7 +175,7 @@ def main():
     if fail:
         print("machine-code check FAILED", file=sys.stderr)
         return 1
-    print("machine-code check passed: no local memory; matvec hot loops 128-bit with >= 8 loads in flight; GEMM cp.async 16 B + HMMA")
+    print("machine-code check passed: no local memory; matvec and attention hot loops with >= 8 16-byte loads in flight; GEMM cp.async 16 B + HMMA; argmax 4 loads per trip")
     return 0
 
 

@@ -400,6 +400,11 @@ pub fn matvec<B: Backend>(b: &B, num: &Numerics) {
         (DType::F32, 1, 13, 20),
         (DType::F32, 3, 9, 516),
         (DType::F32, 17, 5, 12),
+        // 198 chunks of 16 B per row: the GPU's main loop, then a tail trip with all three
+        // of its predicated chunks live for some lanes, one or two for others
+        (DType::BF16, 1, 9, 1584),
+        (DType::F16, 2, 5, 1584),
+        (DType::F32, 1, 9, 792),
     ] {
         matmul_case(b, num, &mut rng, dtype, rows, n, k, true);
         matmul_case(b, num, &mut rng, dtype, rows, n, k, false);
@@ -683,6 +688,9 @@ pub fn attention_splits<B: Backend>(b: &B, _: &Numerics) {
         1,
     );
     attention_case(b, &mut rng, 2, 1, 136, None, &prefill_then_decode(70, 1), 1);
+    // 300 positions: 10 splits of 32 on the GPU, so the combine kernel's 8 warps each take
+    // more than one split
+    attention_case(b, &mut rng, 2, 1, 8, None, &prefill_then_decode(299, 1), 1);
 }
 
 /// Prefill chunks that start mid-history (pos0 > 0) and straddle the CPU's 64-key blocks and

@@ -958,7 +958,10 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         } else {
             pos0 + rows
         };
-        let max_chunk_smem = (MAX_DYNAMIC_SHARED / 4 / group).saturating_sub(hd + 2);
+        // attn_split_f32's shared memory: 8 KB of P·V partials, then q, scores, m, l of the group
+        const PV_PARTIALS: usize = 8192;
+        let max_chunk_smem =
+            ((MAX_DYNAMIC_SHARED - PV_PARTIALS) / 4 / group).saturating_sub(hd + 2);
         let target_splits = (ATTN_TARGET_BLOCKS / (nkv * rows)).max(1);
         let mut chunk = longest
             .div_ceil(target_splits)
@@ -979,7 +982,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
                 "{op}: {n_splits} splits exceed the grid limit"
             )));
         }
-        let smem = 4 * group * (hd + chunk + 2);
+        let smem = PV_PARTIALS + 4 * group * (hd + chunk + 2);
         let parts = rows * nh * n_splits;
         let mut sc = lock(&self.scratch);
         let acc = self.grow(&mut sc.attn_acc, parts * hd * 4)?;
@@ -1010,7 +1013,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         self.launch(
             self.k.attn_combine_f32,
             (nh as u32, rows as u32, 1),
-            128,
+            256,
             0,
             &[
                 KernelArg::Ptr(out.ptr),

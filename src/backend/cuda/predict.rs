@@ -27,7 +27,7 @@
 //! it names a cause the model lacks.
 
 use super::backend::CudaBackend;
-use super::driver::{GpuDriver, KernelCounters};
+use super::driver::{DevPtr, FuncId, GpuDriver, KernelArg, KernelCounters, LaunchConfig, ModuleId};
 use super::sim::SimDriver;
 use crate::backend::{AttnParams, Backend, KvShape};
 use crate::error::{Error, Result};
@@ -116,17 +116,18 @@ impl GpuSpec {
 /// Registers per thread from ptxas 12.9 for sm_90 (scripts/ptxas-check.sh prints them; update
 /// together). Unknown kernels count as 32.
 pub const REGS_SM90: &[(&str, u32)] = &[
-    ("matvec_bf16", 36),
-    ("matvec_f16", 36),
+    ("matvec_bf16", 38),
+    ("matvec_f16", 38),
     ("matvec_f32", 40),
     ("gemm_bf16", 72),
     ("gemm_f16", 72),
-    ("attn_split_f32", 32),
-    ("attn_combine_f32", 32),
+    ("attn_split_f32", 31),
+    ("attn_combine_f32", 40),
     ("attn_prefill_f32", 32),
-    ("rms_norm_f32", 21),
-    ("add_rms_norm_f32", 17),
-    ("head_rms_norm_f32", 17),
+    ("rms_norm_f32", 30),
+    ("add_rms_norm_f32", 28),
+    ("head_rms_norm_f32", 18),
+    ("argmax_f32", 21),
 ];
 
 fn regs(kernel: &str) -> u32 {
@@ -144,20 +145,24 @@ fn regs(kernel: &str) -> u32 {
 pub fn loads_in_flight(kernel: &str) -> f64 {
     match kernel {
         // 4 × 16 B weight chunks + their 8 activation loads per main-loop trip (12 LDG.E.128);
-        // the 1–3 chunk tail issues 3 per trip.
+        // v2's tail loads its 0–3 chunks in one predicated trip (v1: a loop, 3 per trip).
         "matvec_bf16" | "matvec_f16" => 12.0,
         "matvec_f32" => 12.0,
-        // v2: four independent scalar loads per trip (v1: one per trip of a serial loop).
+        // v2: four independent scalar loads per trip, one trip per thread for a vocabulary.
+        // v1 (one block) had the same 4 per trip (ptxas's unroll) but ~148 trips.
         "argmax_f32" => 4.0,
-        // ptxas unrolls the sum loop 4× (4 LDG per trip); the add_rms_norm loop loads x and
-        // the residual, 2 per trip.
-        "rms_norm_f32" | "head_rms_norm_f32" => 4.0,
-        "add_rms_norm_f32" => 2.0,
-        // attention split: the score loop has key-row chunks in flight, but the P·V loop, which
-        // dominates, loads one 4-byte value per key per trip (issue 14's analysis).
-        "attn_split_f32" => 2.0,
-        // combine: serial loops over the splits (max, then sum and output), unrolled 4× by ptxas.
-        "attn_combine_f32" => 4.0,
+        // norms v2: 4 elements per trip, loads before stores (8 LDG per scale-pass trip; the
+        // rms_norm sum loop unrolled 4× by ptxas). Two dependent passes: 4 keeps a 1536-wide
+        // row at 2 rounds. v1: 256 threads, 1 element per trip; add_rms_norm's loop kept 2
+        // loads in flight (its residual store blocked ptxas's hoisting).
+        "rms_norm_f32" | "add_rms_norm_f32" => 4.0,
+        "head_rms_norm_f32" => 4.0,
+        // attention split v2: the P·V key loop is unrolled with 16 LDG.128 per trip, but the
+        // score loop (4 keys per warp for a 32-key chunk, one K row per key) is not: 4 is
+        // the blend. v1's P·V loop: 4 scalar loads per trip (ptxas's unroll), 3 passes.
+        "attn_split_f32" => 4.0,
+        // combine v2: the split loop is branch-free and unrolled 4× (12 LDG per trip).
+        "attn_combine_f32" => 12.0,
         // grid-stride elementwise kernels: a binary op's two loads per trip.
         "silu_mul_f32" | "add_f32" | "copy_f32" | "kv_append_f32" => 2.0,
         _ => 1.0,
@@ -222,7 +227,9 @@ pub fn predict_launch(
     let dram = bytes / gpu.copy_bytes_per_s();
     let warps = ctas * warps_per_cta as f64;
     let requests_per_warp = c.global_load_requests as f64 * scale / warps;
-    let rounds = (requests_per_warp / loads_in_flight(&c.kernel)).ceil().max(1.0);
+    let rounds = (requests_per_warp / loads_in_flight(&c.kernel))
+        .ceil()
+        .max(1.0);
     let latency = rounds * gpu.dram_latency_ns * 1e-9 * waves;
     let issue = c.warp_instructions as f64 * scale / (4.0 * clock * sms_used);
     let smem_bytes =
@@ -369,7 +376,19 @@ impl DecodePrediction {
         );
         s += &format!(
             "{:<12} {:<18} {:>4} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8}\n",
-            "op", "kernel", "x", "CTAs", "KB", "dram", "latency", "issue", "smem", "us", "us/tok", "%bw", "limit"
+            "op",
+            "kernel",
+            "x",
+            "CTAs",
+            "KB",
+            "dram",
+            "latency",
+            "issue",
+            "smem",
+            "us",
+            "us/tok",
+            "%bw",
+            "limit"
         );
         for k in &self.kernels {
             s += &format!(
@@ -409,8 +428,78 @@ impl DecodePrediction {
     }
 }
 
+/// The interpreter with some kernel files replaced by the same-named files of a directory:
+/// how the model predicts an older or experimental version of a kernel (its host code must
+/// launch it the same way).
+pub struct OverrideDriver {
+    inner: SimDriver,
+    dir: Option<std::path::PathBuf>,
+}
+
+impl OverrideDriver {
+    pub fn new(dir: Option<&std::path::Path>) -> OverrideDriver {
+        OverrideDriver {
+            inner: SimDriver::new(),
+            dir: dir.map(|d| d.to_path_buf()),
+        }
+    }
+}
+
+impl GpuDriver for OverrideDriver {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn total_memory(&self) -> u64 {
+        self.inner.total_memory()
+    }
+    fn compute_capability(&self) -> (u32, u32) {
+        self.inner.compute_capability()
+    }
+    fn load_module(&self, name: &str, ptx: &str) -> Result<ModuleId> {
+        if let Some(d) = &self.dir {
+            let f = d.join(name);
+            if f.exists() {
+                let text = std::fs::read_to_string(&f)
+                    .map_err(|e| Error::Device(format!("{}: {e}", f.display())))?;
+                return self.inner.load_module(name, &text);
+            }
+        }
+        self.inner.load_module(name, ptx)
+    }
+    fn function(&self, module: ModuleId, entry: &str) -> Result<FuncId> {
+        self.inner.function(module, entry)
+    }
+    fn alloc(&self, bytes: usize) -> Result<DevPtr> {
+        self.inner.alloc(bytes)
+    }
+    fn free(&self, ptr: DevPtr) -> Result<()> {
+        self.inner.free(ptr)
+    }
+    fn copy_to_device(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.inner.copy_to_device(dst, src)
+    }
+    fn copy_to_host(&self, dst: &mut [u8], src: DevPtr) -> Result<()> {
+        self.inner.copy_to_host(dst, src)
+    }
+    fn memset_zero(&self, dst: DevPtr, bytes: usize) -> Result<()> {
+        self.inner.memset_zero(dst, bytes)
+    }
+    fn launch(&self, f: FuncId, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        self.inner.launch(f, cfg, args)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+    fn set_profiling(&self, on: bool) {
+        self.inner.set_profiling(on)
+    }
+    fn take_counters(&self) -> Vec<KernelCounters> {
+        self.inner.take_counters()
+    }
+}
+
 struct Runner {
-    b: CudaBackend<SimDriver>,
+    b: CudaBackend<OverrideDriver>,
     rng: u64,
     rows: Vec<(String, KernelCounters, f64, u64)>,
 }
@@ -427,7 +516,7 @@ impl Runner {
             })
             .collect()
     }
-    fn mat(&mut self, n: usize, k: usize) -> Result<<CudaBackend<SimDriver> as Backend>::Mat> {
+    fn mat(&mut self, n: usize, k: usize) -> Result<<CudaBackend<OverrideDriver> as Backend>::Mat> {
         let v: Vec<half::bf16> = self
             .f32s(n * k)
             .into_iter()
@@ -436,11 +525,11 @@ impl Runner {
         let w = WeightTensor::from_bytes("w", DType::BF16, vec![n, k], bytemuck::cast_slice(&v))?;
         self.b.upload(&w)
     }
-    fn vec1(&mut self, n: usize) -> Result<<CudaBackend<SimDriver> as Backend>::Mat> {
+    fn vec1(&mut self, n: usize) -> Result<<CudaBackend<OverrideDriver> as Backend>::Mat> {
         let v = self.f32s(n);
         self.b.upload(&WeightTensor::from_f32("v", vec![n], &v))
     }
-    fn buf(&mut self, n: usize) -> Result<<CudaBackend<SimDriver> as Backend>::Buf> {
+    fn buf(&mut self, n: usize) -> Result<<CudaBackend<OverrideDriver> as Backend>::Buf> {
         let t = self.mat(1, n)?;
         let mut out = self.b.alloc(n)?;
         self.b.embed(&mut out, &t, &[0])?;
@@ -460,12 +549,15 @@ const LM_HEAD_ROWS: usize = 8192;
 
 /// Interpret one decode step of `shape` at position `context - 1` and predict it on `gpu`.
 /// Takes seconds to minutes of host time (the 8B shape's largest matrices are ~100 MB).
+/// `kernels`: a directory whose .ptx files replace the shipped ones of the same name
+/// ([`OverrideDriver`]), or None.
 pub fn predict_decode(
     shape: &DecodeShape,
     context: usize,
     gpus: &[GpuSpec],
+    kernels: Option<&std::path::Path>,
 ) -> Result<Vec<DecodePrediction>> {
-    let b = CudaBackend::new(SimDriver::new())?;
+    let b = CudaBackend::new(OverrideDriver::new(kernels))?;
     let mut r = Runner {
         b,
         rng: 1,
@@ -586,7 +678,13 @@ pub fn predict_decode(
 mod tests {
     use super::*;
 
-    fn counters(kernel: &str, ctas: u64, threads: u64, bytes: u64, requests: u64) -> KernelCounters {
+    fn counters(
+        kernel: &str,
+        ctas: u64,
+        threads: u64,
+        bytes: u64,
+        requests: u64,
+    ) -> KernelCounters {
         KernelCounters {
             kernel: kernel.into(),
             launches: 1,
@@ -603,11 +701,23 @@ mod tests {
     fn a_big_streaming_kernel_is_dram_bound_and_a_one_block_loop_is_latency_bound() {
         let gpu = GpuSpec::h200();
         // 100 MB over 10k CTAs of 8 warps, 6 rounds of loads per warp
-        let big = predict_launch(&gpu, "x", &counters("matvec_bf16", 10_000, 256, 100 << 20, 10_000 * 8 * 36), 1.0, 1);
+        let big = predict_launch(
+            &gpu,
+            "x",
+            &counters("matvec_bf16", 10_000, 256, 100 << 20, 10_000 * 8 * 36),
+            1.0,
+            1,
+        );
         assert_eq!(big.limit, "dram");
         assert!((big.bw_fraction(&gpu) - 1.0).abs() < 0.05, "{big:?}");
         // one CTA, 32 warps, 148 serial loads each
-        let one = predict_launch(&gpu, "x", &counters("argmax_f32", 1, 1024, 600_000, 32 * 148), 1.0, 1);
+        let one = predict_launch(
+            &gpu,
+            "x",
+            &counters("argmax_f32", 1, 1024, 600_000, 32 * 148),
+            1.0,
+            1,
+        );
         assert_eq!(one.limit, "latency");
         assert!(one.us > 100.0, "{one:?}");
     }
