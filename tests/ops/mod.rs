@@ -572,6 +572,22 @@ pub fn argmax<B: Backend>(b: &B, _: &Numerics) {
         2,
         "NaN is skipped, first of a tie wins"
     );
+    // negative maxima and infinities: the GPU compares order-preserving integer keys of the
+    // f32 bits, whose negative half is flipped
+    for (v, want) in [
+        (vec![-3.0, -0.5, f32::NEG_INFINITY, -0.5, -2.0], 1u32),
+        (vec![f32::NEG_INFINITY, f32::NEG_INFINITY], 0),
+        (vec![-1e-30, -0.0, 0.0, -1e30], 1),
+        (vec![-7.0, f32::INFINITY, f32::NAN, f32::INFINITY], 1),
+    ] {
+        assert_eq!(
+            reference::argmax(&v),
+            Some(want as usize),
+            "the reference itself {v:?}"
+        );
+        let xb = upload_buf(b, &v);
+        assert_eq!(b.argmax(&xb, 0, v.len()).expect("argmax"), want, "{v:?}");
+    }
 }
 
 /// Run attention over a history fed in `chunks` of rows (a prefill, then single-row decode

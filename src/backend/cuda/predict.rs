@@ -127,7 +127,7 @@ pub const REGS_SM90: &[(&str, u32)] = &[
     ("rms_norm_f32", 30),
     ("add_rms_norm_f32", 28),
     ("head_rms_norm_f32", 18),
-    ("argmax_f32", 21),
+    ("argmax_f32", 23),
 ];
 
 fn regs(kernel: &str) -> u32 {
@@ -163,6 +163,9 @@ pub fn loads_in_flight(kernel: &str) -> f64 {
         "attn_split_f32" => 4.0,
         // combine v2: the split loop is branch-free and unrolled 4× (12 LDG per trip).
         "attn_combine_f32" => 12.0,
+        // rope: no loop; inv_freq[i] and the pair (a, b) are independent loads, and ptxas
+        // issues all three before the sin/cos (SASS: 3 LDG, no loop).
+        "rope_f32" => 3.0,
         // grid-stride elementwise kernels: a binary op's two loads per trip.
         "silu_mul_f32" | "add_f32" | "copy_f32" | "kv_append_f32" => 2.0,
         _ => 1.0,
