@@ -312,6 +312,12 @@ fn predict_tables(gpus: &str) {
         let preds = predict_decode(&shape, ctx, &gpus, dir.as_deref()).expect("predict");
         for p in preds {
             println!("{}", p.table());
+            println!(
+                "TABLE|{m} decode PREDICTED on {} (model, not measured)|{:.0} us/token, {:.0}% of copy bandwidth",
+                p.gpu.name,
+                p.device_us(),
+                100.0 * p.bw_fraction(true)
+            );
         }
         println!("(interpreted in {:.0} s)\n", t.elapsed().as_secs_f64());
     }

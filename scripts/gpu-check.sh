@@ -3,7 +3,8 @@
 #
 #   scripts/gpu-check.sh --prepare   here (Rust toolchain, crates.io): build the release binary,
 #                                    the GPU test executable and the CUDA bench with
-#                                    `--features cuda` into gpu-bin/ (git-ignored; carry it).
+#                                    `--features cuda` into gpu-bin/ (git-ignored; carry it),
+#                                    and sm_80 / sm_90 cubins of every kernel (JIT fallback).
 #   scripts/gpu-check.sh --dry-run   here, no GPU: the same steps end to end on the PTX
 #                                    interpreter (cargo builds first, untimed; parity = the
 #                                    op-parity cases of tests/cuda_kernels.rs, bench = the
@@ -54,6 +55,16 @@ for line in sys.stdin:
     # Debug info is not needed on the device machine and the carry limit is 64 MiB.
     for f in "$BIN"/minfer "$BIN"/cuda_gpu "$BIN"/bench_cuda; do
         strip --strip-debug "$f" 2>/dev/null || true
+    done
+    # Cubins for sm_80 and sm_90, assembled here with ptxas: the driver loads them
+    # (MINFER_CUBIN_DIR) if its JIT refuses a PTX file, after printing the JIT's log.
+    mkdir -p "$BIN/cubin"
+    local ptxas=${PTXAS:-.tools/nvcc/nvidia/cuda_nvcc/bin/ptxas}
+    [[ -x "$ptxas" ]] || SKIP_SASS=1 scripts/ptxas-check.sh >/dev/null
+    for arch in sm_80 sm_90; do
+        for f in kernels/*.ptx; do
+            "$ptxas" -arch="$arch" "$f" -o "$BIN/cubin/$(basename "$f" .ptx).$arch.cubin"
+        done
     done
     # The test executable finds tests/fixtures through the path it was built in.
     pwd > "$BIN/MANIFEST_DIR"
@@ -163,9 +174,13 @@ dry_run() {
     echo '{"error": "dry run: no GPU"}' > "$out/torch.json"
     echo "== 3. benchmarks (interpreter smoke pass)"
     step bench 120 cargo bench --bench cuda 2>&1 | tee "$out/bench.log"
+    echo "== 4. predicted decode (performance model over the interpreter's counters)"
+    MINFER_PREDICT=h200 step predict 150 cargo bench --bench cuda 2>&1 | tee -a "$out/bench.log"
     echo
     echo "== summary (dry run, $((SECONDS - t0)) s)"
-    summary "$parity" "$out"
+    local shown=$parity
+    [[ "$parity" == ok ]] && shown="ok (op-parity cases; fixture models skipped)"
+    summary "$shown" "$out"
     [[ "$parity" == ok ]]
 }
 
@@ -186,6 +201,7 @@ run_check() {
             || echo "warning: cannot link $md -> $PWD; the fixture test will not find tests/fixtures" >&2
     fi
 
+    [[ -d "$BIN/cubin" ]] && export MINFER_CUBIN_DIR="$PWD/$BIN/cubin"
     echo "== 1. parity tests on the GPU (CUDA_LAUNCH_BLOCKING=1: the first fault names its kernel)"
     local parity=ok
     CUDA_LAUNCH_BLOCKING=1 MINFER_FIXTURES="$PWD/tests/fixtures/models" \
