@@ -12,7 +12,7 @@ if [ -x scripts/fetch-model.sh ]; then
 fi
 
 if [ -x scripts/ptxas-check.sh ]; then
-  step "assemble every PTX kernel with ptxas (sm_80, sm_90; spills are errors)"
+  step "assemble every PTX kernel with ptxas (sm_80, sm_90; spills are errors), check its machine code with nvdisasm"
   scripts/ptxas-check.sh
 fi
 
