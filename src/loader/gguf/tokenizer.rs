@@ -13,22 +13,103 @@ const TOKEN_UNKNOWN: i64 = 2;
 const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
 
-/// Qwen2's pre-tokenizer regex, as in its tokenizer.json.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Llama 3's pre-tokenizer regex, as in its tokenizer.json.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// The `tokenizer.ggml.pre` values we translate.
-pub const SUPPORTED_PRE_TOKENIZERS: [&str; 8] = [
-    "smollm",
-    "qwen2",
-    "deepseek-r1-qwen",
-    "llama-bpe",
-    "llama3",
-    "llama-v3",
-    "gpt-2",
-    "default",
+/// The `tokenizer.ggml.pre` values we translate: llama.cpp's names for BPE vocabularies whose
+/// pre-tokenizer minfer implements (see `bpe_pre_tokenizer`).
+pub const SUPPORTED_PRE_TOKENIZERS: &[&str] = &[
+    // GPT-2's regex (ByteLevel with use_regex)
+    "default", "gpt-2", "mpt", "olmo", "jais", "trillion", "granite-docling", "phi-2", "jina-es",
+    "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum", "modern-bert",
+    "exaone4", "jina-v1-en", "jina-v2-code", "roberta-bpe",
+    // every digit alone, then GPT-2's regex
+    "smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", "mellum2",
+    // Llama 3's regex, whole-word vocabulary lookups first (ignore_merges)
+    "llama-bpe", "llama3", "llama-v3", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+    "jina-v5-nano",
+    // Llama 3's regex, plain BPE
+    "dbrx", "smaug-bpe", "glm4", "chatglm-bpe",
+    // Qwen2's regex (one digit per piece)
+    "qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "stablelm2", "hunyuan", "solar-open",
+    "megrez", "grok-2", "bailingmoe", "bailingmoe2", "llada-moe",
+    "qwen35",
+    "tekken",
+    "gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2",
+    "deepseek-llm",
+    "deepseek-coder",
+    "falcon",
 ];
+
+/// normalizer, pre_tokenizer and BPE ignore_merges of the tokenizer.json that a vocabulary with
+/// `tokenizer.ggml.pre = name` came from, as its model's own tokenizer.json spells them (so the
+/// regexes are the ones `pretok` recognises). None for a name minfer does not implement.
+fn bpe_pre_tokenizer(name: &str) -> Option<(Value, Value, bool)> {
+    use crate::tokenizer::patterns::*;
+    let bl = |use_regex| byte_level(false, true, use_regex);
+    let seq = |v: Vec<Value>| json!({"type": "Sequence", "pretokenizers": v});
+    let digits = |individual| json!({"type": "Digits", "individual_digits": individual});
+    let nfc = json!({"type": "NFC"});
+    let none = Value::Null;
+    Some(match name {
+        "default" | "gpt-2" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling"
+        | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
+        | "a.x-4.0" | "mellum" | "modern-bert" | "exaone4" | "jina-v1-en" | "jina-v2-code"
+        | "roberta-bpe" => (none, bl(true), false),
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
+        | "minerva-7b" | "mellum2" => (none, seq(vec![digits(true), bl(true)]), false),
+        "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "jina-v5-nano" => (none, seq(vec![split(LLAMA3_PATTERN), bl(false)]), true),
+        "dbrx" | "smaug-bpe" | "glm4" | "chatglm-bpe" => {
+            (none, seq(vec![split(LLAMA3_PATTERN), bl(false)]), false)
+        }
+        "qwen2" | "deepseek-r1-qwen" => (nfc, seq(vec![split(QWEN2_PATTERN), bl(false)]), false),
+        "kormo" | "f2llmv2" | "stablelm2" | "hunyuan" | "solar-open" | "megrez" | "grok-2"
+        | "bailingmoe" | "bailingmoe2" | "llada-moe" => {
+            (none, seq(vec![split(QWEN2_PATTERN), bl(false)]), false)
+        }
+        // Qwen3.5 has no NFC normalizer: its pattern keeps combining marks with their letters.
+        "qwen35" => (none, seq(vec![split(QWEN35_PATTERN), bl(false)]), false),
+        "tekken" => (none, seq(vec![split(TEKKEN_PATTERN), bl(false)]), true),
+        "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => {
+            (none, seq(vec![split(GPT4O_PATTERN), bl(false)]), false)
+        }
+        "deepseek-llm" => (
+            none,
+            seq(vec![
+                split(LINE_BREAK_PATTERN),
+                split(DEEPSEEK_LETTERS_PATTERN),
+                split(DEEPSEEK_PUNCT_PATTERN),
+                split(TRAILING_SPACE_PATTERN),
+                split(DEEPSEEK_CJK_PATTERN),
+                digits(false),
+                bl(false),
+            ]),
+            false,
+        ),
+        "deepseek-coder" => (
+            none,
+            seq(vec![
+                split(LINE_BREAK_PATTERN),
+                split(SPACE_LETTERS_PATTERN),
+                split(SPACE_PUNCT_PATTERN),
+                split(DEEPSEEK_CJK_PATTERN),
+                digits(true),
+                bl(false),
+            ]),
+            false,
+        ),
+        // Falcon's Digits and Split come after ByteLevel, so they see its alphabet.
+        "falcon" => (
+            none,
+            seq(vec![
+                json!({"type": "Punctuation", "behavior": "Contiguous"}),
+                bl(true),
+                digits(false),
+                split(THREE_DIGITS_PATTERN),
+            ]),
+            false,
+        ),
+        _ => return None,
+    })
+}
 
 /// GPT-2's byte → printable character table (bytes_to_unicode).
 pub fn bytes_to_unicode() -> [char; 256] {
@@ -190,31 +271,12 @@ fn byte_level_tokenizer(
     pre: &str,
     bos: Option<(&str, usize)>,
 ) -> Result<Value> {
-    let (normalizer, pre_tokenizer, ignore_merges) = match pre {
-        // SmolLM's tokenizer.json splits every digit on its own before the GPT-2 regex.
-        "smollm" => (
-            Value::Null,
-            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(false, true, true)]}),
-            false,
-        ),
-        "qwen2" | "deepseek-r1-qwen" => (
-            json!({"type": "NFC"}),
-            json!({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(false, false, false)]}),
-            false,
-        ),
-        "llama-bpe" | "llama3" | "llama-v3" => (
-            Value::Null,
-            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(false, true, false)]}),
-            true,
-        ),
-        "gpt-2" | "default" => (Value::Null, byte_level(false, true, true), false),
-        other => {
-            return Err(Error::Tokenizer(format!(
-                "{}: tokenizer.ggml.pre {other:?} is not supported (supported: {})",
-                file.path.display(),
-                SUPPORTED_PRE_TOKENIZERS.join(", ")
-            )))
-        }
+    let Some((normalizer, pre_tokenizer, ignore_merges)) = bpe_pre_tokenizer(pre) else {
+        return Err(Error::Tokenizer(format!(
+            "{}: tokenizer.ggml.pre {pre:?} is not supported (supported: {})",
+            file.path.display(),
+            SUPPORTED_PRE_TOKENIZERS.join(", ")
+        )));
     };
 
     // Byte-level vocabularies spell every ordinary token in GPT-2's byte alphabet. Control and
@@ -356,14 +418,24 @@ fn sentencepiece_tokenizer(
     if add_prefix_space {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
+    // As llama.cpp tokenizes and as a Llama tokenizer.json's normalizer does: "▁" before every
+    // stretch of text between added tokens, even one that starts with a space (" Hello" is
+    // "▁▁Hello"), then every space becomes "▁"; the whole stretch is one BPE piece.
+    // (transformers' GGUF converter instead uses Metaspace with prepend_scheme "first", which
+    // adds no "▁" before a leading space.)
+    let space = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+    let normalizer = if add_prefix_space {
+        json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, space]})
+    } else {
+        space
+    };
     Ok(json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}",
-                          "prepend_scheme": if add_prefix_space { "first" } else { "never" }, "split": false},
+        "normalizer": normalizer,
+        "pre_tokenizer": null,
         "post_processor": bos_template(bos),
         "decoder": {"type": "Sequence", "decoders": decoders},
         "model": {
