@@ -29,7 +29,10 @@ fn cases(inp: &str) -> Vec<&str> {
     if inp.is_empty() {
         return Vec::new();
     }
-    inp.strip_suffix(SEPARATOR).unwrap_or(inp).split(SEPARATOR).collect()
+    inp.strip_suffix(SEPARATOR)
+        .unwrap_or(inp)
+        .split(SEPARATOR)
+        .collect()
 }
 
 /// The ids of each case, one line each (an empty line: no tokens).
@@ -85,7 +88,11 @@ fn run_vocab(name: &str, gguf: &Path, failures: &mut Vec<String>) -> Outcome {
     };
     outcome.total = texts.len();
     if texts.len() != want.len() {
-        let e = format!("{} strings in .inp, {} lines in .out", texts.len(), want.len());
+        let e = format!(
+            "{} strings in .inp, {} lines in .out",
+            texts.len(),
+            want.len()
+        );
         outcome.note = e.clone();
         failures.push(format!("{name}: {e}"));
         return outcome;
@@ -153,7 +160,10 @@ fn llama_cpp_vocab_suite() {
     let mut table = Vec::new();
     let (mut passed, mut total) = (0, 0);
     for gguf in &ggufs {
-        let file = gguf.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let file = gguf
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let name = &file["ggml-vocab-".len()..file.len() - ".gguf".len()];
         if let Some((_, why)) = NOT_RUN.iter().find(|(n, _)| *n == name) {
             table.push(format!("  {name:<16} not run: {why}"));
@@ -195,5 +205,8 @@ fn case_splitting_keeps_empty_strings() {
     let inp = format!("a{SEPARATOR}{SEPARATOR} b{SEPARATOR}");
     assert_eq!(cases(&inp), ["a", "", " b"]);
     assert_eq!(cases(&format!("a{SEPARATOR}\n")), ["a", "\n"]);
-    assert_eq!(expected("1 2\n\n3\n").unwrap(), [vec![1, 2], vec![], vec![3]]);
+    assert_eq!(
+        expected("1 2\n\n3\n").unwrap(),
+        [vec![1, 2], vec![], vec![3]]
+    );
 }

@@ -7,9 +7,7 @@
 //! Not supported: Whitespace, WhitespaceSplit, BertPreTokenizer, Punctuation, CharDelimiterSplit,
 //! UnicodeScripts, and Split behaviours other than Isolated.
 
-use super::unicode::{
-    is_letter, is_lowerish, is_mark, is_number, is_punct, is_space, is_upperish,
-};
+use super::unicode::{is_letter, is_lowerish, is_mark, is_number, is_punct, is_space, is_upperish};
 
 pub const GPT2_PATTERN: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
@@ -332,28 +330,97 @@ pub const DEEPSEEK_PUNCT_PATTERN: &str =
     "\\s?[!-/:-~\u{ff01}-\u{ff0f}\u{ff1a}-\u{ff5e}\u{2018}-\u{201f}\u{3000}-\u{3002}]+";
 pub const TRAILING_SPACE_PATTERN: &str = r"\s+$";
 /// DeepSeek: CJK ideographs, then U+0800..U+4E00 (Samaritan to CJK Ext. A), then Hangul.
-pub const DEEPSEEK_CJK_PATTERN: &str =
-    "[\u{4e00}-\u{9fa5}\u{0800}-\u{4e00}\u{ac00}-\u{d7ff}]+";
+pub const DEEPSEEK_CJK_PATTERN: &str = "[\u{4e00}-\u{9fa5}\u{0800}-\u{4e00}\u{ac00}-\u{d7ff}]+";
 pub const SPACE_LETTERS_PATTERN: &str = r"\s?\p{L}+";
 pub const SPACE_PUNCT_PATTERN: &str = r"\s?\p{P}+";
 pub const THREE_DIGITS_PATTERN: &str = "[0-9][0-9][0-9]";
 
 /// The character ranges of `DEEPSEEK_LETTERS_PATTERN` (a subset of the cased letters).
 static DEEPSEEK_LETTERS: [(u32, u32); 84] = [
-    (0x41, 0x5A), (0x61, 0x7A), (0xB5, 0xB5), (0xC0, 0xD6), (0xD8, 0xF6), (0xF8, 0x1BA),
-    (0x1BC, 0x1BF), (0x1C4, 0x293), (0x295, 0x2AF), (0x370, 0x373), (0x376, 0x377), (0x37B, 0x37D),
-    (0x37F, 0x37F), (0x386, 0x386), (0x388, 0x38A), (0x38C, 0x38C), (0x38E, 0x3A1), (0x3A3, 0x3F5),
-    (0x3F7, 0x481), (0x48A, 0x52F), (0x531, 0x556), (0x10A0, 0x10C5), (0x13A0, 0x13F5), (0x13F8, 0x13FD),
-    (0x1C90, 0x1CBA), (0x1CBD, 0x1CBF), (0x1D00, 0x1D2B), (0x1D6B, 0x1D77), (0x1D79, 0x1D9A), (0x1E00, 0x1F15),
-    (0x1F18, 0x1F1D), (0x1F20, 0x1F45), (0x1F48, 0x1F4D), (0x1F50, 0x1F57), (0x1F59, 0x1F59), (0x1F5B, 0x1F5B),
-    (0x1F5D, 0x1F5D), (0x1F5F, 0x1F7D), (0x1F80, 0x1FB4), (0x1FB6, 0x1FBC), (0x1FBE, 0x1FBE), (0x1FC2, 0x1FC4),
-    (0x1FC6, 0x1FCC), (0x1FD0, 0x1FD3), (0x1FD6, 0x1FDB), (0x1FE0, 0x1FEC), (0x1FF2, 0x1FF4), (0x1FF6, 0x1FFC),
-    (0x2102, 0x2102), (0x2107, 0x2107), (0x210A, 0x2113), (0x2115, 0x2115), (0x2119, 0x211D), (0x2124, 0x2124),
-    (0x2126, 0x2126), (0x2128, 0x2128), (0x212A, 0x212D), (0x212F, 0x2134), (0x2139, 0x2139), (0x213C, 0x213F),
-    (0x2145, 0x2149), (0x214E, 0x214E), (0x2183, 0x2184), (0x2C00, 0x2C7B), (0x2C7E, 0x2CE4), (0x2CEB, 0x2CEE),
-    (0x2CF2, 0x2CF3), (0xA640, 0xA66D), (0xA680, 0xA69B), (0xA722, 0xA76F), (0xA771, 0xA787), (0xA78B, 0xA78E),
-    (0xAB70, 0xABBF), (0xFB00, 0xFB06), (0xFB13, 0xFB17), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A), (0x10400, 0x1044F),
-    (0x104B0, 0x104D3), (0x104D8, 0x104FB), (0x10C80, 0x10CB2), (0x10CC0, 0x10CF2), (0x118A0, 0x118DF), (0x1E900, 0x1E943),
+    (0x41, 0x5A),
+    (0x61, 0x7A),
+    (0xB5, 0xB5),
+    (0xC0, 0xD6),
+    (0xD8, 0xF6),
+    (0xF8, 0x1BA),
+    (0x1BC, 0x1BF),
+    (0x1C4, 0x293),
+    (0x295, 0x2AF),
+    (0x370, 0x373),
+    (0x376, 0x377),
+    (0x37B, 0x37D),
+    (0x37F, 0x37F),
+    (0x386, 0x386),
+    (0x388, 0x38A),
+    (0x38C, 0x38C),
+    (0x38E, 0x3A1),
+    (0x3A3, 0x3F5),
+    (0x3F7, 0x481),
+    (0x48A, 0x52F),
+    (0x531, 0x556),
+    (0x10A0, 0x10C5),
+    (0x13A0, 0x13F5),
+    (0x13F8, 0x13FD),
+    (0x1C90, 0x1CBA),
+    (0x1CBD, 0x1CBF),
+    (0x1D00, 0x1D2B),
+    (0x1D6B, 0x1D77),
+    (0x1D79, 0x1D9A),
+    (0x1E00, 0x1F15),
+    (0x1F18, 0x1F1D),
+    (0x1F20, 0x1F45),
+    (0x1F48, 0x1F4D),
+    (0x1F50, 0x1F57),
+    (0x1F59, 0x1F59),
+    (0x1F5B, 0x1F5B),
+    (0x1F5D, 0x1F5D),
+    (0x1F5F, 0x1F7D),
+    (0x1F80, 0x1FB4),
+    (0x1FB6, 0x1FBC),
+    (0x1FBE, 0x1FBE),
+    (0x1FC2, 0x1FC4),
+    (0x1FC6, 0x1FCC),
+    (0x1FD0, 0x1FD3),
+    (0x1FD6, 0x1FDB),
+    (0x1FE0, 0x1FEC),
+    (0x1FF2, 0x1FF4),
+    (0x1FF6, 0x1FFC),
+    (0x2102, 0x2102),
+    (0x2107, 0x2107),
+    (0x210A, 0x2113),
+    (0x2115, 0x2115),
+    (0x2119, 0x211D),
+    (0x2124, 0x2124),
+    (0x2126, 0x2126),
+    (0x2128, 0x2128),
+    (0x212A, 0x212D),
+    (0x212F, 0x2134),
+    (0x2139, 0x2139),
+    (0x213C, 0x213F),
+    (0x2145, 0x2149),
+    (0x214E, 0x214E),
+    (0x2183, 0x2184),
+    (0x2C00, 0x2C7B),
+    (0x2C7E, 0x2CE4),
+    (0x2CEB, 0x2CEE),
+    (0x2CF2, 0x2CF3),
+    (0xA640, 0xA66D),
+    (0xA680, 0xA69B),
+    (0xA722, 0xA76F),
+    (0xA771, 0xA787),
+    (0xA78B, 0xA78E),
+    (0xAB70, 0xABBF),
+    (0xFB00, 0xFB06),
+    (0xFB13, 0xFB17),
+    (0xFF21, 0xFF3A),
+    (0xFF41, 0xFF5A),
+    (0x10400, 0x1044F),
+    (0x104B0, 0x104D3),
+    (0x104D8, 0x104FB),
+    (0x10C80, 0x10CB2),
+    (0x10CC0, 0x10CF2),
+    (0x118A0, 0x118DF),
+    (0x1E900, 0x1E943),
 ];
 
 fn is_deepseek_letter(c: char) -> bool {
@@ -600,6 +667,102 @@ mod tests {
             marks: false,
         };
         assert_eq!(pieces(q, "12"), ["1", "2"]);
+    }
+
+    fn isolated(p: IsolatePattern, s: &str) -> Vec<&str> {
+        let mut r = Vec::new();
+        p.split(s, 0, &mut r);
+        r.into_iter().map(|(a, b)| &s[a..b]).collect()
+    }
+
+    #[test]
+    fn deepseek_llm_patterns() {
+        use IsolatePattern::*;
+        assert_eq!(
+            isolated(LineBreak, "a\r\nb\n"),
+            ["a", "\r", "\n", "b", "\n"]
+        );
+        // `\s?` takes one whitespace character before the run, never two.
+        assert_eq!(
+            isolated(DeepseekLetters, "Hello  wörld, µΩ ʔx"),
+            ["Hello", " ", " wörld", ",", " µΩ", " ʔ", "x"]
+        );
+        assert_eq!(
+            isolated(DeepseekPunct, "1 ... 2！？3"),
+            ["1", " ...", " 2", "！？", "3"]
+        );
+        assert_eq!(
+            isolated(DeepseekCjk, "ab你好x가"),
+            ["ab", "你好", "x", "가"]
+        );
+    }
+
+    #[test]
+    fn trailing_space_is_anchored_to_the_end_or_a_line_feed() {
+        use IsolatePattern::TrailingSpace as T;
+        assert_eq!(isolated(T, "a  "), ["a", "  "]);
+        assert_eq!(isolated(T, "a  b"), ["a  b"]);
+        // Oniguruma's `$` also holds before a line feed; greedy `\s+` backs off to it.
+        assert_eq!(isolated(T, " \n "), [" \n "]);
+        assert_eq!(isolated(T, "a \nb"), ["a", " ", "\nb"]);
+        // A long run in the middle is one failed attempt, not one per character.
+        let s = format!("x{}y", " ".repeat(100_000));
+        assert_eq!(isolated(T, &s), [s.as_str()]);
+    }
+
+    #[test]
+    fn deepseek_coder_and_falcon_patterns() {
+        use IsolatePattern::*;
+        assert_eq!(isolated(SpaceLetters, "ab  cd1"), ["ab", " ", " cd", "1"]);
+        assert_eq!(isolated(SpacePunct, "a ..$b"), ["a", " ..", "$b"]);
+        assert_eq!(isolated(ThreeDigits, "12345678"), ["123", "456", "78"]);
+        assert_eq!(isolated(ThreeDigits, "١٢٣"), ["١٢٣"]);
+        let mut r = Vec::new();
+        split_punctuation("a$+b.,c", 0, true, &mut r);
+        assert_eq!(r, [(0, 1), (1, 3), (3, 4), (4, 6), (6, 7)]);
+        r.clear();
+        split_punctuation("«a»", 0, false, &mut r);
+        assert_eq!(r, [(0, 2), (2, 3), (3, 5)]);
+        assert!(is_punctuation('`') && is_punctuation('¿') && !is_punctuation('€'));
+    }
+
+    /// Every pattern on random text: pieces are non-empty, on character boundaries, and tile it.
+    #[test]
+    fn isolate_patterns_tile_any_text() {
+        use IsolatePattern::*;
+        let alphabet: Vec<char> = "aZ µ9\n\r\t.!$¿你가١½\u{301}\u{3000}\u{ff01}ʔ"
+            .chars()
+            .collect();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..200 {
+            let s: String = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    alphabet[(x % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            for p in [
+                LineBreak,
+                DeepseekLetters,
+                DeepseekPunct,
+                TrailingSpace,
+                DeepseekCjk,
+                SpaceLetters,
+                SpacePunct,
+                ThreeDigits,
+            ] {
+                let mut r = Vec::new();
+                p.split(&s, 7, &mut r);
+                let mut at = 7;
+                for &(a, b) in &r {
+                    assert!(a == at && b > a && s.is_char_boundary(b - 7), "{p:?} {s:?}");
+                    at = b;
+                }
+                assert_eq!(at, 7 + s.len(), "{p:?} {s:?}");
+            }
+        }
     }
 
     #[test]

@@ -17,22 +17,70 @@ const TOKEN_USER_DEFINED: i64 = 4;
 /// pre-tokenizer minfer implements (see `bpe_pre_tokenizer`).
 pub const SUPPORTED_PRE_TOKENIZERS: &[&str] = &[
     // GPT-2's regex (ByteLevel with use_regex)
-    "default", "gpt-2", "mpt", "olmo", "jais", "trillion", "granite-docling", "phi-2", "jina-es",
-    "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum", "modern-bert",
-    "exaone4", "jina-v1-en", "jina-v2-code", "roberta-bpe",
+    "default",
+    "gpt-2",
+    "mpt",
+    "olmo",
+    "jais",
+    "trillion",
+    "granite-docling",
+    "phi-2",
+    "jina-es",
+    "jina-de",
+    "gigachat",
+    "jina-v2-es",
+    "jina-v2-de",
+    "a.x-4.0",
+    "mellum",
+    "modern-bert",
+    "exaone4",
+    "jina-v1-en",
+    "jina-v2-code",
+    "roberta-bpe",
     // every digit alone, then GPT-2's regex
-    "smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", "mellum2",
+    "smollm",
+    "starcoder",
+    "refact",
+    "command-r",
+    "codeshell",
+    "exaone",
+    "minerva-7b",
+    "mellum2",
     // Llama 3's regex, whole-word vocabulary lookups first (ignore_merges)
-    "llama-bpe", "llama3", "llama-v3", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+    "llama-bpe",
+    "llama3",
+    "llama-v3",
+    "falcon3",
+    "falcon-h1",
+    "pixtral",
+    "midm-2.0",
+    "lfm2",
     "jina-v5-nano",
     // Llama 3's regex, plain BPE
-    "dbrx", "smaug-bpe", "glm4", "chatglm-bpe",
+    "dbrx",
+    "smaug-bpe",
+    "glm4",
+    "chatglm-bpe",
     // Qwen2's regex (one digit per piece)
-    "qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "stablelm2", "hunyuan", "solar-open",
-    "megrez", "grok-2", "bailingmoe", "bailingmoe2", "llada-moe",
+    "qwen2",
+    "deepseek-r1-qwen",
+    "kormo",
+    "f2llmv2",
+    "stablelm2",
+    "hunyuan",
+    "solar-open",
+    "megrez",
+    "grok-2",
+    "bailingmoe",
+    "bailingmoe2",
+    "llada-moe",
     "qwen35",
     "tekken",
-    "gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2",
+    "gpt-4o",
+    "llama4",
+    "kanana2",
+    "talkie",
+    "minimax-m2",
     "deepseek-llm",
     "deepseek-coder",
     "falcon",
@@ -53,8 +101,8 @@ fn bpe_pre_tokenizer(name: &str) -> Option<(Value, Value, bool)> {
         | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
         | "a.x-4.0" | "mellum" | "modern-bert" | "exaone4" | "jina-v1-en" | "jina-v2-code"
         | "roberta-bpe" => (none, bl(true), false),
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
-        | "minerva-7b" | "mellum2" => (none, seq(vec![digits(true), bl(true)]), false),
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b"
+        | "mellum2" => (none, seq(vec![digits(true), bl(true)]), false),
         "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
         | "lfm2" | "jina-v5-nano" => (none, seq(vec![split(LLAMA3_PATTERN), bl(false)]), true),
         "dbrx" | "smaug-bpe" | "glm4" | "chatglm-bpe" => {
@@ -489,4 +537,40 @@ pub fn sentencepiece_merges(
         .into_iter()
         .map(|(l, r, _)| (l.to_string(), r.to_string()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::Tokenizer;
+
+    /// Every supported name gives a tokenizer.json that minfer builds and encodes with (over a
+    /// vocabulary of the 256 byte-level characters, no merges: each byte is one token).
+    #[test]
+    fn every_supported_pre_tokenizer_builds_and_encodes() {
+        let table = bytes_to_unicode();
+        let vocab: Map<String, Value> = table
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_string(), json!(i)))
+            .collect();
+        let text = "Hello  wörld's 12345 ½ 你好!!\n\t $x  ";
+        let mut seen = HashSet::new();
+        for &name in SUPPORTED_PRE_TOKENIZERS {
+            assert!(seen.insert(name), "{name} listed twice");
+            let (normalizer, pre_tokenizer, ignore_merges) =
+                bpe_pre_tokenizer(name).unwrap_or_else(|| panic!("{name} has no pre-tokenizer"));
+            let j = json!({
+                "normalizer": normalizer, "pre_tokenizer": pre_tokenizer,
+                "decoder": byte_level(true, true, true),
+                "model": {"type": "BPE", "ignore_merges": ignore_merges, "vocab": vocab, "merges": []}
+            });
+            let tok = Tokenizer::from_json(&j, None).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let ids = tok.encode(text, false).unwrap();
+            let back = tok.decode(&ids, false).unwrap();
+            // NFC leaves this text alone, so every pre-tokenizer round-trips it byte for byte.
+            assert_eq!(back, text, "{name}");
+        }
+        assert!(bpe_pre_tokenizer("mystery-pre").is_none());
+    }
 }
