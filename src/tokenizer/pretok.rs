@@ -334,6 +334,8 @@ pub const DEEPSEEK_CJK_PATTERN: &str = "[\u{4e00}-\u{9fa5}\u{0800}-\u{4e00}\u{ac
 pub const SPACE_LETTERS_PATTERN: &str = r"\s?\p{L}+";
 pub const SPACE_PUNCT_PATTERN: &str = r"\s?\p{P}+";
 pub const THREE_DIGITS_PATTERN: &str = "[0-9][0-9][0-9]";
+/// Gemma 4 (as llama.cpp splits it): runs of line feeds, and the stretches between them.
+pub const LINE_RUNS_PATTERN: &str = "[^\n]+|[\n]+";
 
 /// The character ranges of `DEEPSEEK_LETTERS_PATTERN` (a subset of the cased letters).
 static DEEPSEEK_LETTERS: [(u32, u32); 84] = [
@@ -475,6 +477,8 @@ pub enum IsolatePattern {
     SpacePunct,
     /// `[0-9][0-9][0-9]`
     ThreeDigits,
+    /// `[^\n]+|[\n]+` (matches everywhere)
+    LineRuns,
 }
 
 impl IsolatePattern {
@@ -488,6 +492,7 @@ impl IsolatePattern {
             SPACE_LETTERS_PATTERN => IsolatePattern::SpaceLetters,
             SPACE_PUNCT_PATTERN => IsolatePattern::SpacePunct,
             THREE_DIGITS_PATTERN => IsolatePattern::ThreeDigits,
+            LINE_RUNS_PATTERN => IsolatePattern::LineRuns,
             _ => return None,
         })
     }
@@ -535,6 +540,8 @@ impl IsolatePattern {
                     Err(next)
                 }
             }
+            IsolatePattern::LineRuns if c == '\n' => Ok(run_end(s, i, |c| c == '\n')),
+            IsolatePattern::LineRuns => Ok(run_end(s, i, |c| c != '\n')),
             IsolatePattern::TrailingSpace => {
                 if !is_space(c) {
                     return Err(next);
@@ -752,6 +759,7 @@ mod tests {
                 SpaceLetters,
                 SpacePunct,
                 ThreeDigits,
+                LineRuns,
             ] {
                 let mut r = Vec::new();
                 p.split(&s, 7, &mut r);

@@ -251,10 +251,12 @@ pub fn hf_tokenizer(file: &GgufFile) -> Result<(Value, Value)> {
     let pad = token_id("padding_token_id")?;
     let eot = token_id("eot_token_id")?;
     let sentencepiece = model == "llama";
-    // llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise.
+    // llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise, and always
+    // to Gemma 4's.
     let add_bos = file
         .bool_key("tokenizer.ggml.add_bos_token")?
-        .unwrap_or(sentencepiece);
+        .unwrap_or(sentencepiece)
+        || model == "gemma4";
     let add_eos = file
         .bool_key("tokenizer.ggml.add_eos_token")?
         .unwrap_or(false);
@@ -270,9 +272,10 @@ pub fn hf_tokenizer(file: &GgufFile) -> Result<(Value, Value)> {
             byte_level_tokenizer(file, &tokens, &types, pre, bos_tpl)?
         }
         "llama" => sentencepiece_tokenizer(file, &tokens, &types, unk, bos_tpl)?,
+        "gemma4" => gemma4_tokenizer(file, &tokens, &types, bos_tpl)?,
         other => {
             return Err(Error::Tokenizer(format!(
-                "{}: tokenizer.ggml.model {other:?} is not supported (gpt2 and llama are)",
+                "{}: tokenizer.ggml.model {other:?} is not supported (gpt2, llama and gemma4 are)",
                 file.path.display()
             )))
         }
@@ -385,6 +388,68 @@ fn byte_level_tokenizer(
             "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
             "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges
+        }
+    }))
+}
+
+/// `tokenizer.ggml.merges` as tokenizer.json merges, if present.
+fn ggml_merges(file: &GgufFile) -> Result<Option<Vec<Value>>> {
+    let Some(v) = file.get("tokenizer.ggml.merges") else {
+        return Ok(None);
+    };
+    v.as_array()
+        .ok_or_else(|| file.err("tokenizer.ggml.merges is not an array"))?
+        .iter()
+        .map(|m| {
+            let s = m
+                .as_str()
+                .ok_or_else(|| file.err("tokenizer.ggml.merges holds a non-string"))?;
+            let (a, b) = s
+                .split_once(' ')
+                .ok_or_else(|| file.err(format!("merge {s:?} has no space")))?;
+            Ok(json!([a, b]))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// Gemma 4 (tokenizer.ggml.model = "gemma4"): BPE over the text's characters with byte
+/// fallback and GGUF merges, spaces written "▁" and no space prefix, each run of line feeds
+/// and each stretch between them tokenized on its own, as llama.cpp does.
+fn gemma4_tokenizer(
+    file: &GgufFile,
+    tokens: &[&str],
+    types: &[i64],
+    bos: Option<(&str, usize)>,
+) -> Result<Value> {
+    use crate::tokenizer::patterns::LINE_RUNS_PATTERN;
+    let merges = ggml_merges(file)?
+        .ok_or_else(|| file.err("a gemma4 tokenizer needs tokenizer.ggml.merges"))?;
+    let mut vocab = Map::new();
+    let mut added = Vec::new();
+    for (id, (t, &ty)) in tokens.iter().zip(types).enumerate() {
+        vocab.insert(t.to_string(), json!(id));
+        if ty == TOKEN_CONTROL {
+            added.push(added_token(id, t, true));
+        } else if ty == TOKEN_USER_DEFINED {
+            added.push(added_token(id, t, false));
+        }
+    }
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+        "pre_tokenizer": split(LINE_RUNS_PATTERN),
+        "post_processor": bos_template(bos),
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": true,
+            "ignore_merges": false, "vocab": vocab, "merges": merges
         }
     }))
 }
