@@ -1,11 +1,12 @@
 //! Pre-tokenization: splitting normalized text into the pieces BPE runs on.
 //!
-//! The Split regexes of real tokenizers (GPT-2, Llama 3, Qwen2, Qwen3.5) are implemented as hand-written
-//! matchers with the exact leftmost-first alternation and backtracking semantics of the regex,
-//! instead of a regex engine. A Split with any other pattern is rejected at load, naming the
-//! pattern. Also here: ByteLevel (add_prefix_space, use_regex), Digits, Metaspace, Sequence.
-//! Not supported: Whitespace, WhitespaceSplit, BertPreTokenizer, Punctuation, CharDelimiterSplit,
-//! UnicodeScripts, and Split behaviours other than Isolated.
+//! The Split regexes of real tokenizers (GPT-2, Llama 3, Qwen2, Qwen3.5, Tekken, GPT-4o, and
+//! the chains of partial patterns of DeepSeek LLM/Coder, Falcon and Gemma 4) are implemented as
+//! hand-written matchers with the exact leftmost-first alternation and backtracking semantics
+//! of the regex, instead of a regex engine. A Split with any other pattern is rejected at load,
+//! naming the pattern. Also here: ByteLevel (add_prefix_space, use_regex), Digits, Punctuation,
+//! Metaspace, Sequence. Not supported: Whitespace, WhitespaceSplit, BertPreTokenizer,
+//! CharDelimiterSplit, UnicodeScripts, and Split behaviours other than Isolated.
 
 use super::unicode::{is_letter, is_lowerish, is_mark, is_number, is_punct, is_space, is_upperish};
 

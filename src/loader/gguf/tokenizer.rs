@@ -1,5 +1,7 @@
-//! tokenizer.json and tokenizer_config.json from a GGUF's `tokenizer.ggml.*` metadata, built the
-//! way Hugging Face's converters build them, so `Tokenizer::from_json` reads one format.
+//! tokenizer.json and tokenizer_config.json from a GGUF's `tokenizer.ggml.*` metadata, built as
+//! the model's own tokenizer.json is (so `Tokenizer::from_json` reads one format) and tokenizing
+//! as llama.cpp does: tests/llama_vocab_suite.rs runs llama.cpp's tokenizer test suite. Where
+//! transformers' GGUF converter differs (the SentencePiece space prefix), llama.cpp wins.
 
 use std::collections::{HashMap, HashSet};
 
