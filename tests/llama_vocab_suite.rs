@@ -7,6 +7,7 @@
 //! The files are not in the repository: scripts/fetch-vocab-suite.sh puts them in
 //! .cache/vocab-suite (or $MINFER_VOCAB_SUITE). Missing files fail the test, never skip it.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const SEPARATOR: &str = "\n__ggml_vocab_test__\n";
@@ -187,7 +188,10 @@ fn llama_cpp_vocab_suite() {
             o.name, o.passed, o.total, o.note
         ));
     }
-    eprintln!(
+    // Straight to the process's stderr, past the test harness's capture: the table is the
+    // point of the test even when it passes.
+    let _ = writeln!(
+        std::io::stderr(),
         "llama.cpp vocab suite ({}): {passed}/{total} cases\n{}",
         dir.display(),
         table.join("\n")
