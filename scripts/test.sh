@@ -11,6 +11,9 @@ if [ -x scripts/fetch-model.sh ]; then
   scripts/fetch-model.sh
 fi
 
+step "fetch llama.cpp's tokenizer test suite (ggml-vocab-*.gguf, from the llama-cpp-python sdist on PyPI)"
+scripts/fetch-vocab-suite.sh
+
 if [ -x scripts/ptxas-check.sh ]; then
   step "assemble every PTX kernel with ptxas (sm_80, sm_90; spills are errors), check its machine code with nvdisasm"
   scripts/ptxas-check.sh

@@ -52,6 +52,8 @@ def main():
 
     emit_ranges("MARK", "General category M (Mn, Mc, Me): regex `\\p{M}`.",
                 ranges(lambda cp: cat(cp).startswith("M")))
+    emit_ranges("PUNCT", "General category P (Pc, Pd, Ps, Pe, Pi, Pf, Po): regex `\\p{P}`.",
+                ranges(lambda cp: cat(cp).startswith("P")))
 
     # The case-aware letter classes of the Tekken (Mistral Nemo) and GPT-4o (o200k) patterns.
     emit_ranges("UPPERISH", "`[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]`.",

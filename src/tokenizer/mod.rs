@@ -29,7 +29,18 @@ use added::{AddedToken, Matcher, Segment};
 use bpe::{Bpe, BpeOptions, FastMap};
 use decoder::{Decoder, DecoderState, Step};
 use normalize::Normalizer;
-use pretok::SplitPattern;
+use pretok::{IsolatePattern, SplitPattern};
+
+/// The Split regexes minfer implements, as tokenizer.json spells them (for tokenizers built
+/// from GGUF metadata).
+pub(crate) mod patterns {
+    pub(crate) use super::pretok::{
+        DEEPSEEK_CJK_PATTERN, DEEPSEEK_LETTERS_PATTERN, DEEPSEEK_PUNCT_PATTERN, GPT4O_PATTERN,
+        LINE_BREAK_PATTERN, LINE_RUNS_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN, QWEN35_PATTERN,
+        SPACE_LETTERS_PATTERN, SPACE_PUNCT_PATTERN, TEKKEN_PATTERN, THREE_DIGITS_PATTERN,
+        TRAILING_SPACE_PATTERN,
+    };
+}
 
 /// One chat message for `apply_chat_template`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -53,6 +64,11 @@ impl ChatMessage {
 #[derive(Clone, Debug)]
 enum PreTok {
     Split(SplitPattern),
+    /// A Split whose pattern matches only part of the text.
+    Isolate(IsolatePattern),
+    Punctuation {
+        contiguous: bool,
+    },
     Digits {
         individual: bool,
     },
@@ -202,16 +218,26 @@ fn parse_pretok(v: &Value, ctx: &str, out: &mut Vec<PreTok>) -> Result<()> {
             let Some(re) = pattern.get("Regex").and_then(Value::as_str) else {
                 return Err(terr(format!("{ctx}: Split with pattern {pattern} is not supported (only the known Regex patterns)")));
             };
-            let Some(p) = SplitPattern::recognise(re) else {
-                return Err(terr(format!(
-                    "{ctx}: Split regex `{re}` is not one minfer implements (the GPT-2, Llama 3, Qwen2, Qwen3.5, Tekken and GPT-4o patterns are)"
-                )));
+            let p = match (SplitPattern::recognise(re), IsolatePattern::recognise(re)) {
+                (Some(p), _) => PreTok::Split(p),
+                (None, Some(p)) => PreTok::Isolate(p),
+                (None, None) => return Err(terr(format!(
+                    "{ctx}: Split regex `{re}` is not one minfer implements (the GPT-2, Llama 3, Qwen2, Qwen3.5, Tekken, GPT-4o, DeepSeek and Falcon patterns are)"
+                ))),
             };
             let behavior = v.get("behavior").and_then(Value::as_str).unwrap_or("Isolated");
             if behavior != "Isolated" || get_bool(v, "invert", false) {
                 return Err(terr(format!("{ctx}: Split behavior {behavior:?} / invert is not supported (only Isolated)")));
             }
-            out.push(PreTok::Split(p));
+            out.push(p);
+        }
+        "Punctuation" => {
+            let contiguous = match v.get("behavior").and_then(Value::as_str).unwrap_or("Isolated") {
+                "Isolated" => false,
+                "Contiguous" => true,
+                other => return Err(terr(format!("{ctx}: Punctuation behavior {other:?} is not supported (only Isolated and Contiguous)"))),
+            };
+            out.push(PreTok::Punctuation { contiguous });
         }
         "Digits" => out.push(PreTok::Digits { individual: get_bool(v, "individual_digits", false) }),
         "ByteLevel" => out.push(PreTok::ByteLevel {
@@ -232,7 +258,7 @@ fn parse_pretok(v: &Value, ctx: &str, out: &mut Vec<PreTok>) -> Result<()> {
         }
         other => {
             return Err(terr(format!(
-                "{ctx}: unsupported pre_tokenizer type {other:?} (supported: ByteLevel, Split, Digits, Metaspace, Sequence)"
+                "{ctx}: unsupported pre_tokenizer type {other:?} (supported: ByteLevel, Split, Digits, Punctuation, Metaspace, Sequence)"
             )))
         }
     }
@@ -529,13 +555,22 @@ impl Tokenizer {
             "pre_tokenizer",
             &mut pre,
         )?;
+        // After ByteLevel, pre-tokenizers see the byte-level alphabet (Falcon's Digits and
+        // Split do); only those that split characters can follow it.
         let byte_level = match pre
             .iter()
             .position(|p| matches!(p, PreTok::ByteLevel { .. }))
         {
-            Some(i) if i + 1 != pre.len() => {
+            Some(i)
+                if !pre[i + 1..].iter().all(|p| {
+                    matches!(
+                        p,
+                        PreTok::Split(_) | PreTok::Isolate(_) | PreTok::Digits { .. }
+                    )
+                }) =>
+            {
                 return Err(terr(
-                    "pre_tokenizer: ByteLevel must be the last pre-tokenizer",
+                    "pre_tokenizer: only Split and Digits may follow ByteLevel",
                 ));
             }
             Some(_) => true,
@@ -700,12 +735,28 @@ impl Tokenizer {
         sc.buf.push_str(text);
         sc.ranges.clear();
         sc.ranges.push((0, text.len()));
-        for p in &self.pre {
+        // Whether sc.buf holds the byte-level alphabet (pre-tokenizers after ByteLevel).
+        let mut mapped = false;
+        for (k, p) in self.pre.iter().enumerate() {
             match *p {
                 PreTok::Split(pat) => {
                     sc.tmp.clear();
                     for &(a, b) in &sc.ranges {
                         pat.split(&sc.buf[a..b], a, &mut sc.tmp);
+                    }
+                    std::mem::swap(&mut sc.ranges, &mut sc.tmp);
+                }
+                PreTok::Isolate(pat) => {
+                    sc.tmp.clear();
+                    for &(a, b) in &sc.ranges {
+                        pat.split(&sc.buf[a..b], a, &mut sc.tmp);
+                    }
+                    std::mem::swap(&mut sc.ranges, &mut sc.tmp);
+                }
+                PreTok::Punctuation { contiguous } => {
+                    sc.tmp.clear();
+                    for &(a, b) in &sc.ranges {
+                        pretok::split_punctuation(&sc.buf[a..b], a, contiguous, &mut sc.tmp);
                     }
                     std::mem::swap(&mut sc.ranges, &mut sc.tmp);
                 }
@@ -783,6 +834,20 @@ impl Tokenizer {
                         }
                         std::mem::swap(&mut sc.ranges, &mut sc.tmp);
                     }
+                    if k + 1 < self.pre.len() {
+                        // The rest see each byte as its byte-level character (a split may
+                        // then fall inside a multi-byte character of the input).
+                        let mut nb = String::with_capacity(2 * sc.buf.len());
+                        sc.tmp.clear();
+                        for &(a, b) in &sc.ranges {
+                            let start = nb.len();
+                            nb.extend(sc.buf[a..b].bytes().map(|x| self.byte_chars[x as usize]));
+                            sc.tmp.push((start, nb.len()));
+                        }
+                        sc.buf = nb;
+                        std::mem::swap(&mut sc.ranges, &mut sc.tmp);
+                        mapped = true;
+                    }
                 }
             }
         }
@@ -791,7 +856,11 @@ impl Tokenizer {
                 continue;
             }
             let piece = &sc.buf[a..b];
-            if self.byte_level {
+            if mapped {
+                sc.key.clear();
+                sc.key.extend(piece.chars().filter_map(byte_of_level_char));
+                self.bpe.tokenize_piece(&sc.key, piece, true, ids);
+            } else if self.byte_level {
                 sc.mapped.clear();
                 if self.bpe.ignore_merges() || !self.bpe.has_byte_level_ids() {
                     sc.mapped
@@ -887,6 +956,8 @@ struct Scratch {
     ranges: Vec<(usize, usize)>,
     tmp: Vec<(usize, usize)>,
     mapped: String,
+    /// The input bytes of a piece spelled in the byte-level alphabet.
+    key: Vec<u8>,
 }
 
 /// Incremental decoding: `step` returns text as soon as it is final (complete UTF-8, past any

@@ -42,6 +42,12 @@ pub fn is_mark(c: char) -> bool {
     !c.is_ascii() && in_ranges(&t::MARK, c as u32)
 }
 
+/// `\p{P}`: general category Punctuation.
+#[inline]
+pub fn is_punct(c: char) -> bool {
+    in_ranges(&t::PUNCT, c as u32)
+}
+
 /// `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]`
 #[inline]
 pub fn is_upperish(c: char) -> bool {

@@ -1,11 +1,13 @@
-//! tokenizer.json and tokenizer_config.json from a GGUF's `tokenizer.ggml.*` metadata, built the
-//! way Hugging Face's converters build them, so `Tokenizer::from_json` reads one format.
+//! tokenizer.json and tokenizer_config.json from a GGUF's `tokenizer.ggml.*` metadata, built as
+//! the model's own tokenizer.json is (so `Tokenizer::from_json` reads one format) and tokenizing
+//! as llama.cpp does: tests/llama_vocab_suite.rs runs llama.cpp's tokenizer test suite. Where
+//! transformers' GGUF converter differs (the SentencePiece space prefix), llama.cpp wins.
 
 use std::collections::{HashMap, HashSet};
 
 use serde_json::{json, Map, Value};
 
-use super::{GgufFile, GgufValue};
+use super::GgufFile;
 use crate::error::{Error, Result};
 
 /// llama.cpp token types (llama_token_type).
@@ -13,22 +15,151 @@ const TOKEN_UNKNOWN: i64 = 2;
 const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
 
-/// Qwen2's pre-tokenizer regex, as in its tokenizer.json.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Llama 3's pre-tokenizer regex, as in its tokenizer.json.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// The `tokenizer.ggml.pre` values we translate.
-pub const SUPPORTED_PRE_TOKENIZERS: [&str; 8] = [
+/// The `tokenizer.ggml.pre` values we translate: llama.cpp's names for BPE vocabularies whose
+/// pre-tokenizer minfer implements (see `bpe_pre_tokenizer`).
+pub const SUPPORTED_PRE_TOKENIZERS: &[&str] = &[
+    // GPT-2's regex (ByteLevel with use_regex)
+    "default",
+    "gpt-2",
+    "mpt",
+    "olmo",
+    "jais",
+    "trillion",
+    "granite-docling",
+    "phi-2",
+    "jina-es",
+    "jina-de",
+    "gigachat",
+    "jina-v2-es",
+    "jina-v2-de",
+    "a.x-4.0",
+    "mellum",
+    "modern-bert",
+    "exaone4",
+    "jina-v1-en",
+    "jina-v2-code",
+    "roberta-bpe",
+    // every digit alone, then GPT-2's regex
     "smollm",
-    "qwen2",
-    "deepseek-r1-qwen",
+    "starcoder",
+    "refact",
+    "command-r",
+    "codeshell",
+    "exaone",
+    "minerva-7b",
+    "mellum2",
+    // Llama 3's regex, whole-word vocabulary lookups first (ignore_merges)
     "llama-bpe",
     "llama3",
     "llama-v3",
-    "gpt-2",
-    "default",
+    "falcon3",
+    "falcon-h1",
+    "pixtral",
+    "midm-2.0",
+    "lfm2",
+    "jina-v5-nano",
+    // Llama 3's regex, plain BPE
+    "dbrx",
+    "smaug-bpe",
+    "glm4",
+    "chatglm-bpe",
+    // Qwen2's regex (one digit per piece)
+    "qwen2",
+    "deepseek-r1-qwen",
+    "kormo",
+    "f2llmv2",
+    "stablelm2",
+    "hunyuan",
+    "solar-open",
+    "megrez",
+    "grok-2",
+    "bailingmoe",
+    "bailingmoe2",
+    "llada-moe",
+    "qwen35",
+    "tekken",
+    "gpt-4o",
+    "llama4",
+    "kanana2",
+    "talkie",
+    "minimax-m2",
+    "deepseek-llm",
+    "deepseek-coder",
+    "falcon",
 ];
+
+/// normalizer, pre_tokenizer and BPE ignore_merges of the tokenizer.json that a vocabulary with
+/// `tokenizer.ggml.pre = name` came from, as its model's own tokenizer.json spells them (so the
+/// regexes are the ones `pretok` recognises). None for a name minfer does not implement.
+fn bpe_pre_tokenizer(name: &str) -> Option<(Value, Value, bool)> {
+    use crate::tokenizer::patterns::*;
+    let bl = |use_regex| byte_level(false, true, use_regex);
+    let seq = |v: Vec<Value>| json!({"type": "Sequence", "pretokenizers": v});
+    let digits = |individual| json!({"type": "Digits", "individual_digits": individual});
+    let nfc = json!({"type": "NFC"});
+    let none = Value::Null;
+    Some(match name {
+        "default" | "gpt-2" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling"
+        | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
+        | "a.x-4.0" | "mellum" | "modern-bert" | "exaone4" | "jina-v1-en" | "jina-v2-code"
+        | "roberta-bpe" => (none, bl(true), false),
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b"
+        | "mellum2" => (none, seq(vec![digits(true), bl(true)]), false),
+        "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "jina-v5-nano" => (none, seq(vec![split(LLAMA3_PATTERN), bl(false)]), true),
+        "dbrx" | "smaug-bpe" | "glm4" | "chatglm-bpe" => {
+            (none, seq(vec![split(LLAMA3_PATTERN), bl(false)]), false)
+        }
+        "qwen2" | "deepseek-r1-qwen" => (nfc, seq(vec![split(QWEN2_PATTERN), bl(false)]), false),
+        "kormo" | "f2llmv2" | "stablelm2" | "hunyuan" | "solar-open" | "megrez" | "grok-2"
+        | "bailingmoe" | "bailingmoe2" | "llada-moe" => {
+            (none, seq(vec![split(QWEN2_PATTERN), bl(false)]), false)
+        }
+        // Qwen3.5 has no NFC normalizer: its pattern keeps combining marks with their letters.
+        "qwen35" => (none, seq(vec![split(QWEN35_PATTERN), bl(false)]), false),
+        "tekken" => (none, seq(vec![split(TEKKEN_PATTERN), bl(false)]), true),
+        "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => {
+            (none, seq(vec![split(GPT4O_PATTERN), bl(false)]), false)
+        }
+        "deepseek-llm" => (
+            none,
+            seq(vec![
+                split(LINE_BREAK_PATTERN),
+                split(DEEPSEEK_LETTERS_PATTERN),
+                split(DEEPSEEK_PUNCT_PATTERN),
+                split(TRAILING_SPACE_PATTERN),
+                split(DEEPSEEK_CJK_PATTERN),
+                digits(false),
+                bl(false),
+            ]),
+            false,
+        ),
+        "deepseek-coder" => (
+            none,
+            seq(vec![
+                split(LINE_BREAK_PATTERN),
+                split(SPACE_LETTERS_PATTERN),
+                split(SPACE_PUNCT_PATTERN),
+                split(DEEPSEEK_CJK_PATTERN),
+                digits(true),
+                bl(false),
+            ]),
+            false,
+        ),
+        // Falcon's Digits and Split come after ByteLevel, so they see its alphabet.
+        "falcon" => (
+            none,
+            seq(vec![
+                json!({"type": "Punctuation", "behavior": "Contiguous"}),
+                bl(true),
+                digits(false),
+                split(THREE_DIGITS_PATTERN),
+            ]),
+            false,
+        ),
+        _ => return None,
+    })
+}
 
 /// GPT-2's byte → printable character table (bytes_to_unicode).
 pub fn bytes_to_unicode() -> [char; 256] {
@@ -122,10 +253,12 @@ pub fn hf_tokenizer(file: &GgufFile) -> Result<(Value, Value)> {
     let pad = token_id("padding_token_id")?;
     let eot = token_id("eot_token_id")?;
     let sentencepiece = model == "llama";
-    // llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise.
+    // llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise, and always
+    // to Gemma 4's.
     let add_bos = file
         .bool_key("tokenizer.ggml.add_bos_token")?
-        .unwrap_or(sentencepiece);
+        .unwrap_or(sentencepiece)
+        || model == "gemma4";
     let add_eos = file
         .bool_key("tokenizer.ggml.add_eos_token")?
         .unwrap_or(false);
@@ -141,9 +274,10 @@ pub fn hf_tokenizer(file: &GgufFile) -> Result<(Value, Value)> {
             byte_level_tokenizer(file, &tokens, &types, pre, bos_tpl)?
         }
         "llama" => sentencepiece_tokenizer(file, &tokens, &types, unk, bos_tpl)?,
+        "gemma4" => gemma4_tokenizer(file, &tokens, &types, bos_tpl)?,
         other => {
             return Err(Error::Tokenizer(format!(
-                "{}: tokenizer.ggml.model {other:?} is not supported (gpt2 and llama are)",
+                "{}: tokenizer.ggml.model {other:?} is not supported (gpt2, llama and gemma4 are)",
                 file.path.display()
             )))
         }
@@ -190,31 +324,12 @@ fn byte_level_tokenizer(
     pre: &str,
     bos: Option<(&str, usize)>,
 ) -> Result<Value> {
-    let (normalizer, pre_tokenizer, ignore_merges) = match pre {
-        // SmolLM's tokenizer.json splits every digit on its own before the GPT-2 regex.
-        "smollm" => (
-            Value::Null,
-            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(false, true, true)]}),
-            false,
-        ),
-        "qwen2" | "deepseek-r1-qwen" => (
-            json!({"type": "NFC"}),
-            json!({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(false, false, false)]}),
-            false,
-        ),
-        "llama-bpe" | "llama3" | "llama-v3" => (
-            Value::Null,
-            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(false, true, false)]}),
-            true,
-        ),
-        "gpt-2" | "default" => (Value::Null, byte_level(false, true, true), false),
-        other => {
-            return Err(Error::Tokenizer(format!(
-                "{}: tokenizer.ggml.pre {other:?} is not supported (supported: {})",
-                file.path.display(),
-                SUPPORTED_PRE_TOKENIZERS.join(", ")
-            )))
-        }
+    let Some((normalizer, pre_tokenizer, ignore_merges)) = bpe_pre_tokenizer(pre) else {
+        return Err(Error::Tokenizer(format!(
+            "{}: tokenizer.ggml.pre {pre:?} is not supported (supported: {})",
+            file.path.display(),
+            SUPPORTED_PRE_TOKENIZERS.join(", ")
+        )));
     };
 
     // Byte-level vocabularies spell every ordinary token in GPT-2's byte alphabet. Control and
@@ -242,10 +357,8 @@ fn byte_level_tokenizer(
             added.push(added_token(id, t, false));
         }
     }
-    let merges = match file.get("tokenizer.ggml.merges") {
-        None => return Err(file.err("a gpt2 tokenizer needs tokenizer.ggml.merges")),
-        Some(v) => ggml_merges(file, v)?,
-    };
+    let merges = ggml_merges(file)?
+        .ok_or_else(|| file.err("a gpt2 tokenizer needs tokenizer.ggml.merges"))?;
     // Without BOS the post-processor has nothing to add: ids are what the model produced. (A
     // ByteLevel post-processor, which some tokenizer.json files carry, only adjusts offsets.)
     let post = bos_template(bos);
@@ -262,6 +375,68 @@ fn byte_level_tokenizer(
             "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
             "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges
+        }
+    }))
+}
+
+/// `tokenizer.ggml.merges` as tokenizer.json merges, if present.
+fn ggml_merges(file: &GgufFile) -> Result<Option<Vec<Value>>> {
+    let Some(v) = file.get("tokenizer.ggml.merges") else {
+        return Ok(None);
+    };
+    v.as_array()
+        .ok_or_else(|| file.err("tokenizer.ggml.merges is not an array"))?
+        .iter()
+        .map(|m| {
+            let s = m
+                .as_str()
+                .ok_or_else(|| file.err("tokenizer.ggml.merges holds a non-string"))?;
+            let (a, b) = s
+                .split_once(' ')
+                .ok_or_else(|| file.err(format!("merge {s:?} has no space")))?;
+            Ok(json!([a, b]))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// Gemma 4 (tokenizer.ggml.model = "gemma4"): BPE over the text's characters with byte
+/// fallback and GGUF merges, spaces written "▁" and no space prefix, each run of line feeds
+/// and each stretch between them tokenized on its own, as llama.cpp does.
+fn gemma4_tokenizer(
+    file: &GgufFile,
+    tokens: &[&str],
+    types: &[i64],
+    bos: Option<(&str, usize)>,
+) -> Result<Value> {
+    use crate::tokenizer::patterns::LINE_RUNS_PATTERN;
+    let merges = ggml_merges(file)?
+        .ok_or_else(|| file.err("a gemma4 tokenizer needs tokenizer.ggml.merges"))?;
+    let mut vocab = Map::new();
+    let mut added = Vec::new();
+    for (id, (t, &ty)) in tokens.iter().zip(types).enumerate() {
+        vocab.insert(t.to_string(), json!(id));
+        if ty == TOKEN_CONTROL {
+            added.push(added_token(id, t, true));
+        } else if ty == TOKEN_USER_DEFINED {
+            added.push(added_token(id, t, false));
+        }
+    }
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+        "pre_tokenizer": split(LINE_RUNS_PATTERN),
+        "post_processor": bos_template(bos),
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": true,
+            "ignore_merges": false, "vocab": vocab, "merges": merges
         }
     }))
 }
@@ -307,8 +482,8 @@ fn sentencepiece_tokenizer(
         index.insert(t, id);
         vocab.insert(t.to_string(), json!(id));
     }
-    let merges = match file.get("tokenizer.ggml.merges") {
-        Some(v) => ggml_merges(file, v)?,
+    let merges = match ggml_merges(file)? {
+        Some(m) => m,
         None => sentencepiece_merges(tokens, &scores, &index)
             .into_iter()
             .map(|(a, b)| json!([a, b]))
@@ -330,14 +505,24 @@ fn sentencepiece_tokenizer(
     if add_prefix_space {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
+    // As llama.cpp tokenizes and as a Llama tokenizer.json's normalizer does: "▁" before every
+    // stretch of text between added tokens, even one that starts with a space (" Hello" is
+    // "▁▁Hello"), then every space becomes "▁"; the whole stretch is one BPE piece.
+    // (transformers' GGUF converter instead uses Metaspace with prepend_scheme "first", which
+    // adds no "▁" before a leading space.)
+    let space = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+    let normalizer = if add_prefix_space {
+        json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, space]})
+    } else {
+        space
+    };
     Ok(json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}",
-                          "prepend_scheme": if add_prefix_space { "first" } else { "never" }, "split": false},
+        "normalizer": normalizer,
+        "pre_tokenizer": null,
         "post_processor": bos_template(bos),
         "decoder": {"type": "Sequence", "decoders": decoders},
         "model": {
@@ -393,19 +578,38 @@ pub fn sentencepiece_merges(
         .collect()
 }
 
-/// `tokenizer.ggml.merges` ("a b" strings) as tokenizer.json's `[["a", "b"], ...]`.
-fn ggml_merges(file: &GgufFile, v: &GgufValue) -> Result<Vec<Value>> {
-    v.as_array()
-        .ok_or_else(|| file.err("tokenizer.ggml.merges is not an array"))?
-        .iter()
-        .map(|m| {
-            let s = m
-                .as_str()
-                .ok_or_else(|| file.err("tokenizer.ggml.merges holds a non-string"))?;
-            let (a, b) = s
-                .split_once(' ')
-                .ok_or_else(|| file.err(format!("merge {s:?} has no space")))?;
-            Ok(json!([a, b]))
-        })
-        .collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::Tokenizer;
+
+    /// Every supported name gives a tokenizer.json that minfer builds and encodes with (over a
+    /// vocabulary of the 256 byte-level characters, no merges: each byte is one token).
+    #[test]
+    fn every_supported_pre_tokenizer_builds_and_encodes() {
+        let table = bytes_to_unicode();
+        let vocab: Map<String, Value> = table
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_string(), json!(i)))
+            .collect();
+        let text = "Hello  wörld's 12345 ½ 你好!!\n\t $x  ";
+        let mut seen = HashSet::new();
+        for &name in SUPPORTED_PRE_TOKENIZERS {
+            assert!(seen.insert(name), "{name} listed twice");
+            let (normalizer, pre_tokenizer, ignore_merges) =
+                bpe_pre_tokenizer(name).unwrap_or_else(|| panic!("{name} has no pre-tokenizer"));
+            let j = json!({
+                "normalizer": normalizer, "pre_tokenizer": pre_tokenizer,
+                "decoder": byte_level(true, true, true),
+                "model": {"type": "BPE", "ignore_merges": ignore_merges, "vocab": vocab, "merges": []}
+            });
+            let tok = Tokenizer::from_json(&j, None).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let ids = tok.encode(text, false).unwrap();
+            let back = tok.decode(&ids, false).unwrap();
+            // NFC leaves this text alone, so every pre-tokenizer round-trips it byte for byte.
+            assert_eq!(back, text, "{name}");
+        }
+        assert!(bpe_pre_tokenizer("mystery-pre").is_none());
+    }
 }
