@@ -230,11 +230,17 @@ impl ModelConfig {
                 .get("text_config")
                 .filter(|t| t.is_object())
                 .ok_or_else(|| {
-                    Error::json(path, "Gemma3ForConditionalGeneration without \"text_config\"")
+                    Error::json(
+                        path,
+                        "Gemma3ForConditionalGeneration without \"text_config\"",
+                    )
                 })?;
             let mut t = text.clone();
             let m = t.as_object_mut().expect("checked object");
-            m.insert("architectures".into(), serde_json::json!(["Gemma3ForCausalLM"]));
+            m.insert(
+                "architectures".into(),
+                serde_json::json!(["Gemma3ForCausalLM"]),
+            );
             for key in ["bos_token_id", "eos_token_id", "tie_word_embeddings"] {
                 if let (false, Some(x)) = (m.contains_key(key), v.get(key)) {
                     m.insert(key.into(), x.clone());
@@ -369,16 +375,17 @@ impl ModelConfig {
             .or_else(|| v.get("hidden_act"))
             .and_then(Value::as_str)
             .unwrap_or(if gemma { "gelu_pytorch_tanh" } else { "silu" });
-        let mlp_activation = match act {
-            "silu" | "swish" => MlpActivation::Silu,
-            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => MlpActivation::GeluTanh,
-            other => {
-                return Err(Error::json(
+        let mlp_activation =
+            match act {
+                "silu" | "swish" => MlpActivation::Silu,
+                "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => MlpActivation::GeluTanh,
+                other => return Err(Error::json(
                     path,
-                    format!("unsupported MLP activation {other:?} (supported: silu, gelu_pytorch_tanh)"),
-                ))
-            }
-        };
+                    format!(
+                        "unsupported MLP activation {other:?} (supported: silu, gelu_pytorch_tanh)"
+                    ),
+                )),
+            };
         let attention_scale = match v.get("query_pre_attn_scalar").and_then(Value::as_f64) {
             Some(s) if gemma && s > 0.0 => s.powf(-0.5) as f32,
             _ => 1.0 / (head_dim as f32).sqrt(),
@@ -446,38 +453,38 @@ impl ModelConfig {
 }
 
 fn rope_inv_freq(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> {
-        let d = head_dim as f64;
-        (0..head_dim / 2)
-            .map(|i| {
-                // transformers computes base ** (2i / d) in f32; do the same so tables match bitwise-ish.
-                let exponent = ((2 * i) as f32 / d as f32) as f64;
-                let inv = (1.0 / (theta.powf(exponent))) as f32 as f64;
-                let scaled = match *scaling {
-                    RopeScaling::None => inv,
-                    RopeScaling::Linear { factor } => inv / factor,
-                    RopeScaling::Llama3 {
-                        factor,
-                        low_freq_factor,
-                        high_freq_factor,
-                        original_max_position_embeddings: old,
-                    } => {
-                        let low_wavelen = old / low_freq_factor;
-                        let high_wavelen = old / high_freq_factor;
-                        let wavelen = 2.0 * std::f64::consts::PI / inv;
-                        if wavelen < high_wavelen {
-                            inv
-                        } else if wavelen > low_wavelen {
-                            inv / factor
-                        } else {
-                            let smooth = (old / wavelen - low_freq_factor)
-                                / (high_freq_factor - low_freq_factor);
-                            (1.0 - smooth) * inv / factor + smooth * inv
-                        }
+    let d = head_dim as f64;
+    (0..head_dim / 2)
+        .map(|i| {
+            // transformers computes base ** (2i / d) in f32; do the same so tables match bitwise-ish.
+            let exponent = ((2 * i) as f32 / d as f32) as f64;
+            let inv = (1.0 / (theta.powf(exponent))) as f32 as f64;
+            let scaled = match *scaling {
+                RopeScaling::None => inv,
+                RopeScaling::Linear { factor } => inv / factor,
+                RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_position_embeddings: old,
+                } => {
+                    let low_wavelen = old / low_freq_factor;
+                    let high_wavelen = old / high_freq_factor;
+                    let wavelen = 2.0 * std::f64::consts::PI / inv;
+                    if wavelen < high_wavelen {
+                        inv
+                    } else if wavelen > low_wavelen {
+                        inv / factor
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * inv / factor + smooth * inv
                     }
-                };
-                scaled as f32
-            })
-            .collect()
+                }
+            };
+            scaled as f32
+        })
+        .collect()
 }
 
 impl ModelConfig {
@@ -518,9 +525,8 @@ fn layer_windows(
         Arch::Llama => Ok(vec![None; num_layers]),
         Arch::Mistral => Ok(vec![window; num_layers]),
         Arch::Gemma3 => {
-            let window = window.ok_or_else(|| {
-                Error::json(path, "Gemma 3 needs \"sliding_window\"")
-            })?;
+            let window =
+                window.ok_or_else(|| Error::json(path, "Gemma 3 needs \"sliding_window\""))?;
             let types: Vec<Value> = match v.get("layer_types").and_then(Value::as_array) {
                 Some(t) => t.clone(),
                 None => {

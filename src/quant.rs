@@ -122,7 +122,10 @@ pub fn q5_0_to_q8_0(bytes: &[u8]) -> Result<Vec<u8>> {
     if bytes.len() % 22 != 0 {
         return Err(Error::bad_weights(
             "",
-            format!("Q5_0 data of {} bytes is not whole 22-byte blocks", bytes.len()),
+            format!(
+                "Q5_0 data of {} bytes is not whole 22-byte blocks",
+                bytes.len()
+            ),
         ));
     }
     let mut out = Vec::with_capacity(bytes.len() / 22 * 34);
@@ -418,7 +421,7 @@ mod tests {
         b[2..6].copy_from_slice(&(1u32 << 16).to_le_bytes());
         dequantize_block_q5_0(&b, &mut y);
         assert_eq!((y[0], y[16]), (-30.0, 30.0)); // q 1 → -15·2; q 31 → 15·2
-        // The exact Q8_0 repack gives the same values.
+                                                  // The exact Q8_0 repack gives the same values.
         let q8 = q5_0_to_q8_0(&b).unwrap();
         let mut y8 = [0f32; 32];
         dequantize_block_q8_0(q8[..34].try_into().unwrap(), &mut y8);
@@ -445,7 +448,9 @@ mod tests {
         for _ in 0..64 {
             let mut b = [0u8; 22];
             for x in b.iter_mut() {
-                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 *x = (rng >> 56) as u8;
             }
             b[0..2].copy_from_slice(&f16::from_f32(0.037).to_le_bytes());

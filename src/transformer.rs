@@ -29,38 +29,38 @@ use crate::tensor::{WeightTensor, Weights};
 
 /// One decoder layer's weights, named as in the Hugging Face checkpoint.
 struct Layer<M> {
-    input_layernorm: M,          // (hidden)
-    post_attn_norm: Option<M>,   // (hidden)        Gemma: post_attention_layernorm
-    q_proj: M,                   // (heads·hd, hidden)
-    k_proj: M,                   // (kv_heads·hd, hidden)
-    v_proj: M,                   // (kv_heads·hd, hidden)
-    q_bias: Option<M>,           // (heads·hd)      Qwen2
-    k_bias: Option<M>,           // (kv_heads·hd)   Qwen2
-    v_bias: Option<M>,           // (kv_heads·hd)   Qwen2
-    q_norm: Option<M>,           // (hd)            Qwen3
-    k_norm: Option<M>,           // (hd)            Qwen3
-    o_proj: M,                   // (hidden, heads·hd)
-    pre_mlp_norm: M,             // (hidden)        llama: post_attention_layernorm; Gemma: pre_feedforward_layernorm
-    post_mlp_norm: Option<M>,    // (hidden)        Gemma: post_feedforward_layernorm
-    gate_proj: M,                // (intermediate, hidden)
-    up_proj: M,                  // (intermediate, hidden)
-    down_proj: M,                // (hidden, intermediate)
+    input_layernorm: M,        // (hidden)
+    post_attn_norm: Option<M>, // (hidden)        Gemma: post_attention_layernorm
+    q_proj: M,                 // (heads·hd, hidden)
+    k_proj: M,                 // (kv_heads·hd, hidden)
+    v_proj: M,                 // (kv_heads·hd, hidden)
+    q_bias: Option<M>,         // (heads·hd)      Qwen2
+    k_bias: Option<M>,         // (kv_heads·hd)   Qwen2
+    v_bias: Option<M>,         // (kv_heads·hd)   Qwen2
+    q_norm: Option<M>,         // (hd)            Qwen3
+    k_norm: Option<M>,         // (hd)            Qwen3
+    o_proj: M,                 // (hidden, heads·hd)
+    pre_mlp_norm: M, // (hidden)        llama: post_attention_layernorm; Gemma: pre_feedforward_layernorm
+    post_mlp_norm: Option<M>, // (hidden)        Gemma: post_feedforward_layernorm
+    gate_proj: M,    // (intermediate, hidden)
+    up_proj: M,      // (intermediate, hidden)
+    down_proj: M,    // (hidden, intermediate)
 }
 
 /// Activation buffers, allocated once.
 struct Scratch<B> {
-    x: B,      // (max_batch, hidden)      the residual stream
-    h: B,      // (max_batch, hidden)      normed input of a sub-block
-    q: B,      // (max_batch, heads·hd)
-    k: B,      // (max_batch, kv_heads·hd)
-    v: B,      // (max_batch, kv_heads·hd)
-    att: B,    // (max_batch, heads·hd)    attention output before o_proj
-    o: B,      // (max_batch, hidden)      o_proj / down_proj output
+    x: B,        // (max_batch, hidden)      the residual stream
+    h: B,        // (max_batch, hidden)      normed input of a sub-block
+    q: B,        // (max_batch, heads·hd)
+    k: B,        // (max_batch, kv_heads·hd)
+    v: B,        // (max_batch, kv_heads·hd)
+    att: B,      // (max_batch, heads·hd)    attention output before o_proj
+    o: B,        // (max_batch, hidden)      o_proj / down_proj output
     o_normed: B, // (max_batch, hidden)    o after a sandwich norm (Gemma; 1 element otherwise)
-    gate: B,   // (max_batch, intermediate)
-    up: B,     // (max_batch, intermediate)
-    last: B,   // (1, hidden)              final-normed last row
-    logits: B, // (max_batch, vocab) when all positions are asked for, else (1, vocab)
+    gate: B,     // (max_batch, intermediate)
+    up: B,       // (max_batch, intermediate)
+    last: B,     // (1, hidden)              final-normed last row
+    logits: B,   // (max_batch, vocab) when all positions are asked for, else (1, vocab)
 }
 
 /// Which positions get logits.
@@ -77,11 +77,11 @@ pub struct Transformer<B: Backend> {
     backend: Arc<B>,
     embed_tokens: B::Mat, // (vocab, hidden)
     layers: Vec<Layer<B::Mat>>,
-    norm: B::Mat,            // (hidden)
-    lm_head: Option<B::Mat>, // (vocab, hidden); None when tied to embed_tokens
-    inv_freq: B::Mat,        // (hd / 2) rotary frequencies, scaling applied
+    norm: B::Mat,                   // (hidden)
+    lm_head: Option<B::Mat>,        // (vocab, hidden); None when tied to embed_tokens
+    inv_freq: B::Mat,               // (hd / 2) rotary frequencies, scaling applied
     inv_freq_local: Option<B::Mat>, // (hd / 2) sliding-window layers' own base (Gemma), unscaled
-    kv: B::Kv,               // (layers, ctx, kv_heads·hd) for K and for V
+    kv: B::Kv,                      // (layers, ctx, kv_heads·hd) for K and for V
     s: Scratch<B::Buf>,
     max_batch: usize,
     all_logits_rows: usize,
@@ -204,7 +204,11 @@ impl<B: Backend> Transformer<B> {
             v: a(max_batch * kv_dim)?,
             att: a(max_batch * q_dim)?,
             o: a(max_batch * hidden)?,
-            o_normed: a(if c.sandwich_norms { max_batch * hidden } else { 1 })?,
+            o_normed: a(if c.sandwich_norms {
+                max_batch * hidden
+            } else {
+                1
+            })?,
             gate: a(max_batch * inter)?,
             up: a(max_batch * inter)?,
             last: a(hidden)?,

@@ -18,7 +18,11 @@ fn gelu_tanh(x: f64) -> f64 {
 /// Host values into an activation buffer, exactly (an embed of a one-row f32 table).
 fn upload<B: Backend>(b: &B, v: &[f32]) -> B::Buf {
     let table = b
-        .upload(&WeightTensor::from_f32("values", vec![1, v.len().max(1)], &padded(v)))
+        .upload(&WeightTensor::from_f32(
+            "values",
+            vec![1, v.len().max(1)],
+            &padded(v),
+        ))
         .expect("upload");
     let mut out = b.alloc(v.len().max(1)).expect("alloc");
     b.embed(&mut out, &table, &[0]).expect("embed");

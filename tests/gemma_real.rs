@@ -27,8 +27,8 @@ fn model_path() -> PathBuf {
 }
 
 fn reference() -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/real/gemma3_reference.json");
+    let p =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real/gemma3_reference.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
@@ -131,7 +131,10 @@ fn dequantized_logits_and_greedy_text_match_transformers() {
         );
         if let Some(change) = p.get("no_window_max_abs_logit_change") {
             // The window must matter for this prompt, far beyond the tolerance.
-            assert!(change.as_f64().unwrap() > 100.0 * tol_last, "{name}: {change}");
+            assert!(
+                change.as_f64().unwrap() > 100.0 * tol_last,
+                "{name}: {change}"
+            );
         }
 
         // Greedy continuation without stopping at EOS: same ids, same text.
@@ -150,12 +153,12 @@ fn dequantized_logits_and_greedy_text_match_transformers() {
             })
             .unwrap();
         assert_eq!(got, want_greedy, "{name}: greedy continuation");
-        let text = generator
-            .tokenizer()
-            .unwrap()
-            .decode(&got, false)
-            .unwrap();
-        assert_eq!(text, p["greedy_text"].as_str().unwrap(), "{name}: greedy text");
+        let text = generator.tokenizer().unwrap().decode(&got, false).unwrap();
+        assert_eq!(
+            text,
+            p["greedy_text"].as_str().unwrap(),
+            "{name}: greedy text"
+        );
     }
 }
 
@@ -195,4 +198,33 @@ fn as_stored_perplexity_within_two_percent() {
         p["ppl_stderr"].as_f64().unwrap()
     );
     assert!((got - want).abs() <= 0.02 * want, "ppl {got} vs {want}");
+}
+
+/// The tokenizer built from the GGUF metadata against transformers' conversion of the same
+/// metadata (GemmaTokenizer, run by the `tokenizers` package) on the usual case set: exact ids,
+/// with and without BOS, and exact decoded text.
+#[test]
+fn tokenizer_matches_transformers_gguf_conversion() {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/real/gemma3_tokenizer_cases.json");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let tok = minfer::load_tokenizer(&model_path()).unwrap();
+    let cases = r["cases"].as_array().unwrap();
+    assert!(cases.len() >= 100, "{} cases", cases.len());
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        assert_eq!(tok.encode(text, false).unwrap(), ids(&c["ids"]), "{text:?}");
+        let with_bos = ids(&c["ids_special"]);
+        assert_eq!(tok.encode(text, true).unwrap(), with_bos, "{text:?} (BOS)");
+        assert_eq!(
+            tok.decode(&with_bos, false).unwrap(),
+            c["decoded"].as_str().unwrap(),
+            "{text:?} decoded"
+        );
+        assert_eq!(
+            tok.decode(&with_bos, true).unwrap(),
+            c["decoded_skip_special"].as_str().unwrap(),
+            "{text:?} decoded, skipping specials"
+        );
+    }
 }

@@ -140,7 +140,11 @@ fn gemma3_config(
     if file.get("gemma3.attention.sliding_window").is_none() {
         return Err(file.err("gemma3.attention.sliding_window is missing"));
     }
-    let scalar = if layers == 62 { hidden / heads } else { head_dim };
+    let scalar = if layers == 62 {
+        hidden / heads
+    } else {
+        head_dim
+    };
     let pattern = 6;
     let types: Vec<&str> = (0..layers)
         .map(|i| {
@@ -313,7 +317,9 @@ fn converted_tensor(
         let mut v = match (q5, t.ggml_type.dtype()) {
             (Some(q5_1), _) => quant::dequantize_q5(q5_1, bytes).map_err(bad)?,
             (None, Some(dtype)) => quant::dequantize_to_vec(dtype, bytes, t.numel() as usize)
-                .map_err(|_| file.err(format!("tensor {:?}: size does not match its dims", t.name)))?,
+                .map_err(|_| {
+                    file.err(format!("tensor {:?}: size does not match its dims", t.name))
+                })?,
             (None, None) => {
                 return Err(Error::UnsupportedDtype {
                     name: t.name.clone(),
@@ -328,7 +334,12 @@ fn converted_tensor(
         None => Ok(None),
         Some(false) if keep_quantized => {
             let q8 = quant::q5_0_to_q8_0(bytes).map_err(bad)?;
-            Ok(Some(WeightTensor::from_bytes(hf, DType::Q8_0, shape.to_vec(), &q8)?))
+            Ok(Some(WeightTensor::from_bytes(
+                hf,
+                DType::Q8_0,
+                shape.to_vec(),
+                &q8,
+            )?))
         }
         Some(q5_1) => {
             let v = quant::dequantize_q5(q5_1, bytes).map_err(bad)?;
