@@ -119,7 +119,7 @@ fn q5_pair(q: u8, qh: u32, j: usize) -> (u8, u8) {
 /// kernels with bit-identical weights (at 34 instead of 22 bytes per 32 weights). `bytes` must
 /// be whole blocks.
 pub fn q5_0_to_q8_0(bytes: &[u8]) -> Result<Vec<u8>> {
-    if bytes.len() % 22 != 0 {
+    if !bytes.len().is_multiple_of(22) {
         return Err(Error::bad_weights(
             "",
             format!(
@@ -148,7 +148,7 @@ pub fn q5_0_to_q8_0(bytes: &[u8]) -> Result<Vec<u8>> {
 /// into f32 with this.
 pub fn dequantize_q5(q5_1: bool, bytes: &[u8]) -> Result<Vec<f32>> {
     let bb = if q5_1 { 24 } else { 22 };
-    if bytes.len() % bb != 0 {
+    if !bytes.len().is_multiple_of(bb) {
         return Err(Error::bad_weights(
             "",
             format!(
