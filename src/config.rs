@@ -308,7 +308,12 @@ impl ModelConfig {
             .and_then(|r| r.get("rope_theta"))
             .and_then(Value::as_f64)
             .or_else(|| v.get("rope_theta").and_then(Value::as_f64))
-            .unwrap_or(10000.0);
+            // Gemma3TextConfig.default_theta: global 1e6 (local 10000, below).
+            .unwrap_or(if arch == Arch::Gemma3 {
+                1_000_000.0
+            } else {
+                10000.0
+            });
         let rope_scaling = match rope_obj {
             None => RopeScaling::None,
             Some(r) => {
@@ -361,6 +366,26 @@ impl ModelConfig {
             None
         };
         if gemma {
+            if v.get("use_bidirectional_attention")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+            {
+                return Err(Error::json(
+                    path,
+                    "use_bidirectional_attention (EmbeddingGemma) is not supported",
+                ));
+            }
+            if let Some(t) = by_type
+                .and_then(|r| r.get("sliding_attention"))
+                .and_then(|r| r.get("rope_type"))
+                .and_then(Value::as_str)
+                .filter(|t| *t != "default")
+            {
+                return Err(Error::json(
+                    path,
+                    format!("rope_type {t:?} on sliding layers is not supported"),
+                ));
+            }
             for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
                 if v.get(key).is_some_and(|x| !x.is_null()) {
                     return Err(Error::json(
@@ -375,17 +400,18 @@ impl ModelConfig {
             .or_else(|| v.get("hidden_act"))
             .and_then(Value::as_str)
             .unwrap_or(if gemma { "gelu_pytorch_tanh" } else { "silu" });
-        let mlp_activation =
-            match act {
-                "silu" | "swish" => MlpActivation::Silu,
-                "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => MlpActivation::GeluTanh,
-                other => return Err(Error::json(
+        let mlp_activation = match act {
+            "silu" | "swish" => MlpActivation::Silu,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => MlpActivation::GeluTanh,
+            other => {
+                return Err(Error::json(
                     path,
                     format!(
                         "unsupported MLP activation {other:?} (supported: silu, gelu_pytorch_tanh)"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let attention_scale = match v.get("query_pre_attn_scalar").and_then(Value::as_f64) {
             Some(s) if gemma && s > 0.0 => s.powf(-0.5) as f32,
             _ => 1.0 / (head_dim as f32).sqrt(),
@@ -586,4 +612,73 @@ fn layer_types(
             other => Err(Error::json(path, format!("unknown layer type {other:?}"))),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn gemma_text() -> Value {
+        json!({
+            "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+            "hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 7,
+            "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+            "vocab_size": 262144, "query_pre_attn_scalar": 256, "sliding_window": 512,
+            "rope_local_base_freq": 10000.0
+        })
+    }
+
+    #[test]
+    fn gemma3_defaults_follow_transformers() {
+        let c = ModelConfig::from_json(&gemma_text(), Path::new("config.json")).unwrap();
+        assert_eq!(c.arch, Arch::Gemma3);
+        assert_eq!(c.rope_theta, 1_000_000.0);
+        assert_eq!(c.rope_local_theta, Some(10000.0));
+        assert!(c.tie_word_embeddings && c.qk_norm && c.sandwich_norms);
+        assert_eq!(c.mlp_activation, MlpActivation::GeluTanh);
+        assert_eq!(c.norm_weight_offset, 1.0);
+        assert_eq!(c.embed_scale, Some((640f64).sqrt() as f32));
+        assert_eq!(c.attention_scale, 1.0 / 16.0);
+        // Pattern 6: layer 5 is global, the rest slide.
+        let w: Vec<bool> = c.layer_windows.iter().map(Option::is_some).collect();
+        assert_eq!(w, [true, true, true, true, true, false, true]);
+        assert!(c.layer_uses_local_rope(0) && !c.layer_uses_local_rope(5));
+        let names: Vec<String> = c.tensor_shapes().into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"model.layers.6.post_feedforward_layernorm.weight".into()));
+        assert!(!names.contains(&"lm_head.weight".into()));
+    }
+
+    #[test]
+    fn gemma3_multimodal_config_reads_its_text_config() {
+        let v = json!({
+            "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+            "text_config": gemma_text(), "eos_token_id": [1, 106]
+        });
+        let c = ModelConfig::from_json(&v, Path::new("config.json")).unwrap();
+        assert_eq!(c.architecture, "Gemma3ForConditionalGeneration");
+        assert_eq!(c.arch, Arch::Gemma3);
+        assert_eq!(c.eos_token_ids, [1, 106]);
+        let v = json!({"architectures": ["Gemma3ForConditionalGeneration"]});
+        assert!(ModelConfig::from_json(&v, Path::new("c.json")).is_err());
+    }
+
+    #[test]
+    fn gemma3_refuses_what_it_does_not_run() {
+        for (k, val) in [
+            ("final_logit_softcapping", json!(30.0)),
+            ("attn_logit_softcapping", json!(50.0)),
+            ("use_bidirectional_attention", json!(true)),
+            ("hidden_activation", json!("relu")),
+            ("layer_types", json!(["sliding_attention"])),
+        ] {
+            let mut v = gemma_text();
+            v[k] = val;
+            let e = ModelConfig::from_json(&v, Path::new("config.json")).unwrap_err();
+            assert!(e.to_string().contains("config.json"), "{k}: {e}");
+        }
+        let mut v = gemma_text();
+        v.as_object_mut().unwrap().remove("sliding_window");
+        assert!(ModelConfig::from_json(&v, Path::new("config.json")).is_err());
+    }
 }

@@ -175,10 +175,11 @@ fn dequantized_perplexity_matches_transformers() {
     assert!((got - want).abs() <= 1e-3 * want, "ppl {got} vs {want}");
 }
 
-/// As stored: Q5_0 runs as its exact Q8_0 repack, Q4_K / Q6_K / Q8_0 on the integer kernels with
+/// As stored: Q5_0 runs as its exact Q8_0 repack, Q4_K / Q6_K / Q8_0 on the integer kernels.
+/// One position per step (`max_batch: 1`), so every product is a decode-shaped one, with the
 /// activations rounded to 8-bit blocks (llama.cpp's scheme). That rounding moves the perplexity of
-/// the committed text by well under its standard error; the margin is 2% of the float32
-/// reference, as for the other quantized-activation paths (tests/real_model.rs).
+/// the committed text by well under its standard error (±14% here); the margin is 2% of the
+/// float32 reference, as for the other quantized-activation paths (tests/real_model.rs).
 #[test]
 fn as_stored_perplexity_within_two_percent() {
     let r = reference();
@@ -187,14 +188,14 @@ fn as_stored_perplexity_within_two_percent() {
     let opts = LoadOptions {
         threads: 2,
         all_logits: true,
-        max_batch: 64,
+        max_batch: 1,
         ..LoadOptions::default()
     };
     let mut model = Model::load(&model_path(), &opts).unwrap();
     let got = model.perplexity(&tokens).unwrap().ppl;
     let want = p["ppl"].as_f64().unwrap();
     eprintln!(
-        "as stored ppl {got:.4} vs float32 {want:.4} (stderr {:.4})",
+        "as stored ppl {got:.6} vs float32 {want:.6} (stderr {:.4})",
         p["ppl_stderr"].as_f64().unwrap()
     );
     assert!((got - want).abs() <= 0.02 * want, "ppl {got} vs {want}");
