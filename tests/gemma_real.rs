@@ -54,10 +54,7 @@ fn dequantized(all_logits: bool) -> LoadOptions {
 fn parameter_count_and_config() {
     let r = reference();
     let m = Model::load(&model_path(), &dequantized(false)).unwrap();
-    assert_eq!(
-        m.num_parameters() as u64,
-        r["num_parameters"].as_u64().unwrap()
-    );
+    assert_eq!(m.num_parameters(), r["num_parameters"].as_u64().unwrap());
     let c = m.config();
     let want: Vec<Option<usize>> = r["config"]["layer_types"]
         .as_array()
