@@ -335,15 +335,15 @@ fn unknown_tensor_type() {
 #[test]
 fn known_but_unsupported_type_reads_but_does_not_load() {
     let mut w = tiny_model("llama", true);
-    // Q5_0: 22 bytes per 32 weights. read_header sizes it; load refuses it by name.
+    // Q2_K: 84 bytes per 256 weights. read_header sizes it; load refuses it by name.
     w.tensors.retain(|t| t.name != "blk.0.attn_v.weight");
-    w.raw_tensor("blk.0.attn_v.weight", &[32, 1], 6, vec![0; 22]);
-    let p = w.write("q5_0.gguf");
+    w.raw_tensor("blk.0.attn_v.weight", &[256, 1], 10, vec![0; 84]);
+    let p = w.write("q2_k.gguf");
     assert!(gguf::read_header(&p).is_ok());
     match gguf::load(&p, false) {
         Err(Error::UnsupportedDtype { name, dtype }) => {
             assert_eq!(name, "blk.0.attn_v.weight");
-            assert_eq!(dtype, "Q5_0");
+            assert_eq!(dtype, "Q2_K");
         }
         other => panic!("expected UnsupportedDtype, got {:?}", other.map(|_| ())),
     }
