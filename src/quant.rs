@@ -69,6 +69,107 @@ pub fn dequantize_block_q4_1(b: &[u8; 20], y: &mut [f32; QK]) {
     }
 }
 
+/// Q5_0, 22 bytes per 32 weights:
+/// ```text
+/// [0..2)   d   f16
+/// [2..6)   qh  u32: bit j is the fifth (high) bit of weight j
+/// [6..22)  qs  16 bytes; byte j holds the low 4 bits of weight j (low nibble) and j+16 (high)
+/// ```
+/// `y = (q - 16) · d`, q = low nibble | high bit << 4 (0..32).
+pub fn dequantize_block_q5_0(b: &[u8; 22], y: &mut [f32; QK]) {
+    let d = f16_at(b, 0);
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    for j in 0..QK / 2 {
+        let (lo, hi) = q5_pair(b[6 + j], qh, j);
+        y[j] = (lo as i32 - 16) as f32 * d;
+        y[j + QK / 2] = (hi as i32 - 16) as f32 * d;
+    }
+}
+
+/// Q5_1, 24 bytes per 32 weights:
+/// ```text
+/// [0..2)   d   f16  scale
+/// [2..4)   m   f16  minimum
+/// [4..8)   qh  u32, as in Q5_0
+/// [8..24)  qs  16 bytes of nibbles, as in Q5_0
+/// ```
+/// `y = q · d + m`.
+pub fn dequantize_block_q5_1(b: &[u8; 24], y: &mut [f32; QK]) {
+    let d = f16_at(b, 0);
+    let m = f16_at(b, 2);
+    let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    for j in 0..QK / 2 {
+        let (lo, hi) = q5_pair(b[8 + j], qh, j);
+        y[j] = lo as f32 * d + m;
+        y[j + QK / 2] = hi as f32 * d + m;
+    }
+}
+
+/// The 5-bit values of weights j and j+16 of a Q5 block: nibbles of `q`, fifth bits from `qh`
+/// (ggml: `xh_0 = ((qh >> j) << 4) & 0x10`, `xh_1 = (qh >> (j + 12)) & 0x10`).
+#[inline]
+fn q5_pair(q: u8, qh: u32, j: usize) -> (u8, u8) {
+    let h0 = (((qh >> j) << 4) & 0x10) as u8;
+    let h1 = ((qh >> (j + 12)) & 0x10) as u8;
+    ((q & 0x0F) | h0, (q >> 4) | h1)
+}
+
+/// Q5_0 → Q8_0, exactly: a Q5_0 weight is `d · (q - 16)` with q − 16 in −16..=15, which a Q8_0
+/// block stores as the same f16 scale and the i8 `q - 16`. Lets Q5_0 tensors run on the Q8_0
+/// kernels with bit-identical weights (at 34 instead of 22 bytes per 32 weights). `bytes` must
+/// be whole blocks.
+pub fn q5_0_to_q8_0(bytes: &[u8]) -> Result<Vec<u8>> {
+    if !bytes.len().is_multiple_of(22) {
+        return Err(Error::bad_weights(
+            "",
+            format!(
+                "Q5_0 data of {} bytes is not whole 22-byte blocks",
+                bytes.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 22 * 34);
+    for b in bytes.chunks_exact(22) {
+        out.extend_from_slice(&b[0..2]);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let mut q = [0u8; QK];
+        for j in 0..QK / 2 {
+            let (lo, hi) = q5_pair(b[6 + j], qh, j);
+            q[j] = (lo as i8 - 16) as u8;
+            q[j + QK / 2] = (hi as i8 - 16) as u8;
+        }
+        out.extend_from_slice(&q);
+    }
+    Ok(out)
+}
+
+/// Dequantize whole Q5_0 (`q5_1 == false`) or Q5_1 blocks to f32. These two GGML types have no
+/// [`DType`] of their own: the GGUF loader turns Q5_0 into Q8_0 ([`q5_0_to_q8_0`]) and Q5_1
+/// into f32 with this.
+pub fn dequantize_q5(q5_1: bool, bytes: &[u8]) -> Result<Vec<f32>> {
+    let bb = if q5_1 { 24 } else { 22 };
+    if !bytes.len().is_multiple_of(bb) {
+        return Err(Error::bad_weights(
+            "",
+            format!(
+                "Q5_{} data of {} bytes is not whole {bb}-byte blocks",
+                u8::from(q5_1),
+                bytes.len()
+            ),
+        ));
+    }
+    let mut out = vec![0f32; bytes.len() / bb * QK];
+    for (b, y) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(QK)) {
+        let y: &mut [f32; QK] = y.try_into().expect("chunk of QK");
+        if q5_1 {
+            dequantize_block_q5_1(b.try_into().expect("24-byte block"), y);
+        } else {
+            dequantize_block_q5_0(b.try_into().expect("22-byte block"), y);
+        }
+    }
+    Ok(out)
+}
+
 /// The 6-bit scale and min of sub-block `j` (0..8) of a Q4_K / Q5_K super-block, packed into 12
 /// bytes (ggml's `get_scale_min_k4`). Upper-case letters are the two high bits of scales 4..8,
 /// lower-case of mins 4..8:
@@ -303,6 +404,62 @@ mod tests {
         b[4 + 3] = 0x4C; // weight 3 = 12·0.25 - 1 = 2, weight 19 = 4·0.25 - 1 = 0
         dequantize_block_q4_1(&b, &mut y);
         assert_eq!((y[3], y[19], y[0]), (2.0, 0.0, -1.0));
+    }
+
+    #[test]
+    fn q5_0_and_q5_1_hand_blocks() {
+        // Q5_0: weight 0 has nibble 0x1 and high bit 1 → q = 17 → (17-16)·2 = 2; weight 16 has
+        // nibble 0xF and high bit 0 → q = 15 → -2; weight 1: nibble 0, no high bit → -32.
+        let mut b = [0u8; 22];
+        b[0..2].copy_from_slice(&f16::from_f32(2.0).to_le_bytes());
+        b[2..6].copy_from_slice(&1u32.to_le_bytes()); // bit 0: high bit of weight 0
+        b[6] = 0xF1;
+        let mut y = [0f32; 32];
+        dequantize_block_q5_0(&b, &mut y);
+        assert_eq!((y[0], y[16], y[1]), (2.0, -2.0, -32.0));
+        // High bit of weight 16 + j is bit 16 + j of qh.
+        b[2..6].copy_from_slice(&(1u32 << 16).to_le_bytes());
+        dequantize_block_q5_0(&b, &mut y);
+        assert_eq!((y[0], y[16]), (-30.0, 30.0)); // q 1 → -15·2; q 31 → 15·2
+                                                  // The exact Q8_0 repack gives the same values.
+        let q8 = q5_0_to_q8_0(&b).unwrap();
+        let mut y8 = [0f32; 32];
+        dequantize_block_q8_0(q8[..34].try_into().unwrap(), &mut y8);
+        assert_eq!(y, y8);
+
+        // Q5_1: weight 3 nibble 0xC + high bit (bit 3) → 28 · 0.25 - 1 = 6; weight 19 nibble 4,
+        // no high bit → 4 · 0.25 - 1 = 0.
+        let mut b = [0u8; 24];
+        b[0..2].copy_from_slice(&f16::from_f32(0.25).to_le_bytes());
+        b[2..4].copy_from_slice(&f16::from_f32(-1.0).to_le_bytes());
+        b[4..8].copy_from_slice(&(1u32 << 3).to_le_bytes());
+        b[8 + 3] = 0x4C;
+        dequantize_block_q5_1(&b, &mut y);
+        assert_eq!((y[3], y[19], y[0]), (6.0, 0.0, -1.0));
+        assert!(dequantize_q5(true, &b[..23]).is_err());
+        assert!(q5_0_to_q8_0(&[0u8; 21]).is_err());
+    }
+
+    #[test]
+    fn q5_0_repack_is_exact_on_every_code() {
+        // Every 5-bit code in every position, through both paths.
+        let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut bytes = Vec::new();
+        for _ in 0..64 {
+            let mut b = [0u8; 22];
+            for x in b.iter_mut() {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                *x = (rng >> 56) as u8;
+            }
+            b[0..2].copy_from_slice(&f16::from_f32(0.037).to_le_bytes());
+            bytes.extend_from_slice(&b);
+        }
+        let want = dequantize_q5(false, &bytes).unwrap();
+        let q8 = q5_0_to_q8_0(&bytes).unwrap();
+        let got = dequantize_to_vec(DType::Q8_0, &q8, want.len()).unwrap();
+        assert_eq!(got, want);
     }
 
     #[test]

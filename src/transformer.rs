@@ -1,60 +1,66 @@
 //! The transformer, written once over the [`Backend`] trait. It reads like the math:
 //!
 //! ```text
-//! x = embed[tokens]                                   // (rows, hidden)
+//! x = embed[tokens] (· √hidden)                       // (rows, hidden); scaled: Gemma
 //! for each layer:
 //!     h = rmsnorm(x) · attn_norm
 //!     q, k, v = h·Wqᵀ (+bq), h·Wkᵀ (+bk), h·Wvᵀ (+bv)  // (rows, heads·hd), (rows, kv_heads·hd) ×2
-//!     q, k = qk_norm(q), qk_norm(k)                   // Qwen3 only
-//!     q, k = rope(q, pos), rope(k, pos)
+//!     q, k = qk_norm(q), qk_norm(k)                   // Qwen3, Gemma
+//!     q, k = rope(q, pos), rope(k, pos)               // per-layer base: Gemma's local layers
 //!     a = attention(q, K-cache ++ k, V-cache ++ v)    // causal, GQA, optional sliding window
-//!     x = x + a·Woᵀ ;  h = rmsnorm(x) · mlp_norm      // fused: add_rms_norm
-//!     x = x + (silu(h·Wgateᵀ) ⊙ h·Wupᵀ)·Wdownᵀ            // fused into the next norm
+//!     o = a·Woᵀ (; o = rmsnorm(o) · post_attn_norm)   // sandwich norms: Gemma
+//!     x = x + o ;  h = rmsnorm(x) · mlp_norm          // fused: add_rms_norm
+//!     o = (act(h·Wgateᵀ) ⊙ h·Wupᵀ)·Wdownᵀ             // act: silu, or gelu_tanh (Gemma)
+//!     (o = rmsnorm(o) · post_mlp_norm) ; x = x + o    // the add is fused into the next norm
 //! logits = (rmsnorm(x) · final_norm) · Wlmᵀ           // Wlm = embed when tied
 //! ```
 //!
-//! Architectures differ only by config flags (biases, q/k norms, windows, rope scaling); there is
-//! no per-architecture branch below. Buffers are allocated once in [`Transformer::new`], sized
+//! Architectures differ only by config flags (biases, q/k norms, windows, rope scaling and local
+//! bases, sandwich norms, the MLP activation, the embedding scale, the norm weights' offset);
+//! there is no per-architecture branch below. Buffers are allocated once in [`Transformer::new`], sized
 //! for `max_batch` rows, so `forward` allocates nothing.
 
 use std::sync::Arc;
 
 use crate::backend::{AttnParams, Backend, KvShape, OpProfile};
-use crate::config::ModelConfig;
+use crate::config::{MlpActivation, ModelConfig};
 use crate::error::{Error, Result};
 use crate::tensor::{WeightTensor, Weights};
 
 /// One decoder layer's weights, named as in the Hugging Face checkpoint.
 struct Layer<M> {
-    input_layernorm: M,          // (hidden)
-    q_proj: M,                   // (heads·hd, hidden)
-    k_proj: M,                   // (kv_heads·hd, hidden)
-    v_proj: M,                   // (kv_heads·hd, hidden)
-    q_bias: Option<M>,           // (heads·hd)      Qwen2
-    k_bias: Option<M>,           // (kv_heads·hd)   Qwen2
-    v_bias: Option<M>,           // (kv_heads·hd)   Qwen2
-    q_norm: Option<M>,           // (hd)            Qwen3
-    k_norm: Option<M>,           // (hd)            Qwen3
-    o_proj: M,                   // (hidden, heads·hd)
-    post_attention_layernorm: M, // (hidden)
-    gate_proj: M,                // (intermediate, hidden)
-    up_proj: M,                  // (intermediate, hidden)
-    down_proj: M,                // (hidden, intermediate)
+    input_layernorm: M,        // (hidden)
+    post_attn_norm: Option<M>, // (hidden)        Gemma: post_attention_layernorm
+    q_proj: M,                 // (heads·hd, hidden)
+    k_proj: M,                 // (kv_heads·hd, hidden)
+    v_proj: M,                 // (kv_heads·hd, hidden)
+    q_bias: Option<M>,         // (heads·hd)      Qwen2
+    k_bias: Option<M>,         // (kv_heads·hd)   Qwen2
+    v_bias: Option<M>,         // (kv_heads·hd)   Qwen2
+    q_norm: Option<M>,         // (hd)            Qwen3
+    k_norm: Option<M>,         // (hd)            Qwen3
+    o_proj: M,                 // (hidden, heads·hd)
+    pre_mlp_norm: M, // (hidden)        llama: post_attention_layernorm; Gemma: pre_feedforward_layernorm
+    post_mlp_norm: Option<M>, // (hidden)        Gemma: post_feedforward_layernorm
+    gate_proj: M,    // (intermediate, hidden)
+    up_proj: M,      // (intermediate, hidden)
+    down_proj: M,    // (hidden, intermediate)
 }
 
 /// Activation buffers, allocated once.
 struct Scratch<B> {
-    x: B,      // (max_batch, hidden)      the residual stream
-    h: B,      // (max_batch, hidden)      normed input of a sub-block
-    q: B,      // (max_batch, heads·hd)
-    k: B,      // (max_batch, kv_heads·hd)
-    v: B,      // (max_batch, kv_heads·hd)
-    att: B,    // (max_batch, heads·hd)    attention output before o_proj
-    o: B,      // (max_batch, hidden)      o_proj / down_proj output
-    gate: B,   // (max_batch, intermediate)
-    up: B,     // (max_batch, intermediate)
-    last: B,   // (1, hidden)              final-normed last row
-    logits: B, // (max_batch, vocab) when all positions are asked for, else (1, vocab)
+    x: B,        // (max_batch, hidden)      the residual stream
+    h: B,        // (max_batch, hidden)      normed input of a sub-block
+    q: B,        // (max_batch, heads·hd)
+    k: B,        // (max_batch, kv_heads·hd)
+    v: B,        // (max_batch, kv_heads·hd)
+    att: B,      // (max_batch, heads·hd)    attention output before o_proj
+    o: B,        // (max_batch, hidden)      o_proj / down_proj output
+    o_normed: B, // (max_batch, hidden)    o after a sandwich norm (Gemma; 1 element otherwise)
+    gate: B,     // (max_batch, intermediate)
+    up: B,       // (max_batch, intermediate)
+    last: B,     // (1, hidden)              final-normed last row
+    logits: B,   // (max_batch, vocab) when all positions are asked for, else (1, vocab)
 }
 
 /// Which positions get logits.
@@ -71,10 +77,11 @@ pub struct Transformer<B: Backend> {
     backend: Arc<B>,
     embed_tokens: B::Mat, // (vocab, hidden)
     layers: Vec<Layer<B::Mat>>,
-    norm: B::Mat,            // (hidden)
-    lm_head: Option<B::Mat>, // (vocab, hidden); None when tied to embed_tokens
-    inv_freq: B::Mat,        // (hd / 2) rotary frequencies, scaling applied
-    kv: B::Kv,               // (layers, ctx, kv_heads·hd) for K and for V
+    norm: B::Mat,                   // (hidden)
+    lm_head: Option<B::Mat>,        // (vocab, hidden); None when tied to embed_tokens
+    inv_freq: B::Mat,               // (hd / 2) rotary frequencies, scaling applied
+    inv_freq_local: Option<B::Mat>, // (hd / 2) sliding-window layers' own base (Gemma), unscaled
+    kv: B::Kv,                      // (layers, ctx, kv_heads·hd) for K and for V
     s: Scratch<B::Buf>,
     max_batch: usize,
     all_logits_rows: usize,
@@ -107,30 +114,61 @@ impl<B: Backend> Transformer<B> {
         let opt = |name: &str, present: bool| -> Result<Option<B::Mat>> {
             present.then(|| up(name)).transpose()
         };
+        // RMSNorm weights: Gemma's norms scale by (1 + w); the 1 is added here, once, in f32
+        // (as Gemma3RMSNorm does: `output * (1.0 + self.weight.float())`).
+        let norm = |name: &str| -> Result<B::Mat> {
+            let w = weights.get(name)?;
+            if c.norm_weight_offset == 0.0 {
+                return backend.upload(w);
+            }
+            let v: Vec<f32> = w
+                .to_f32_vec()?
+                .into_iter()
+                .map(|x| c.norm_weight_offset + x)
+                .collect();
+            backend.upload(&WeightTensor::from_f32(name, w.shape.clone(), &v))
+        };
+        let opt_norm = |name: &str, present: bool| -> Result<Option<B::Mat>> {
+            present.then(|| norm(name)).transpose()
+        };
 
         let embed_tokens = up("model.embed_tokens.weight")?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
             let bias = c.attention_bias;
+            let sandwich = c.sandwich_norms;
+            // Gemma names the norm after attention post_attention_layernorm, and the one before
+            // the MLP pre_feedforward_layernorm; llama calls the one before the MLP
+            // post_attention_layernorm.
+            let (pre_mlp, post_attn) = if sandwich {
+                ("pre_feedforward_layernorm", "post_attention_layernorm")
+            } else {
+                ("post_attention_layernorm", "")
+            };
             layers.push(Layer {
-                input_layernorm: up(&format!("{p}.input_layernorm.weight"))?,
+                input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
+                post_attn_norm: opt_norm(&format!("{p}.{post_attn}.weight"), sandwich)?,
+                pre_mlp_norm: norm(&format!("{p}.{pre_mlp}.weight"))?,
+                post_mlp_norm: opt_norm(
+                    &format!("{p}.post_feedforward_layernorm.weight"),
+                    sandwich,
+                )?,
                 q_proj: up(&format!("{p}.self_attn.q_proj.weight"))?,
                 k_proj: up(&format!("{p}.self_attn.k_proj.weight"))?,
                 v_proj: up(&format!("{p}.self_attn.v_proj.weight"))?,
                 q_bias: opt(&format!("{p}.self_attn.q_proj.bias"), bias)?,
                 k_bias: opt(&format!("{p}.self_attn.k_proj.bias"), bias)?,
                 v_bias: opt(&format!("{p}.self_attn.v_proj.bias"), bias)?,
-                q_norm: opt(&format!("{p}.self_attn.q_norm.weight"), c.qk_norm)?,
-                k_norm: opt(&format!("{p}.self_attn.k_norm.weight"), c.qk_norm)?,
+                q_norm: opt_norm(&format!("{p}.self_attn.q_norm.weight"), c.qk_norm)?,
+                k_norm: opt_norm(&format!("{p}.self_attn.k_norm.weight"), c.qk_norm)?,
                 o_proj: up(&format!("{p}.self_attn.o_proj.weight"))?,
-                post_attention_layernorm: up(&format!("{p}.post_attention_layernorm.weight"))?,
                 gate_proj: up(&format!("{p}.mlp.gate_proj.weight"))?,
                 up_proj: up(&format!("{p}.mlp.up_proj.weight"))?,
                 down_proj: up(&format!("{p}.mlp.down_proj.weight"))?,
             });
         }
-        let norm = up("model.norm.weight")?;
+        let final_norm = norm("model.norm.weight")?;
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
@@ -142,6 +180,14 @@ impl<B: Backend> Transformer<B> {
             vec![inv.len()],
             &inv,
         ))?;
+        let inv_freq_local = match c.rope_local_inv_freq() {
+            Some(inv) => Some(backend.upload(&WeightTensor::from_f32(
+                "rope.inv_freq_local",
+                vec![inv.len()],
+                &inv,
+            ))?),
+            None => None,
+        };
         let kv = backend.alloc_kv(KvShape {
             layers: c.num_layers,
             ctx,
@@ -158,6 +204,11 @@ impl<B: Backend> Transformer<B> {
             v: a(max_batch * kv_dim)?,
             att: a(max_batch * q_dim)?,
             o: a(max_batch * hidden)?,
+            o_normed: a(if c.sandwich_norms {
+                max_batch * hidden
+            } else {
+                1
+            })?,
             gate: a(max_batch * inter)?,
             up: a(max_batch * inter)?,
             last: a(hidden)?,
@@ -168,9 +219,10 @@ impl<B: Backend> Transformer<B> {
             backend: Arc::new(backend),
             embed_tokens,
             layers,
-            norm,
+            norm: final_norm,
             lm_head,
             inv_freq,
+            inv_freq_local,
             kv,
             s,
             max_batch,
@@ -234,13 +286,17 @@ impl<B: Backend> Transformer<B> {
         let (hidden, inter, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
 
         b.embed(&mut s.x, &self.embed_tokens, tokens)?;
+        if let Some(scale) = c.embed_scale {
+            b.scale(&mut s.x, scale, n * hidden)?;
+        }
         for (l, w) in self.layers.iter().enumerate() {
             // Attention block. The previous block's residual add (x += o) is fused into this
             // norm: one pass over x instead of two, one kernel launch instead of two.
             if l == 0 {
                 b.rms_norm(&mut s.h, &s.x, &w.input_layernorm, n, eps)?;
             } else {
-                b.add_rms_norm(&mut s.h, &mut s.x, &s.o, &w.input_layernorm, n, eps)?;
+                let post = self.layers[l - 1].post_mlp_norm.as_ref();
+                add_normed_then_norm(&**b, s, post, &w.input_layernorm, n, eps)?;
             }
             b.matmul(&mut s.q, &s.h, &w.q_proj, w.q_bias.as_ref(), n)?;
             b.matmul(&mut s.k, &s.h, &w.k_proj, w.k_bias.as_ref(), n)?;
@@ -249,35 +305,38 @@ impl<B: Backend> Transformer<B> {
                 b.head_rms_norm(&mut s.q, qn, n, c.num_heads, eps)?;
                 b.head_rms_norm(&mut s.k, kn, n, c.num_kv_heads, eps)?;
             }
-            b.rope(&mut s.q, n, c.num_heads, hd, pos0, &self.inv_freq)?;
-            b.rope(&mut s.k, n, c.num_kv_heads, hd, pos0, &self.inv_freq)?;
+            let inv_freq = match &self.inv_freq_local {
+                Some(local) if c.layer_uses_local_rope(l) => local,
+                _ => &self.inv_freq,
+            };
+            b.rope(&mut s.q, n, c.num_heads, hd, pos0, inv_freq)?;
+            b.rope(&mut s.k, n, c.num_kv_heads, hd, pos0, inv_freq)?;
             let p = AttnParams {
                 n_heads: c.num_heads,
                 n_kv_heads: c.num_kv_heads,
                 head_dim: c.head_dim,
-                scale: 1.0 / (hd as f32).sqrt(),
+                scale: c.attention_scale,
                 window: c.layer_windows[l],
             };
             b.attention(&mut s.att, &s.q, &s.k, &s.v, &mut self.kv, l, n, pos0, &p)?;
             b.matmul(&mut s.o, &s.att, &w.o_proj, None, n)?;
 
-            // MLP block: x += o, h = norm(x), then SwiGLU.
-            b.add_rms_norm(
-                &mut s.h,
-                &mut s.x,
-                &s.o,
-                &w.post_attention_layernorm,
-                n,
-                eps,
-            )?;
+            // MLP block: x += o (post-attention-normed when the model has sandwich norms),
+            // h = norm(x), then the gated MLP.
+            let post = w.post_attn_norm.as_ref();
+            add_normed_then_norm(&**b, s, post, &w.pre_mlp_norm, n, eps)?;
             b.matmul(&mut s.gate, &s.h, &w.gate_proj, None, n)?;
             b.matmul(&mut s.up, &s.h, &w.up_proj, None, n)?;
-            b.silu_mul(&mut s.gate, &s.up, n * inter)?;
+            match c.mlp_activation {
+                MlpActivation::Silu => b.silu_mul(&mut s.gate, &s.up, n * inter)?,
+                MlpActivation::GeluTanh => b.gelu_tanh_mul(&mut s.gate, &s.up, n * inter)?,
+            }
             b.matmul(&mut s.o, &s.gate, &w.down_proj, None, n)?; // x += o happens in the next norm
         }
 
         // x += o (the last MLP's output); h = rmsnorm(x) · final norm; logits = h · Wlmᵀ.
-        b.add_rms_norm(&mut s.h, &mut s.x, &s.o, &self.norm, n, eps)?;
+        let post = self.layers.last().and_then(|w| w.post_mlp_norm.as_ref());
+        add_normed_then_norm(&**b, s, post, &self.norm, n, eps)?;
         let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         match which {
             Logits::Last => {
@@ -309,5 +368,25 @@ impl<B: Backend> Transformer<B> {
 
     pub fn take_profile(&self) -> Vec<OpProfile> {
         self.backend.take_profile()
+    }
+}
+
+/// `x += post_norm(o)` (or `x += o` without a post norm), then `h = rmsnorm(x) · next`: a
+/// sub-block's residual add fused with the next norm. The post norm (Gemma's sandwich norms)
+/// writes to its own buffer, as the norm ops never work in place.
+fn add_normed_then_norm<B: Backend>(
+    b: &B,
+    s: &mut Scratch<B::Buf>,
+    post: Option<&B::Mat>,
+    next: &B::Mat,
+    n: usize,
+    eps: f32,
+) -> Result<()> {
+    match post {
+        Some(p) => {
+            b.rms_norm(&mut s.o_normed, &s.o, p, n, eps)?;
+            b.add_rms_norm(&mut s.h, &mut s.x, &s.o_normed, next, n, eps)
+        }
+        None => b.add_rms_norm(&mut s.h, &mut s.x, &s.o, next, n, eps),
     }
 }

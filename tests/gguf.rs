@@ -337,23 +337,23 @@ fn unknown_tensor_type() {
 #[test]
 fn known_but_unsupported_type_reads_but_does_not_load() {
     let mut w = tiny_model("llama", true);
-    // Q5_0: 22 bytes per 32 weights. read_header sizes it; load refuses it by name.
+    // Q2_K: 84 bytes per 256 weights. read_header sizes it; load refuses it by name.
     w.tensors.retain(|t| t.name != "blk.0.attn_v.weight");
-    w.raw_tensor("blk.0.attn_v.weight", &[32, 1], 6, vec![0; 22]);
-    let p = w.write("q5_0.gguf");
+    w.raw_tensor("blk.0.attn_v.weight", &[256, 1], 10, vec![0; 84]);
+    let p = w.write("q2_k.gguf");
     let h = gguf::read_header(&p).unwrap();
     let t = h
         .tensors
         .iter()
         .find(|t| t.name == "blk.0.attn_v.weight")
-        .expect("the Q5_0 tensor is listed");
-    assert_eq!((t.dims.as_slice(), t.n_bytes), (&[32u64, 1][..], 22));
-    assert_eq!((t.ggml_type.id, t.ggml_type.name), (6, "Q5_0"));
+        .expect("the Q2_K tensor is listed");
+    assert_eq!((t.dims.as_slice(), t.n_bytes), (&[256u64, 1][..], 84));
+    assert_eq!((t.ggml_type.id, t.ggml_type.name), (10, "Q2_K"));
     assert_eq!(h.tensors.len(), tiny_model("llama", true).tensors.len());
     match gguf::load(&p, false) {
         Err(Error::UnsupportedDtype { name, dtype }) => {
             assert_eq!(name, "blk.0.attn_v.weight");
-            assert_eq!(dtype, "Q5_0");
+            assert_eq!(dtype, "Q2_K");
         }
         other => panic!("expected UnsupportedDtype, got {:?}", other.map(|_| ())),
     }

@@ -149,6 +149,11 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// `gate[i] = silu(gate[i]) · up[i]` for `i < len`, silu(x) = x / (1 + e^-x).
     fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
+    /// `gate[i] = gelu_tanh(gate[i]) · up[i]` for `i < len` (GeGLU, Gemma), with PyTorch's
+    /// tanh approximation gelu_tanh(x) = x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³))).
+    fn gelu_tanh_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
+    /// `x[i] *= s` for `i < len` (Gemma's embedding scale).
+    fn scale(&self, x: &mut Self::Buf, s: f32, len: usize) -> Result<()>;
     /// `x[i] += y[i]` for `i < len`.
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
     /// Copy rows `src_row..src_row + rows` of `src` (row width `width`) to rows `0..rows` of `dst`.

@@ -98,6 +98,32 @@ pub struct Checkpoint {
     pub tokenizer: Option<Tokenizer>,
 }
 
+/// Gemma3ForConditionalGeneration checkpoints hold the language model under a prefix
+/// (`model.language_model.` in transformers ≥ 5, `language_model.model.` before) beside the
+/// vision tower: keep the language model's tensors, under the names Gemma3ForCausalLM uses.
+fn language_model_only(config: &ModelConfig, mut weights: Weights) -> Weights {
+    if config.architecture != "Gemma3ForConditionalGeneration" {
+        return weights;
+    }
+    let tensors = std::mem::take(&mut weights.tensors);
+    for (name, mut t) in tensors {
+        let renamed = if let Some(rest) = name.strip_prefix("model.language_model.") {
+            format!("model.{rest}")
+        } else if let Some(rest) = name.strip_prefix("language_model.model.") {
+            format!("model.{rest}")
+        } else if let Some(rest) = name.strip_prefix("language_model.lm_head.") {
+            format!("lm_head.{rest}")
+        } else if name.starts_with("lm_head.") {
+            name
+        } else {
+            continue; // vision tower, projector
+        };
+        t.name = renamed.clone();
+        weights.tensors.insert(renamed, t);
+    }
+    weights
+}
+
 /// Read a directory, .safetensors or .gguf checkpoint. `keep_quantized`: GGUF block-quantized
 /// tensors stay in their block format (false dequantizes them to f32 at load).
 pub fn open(path: &Path, keep_quantized: bool) -> Result<Checkpoint> {
@@ -111,7 +137,7 @@ pub fn open(path: &Path, keep_quantized: bool) -> Result<Checkpoint> {
         (config, ck.weights, eos, Some(tokenizer))
     } else {
         let config = ModelConfig::from_file(&files.dir.join("config.json"))?;
-        let weights = safetensors::load(&files.weights)?;
+        let weights = language_model_only(&config, safetensors::load(&files.weights)?);
         let eos = eos_ids(&config, &files.dir)?;
         let t = files.dir.join("tokenizer.json");
         let tokenizer = if t.is_file() {

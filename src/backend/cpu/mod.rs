@@ -6,6 +6,7 @@
 //! Nothing here allocates per token: buffers come from the model, attention keeps its scores
 //! in a fixed-size stack block (online softmax over blocks of keys).
 
+mod gemma_ops;
 pub mod matmul;
 pub mod quant_kernels;
 pub mod simd;
@@ -541,6 +542,29 @@ impl Backend for CpuBackend {
             (len * 5) as f64,
         );
         self.observe(|| "silu_mul".into(), 0, &gate[..len]);
+        Ok(())
+    }
+
+    fn gelu_tanh_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
+        let t0 = self.begin();
+        check_len("gelu_tanh_mul", gate.len().min(up.len()), len)?;
+        gemma_ops::gelu_tanh_mul(&mut gate[..len], &up[..len]);
+        self.end(
+            t0,
+            || "gelu_tanh_mul".into(),
+            (len * 12) as f64,
+            (len * 9) as f64,
+        );
+        self.observe(|| "gelu_tanh_mul".into(), 0, &gate[..len]);
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut Vec<f32>, s: f32, len: usize) -> Result<()> {
+        let t0 = self.begin();
+        check_len("scale", x.len(), len)?;
+        x[..len].iter_mut().for_each(|v| *v *= s);
+        self.end(t0, || "scale".into(), (len * 8) as f64, len as f64);
+        self.observe(|| "scale".into(), 0, &x[..len]);
         Ok(())
     }
 

@@ -1049,6 +1049,49 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         )
     }
 
+    fn gelu_tanh_mul(&self, gate: &mut CudaBuf<D>, up: &CudaBuf<D>, len: usize) -> Result<()> {
+        let op = "gelu_tanh_mul";
+        if len == 0 {
+            return Ok(());
+        }
+        check_len(op, "gate", gate.len, len)?;
+        check_len(op, "up", up.len, len)?;
+        self.launch(
+            self.k.gelu_tanh_mul_f32,
+            (grid_stride_blocks(len), 1, 1),
+            BLOCK,
+            0,
+            &[
+                KernelArg::Ptr(gate.ptr),
+                KernelArg::Ptr(up.ptr),
+                KernelArg::U32(u32_arg(op, "len", len)?),
+            ],
+            12.0 * len as f64,
+            9.0 * len as f64,
+        )
+    }
+
+    fn scale(&self, x: &mut CudaBuf<D>, s: f32, len: usize) -> Result<()> {
+        let op = "scale";
+        if len == 0 {
+            return Ok(());
+        }
+        check_len(op, "x", x.len, len)?;
+        self.launch(
+            self.k.scale_f32,
+            (grid_stride_blocks(len), 1, 1),
+            BLOCK,
+            0,
+            &[
+                KernelArg::Ptr(x.ptr),
+                KernelArg::F32(s),
+                KernelArg::U32(u32_arg(op, "len", len)?),
+            ],
+            8.0 * len as f64,
+            len as f64,
+        )
+    }
+
     fn add(&self, x: &mut CudaBuf<D>, y: &CudaBuf<D>, len: usize) -> Result<()> {
         let op = "add";
         if len == 0 {

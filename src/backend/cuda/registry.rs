@@ -69,6 +69,7 @@ registry! {
     "gemm.ptx" => [gemm_bf16, gemm_f16],
     "attention.ptx" => [attn_split_f32, attn_combine_f32, attn_prefill_f32],
     "elementwise.ptx" => [silu_mul_f32, add_f32, copy_f32],
+    "gemma.ptx" => [gelu_tanh_mul_f32, scale_f32],
     "kv_cache.ptx" => [kv_append_f32],
     "argmax.ptx" => [argmax_f32],
     "cast.ptx" => [cast_f32_bf16, cast_bf16_f32, cast_f32_f16],

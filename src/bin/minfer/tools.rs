@@ -132,7 +132,9 @@ pub fn perplexity(a: &PerplexityArgs, out: &mut Out) -> Res {
         lo.context_len = Some(max_context(&a.model)?.min(8192));
     }
     let mut model = Model::load(&a.model, &lo)?;
-    let ids = model.require_tokenizer()?.encode(&text, false)?;
+    // With the special tokens the tokenizer adds (BOS for Gemma, nothing for SmolLM2): the
+    // model is scored on text as it sees it in use.
+    let ids = model.require_tokenizer()?.encode(&text, true)?;
     let p = model.perplexity(&ids)?;
     if a.json {
         let v = json!({

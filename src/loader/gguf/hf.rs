@@ -10,13 +10,14 @@ use serde_json::{json, Map, Value};
 use super::GgufFile;
 use crate::error::{Error, Result};
 use crate::quant;
-use crate::tensor::{WeightTensor, Weights};
+use crate::tensor::{DType, WeightTensor, Weights};
 
 fn hf_architecture(arch: &str) -> (&'static str, &'static str) {
     match arch {
         "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
         "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
         "mistral" => ("MistralForCausalLM", "mistral"),
+        "gemma3" => ("Gemma3ForCausalLM", "gemma3_text"),
         _ => ("LlamaForCausalLM", "llama"),
     }
 }
@@ -117,7 +118,56 @@ pub fn hf_config(file: &GgufFile) -> Result<Value> {
     if arch == "qwen2" || arch == "qwen3" {
         m.insert("use_sliding_window".into(), json!(false));
     }
+    if arch == "gemma3" {
+        gemma3_config(file, m, hidden, heads, head_dim)?;
+    }
     Ok(c)
+}
+
+/// What a Gemma 3 GGUF does not store, filled in as llama.cpp runs it (llama-model.cpp,
+/// LLM_ARCH_GEMMA3: `set_swa_pattern(6)`, `rope_freq_base_train_swa = 10000`, attention scale
+/// `1/sqrt(head_dim)`, or `1/sqrt(hidden/heads)` for the 62-layer 27B) and as transformers'
+/// GGUF loader does (Gemma3TextConfig's defaults: pattern 6, local base 10000,
+/// query_pre_attn_scalar 256 — the same numbers for every size but 27B).
+fn gemma3_config(
+    file: &GgufFile,
+    m: &mut Map<String, Value>,
+    hidden: u64,
+    heads: u64,
+    head_dim: u64,
+) -> Result<()> {
+    let layers = file.require_u64("gemma3.block_count")?;
+    if file.get("gemma3.attention.sliding_window").is_none() {
+        return Err(file.err("gemma3.attention.sliding_window is missing"));
+    }
+    let scalar = if layers == 62 {
+        hidden / heads
+    } else {
+        head_dim
+    };
+    let pattern = 6;
+    let types: Vec<&str> = (0..layers)
+        .map(|i| {
+            if (i + 1) % pattern != 0 {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    m.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+    m.insert("hidden_act".into(), json!("gelu_pytorch_tanh"));
+    m.insert("query_pre_attn_scalar".into(), json!(scalar));
+    m.insert("rope_local_base_freq".into(), json!(10000.0));
+    m.insert("sliding_window_pattern".into(), json!(pattern));
+    m.insert("layer_types".into(), json!(types));
+    m.insert("attn_logit_softcapping".into(), Value::Null);
+    m.insert("final_logit_softcapping".into(), Value::Null);
+    m.insert("attention_bias".into(), json!(false));
+    if let Some(pad) = file.u64_key("tokenizer.ggml.padding_token_id")? {
+        m.insert("pad_token_id".into(), json!(pad));
+    }
+    Ok(())
 }
 
 /// f32 metadata (1e-5, 1e5) printed as the decimal a person wrote, not 9.999999747378752e-06.
@@ -151,6 +201,32 @@ pub(super) fn generation_config(file: &GgufFile, config: &Value) -> Result<Value
         }
     }
     Ok(Value::Object(g))
+}
+
+/// GGUF tensor name → Hugging Face name in architecture `arch` (the `general.architecture`
+/// string), or None for a name that architecture does not have. Gemma 3 differs from the llama
+/// family in its four norms per layer: llama.cpp's `ffn_norm` is Gemma's
+/// pre_feedforward_layernorm, and `post_attention_norm` / `post_ffw_norm` are the norms after
+/// attention and after the MLP.
+pub fn hf_tensor_name_for(arch: &str, gguf: &str) -> Option<String> {
+    if arch == "gemma3" {
+        if let Some((layer, part)) = gguf
+            .strip_prefix("blk.")
+            .and_then(|r| r.split_once('.'))
+            .filter(|(l, _)| l.parse::<usize>().is_ok())
+        {
+            let hf = match part {
+                "ffn_norm.weight" => Some("pre_feedforward_layernorm.weight"),
+                "post_attention_norm.weight" => Some("post_attention_layernorm.weight"),
+                "post_ffw_norm.weight" => Some("post_feedforward_layernorm.weight"),
+                _ => None,
+            };
+            if let Some(hf) = hf {
+                return Some(format!("model.layers.{layer}.{hf}"));
+            }
+        }
+    }
+    hf_tensor_name(gguf)
 }
 
 /// GGUF tensor name → Hugging Face name, or None for a name outside the llama family.
@@ -213,6 +289,68 @@ fn gather_rows(bytes: &[u8], row_bytes: usize, src: &[usize]) -> Vec<u8> {
     out
 }
 
+/// The tensors that need more than a view or a dequantization: Q5_0 and Q5_1 blocks (any
+/// architecture), and Gemma 3's norm weights, stored by llama.cpp as `1 + w` (its converter adds
+/// `norm_shift = 1.0` to every `*norm.weight`; transformers' GGUF loader subtracts it again,
+/// Gemma2TensorProcessor) and returned here as Hugging Face's `w`.
+///
+/// Q5_0 becomes Q8_0 exactly ([`quant::q5_0_to_q8_0`]: same scale, the i8 `q - 16`), so it runs
+/// on the Q8_0 integer kernels with unchanged weights; Q5_1 (`d·q + m`, not a Q8_0 value) is
+/// dequantized to f32.
+fn converted_tensor(
+    file: &GgufFile,
+    t: &super::GgufTensorInfo,
+    hf: &str,
+    shape: &[usize],
+    arch: &str,
+    keep_quantized: bool,
+) -> Result<Option<WeightTensor>> {
+    let bad = |e: Error| file.err(format!("tensor {:?}: {e}", t.name));
+    let bytes = file.tensor_bytes(t);
+    let is_norm = arch == "gemma3" && t.name.ends_with("norm.weight");
+    let q5 = match t.ggml_type.id {
+        6 => Some(false),
+        7 => Some(true),
+        _ => None,
+    };
+    if is_norm {
+        let mut v = match (q5, t.ggml_type.dtype()) {
+            (Some(q5_1), _) => quant::dequantize_q5(q5_1, bytes).map_err(bad)?,
+            (None, Some(dtype)) => quant::dequantize_to_vec(dtype, bytes, t.numel() as usize)
+                .map_err(|_| {
+                    file.err(format!("tensor {:?}: size does not match its dims", t.name))
+                })?,
+            (None, None) => {
+                return Err(Error::UnsupportedDtype {
+                    name: t.name.clone(),
+                    dtype: t.ggml_type.name.to_string(),
+                })
+            }
+        };
+        v.iter_mut().for_each(|x| *x -= 1.0);
+        return Ok(Some(WeightTensor::from_f32(hf, shape.to_vec(), &v)));
+    }
+    match q5 {
+        None => Ok(None),
+        Some(false) if keep_quantized => {
+            let q8 = quant::q5_0_to_q8_0(bytes).map_err(bad)?;
+            Ok(Some(WeightTensor::from_bytes(
+                hf,
+                DType::Q8_0,
+                shape.to_vec(),
+                &q8,
+            )?))
+        }
+        Some(q5_1) => {
+            let v = quant::dequantize_q5(q5_1, bytes).map_err(bad)?;
+            if v.len() as u64 != t.numel() {
+                return Err(file.err(format!("tensor {:?}: size does not match its dims", t.name)));
+            }
+            Ok(Some(WeightTensor::from_f32(hf, shape.to_vec(), &v)))
+        }
+    }
+}
+
 pub(super) fn hf_weights(file: &GgufFile, config: &Value, keep_quantized: bool) -> Result<Weights> {
     let arch = file.architecture()?;
     let permuted = arch == "llama" || arch == "mistral";
@@ -223,17 +361,20 @@ pub(super) fn hf_weights(file: &GgufFile, config: &Value, keep_quantized: bool) 
         .tensors
         .par_iter()
         .map(|t| {
-            let hf = hf_tensor_name(&t.name).ok_or_else(|| {
+            let hf = hf_tensor_name_for(arch, &t.name).ok_or_else(|| {
                 file.err(format!(
                     "tensor {:?} has no Hugging Face counterpart in the {arch} architecture",
                     t.name
                 ))
             })?;
+            let shape = t.shape();
+            if let Some(w) = converted_tensor(file, t, &hf, &shape, arch, keep_quantized)? {
+                return Ok((hf, w));
+            }
             let dtype = t.ggml_type.dtype().ok_or_else(|| Error::UnsupportedDtype {
                 name: t.name.clone(),
                 dtype: t.ggml_type.name.to_string(),
             })?;
-            let shape = t.shape();
             let n_head = if hf.contains("q_proj") {
                 Some(heads)
             } else if hf.contains("k_proj") {

@@ -28,7 +28,7 @@ use crate::tensor::{DType, Storage, Weights};
 mod hf;
 mod tokenizer;
 
-pub use hf::{hf_config, hf_tensor_name, unpermute_rows};
+pub use hf::{hf_config, hf_tensor_name, hf_tensor_name_for, unpermute_rows};
 pub use tokenizer::{
     bytes_to_unicode, hf_tokenizer, sentencepiece_merges, SUPPORTED_PRE_TOKENIZERS,
 };
@@ -42,7 +42,7 @@ const MAX_DIMS: u32 = 4;
 const MAX_NESTING: u32 = 8;
 
 /// The architectures we translate (the `general.architecture` strings).
-pub const SUPPORTED_ARCHITECTURES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
+pub const SUPPORTED_ARCHITECTURES: [&str; 5] = ["llama", "mistral", "qwen2", "qwen3", "gemma3"];
 
 /// One metadata value.
 #[derive(Clone, Debug, PartialEq)]

@@ -273,6 +273,9 @@ pub fn hf_tokenizer(file: &GgufFile) -> Result<(Value, Value)> {
             let pre = file.str_key("tokenizer.ggml.pre")?.unwrap_or("default");
             byte_level_tokenizer(file, &tokens, &types, pre, bos_tpl)?
         }
+        "llama" if file.architecture()? == "gemma3" => {
+            gemma_tokenizer(&tokens, &types, unk, bos_tpl)
+        }
         "llama" => sentencepiece_tokenizer(file, &tokens, &types, unk, bos_tpl)?,
         "gemma4" => gemma4_tokenizer(file, &tokens, &types, bos_tpl)?,
         other => {
@@ -531,6 +534,76 @@ fn sentencepiece_tokenizer(
             "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges
         }
     }))
+}
+
+/// Gemma's SentencePiece vocabulary (`general.architecture` = gemma3), built as transformers'
+/// GGUF loader builds it (integrations/gguf/gguf_tokenizer_mapping.py, `gemma_tokenizer`, handing
+/// the vocabulary to `GemmaTokenizer`: BPE with byte fallback and `fuse_unk`, spaces replaced
+/// by "▁", no prefix space, no splitting, decoder ▁→space + ByteFallback + Fuse), which differs
+/// from [`sentencepiece_tokenizer`] in two ways:
+/// - tokens made only of whitespace that contain a space are stored by llama.cpp as real spaces
+///   ("  ") but looked up as "▁▁": they are respelled "▁" × their length first;
+/// - the file has no merges and Gemma's scores do not follow its merge order: merges are
+///   recovered from the vocabulary ranked by position in the file (score = −id).
+///
+/// Control tokens are special added tokens; user-defined ones are plain added tokens when their
+/// (respelled) spelling is in the vocabulary (so the respelled space runs are not). BOS is added.
+fn gemma_tokenizer(
+    tokens: &[&str],
+    types: &[i64],
+    unk: Option<usize>,
+    bos: Option<(&str, usize)>,
+) -> Value {
+    let respelled: Vec<String> = tokens
+        .iter()
+        .map(|t| {
+            if t.contains(' ') && t.trim().is_empty() {
+                "\u{2581}".repeat(t.chars().count())
+            } else {
+                t.to_string()
+            }
+        })
+        .collect();
+    let spelled: Vec<&str> = respelled.iter().map(String::as_str).collect();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut vocab = Map::new();
+    for (id, t) in spelled.iter().enumerate() {
+        index.insert(t, id);
+        vocab.insert(t.to_string(), json!(id));
+    }
+    let by_position: Vec<f64> = (0..spelled.len()).map(|i| -(i as f64)).collect();
+    let merges: Vec<Value> = sentencepiece_merges(&spelled, &by_position, &index)
+        .into_iter()
+        .map(|(a, b)| json!([a, b]))
+        .collect();
+    let mut added = Vec::new();
+    for (id, (t, &ty)) in tokens.iter().zip(types).enumerate() {
+        if ty == TOKEN_CONTROL || ty == TOKEN_UNKNOWN || Some(id) == unk {
+            added.push(added_token(id, t, true));
+        } else if ty == TOKEN_USER_DEFINED && index.contains_key(t) {
+            added.push(added_token(index[t], t, false));
+        }
+    }
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}",
+                          "prepend_scheme": "never", "split": false},
+        "post_processor": bos_template(bos),
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+        ]},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": unk.map(|u| json!(spelled[u])).unwrap_or(Value::Null),
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+            "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges
+        }
+    })
 }
 
 /// Merges implied by a SentencePiece vocabulary, exactly as transformers' `generate_merges`
