@@ -321,7 +321,8 @@ pub fn shape(s: &str) -> String {
         last_digit = false;
         out.push(c);
     }
-    out
+    // Lists of numbers ("[#, #, #]") differ only in length: keep the start of the message.
+    out.chars().take(100).collect()
 }
 
 enum Verdict {

@@ -252,7 +252,11 @@ fn encode_value(rng: &mut Rng, ty: u32, out: &mut Vec<u8>, depth: u32) {
             } else {
                 *rng.pick(&[0u32, 4, 5, 6, 8, 8, 8, 10, 12, 7])
             };
-            let max = if rng.one_in(8) { 3000 } else { 12 };
+            let max = if depth == 0 && rng.one_in(8) {
+                3000
+            } else {
+                12
+            };
             let n = rng.below(max);
             out.extend_from_slice(&elem.to_le_bytes());
             out.extend_from_slice(&(n as u64).to_le_bytes());

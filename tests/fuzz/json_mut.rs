@@ -123,7 +123,11 @@ pub fn mutate_value(rng: &mut Rng, v: &mut Value, dict: &[&str]) {
         }
         Value::Object(o) if rng.below(4) != 0 => {
             if !o.is_empty() && rng.one_in(2) {
-                let k = o.keys().nth(rng.below(o.len())).cloned().unwrap_or_default();
+                let k = o
+                    .keys()
+                    .nth(rng.below(o.len()))
+                    .cloned()
+                    .unwrap_or_default();
                 if rng.one_in(2) {
                     o.remove(&k);
                 } else {
@@ -152,7 +156,10 @@ pub fn mutate_text(rng: &mut Rng, data: &mut Vec<u8>, others: &[Arc<Vec<u8>>], d
     match serde_json::from_slice::<Value>(data) {
         Ok(mut v) => {
             mutate_value(rng, &mut v, dict);
-            *data = serde_json::to_vec(&v).unwrap_or_default();
+            let out = serde_json::to_vec(&v).unwrap_or_default();
+            if out.len() <= super::engine::MAX_INPUT {
+                *data = out;
+            }
         }
         Err(_) => mutate_bytes(rng, data, others),
     }
