@@ -30,4 +30,8 @@ cargo build --features cuda --tests
 cargo build --release --benches
 
 step "tests (release profile: the PTX interpreter and real-model tests need optimised code)"
-cargo test --release
+# The fuzz targets only replay their regression cases and corpus here; the next step fuzzes.
+FUZZ_SECONDS=0 cargo test --release
+
+step "fuzz: regression cases, corpus and 3 s per target (test profile: overflow checks on)"
+cargo test --test fuzz
