@@ -20,8 +20,8 @@ step "format"
 cargo fmt --check
 
 step "lint: clippy on every target and feature, warnings denied; the docs build without warnings"
-cargo clippy --all-targets --all-features -- -D warnings
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 step "build: CPU-only library (no default features), CLI, and the cuda feature"
 cargo build --lib --no-default-features
@@ -31,7 +31,7 @@ cargo build --release --benches
 
 step "tests (release profile: the PTX interpreter and real-model tests need optimised code)"
 # The fuzz targets only replay their regression cases and corpus here; the next step fuzzes.
-FUZZ_SECONDS=0 cargo test --release
+FUZZ_SECONDS=0 cargo test --release --workspace
 
 step "fuzz: regression cases, corpus and 3 s per target (test profile: overflow checks on)"
 cargo test --test fuzz

@@ -130,26 +130,6 @@ impl Error {
             reason: reason.to_string(),
         }
     }
-
-    /// A one-line hint the CLI prints under the error.
-    pub fn hint(&self) -> &'static str {
-        match self {
-            Error::Io { .. } | Error::MissingFile { .. } => {
-                "check the path: a model is a directory with config.json and *.safetensors, a .safetensors file with config.json beside it, or a .gguf file"
-            }
-            Error::Json { .. } => "the file is not valid JSON or lacks a required field",
-            Error::UnknownArchitecture { .. } => "minfer implements the llama family only; see README.md",
-            Error::BadWeights { .. } => "the weight file is truncated or corrupt: download it again",
-            Error::MissingTensor { .. } | Error::ShapeMismatch { .. } => {
-                "the checkpoint does not match its config.json"
-            }
-            Error::UnsupportedDtype { .. } => "convert the checkpoint to f32, f16 or bf16",
-            Error::InvalidArgument(_) | Error::InvalidOption { .. } => "see `minfer help`",
-            Error::Tokenizer(_) => "the tokenizer.json uses a feature minfer does not implement",
-            Error::Device(_) => "try --device cpu",
-            Error::Ptx(_) => "a kernel failed to parse or faulted under the PTX interpreter",
-        }
-    }
 }
 
 impl fmt::Display for Error {

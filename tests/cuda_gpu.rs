@@ -1,17 +1,18 @@
-//! The kernel parity cases of tests/cuda_kernels.rs and the fixture models, on a real GPU
+//! The op parity suite of tests/ops/ (the same cases as tests/ops_cpu.rs and
+//! tests/cuda_kernels.rs), the CUDA-only preconditions, and the fixture models, on a real GPU
 //! (feature `cuda`). Without the feature, a driver or a device, each test prints why it skips
 //! and returns: CI has no GPU; scripts/gpu-check.sh runs these on a machine that has one.
 
 #[cfg(feature = "cuda")]
 mod common;
 #[cfg(feature = "cuda")]
-mod cuda_cases;
+mod ops;
 
 #[cfg(feature = "cuda")]
 mod gpu {
     use std::path::Path;
 
-    use super::{common, cuda_cases};
+    use super::{common, ops};
     use minfer::internals::cuda::cudarc_driver::CudarcDriver;
     use minfer::internals::CudaBackend;
     use minfer::{LoadOptions, Model};
@@ -26,35 +27,12 @@ mod gpu {
         }
     }
 
-    macro_rules! gpu_cases {
-        ($($name:ident),* $(,)?) => {
-            $(
-                #[test]
-                fn $name() {
-                    if let Some(b) = gpu() {
-                        cuda_cases::$name(&b);
-                    }
-                }
-            )*
-        };
-    }
+    ops::op_parity_tests!(gpu().map(|b| (b, ops::Numerics::CUDA)));
 
-    gpu_cases!(
-        embed,
-        rms_norm,
-        add_rms_norm,
-        head_rms_norm,
-        rope,
-        matvec,
-        gemm,
-        matmul_preconditions,
-        silu_mul_add,
-        argmax,
-        casts,
-        attention,
-        attention_splits,
-        attention_preconditions,
-    );
+    /// The cases only the CUDA backend has (tests/ops/cuda_only.rs).
+    mod cuda_only {
+        crate::ops::cuda_only::cuda_only_tests!(super::gpu());
+    }
 
     fn load_gpu(dir: &Path, all_logits: bool, f32_prefill: bool) -> Option<Model> {
         let b = gpu()?.with_f32_prefill(f32_prefill);

@@ -1,44 +1,26 @@
 //! Every CUDA kernel through `CudaBackend<SimDriver>` (the PTX interpreter, which also checks
-//! each memory access, shared-memory races and barriers) against plain f64 references on
-//! random inputs of awkward sizes. The cases live in cuda_cases/ and run on a real GPU too
-//! (tests/cuda_gpu.rs).
+//! each memory access, shared-memory races and barriers): the op parity suite of tests/ops/
+//! (plain f64 references on random inputs of awkward sizes, the same cases as tests/ops_cpu.rs
+//! and tests/cuda_gpu.rs), the CUDA-only preconditions, and every fixture model on the
+//! interpreter.
 
-mod cuda_cases;
+mod common;
+mod ops;
 
 use minfer::internals::cuda::sim::SimDriver;
 use minfer::internals::CudaBackend;
+use ops::Numerics;
 
 fn sim() -> CudaBackend<SimDriver> {
     CudaBackend::new(SimDriver::new()).expect("every kernel loads into the interpreter")
 }
 
-macro_rules! sim_cases {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                cuda_cases::$name(&sim());
-            }
-        )*
-    };
-}
+ops::op_parity_tests!(Some((sim(), Numerics::CUDA)));
 
-sim_cases!(
-    embed,
-    rms_norm,
-    add_rms_norm,
-    head_rms_norm,
-    rope,
-    matvec,
-    gemm,
-    matmul_preconditions,
-    silu_mul_add,
-    argmax,
-    casts,
-    attention,
-    attention_splits,
-    attention_preconditions,
-);
+/// The cases only the CUDA backend has (tests/ops/cuda_only.rs).
+mod cuda_only {
+    crate::ops::cuda_only::cuda_only_tests!(Some(super::sim()));
+}
 
 #[test]
 fn buffers_are_freed() {
@@ -59,8 +41,6 @@ fn buffers_are_freed() {
         "CudaBuf / CudaMat free on drop"
     );
 }
-
-mod common;
 
 /// Every tiny fixture model through the real kernels on the interpreter (`--device sim`),
 /// against transformers.

@@ -348,3 +348,33 @@ fn zero_new_tokens_generates_nothing() {
         (0, minfer::StopReason::MaxTokens)
     );
 }
+
+/// A context longer than the model was trained for is refused, naming the option and the limit.
+#[test]
+fn context_len_above_the_models_maximum_is_an_error() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models/llama_gqa_untied");
+    let opts = LoadOptions {
+        context_len: Some(257),
+        device: minfer::Device::Cpu,
+        ..LoadOptions::default()
+    };
+    match Model::load(&dir, &opts) {
+        Err(Error::InvalidOption {
+            field,
+            value,
+            reason,
+        }) => {
+            assert_eq!(field, "context_len");
+            assert_eq!(value, "257");
+            assert!(reason.contains("256"), "{reason}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a 257-position context on a 256-position model was accepted"),
+    }
+    let ok = LoadOptions {
+        context_len: Some(256),
+        ..opts
+    };
+    assert!(Model::load(&dir, &ok).is_ok());
+}

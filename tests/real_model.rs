@@ -240,7 +240,7 @@ fn streamed_text_equals_the_full_decode_and_stops_at_eos() {
                 p["greedy_text_until_eos"].as_str().unwrap(),
                 "{name}"
             );
-            assert_eq!(out.stats.stop, minfer::StopReason::Stop(2));
+            assert_eq!(out.stats.stop, minfer::StopReason::Eos(2));
         }
     }
 }

@@ -37,8 +37,10 @@ impl Default for GenerateOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 /// Why generation stopped.
 pub enum StopReason {
-    /// An EOS or stop id was produced (it is not passed to the callback).
-    Stop(u32),
+    /// An end-of-sequence id of the model was produced (it is not passed to the callback).
+    Eos(u32),
+    /// One of `GenerateOptions::stop_ids` was produced (not passed to the callback either).
+    StopId(u32),
     /// `max_new_tokens` were generated.
     MaxTokens,
     /// The KV cache is full (`LoadOptions::context_len`).
@@ -121,8 +123,11 @@ impl Model {
             if opts.max_new_tokens == 0 {
                 break StopReason::MaxTokens;
             }
-            if (!opts.ignore_eos && self.eos_ids.contains(&next)) || opts.stop_ids.contains(&next) {
-                break StopReason::Stop(next);
+            if opts.stop_ids.contains(&next) {
+                break StopReason::StopId(next);
+            }
+            if !opts.ignore_eos && self.eos_ids.contains(&next) {
+                break StopReason::Eos(next);
             }
             generated += 1;
             history.push(next);

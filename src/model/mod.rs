@@ -81,7 +81,8 @@ pub struct LoadOptions {
     pub device: Device,
     /// CPU threads; 0 = all cores.
     pub threads: usize,
-    /// KV-cache length in positions; None = min(max_position_embeddings, 4096).
+    /// KV-cache length in positions; None = min(max_position_embeddings, 4096). More than
+    /// max_position_embeddings is an error.
     pub context_len: Option<usize>,
     /// Positions per forward step during prefill (buffers are sized for this).
     pub max_batch: usize,
@@ -261,9 +262,18 @@ impl Model {
         B::Mat: Send + 'static,
         B::Kv: Send + 'static,
     {
-        let ctx = opts
-            .context_len
-            .unwrap_or(config.max_position_embeddings.min(4096));
+        let max = config.max_position_embeddings;
+        let ctx = opts.context_len.unwrap_or(max.min(4096));
+        if ctx > max {
+            // Past the trained length RoPE positions were never seen: output degrades silently.
+            return Err(Error::option(
+                "context_len",
+                ctx,
+                format!(
+                    "the model was trained for at most {max} positions (max_position_embeddings)"
+                ),
+            ));
+        }
         let num_parameters = count_parameters(&config, weights);
         let decode_weight_bytes = decode_weight_bytes(&config, weights);
         let vocab = config.vocab_size;

@@ -1,7 +1,7 @@
 //! The GpuDriver seam: everything the CUDA backend asks of a GPU.
 //!
 //! Two implementations: the real driver through cudarc (`cudarc_driver.rs`, feature `cuda`) and
-//! the PTX interpreter (`sim/`), which runs the very same PTX and launch code on the CPU with
+//! the PTX interpreter (`sim.rs`, over the `ptx-sim` crate), which runs the very same PTX and launch code on the CPU with
 //! sanitizer-style checks. The CUDA backend's host code is written once against this trait.
 //!
 //! Device memory is addressed by plain 64-bit device addresses ([`DevPtr`]), so host code can

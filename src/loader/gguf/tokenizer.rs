@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{json, Map, Value};
 
-use super::GgufFile;
+use super::{GgufFile, GgufValue};
 use crate::error::{Error, Result};
 
 /// llama.cpp token types (llama_token_type).
@@ -244,20 +244,7 @@ fn byte_level_tokenizer(
     }
     let merges = match file.get("tokenizer.ggml.merges") {
         None => return Err(file.err("a gpt2 tokenizer needs tokenizer.ggml.merges")),
-        Some(v) => v
-            .as_array()
-            .ok_or_else(|| file.err("tokenizer.ggml.merges is not an array"))?
-            .iter()
-            .map(|m| {
-                let s = m
-                    .as_str()
-                    .ok_or_else(|| file.err("tokenizer.ggml.merges holds a non-string"))?;
-                let (a, b) = s
-                    .split_once(' ')
-                    .ok_or_else(|| file.err(format!("merge {s:?} has no space")))?;
-                Ok(json!([a, b]))
-            })
-            .collect::<Result<Vec<_>>>()?,
+        Some(v) => ggml_merges(file, v)?,
     };
     // Without BOS the post-processor has nothing to add: ids are what the model produced. (A
     // ByteLevel post-processor, which some tokenizer.json files carry, only adjusts offsets.)
@@ -321,20 +308,7 @@ fn sentencepiece_tokenizer(
         vocab.insert(t.to_string(), json!(id));
     }
     let merges = match file.get("tokenizer.ggml.merges") {
-        Some(v) => v
-            .as_array()
-            .ok_or_else(|| file.err("tokenizer.ggml.merges is not an array"))?
-            .iter()
-            .map(|m| {
-                let s = m
-                    .as_str()
-                    .ok_or_else(|| file.err("tokenizer.ggml.merges holds a non-string"))?;
-                let (a, b) = s
-                    .split_once(' ')
-                    .ok_or_else(|| file.err(format!("merge {s:?} has no space")))?;
-                Ok(json!([a, b]))
-            })
-            .collect::<Result<Vec<_>>>()?,
+        Some(v) => ggml_merges(file, v)?,
         None => sentencepiece_merges(tokens, &scores, &index)
             .into_iter()
             .map(|(a, b)| json!([a, b]))
@@ -416,5 +390,22 @@ pub fn sentencepiece_merges(
     merges
         .into_iter()
         .map(|(l, r, _)| (l.to_string(), r.to_string()))
+        .collect()
+}
+
+/// `tokenizer.ggml.merges` ("a b" strings) as tokenizer.json's `[["a", "b"], ...]`.
+fn ggml_merges(file: &GgufFile, v: &GgufValue) -> Result<Vec<Value>> {
+    v.as_array()
+        .ok_or_else(|| file.err("tokenizer.ggml.merges is not an array"))?
+        .iter()
+        .map(|m| {
+            let s = m
+                .as_str()
+                .ok_or_else(|| file.err("tokenizer.ggml.merges holds a non-string"))?;
+            let (a, b) = s
+                .split_once(' ')
+                .ok_or_else(|| file.err(format!("merge {s:?} has no space")))?;
+            Ok(json!([a, b]))
+        })
         .collect()
 }

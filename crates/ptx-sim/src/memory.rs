@@ -1,5 +1,6 @@
-//! Simulated device (global) memory: a sparse address space of separate allocations with guard
-//! gaps between them, plus one shadow byte per data byte saying whether it was ever written.
+//! The address map and simulated device (global) memory: a sparse address space of separate
+//! allocations with guard gaps between them, plus one shadow byte per data byte saying whether it
+//! was ever written.
 //!
 //! Allocation is a bump allocator that never reuses addresses, so a stale pointer after `free`
 //! or an out-of-bounds offset lands in no allocation and is caught. It deliberately does not
@@ -9,6 +10,12 @@ use crate::error::{Error, Result};
 
 /// Base of the simulated global address space; far from 0 so null-ish pointers fault.
 pub const GLOBAL_BASE: u64 = 0x7f00_0000_0000;
+/// Generic addresses of shared memory are `SHARED_WINDOW + offset`.
+pub const SHARED_WINDOW: u64 = 0x1000_0000_0000;
+/// Generic addresses of local memory are `LOCAL_WINDOW + offset` (per thread).
+pub const LOCAL_WINDOW: u64 = 0x2000_0000_0000;
+/// Size of each generic-address window.
+pub const WINDOW: u64 = 1 << 32;
 /// Unmapped bytes left after each allocation.
 const GUARD: u64 = 1 << 16;
 /// Allocation alignment (cudaMalloc gives at least 256).
@@ -44,7 +51,7 @@ impl GlobalMem {
         }
     }
 
-    pub fn alloc(&mut self, bytes: usize) -> Result<u64> {
+    pub fn alloc(&mut self, bytes: usize) -> u64 {
         let base = self.next;
         let len = bytes as u64;
         self.next = (base + len + GUARD).div_ceil(ALIGN) * ALIGN;
@@ -54,7 +61,7 @@ impl GlobalMem {
             init: vec![0; bytes],
         });
         self.bytes_live += len;
-        Ok(base)
+        base
     }
 
     pub fn free(&mut self, base: u64) -> Result<()> {
@@ -64,9 +71,10 @@ impl GlobalMem {
                 self.bytes_live -= a.data.len() as u64;
                 Ok(())
             }
-            Err(_) => Err(Error::Device(format!(
-                "free of {base:#x}, which is not the start of a live allocation"
-            ))),
+            Err(_) => Err(Error::Memory {
+                address: base,
+                message: format!("free of {base:#x}, which is not the start of a live allocation"),
+            }),
         }
     }
 
@@ -111,13 +119,16 @@ impl GlobalMem {
         }
     }
 
-    fn host_range(&mut self, addr: u64, len: usize, what: &str) -> Result<(usize, usize)> {
+    fn host_range(&self, addr: u64, len: usize, what: &str) -> Result<(usize, usize)> {
         match self.find(addr, len as u64) {
             Some(i) => Ok((i, (addr - self.allocs[i].base) as usize)),
-            None => Err(Error::Device(format!(
-                "{what} of {len} bytes at {addr:#x} is outside every allocation ({})",
-                self.describe(addr)
-            ))),
+            None => Err(Error::Memory {
+                address: addr,
+                message: format!(
+                    "{what} of {len} bytes at {addr:#x} is outside every allocation ({})",
+                    self.describe(addr)
+                ),
+            }),
         }
     }
 
@@ -132,7 +143,7 @@ impl GlobalMem {
         Ok(())
     }
 
-    pub fn read(&mut self, dst: &mut [u8], addr: u64) -> Result<()> {
+    pub fn read(&self, dst: &mut [u8], addr: u64) -> Result<()> {
         if dst.is_empty() {
             return Ok(());
         }

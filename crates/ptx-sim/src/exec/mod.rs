@@ -11,26 +11,29 @@
 //! instruction is matched once per warp and then applied lane by lane. Every memory access is
 //! bounds-, alignment- and initialisation-checked; shared memory also gets race checks
 //! (`check.rs`). CTAs are not run in parallel: the checks and counters stay exact that way.
+//!
+//! Files: this one schedules warps and dispatches instructions; `access.rs` holds every memory
+//! check and memory counter, once per state space; `scalar.rs` the per-value arithmetic
+//! (integer, float, conversions, comparisons).
 
-use super::check::SharedShadow;
-use super::counters;
-use super::isa::*;
-use super::memory::GlobalMem;
-use crate::backend::cuda::driver::KernelCounters;
-use crate::error::{Error, Result};
+mod access;
+mod scalar;
+
+use crate::check::SharedShadow;
+use crate::counters::KernelCounters;
+use crate::error::{Error, Fault, Result};
+use crate::isa::*;
+use crate::memory::{GlobalMem, LOCAL_WINDOW, SHARED_WINDOW};
+use access::{read_le, resolve, write_le, Access, Site};
 use half::{bf16, f16};
+use scalar::*;
 
-/// Generic addresses of shared memory are `SHARED_WINDOW + offset`, of local memory
-/// `LOCAL_WINDOW + offset` (per thread), everything else is global.
-pub const SHARED_WINDOW: u64 = 0x1000_0000_0000;
-pub const LOCAL_WINDOW: u64 = 0x2000_0000_0000;
-const WINDOW: u64 = 1 << 32;
 /// Shared memory per CTA on sm_90.
 pub const MAX_SHARED: usize = 227 * 1024;
 /// Warp instructions a warp runs before the next warp gets a turn (lets spin-waits progress).
 const SLICE: u32 = 2048;
 /// By default, a CTA that executes more warp instructions than this is reported as hung
-/// (about a minute of interpreting; see `SimDriver::set_step_limit`).
+/// (about a minute of interpreting; see `Device::set_step_limit`).
 pub const DEFAULT_STEP_LIMIT: u64 = 1 << 27;
 
 pub struct Launch<'a> {
@@ -84,28 +87,6 @@ impl Iterator for Lanes {
     }
 }
 
-#[inline(always)]
-fn mask(bits: u32) -> u64 {
-    if bits >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << bits) - 1
-    }
-}
-#[inline(always)]
-fn sx(v: u64, bits: u32) -> i64 {
-    if bits >= 64 {
-        v as i64
-    } else {
-        let s = 64 - bits;
-        ((v << s) as i64) >> s
-    }
-}
-#[inline(always)]
-fn zx(v: u64, bits: u32) -> u64 {
-    v & mask(bits)
-}
-
 struct Exec<'a, 'm> {
     l: &'a Launch<'a>,
     mem: &'m mut GlobalMem,
@@ -142,23 +123,29 @@ pub fn run(l: &Launch, mem: &mut GlobalMem, prof: Option<&mut KernelCounters>) -
     let (bx, by, bz) = l.block;
     let nthreads = (bx as usize) * (by as usize) * (bz as usize);
     if nthreads == 0 || nthreads > 1024 || bx > 1024 || by > 1024 || bz > 64 {
-        return Err(Error::Ptx(format!(
-            "kernel `{}`: invalid block shape {:?} (at most 1024 threads, z at most 64)",
-            l.kernel.name, l.block
-        )));
+        return Err(Error::launch(
+            &l.kernel.name,
+            format!(
+                "invalid block shape {:?} (at most 1024 threads, z at most 64)",
+                l.block
+            ),
+        ));
     }
     let (gx, gy, gz) = l.grid;
     if gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535 {
-        return Err(Error::Ptx(format!(
-            "kernel `{}`: invalid grid shape {:?}",
-            l.kernel.name, l.grid
-        )));
+        return Err(Error::launch(
+            &l.kernel.name,
+            format!("invalid grid shape {:?}", l.grid),
+        ));
     }
     if l.shared_bytes > MAX_SHARED {
-        return Err(Error::Ptx(format!(
-            "kernel `{}`: {} bytes of shared memory requested, the maximum is {MAX_SHARED}",
-            l.kernel.name, l.shared_bytes
-        )));
+        return Err(Error::launch(
+            &l.kernel.name,
+            format!(
+                "{} bytes of shared memory requested, the maximum is {MAX_SHARED}",
+                l.shared_bytes
+            ),
+        ));
     }
     let nwarps = nthreads.div_ceil(32);
     let nregs = l.kernel.nregs.max(1);
@@ -255,10 +242,14 @@ impl<'a, 'm> Exec<'a, 'm> {
                     ),
                     None => String::new(),
                 };
-                return Err(Error::Ptx(format!(
-                    "kernel `{}`: block {:?} executed more than {} warp instructions; it is probably hung{at}",
-                    self.l.kernel.name, self.ctaid, self.l.step_limit
-                )));
+                return Err(self.cta_fault(
+                    None,
+                    None,
+                    format!(
+                        "executed more than {} warp instructions; it is probably hung{at}",
+                        self.l.step_limit
+                    ),
+                ));
             }
             if any {
                 continue;
@@ -272,8 +263,9 @@ impl<'a, 'm> Exec<'a, 'm> {
                 if let Op::Bar { count: Some(c), .. } = self.code[pc as usize].op {
                     let c = self.val(0, c, 0);
                     if c as u32 != waiting {
-                        return Err(self.cta_err(
-                            pc,
+                        return Err(self.cta_fault(
+                            Some(pc),
+                            None,
                             format!("bar.sync with thread count {c}, but {waiting} live threads arrived (only a count equal to the live threads is supported)"),
                         ));
                     }
@@ -291,16 +283,21 @@ impl<'a, 'm> Exec<'a, 'm> {
         }
     }
 
-    fn cta_err(&self, pc: u32, msg: String) -> Error {
-        let ins = &self.code[pc as usize];
-        Error::Ptx(format!(
-            "kernel `{}` ({}:{} `{}`), block {:?}: {msg}",
-            self.l.kernel.name,
-            self.l.module,
-            ins.line,
-            self.src_line(ins.line),
-            self.ctaid
-        ))
+    /// A fault of this block: at instruction `pc` (if one is to blame), by `thread` (if one is).
+    fn cta_fault(&self, pc: Option<u32>, thread: Option<(u32, u32, u32)>, msg: String) -> Error {
+        let line = pc.map(|pc| {
+            let line = self.code[pc as usize].line;
+            (line, self.src_line(line).to_string())
+        });
+        Error::from(Fault {
+            kernel: self.l.kernel.name.clone(),
+            module: self.l.module.to_string(),
+            line,
+            thread,
+            block: self.ctaid,
+            address: None,
+            message: msg,
+        })
     }
 
     fn src_line(&self, line: u32) -> &str {
@@ -317,17 +314,9 @@ impl<'a, 'm> Exec<'a, 'm> {
         (t[0], t[1], t[2])
     }
 
+    /// A fault of one thread (warp `w`, `lane`) at instruction `pc`.
     fn fault(&self, w: usize, lane: usize, pc: u32, msg: String) -> Error {
-        let ins = &self.code[pc as usize];
-        Error::Ptx(format!(
-            "kernel `{}` ({}:{} `{}`), thread {:?} block {:?}: {msg}",
-            self.l.kernel.name,
-            self.l.module,
-            ins.line,
-            self.src_line(ins.line),
-            self.tid(w, lane),
-            self.ctaid
-        ))
+        self.cta_fault(Some(pc), Some(self.tid(w, lane)), msg)
     }
 
     /// Pick the lanes to run next: those at the smallest PC among running lanes.
@@ -594,482 +583,6 @@ impl<'a, 'm> Exec<'a, 'm> {
             None => 0,
         };
         b.wrapping_add(a.off as u64)
-    }
-
-    fn resolve(&self, space: Space, addr: u64) -> (Space, u64) {
-        match space {
-            Space::Generic => {
-                if (SHARED_WINDOW..SHARED_WINDOW + WINDOW).contains(&addr) {
-                    (Space::Shared, addr - SHARED_WINDOW)
-                } else if (LOCAL_WINDOW..LOCAL_WINDOW + WINDOW).contains(&addr) {
-                    (Space::Local, addr - LOCAL_WINDOW)
-                } else {
-                    (Space::Global, addr)
-                }
-            }
-            Space::Const => (Space::Global, addr),
-            s => (s, addr),
-        }
-    }
-
-    fn global_index(&mut self, addr: u64, len: u64) -> Option<usize> {
-        if let Some(a) = self.mem.allocs.get(self.alloc_hint) {
-            if addr >= a.base && addr + len <= a.end() {
-                return Some(self.alloc_hint);
-            }
-        }
-        let i = self.mem.find(addr, len)?;
-        self.alloc_hint = i;
-        Some(i)
-    }
-
-    /// Every check for an `n`-byte load by one lane; returns where the bytes are.
-    fn check_load(
-        &mut self,
-        w: usize,
-        lane: usize,
-        pc: u32,
-        space: Space,
-        addr: u64,
-        n: usize,
-    ) -> Result<(Region, usize)> {
-        if !addr.is_multiple_of(n as u64) {
-            return Err(self.fault(
-                w,
-                lane,
-                pc,
-                format!("misaligned {n}-byte {space:?} load at {addr:#x}"),
-            ));
-        }
-        let (sp, a) = self.resolve(space, addr);
-        match sp {
-            Space::Global => {
-                let i = match self.global_index(a, n as u64) {
-                    Some(i) => i,
-                    None => {
-                        let d = self.mem.describe(a);
-                        return Err(self.fault(
-                            w,
-                            lane,
-                            pc,
-                            format!("out-of-bounds global load of {n} bytes at {a:#x} ({d})"),
-                        ));
-                    }
-                };
-                let al = &self.mem.allocs[i];
-                let off = (a - al.base) as usize;
-                if !all_set(&al.init[off..off + n]) {
-                    return Err(self.fault(
-                        w,
-                        lane,
-                        pc,
-                        format!(
-                            "read of uninitialised global memory at {a:#x} (allocation {:#x}, offset {off})",
-                            al.base
-                        ),
-                    ));
-                }
-                if let Some(p) = self.prof.as_deref_mut() {
-                    p.global_load_bytes += n as u64;
-                    self.acc[lane] = Some((a, n as u32));
-                    self.acc_shared = false;
-                }
-                Ok((Region::Global(i), off))
-            }
-            Space::Shared => {
-                let s = a as usize;
-                if a > self.shared.len() as u64 || s + n > self.shared.len() {
-                    return Err(self.fault(
-                        w,
-                        lane,
-                        pc,
-                        format!(
-                            "out-of-bounds shared load of {n} bytes at offset {a:#x} (shared size {})",
-                            self.shared.len()
-                        ),
-                    ));
-                }
-                if self.cp_any {
-                    self.check_inflight(w, lane, pc, s, n, "read")?;
-                }
-                let line = self.code[pc as usize].line;
-                for b in s..s + n {
-                    let (race, uninit) = self.shadow.read(b, w as u32, line);
-                    if let Some(r) = race {
-                        return Err(self.fault(
-                            w,
-                            lane,
-                            pc,
-                            format!(
-                                "shared-memory race at offset {b:#x}: read by warp {w}, written by warp {} at line {} with no barrier between",
-                                r.other_warp, r.other_line
-                            ),
-                        ));
-                    }
-                    if uninit {
-                        return Err(self.fault(
-                            w,
-                            lane,
-                            pc,
-                            format!("read of uninitialised shared memory at offset {b:#x}"),
-                        ));
-                    }
-                }
-                if let Some(p) = self.prof.as_deref_mut() {
-                    p.shared_load_bytes += n as u64;
-                    self.acc[lane] = Some((a, n as u32));
-                    self.acc_shared = true;
-                }
-                Ok((Region::Shared, s))
-            }
-            Space::Local => {
-                let lb = self.l.kernel.local_bytes as usize;
-                if a as usize + n > lb || a > lb as u64 {
-                    return Err(self.fault(
-                        w,
-                        lane,
-                        pc,
-                        format!("out-of-bounds local load of {n} bytes at offset {a:#x} (local size {lb})"),
-                    ));
-                }
-                let base = (w * 32 + lane) * lb + a as usize;
-                if !all_set(&self.local_init[base..base + n]) {
-                    return Err(self.fault(
-                        w,
-                        lane,
-                        pc,
-                        format!("read of uninitialised local memory at offset {a:#x}"),
-                    ));
-                }
-                if let Some(p) = self.prof.as_deref_mut() {
-                    p.local_bytes += n as u64;
-                }
-                Ok((Region::Local, base))
-            }
-            Space::Param => {
-                let pb = self.l.params.len();
-                if a as usize + n > pb || a > pb as u64 {
-                    return Err(self.fault(
-                        w,
-                        lane,
-                        pc,
-                        format!("out-of-bounds param load at offset {a} (params are {pb} bytes)"),
-                    ));
-                }
-                Ok((Region::Param, a as usize))
-            }
-            Space::Const | Space::Generic => {
-                Err(self.fault(w, lane, pc, format!("internal: unresolved {sp:?} address")))
-            }
-        }
-    }
-
-    /// Every check (and shadow update) for an `n`-byte store by one lane.
-    fn check_store(
-        &mut self,
-        w: usize,
-        lane: usize,
-        pc: u32,
-        space: Space,
-        addr: u64,
-        n: usize,
-    ) -> Result<(Region, usize)> {
-        if !addr.is_multiple_of(n as u64) {
-            return Err(self.fault(
-                w,
-                lane,
-                pc,
-                format!("misaligned {n}-byte {space:?} store at {addr:#x}"),
-            ));
-        }
-        let (sp, a) = self.resolve(space, addr);
-        match sp {
-            Space::Global => {
-                let i = match self.global_index(a, n as u64) {
-                    Some(i) => i,
-                    None => {
-                        let d = self.mem.describe(a);
-                        return Err(self.fault(
-                            w,
-                            lane,
-                            pc,
-                            format!("out-of-bounds global store of {n} bytes at {a:#x} ({d})"),
-                        ));
-                    }
-                };
-                let al = &mut self.mem.allocs[i];
-                let off = (a - al.base) as usize;
-                al.init[off..off + n].fill(1);
-                if let Some(p) = self.prof.as_deref_mut() {
-                    p.global_store_bytes += n as u64;
-                    self.acc[lane] = Some((a, n as u32));
-                    self.acc_shared = false;
-                }
-                Ok((Region::Global(i), off))
-            }
-            Space::Shared => {
-                let s = a as usize;
-                if a > self.shared.len() as u64 || s + n > self.shared.len() {
-                    return Err(self.fault(
-                        w,
-                        lane,
-                        pc,
-                        format!(
-                            "out-of-bounds shared store of {n} bytes at offset {a:#x} (shared size {})",
-                            self.shared.len()
-                        ),
-                    ));
-                }
-                if self.cp_any {
-                    self.check_inflight(w, lane, pc, s, n, "written")?;
-                }
-                let line = self.code[pc as usize].line;
-                for b in s..s + n {
-                    if let Some(r) = self.shadow.write(b, w as u32, line) {
-                        return Err(self.fault(
-                            w,
-                            lane,
-                            pc,
-                            format!(
-                                "shared-memory race at offset {b:#x}: written by warp {w}, {} by warp {} at line {} with no barrier between",
-                                if r.other_wrote { "written" } else { "read" },
-                                r.other_warp,
-                                r.other_line
-                            ),
-                        ));
-                    }
-                }
-                if let Some(p) = self.prof.as_deref_mut() {
-                    p.shared_store_bytes += n as u64;
-                    self.acc[lane] = Some((a, n as u32));
-                    self.acc_shared = true;
-                }
-                Ok((Region::Shared, s))
-            }
-            Space::Local => {
-                let lb = self.l.kernel.local_bytes as usize;
-                if a as usize + n > lb || a > lb as u64 {
-                    return Err(self.fault(
-                        w,
-                        lane,
-                        pc,
-                        format!("out-of-bounds local store of {n} bytes at offset {a:#x} (local size {lb})"),
-                    ));
-                }
-                let base = (w * 32 + lane) * lb + a as usize;
-                self.local_init[base..base + n].fill(1);
-                if let Some(p) = self.prof.as_deref_mut() {
-                    p.local_bytes += n as u64;
-                }
-                Ok((Region::Local, base))
-            }
-            Space::Param => {
-                Err(self.fault(w, lane, pc, "store to kernel parameter space".to_string()))
-            }
-            Space::Const | Space::Generic => {
-                Err(self.fault(w, lane, pc, format!("internal: unresolved {sp:?} address")))
-            }
-        }
-    }
-
-    fn region(&self, r: Region) -> &[u8] {
-        match r {
-            Region::Global(i) => &self.mem.allocs[i].data,
-            Region::Shared => &self.shared,
-            Region::Local => &self.local,
-            Region::Param => self.l.params,
-        }
-    }
-
-    fn region_mut(&mut self, r: Region) -> &mut [u8] {
-        match r {
-            Region::Global(i) => &mut self.mem.allocs[i].data,
-            Region::Shared => &mut self.shared,
-            Region::Local => &mut self.local,
-            Region::Param => &mut [],
-        }
-    }
-
-    /// Read `buf.len()` bytes for one lane, with every check.
-    fn load(
-        &mut self,
-        w: usize,
-        lane: usize,
-        pc: u32,
-        space: Space,
-        addr: u64,
-        buf: &mut [u8],
-    ) -> Result<()> {
-        let (r, off) = self.check_load(w, lane, pc, space, addr, buf.len())?;
-        buf.copy_from_slice(&self.region(r)[off..off + buf.len()]);
-        Ok(())
-    }
-
-    fn store(
-        &mut self,
-        w: usize,
-        lane: usize,
-        pc: u32,
-        space: Space,
-        addr: u64,
-        buf: &[u8],
-    ) -> Result<()> {
-        let (r, off) = self.check_store(w, lane, pc, space, addr, buf.len())?;
-        self.region_mut(r)[off..off + buf.len()].copy_from_slice(buf);
-        Ok(())
-    }
-
-    /// Per-lane byte offsets into the most recently used allocation when every active lane's
-    /// access is aligned, in bounds of it and (for loads) initialised; `None` sends the
-    /// instruction down the general path, which reports whatever is wrong.
-    #[inline(always)]
-    fn fast_offsets(
-        &mut self,
-        w: usize,
-        exec: u32,
-        total: u64,
-        addr: Addr,
-        load: bool,
-    ) -> Option<[usize; 32]> {
-        let base = match addr.base {
-            Some(r) => self.gather(w, Src::Reg(r), exec),
-            None => [0; 32],
-        };
-        // One allocation lookup per instruction (the first active lane's), then every lane
-        // must fall inside that allocation.
-        let first = base[exec.trailing_zeros() as usize & 31].wrapping_add(addr.off as u64);
-        let idx = self.global_index(first, total)?;
-        let al = &self.mem.allocs[idx];
-        let (lo, hi) = (al.base, al.end());
-        let mut offs = [0usize; 32];
-        for lane in Lanes(exec) {
-            let a = base[lane].wrapping_add(addr.off as u64);
-            if a % total != 0 || a < lo || a + total > hi {
-                return None;
-            }
-            let o = (a - lo) as usize;
-            if load && !all_set(&al.init[o..o + total as usize]) {
-                return None;
-            }
-            offs[lane] = o;
-        }
-        Some(offs)
-    }
-
-    fn ld_global_fast(
-        &mut self,
-        w: usize,
-        exec: u32,
-        ty: Ty,
-        n: u8,
-        ds: &[u32; 4],
-        addr: Addr,
-    ) -> bool {
-        let es = ty.bytes() as usize;
-        let nn = n as usize;
-        let Some(offs) = self.fast_offsets(w, exec, (es * nn) as u64, addr, true) else {
-            return false;
-        };
-        let (signed, bits) = (ty.signed(), ty.bits());
-        let mut vals = [[0u64; 32]; 4];
-        {
-            let data = &self.mem.allocs[self.alloc_hint].data;
-            for lane in Lanes(exec) {
-                let row = &data[offs[lane]..offs[lane] + es * nn];
-                for (k, v) in vals.iter_mut().enumerate().take(nn) {
-                    v[lane] = read_le(&row[k * es..], es);
-                }
-            }
-            if signed {
-                for v in vals.iter_mut().take(nn) {
-                    for x in v.iter_mut() {
-                        *x = sx(*x, bits) as u64;
-                    }
-                }
-            }
-        }
-        for (k, v) in vals.iter().enumerate().take(nn) {
-            self.scatter(w, ds[k], exec, v);
-        }
-        true
-    }
-
-    fn st_global_fast(
-        &mut self,
-        w: usize,
-        exec: u32,
-        ty: Ty,
-        n: u8,
-        srcs: &[Src; 4],
-        addr: Addr,
-    ) -> bool {
-        let es = ty.bytes() as usize;
-        let nn = n as usize;
-        let total = es * nn;
-        let Some(offs) = self.fast_offsets(w, exec, total as u64, addr, false) else {
-            return false;
-        };
-        let mut vals = [[0u64; 32]; 4];
-        for (k, v) in vals.iter_mut().enumerate().take(nn) {
-            *v = self.gather(w, srcs[k], exec);
-        }
-        let al = &mut self.mem.allocs[self.alloc_hint];
-        for lane in Lanes(exec) {
-            let o = offs[lane];
-            for (k, v) in vals.iter().enumerate().take(nn) {
-                write_le(&mut al.data[o + k * es..], es, v[lane]);
-            }
-            al.init[o..o + total].fill(1);
-        }
-        true
-    }
-
-    /// A shared access to bytes that a cp.async has not been waited for yet is a race with the
-    /// copy (on hardware the bytes may not have arrived, or the copy may overwrite the store).
-    fn check_inflight(
-        &self,
-        w: usize,
-        lane: usize,
-        pc: u32,
-        s: usize,
-        n: usize,
-        what: &str,
-    ) -> Result<()> {
-        if let Some(k) = (s..s + n).find(|&b| self.shared_inflight[b] != 0) {
-            return Err(self.fault(
-                w,
-                lane,
-                pc,
-                format!(
-                    "shared memory at offset {k:#x} {what} while a cp.async into it is still in flight (missing cp.async.wait_group/wait_all before the barrier?)"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Fold the per-lane accesses of one memory instruction into the counters.
-    fn account(&mut self, space: Space) {
-        if self.prof.is_none() {
-            return;
-        }
-        let acc = std::mem::take(&mut self.acc);
-        let _ = space;
-        if acc.iter().all(|x| x.is_none()) {
-            return;
-        }
-        let shared = self.acc_shared;
-        let Some(p) = self.prof.as_deref_mut() else {
-            return;
-        };
-        if shared {
-            p.bank_conflicts += counters::bank_conflicts(&acc);
-        } else {
-            let v: Vec<(u64, u32)> = acc.iter().flatten().copied().collect();
-            let (s, ideal) = counters::global_sectors(&v);
-            p.global_sectors += s;
-            p.global_sectors_ideal += ideal;
-        }
     }
 
     fn check_collective(&self, w: usize, pc: u32, exec: u32, mask: u64, what: &str) -> Result<()> {
@@ -1386,20 +899,12 @@ impl<'a, 'm> Exec<'a, 'm> {
                 if *space == Space::Param && addr.base.is_none() {
                     // Kernel parameters: one address for the whole warp.
                     let es = ty.bytes() as usize;
-                    let (a, total) = (addr.off as usize, es * *n as usize);
+                    let total = es * *n as usize;
                     let lane = exec.trailing_zeros() as usize;
-                    if addr.off < 0 || a + total > self.l.params.len() || a % total != 0 {
-                        return Err(self.fault(
-                            w,
-                            lane,
-                            pc,
-                            format!(
-                                "bad param load at offset {} (params are {} bytes)",
-                                addr.off,
-                                self.l.params.len()
-                            ),
-                        ));
-                    }
+                    let at = Site { w, lane, pc };
+                    let a = self
+                        .access(at, Space::Param, addr.off as u64, total, Access::Load)?
+                        .off;
                     for (k, &dk) in ds.iter().enumerate().take(*n as usize) {
                         let mut v = read_le(&self.l.params[a + k * es..], es);
                         if ty.signed() {
@@ -1421,10 +926,10 @@ impl<'a, 'm> Exec<'a, 'm> {
                 let (signed, bits) = (ty.signed(), ty.bits());
                 for lane in Lanes(exec) {
                     let a = self.addr_of(w, *addr, lane);
-                    let (r, off) = self.check_load(w, lane, pc, *space, a, total)?;
+                    let p = self.access(Site { w, lane, pc }, *space, a, total, Access::Load)?;
                     let mut vals = [0u64; 4];
                     {
-                        let bytes = &self.region(r)[off..off + total];
+                        let bytes = &self.region(p.region)[p.off..p.off + total];
                         for (k, v) in vals.iter_mut().enumerate().take(nn) {
                             let x = read_le(&bytes[k * es..], es);
                             *v = if signed { sx(x, bits) as u64 } else { x };
@@ -1434,7 +939,7 @@ impl<'a, 'm> Exec<'a, 'm> {
                         self.set(w, ds[k], lane, *v);
                     }
                 }
-                self.account(*space);
+                self.account();
             }
             Op::St {
                 space,
@@ -1458,13 +963,13 @@ impl<'a, 'm> Exec<'a, 'm> {
                     for (k, v) in vals.iter_mut().enumerate().take(nn) {
                         *v = self.val(w, srcs[k], lane);
                     }
-                    let (r, off) = self.check_store(w, lane, pc, *space, a, total)?;
-                    let bytes = &mut self.region_mut(r)[off..off + total];
+                    let p = self.access(Site { w, lane, pc }, *space, a, total, Access::Store)?;
+                    let bytes = &mut self.region_mut(p.region)[p.off..p.off + total];
                     for (k, v) in vals.iter().enumerate().take(nn) {
                         write_le(&mut bytes[k * es..], es, *v);
                     }
                 }
-                self.account(*space);
+                self.account();
             }
             Op::Atom {
                 space,
@@ -1477,7 +982,8 @@ impl<'a, 'm> Exec<'a, 'm> {
             } => {
                 for lane in Lanes(exec) {
                     let a = self.addr_of(w, *addr, lane);
-                    self.atomic(w, lane, pc, *space, a, *op, *ty, *d, *b, *c)?;
+                    let at = Site { w, lane, pc };
+                    self.atomic(at, *space, a, *op, *ty, *d, *b, *c)?;
                 }
                 self.acc = [None; 32];
             }
@@ -1504,6 +1010,7 @@ impl<'a, 'm> Exec<'a, 'm> {
                         ));
                     }
                     let mut buf = [0u8; 16];
+                    let at = Site { w, lane, pc };
                     if ss > 0 {
                         if !sa.is_multiple_of(n as u64) {
                             return Err(self.fault(
@@ -1514,14 +1021,14 @@ impl<'a, 'm> Exec<'a, 'm> {
                             ));
                         }
                         if ss == n {
-                            self.load(w, lane, pc, Space::Global, sa, &mut buf[..n])?;
+                            self.load(at, Space::Global, sa, &mut buf[..n])?;
                         } else {
-                            self.load_unaligned(w, lane, pc, sa, &mut buf[..ss])?;
+                            self.load_unaligned(at, sa, &mut buf[..ss])?;
                         }
                     }
-                    self.store(w, lane, pc, Space::Shared, da, &buf[..n])?;
+                    self.store(at, Space::Shared, da, &buf[..n])?;
                     // The destination (resolved to a shared offset) is in flight until waited.
-                    let (_, off) = self.resolve(Space::Shared, da);
+                    let (_, off) = resolve(Space::Shared, da);
                     let t = w * 32 + lane;
                     self.cp_pending[t].push((self.cp_group[t], off as u32, n as u32));
                     for b in off as usize..off as usize + n {
@@ -1722,176 +1229,6 @@ impl<'a, 'm> Exec<'a, 'm> {
         Ok(Flow::Next)
     }
 
-    /// Byte-wise global read for a cp.async whose src-size is not a power of two.
-    fn load_unaligned(
-        &mut self,
-        w: usize,
-        lane: usize,
-        pc: u32,
-        a: u64,
-        buf: &mut [u8],
-    ) -> Result<()> {
-        for (k, b) in buf.iter_mut().enumerate() {
-            let mut one = [0u8; 1];
-            self.load(w, lane, pc, Space::Global, a + k as u64, &mut one)?;
-            *b = one[0];
-        }
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn atomic(
-        &mut self,
-        w: usize,
-        lane: usize,
-        pc: u32,
-        space: Space,
-        addr: u64,
-        op: AtomOp,
-        ty: Ty,
-        d: u32,
-        b: Src,
-        c: Src,
-    ) -> Result<()> {
-        let n = ty.bytes() as usize;
-        if !addr.is_multiple_of(n as u64) {
-            return Err(self.fault(
-                w,
-                lane,
-                pc,
-                format!("misaligned {n}-byte atomic at {addr:#x}"),
-            ));
-        }
-        let (sp, a) = self.resolve(space, addr);
-        let bv = self.val(w, b, lane);
-        let cv = self.val(w, c, lane);
-        let (slice, uninit): (&mut [u8], bool) = match sp {
-            Space::Global => {
-                let i = match self.global_index(a, n as u64) {
-                    Some(i) => i,
-                    None => {
-                        let dsc = self.mem.describe(a);
-                        return Err(self.fault(
-                            w,
-                            lane,
-                            pc,
-                            format!("out-of-bounds global atomic of {n} bytes at {a:#x} ({dsc})"),
-                        ));
-                    }
-                };
-                let al = &mut self.mem.allocs[i];
-                let off = (a - al.base) as usize;
-                let un = al.init[off..off + n].contains(&0);
-                al.init[off..off + n].fill(1);
-                (&mut al.data[off..off + n], un)
-            }
-            Space::Shared => {
-                let s = a as usize;
-                if a > self.shared.len() as u64 || s + n > self.shared.len() {
-                    return Err(self.fault(
-                        w,
-                        lane,
-                        pc,
-                        format!("out-of-bounds shared atomic at offset {a:#x}"),
-                    ));
-                }
-                let mut un = false;
-                for k in s..s + n {
-                    un |= self.shadow.atomic(k);
-                }
-                (&mut self.shared[s..s + n], un)
-            }
-            _ => {
-                return Err(self.fault(
-                    w,
-                    lane,
-                    pc,
-                    format!("atomic on {sp:?} memory is not supported"),
-                ))
-            }
-        };
-        let mut raw = [0u8; 8];
-        raw[..n].copy_from_slice(slice);
-        let old = u64::from_le_bytes(raw);
-        let bits = ty.bits();
-        let new = match op {
-            AtomOp::Add => match ty {
-                Ty::F32 => {
-                    (f32::from_bits(old as u32) + f32::from_bits(bv as u32)).to_bits() as u64
-                }
-                Ty::F64 => (f64::from_bits(old) + f64::from_bits(bv)).to_bits(),
-                _ => zx(old.wrapping_add(bv), bits),
-            },
-            AtomOp::Min | AtomOp::Max => {
-                let less = match ty {
-                    Ty::F32 => f32::from_bits(bv as u32) < f32::from_bits(old as u32),
-                    _ if ty.signed() => sx(bv, bits) < sx(old, bits),
-                    _ => zx(bv, bits) < old,
-                };
-                if (op == AtomOp::Min) == less {
-                    zx(bv, bits)
-                } else {
-                    old
-                }
-            }
-            AtomOp::Inc => {
-                if old >= zx(bv, bits) {
-                    0
-                } else {
-                    old + 1
-                }
-            }
-            AtomOp::Dec => {
-                if old == 0 || old > zx(bv, bits) {
-                    zx(bv, bits)
-                } else {
-                    old - 1
-                }
-            }
-            AtomOp::Cas => {
-                if old == zx(bv, bits) {
-                    zx(cv, bits)
-                } else {
-                    old
-                }
-            }
-            AtomOp::Exch => zx(bv, bits),
-            AtomOp::And => old & bv,
-            AtomOp::Or => old | zx(bv, bits),
-            AtomOp::Xor => old ^ zx(bv, bits),
-        };
-        slice.copy_from_slice(&new.to_le_bytes()[..n]);
-        if uninit {
-            return Err(self.fault(
-                w,
-                lane,
-                pc,
-                format!("atomic on uninitialised {sp:?} memory at {a:#x}"),
-            ));
-        }
-        if let Some(p) = self.prof.as_deref_mut() {
-            match sp {
-                Space::Shared => {
-                    p.shared_load_bytes += n as u64;
-                    p.shared_store_bytes += n as u64;
-                }
-                _ => {
-                    p.global_load_bytes += n as u64;
-                    p.global_store_bytes += n as u64;
-                }
-            }
-        }
-        if d != NO_REG {
-            let v = if ty.signed() {
-                sx(old, bits) as u64
-            } else {
-                old
-            };
-            self.set(w, d, lane, v);
-        }
-        Ok(())
-    }
-
     /// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 with the PTX ISA fragment
     /// layouts (groupID = lane / 4, t = lane % 4).
     fn mma(&mut self, w: usize, bf: bool, d: &[u32; 4], a: &[Src; 4], b: &[Src; 2], c: &[Src; 4]) {
@@ -1971,13 +1308,13 @@ impl<'a, 'm> Exec<'a, 'm> {
                     Space::Shared
                 };
                 let mut buf = [0u8; 16];
-                self.load(w, lane, pc, sp, a, &mut buf)?;
+                self.load(Site { w, lane, pc }, sp, a, &mut buf)?;
                 for col in 0..8 {
                     m[mat][row][col] = u16::from_le_bytes([buf[2 * col], buf[2 * col + 1]]);
                 }
             }
         }
-        self.account(Space::Shared);
+        self.account();
         for lane in 0..32 {
             let (r, c) = (lane / 4, 2 * (lane % 4));
             for mat in 0..num as usize {
@@ -1990,352 +1327,6 @@ impl<'a, 'm> Exec<'a, 'm> {
             }
         }
         Ok(())
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Region {
-    Global(usize),
-    Shared,
-    Local,
-    Param,
-}
-
-/// All shadow bytes set (the init shadow holds 0 or 1 per byte).
-#[inline(always)]
-fn all_set(s: &[u8]) -> bool {
-    match s.len() {
-        4 => u32::from_ne_bytes([s[0], s[1], s[2], s[3]]) == 0x0101_0101,
-        8 => {
-            u64::from_ne_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]])
-                == 0x0101_0101_0101_0101
-        }
-        _ => s.iter().all(|&b| b != 0),
-    }
-}
-
-/// The little-endian value of the first `es` bytes of `s` (callers pass slices that are long
-/// enough; a short one reads as 0).
-#[inline(always)]
-fn read_le(s: &[u8], es: usize) -> u64 {
-    match es {
-        1 => s.first().map_or(0, |b| *b as u64),
-        2 => s
-            .get(..2)
-            .and_then(|b| <[u8; 2]>::try_from(b).ok())
-            .map_or(0, |b| u16::from_le_bytes(b) as u64),
-        4 => s
-            .get(..4)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map_or(0, |b| u32::from_le_bytes(b) as u64),
-        _ => s
-            .get(..8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map_or(0, u64::from_le_bytes),
-    }
-}
-
-#[inline(always)]
-fn write_le(s: &mut [u8], es: usize, v: u64) {
-    match es {
-        1 => s[0] = v as u8,
-        2 => s[..2].copy_from_slice(&(v as u16).to_le_bytes()),
-        4 => s[..4].copy_from_slice(&(v as u32).to_le_bytes()),
-        _ => s[..8].copy_from_slice(&v.to_le_bytes()),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Scalar semantics.
-
-fn int2(op: IBin, ty: Ty, a: u64, b: u64) -> u64 {
-    let bits = ty.bits();
-    let s = ty.signed();
-    match op {
-        IBin::Add => zx(a.wrapping_add(b), bits),
-        IBin::Sub => zx(a.wrapping_sub(b), bits),
-        IBin::MulLo => zx(a.wrapping_mul(b), bits),
-        IBin::MulHi => {
-            if s {
-                zx(
-                    ((sx(a, bits) as i128 * sx(b, bits) as i128) >> bits) as u64,
-                    bits,
-                )
-            } else {
-                zx(
-                    ((zx(a, bits) as u128 * zx(b, bits) as u128) >> bits) as u64,
-                    bits,
-                )
-            }
-        }
-        IBin::MulWide => {
-            if s {
-                zx((sx(a, bits) as i128 * sx(b, bits) as i128) as u64, bits * 2)
-            } else {
-                zx((zx(a, bits) as u128 * zx(b, bits) as u128) as u64, bits * 2)
-            }
-        }
-        IBin::Div | IBin::Rem => {
-            if zx(b, bits) == 0 {
-                // Undefined in PTX; hardware gives all ones for the quotient.
-                return if op == IBin::Div {
-                    mask(bits)
-                } else {
-                    zx(a, bits)
-                };
-            }
-            if s {
-                let (x, y) = (sx(a, bits), sx(b, bits));
-                zx(
-                    if op == IBin::Div {
-                        x.wrapping_div(y)
-                    } else {
-                        x.wrapping_rem(y)
-                    } as u64,
-                    bits,
-                )
-            } else {
-                let (x, y) = (zx(a, bits), zx(b, bits));
-                if op == IBin::Div {
-                    x / y
-                } else {
-                    x % y
-                }
-            }
-        }
-        IBin::Min | IBin::Max => {
-            let less = if s {
-                sx(a, bits) < sx(b, bits)
-            } else {
-                zx(a, bits) < zx(b, bits)
-            };
-            zx(if (op == IBin::Min) == less { a } else { b }, bits)
-        }
-        IBin::And => zx(a & b, bits),
-        IBin::Or => zx(a | b, bits),
-        IBin::Xor => zx(a ^ b, bits),
-        IBin::Shl => {
-            let n = zx(b, 32);
-            if n >= bits as u64 {
-                0
-            } else {
-                zx(a << n, bits)
-            }
-        }
-        IBin::Shr => {
-            let n = zx(b, 32);
-            if s {
-                let x = sx(a, bits);
-                zx((x >> n.min(63)) as u64, bits)
-            } else if n >= bits as u64 {
-                0
-            } else {
-                zx(a, bits) >> n
-            }
-        }
-    }
-}
-
-fn int1(op: IUn, ty: Ty, a: u64) -> u64 {
-    let bits = ty.bits();
-    match op {
-        IUn::Abs => zx(sx(a, bits).wrapping_abs() as u64, bits),
-        IUn::Neg => zx(0u64.wrapping_sub(a), bits),
-        IUn::Not => {
-            if ty == Ty::Pred {
-                (a == 0) as u64
-            } else {
-                zx(!a, bits)
-            }
-        }
-        IUn::Cnot => (zx(a, bits) == 0) as u64,
-        IUn::Popc => zx(a, bits).count_ones() as u64,
-        IUn::Clz => (zx(a, bits).leading_zeros() - (64 - bits)) as u64,
-        IUn::Brev => zx(a, bits).reverse_bits() >> (64 - bits),
-    }
-}
-
-fn h2f(ty: Ty, v: u64) -> f32 {
-    match ty {
-        Ty::F16 | Ty::F16x2 => f16::from_bits(v as u16).to_f32(),
-        Ty::BF16 | Ty::BF16x2 => bf16::from_bits(v as u16).to_f32(),
-        _ => f32::from_bits(v as u32),
-    }
-}
-fn f2h(ty: Ty, x: f32) -> u64 {
-    match ty {
-        Ty::F16 | Ty::F16x2 => f32_to_f16(x) as u64,
-        Ty::BF16 | Ty::BF16x2 => f32_to_bf16(x) as u64,
-        _ => x.to_bits() as u64,
-    }
-}
-
-/// Apply `f` to a float operand of type `ty` (two halves for the x2 types).
-fn fmap(ty: Ty, args: [u64; 3], f: impl Fn(f32, f32, f32) -> f32) -> u64 {
-    match ty {
-        Ty::F16x2 | Ty::BF16x2 => {
-            let lo = f(h2f(ty, args[0]), h2f(ty, args[1]), h2f(ty, args[2]));
-            let hi = f(
-                h2f(ty, args[0] >> 16),
-                h2f(ty, args[1] >> 16),
-                h2f(ty, args[2] >> 16),
-            );
-            f2h(ty, lo) | f2h(ty, hi) << 16
-        }
-        _ => f2h(ty, f(h2f(ty, args[0]), h2f(ty, args[1]), h2f(ty, args[2]))),
-    }
-}
-
-fn saturate(x: f32) -> f32 {
-    if x.is_nan() {
-        0.0
-    } else {
-        x.clamp(0.0, 1.0)
-    }
-}
-
-fn fbin(op: FBin, ty: Ty, sat: bool, a: u64, b: u64) -> u64 {
-    if ty == Ty::F64 {
-        let (x, y) = (f64::from_bits(a), f64::from_bits(b));
-        let r = match op {
-            FBin::Add => x + y,
-            FBin::Sub => x - y,
-            FBin::Mul => x * y,
-            FBin::Div => x / y,
-            FBin::Min => x.min(y),
-            FBin::Max => x.max(y),
-        };
-        let r = if sat {
-            if r.is_nan() {
-                0.0
-            } else {
-                r.clamp(0.0, 1.0)
-            }
-        } else {
-            r
-        };
-        return r.to_bits();
-    }
-    if ty == Ty::F32 && !sat {
-        let (x, y) = (f32::from_bits(a as u32), f32::from_bits(b as u32));
-        let r = match op {
-            FBin::Add => x + y,
-            FBin::Sub => x - y,
-            FBin::Mul => x * y,
-            FBin::Div => x / y,
-            FBin::Min => x.min(y),
-            FBin::Max => x.max(y),
-        };
-        return r.to_bits() as u64;
-    }
-    fmap(ty, [a, b, 0], |x, y, _| {
-        let r = match op {
-            FBin::Add => x + y,
-            FBin::Sub => x - y,
-            FBin::Mul => x * y,
-            FBin::Div => x / y,
-            FBin::Min => x.min(y),
-            FBin::Max => x.max(y),
-        };
-        if sat {
-            saturate(r)
-        } else {
-            r
-        }
-    })
-}
-
-fn ffma(ty: Ty, sat: bool, a: u64, b: u64, c: u64) -> u64 {
-    if ty == Ty::F64 {
-        return f64::from_bits(a)
-            .mul_add(f64::from_bits(b), f64::from_bits(c))
-            .to_bits();
-    }
-    if ty == Ty::F32 && !sat {
-        let r =
-            f32::from_bits(a as u32).mul_add(f32::from_bits(b as u32), f32::from_bits(c as u32));
-        return r.to_bits() as u64;
-    }
-    fmap(ty, [a, b, c], |x, y, z| {
-        let r = x.mul_add(y, z);
-        if sat {
-            saturate(r)
-        } else {
-            r
-        }
-    })
-}
-
-fn fun(op: FUn, ty: Ty, a: u64) -> u64 {
-    // Sign manipulation is a bit operation in PTX (NaN payloads preserved).
-    let sign = match ty {
-        Ty::F64 => 1u64 << 63,
-        Ty::F32 => 1 << 31,
-        Ty::F16 | Ty::BF16 => 1 << 15,
-        _ => 0x8000_8000,
-    };
-    match op {
-        FUn::Abs => return a & !sign & mask(ty.bits()),
-        FUn::Neg => return (a ^ sign) & mask(ty.bits()),
-        _ => {}
-    }
-    if ty == Ty::F64 {
-        let x = f64::from_bits(a);
-        let r = match op {
-            FUn::Sqrt => x.sqrt(),
-            FUn::Rsqrt => 1.0 / x.sqrt(),
-            FUn::Rcp => 1.0 / x,
-            FUn::Ex2 => x.exp2(),
-            FUn::Lg2 => x.log2(),
-            FUn::Sin => x.sin(),
-            FUn::Cos => x.cos(),
-            FUn::Tanh => x.tanh(),
-            FUn::Abs | FUn::Neg => x,
-        };
-        return r.to_bits();
-    }
-    fmap(ty, [a, 0, 0], |x, _, _| match op {
-        FUn::Sqrt => x.sqrt(),
-        FUn::Rsqrt => 1.0 / x.sqrt(),
-        FUn::Rcp => 1.0 / x,
-        FUn::Ex2 => x.exp2(),
-        FUn::Lg2 => x.log2(),
-        FUn::Sin => x.sin(),
-        FUn::Cos => x.cos(),
-        FUn::Tanh => x.tanh(),
-        FUn::Abs | FUn::Neg => x,
-    })
-}
-
-/// Truth of a comparison for each outcome: less, equal, greater, unordered (a NaN operand).
-fn cmp_table(cmp: Cmp) -> [bool; 4] {
-    const F: bool = false;
-    const T: bool = true;
-    match cmp {
-        Cmp::Eq => [F, T, F, F],
-        Cmp::Ne => [T, F, T, F],
-        Cmp::Lt | Cmp::Lo => [T, F, F, F],
-        Cmp::Le | Cmp::Ls => [T, T, F, F],
-        Cmp::Gt | Cmp::Hi => [F, F, T, F],
-        Cmp::Ge | Cmp::Hs => [F, T, T, F],
-        Cmp::Equ => [F, T, F, T],
-        Cmp::Neu => [T, F, T, T],
-        Cmp::Ltu => [T, F, F, T],
-        Cmp::Leu => [T, T, F, T],
-        Cmp::Gtu => [F, F, T, T],
-        Cmp::Geu => [F, T, T, T],
-        Cmp::Num => [T, T, T, F],
-        Cmp::Nan => [F, F, F, T],
-    }
-}
-
-#[inline(always)]
-fn code_of<T: PartialOrd>(x: T, y: T) -> u8 {
-    match x.partial_cmp(&y) {
-        Some(std::cmp::Ordering::Less) => 0,
-        Some(std::cmp::Ordering::Equal) => 1,
-        Some(std::cmp::Ordering::Greater) => 2,
-        None => 3,
     }
 }
 
@@ -2377,239 +1368,4 @@ fn order_codes(ty: Ty, cmp: Cmp, exec: u32, x: &[u64; 32], y: &[u64; 32]) -> [u8
         }
     }
     out
-}
-
-pub fn f32_to_bf16(x: f32) -> u16 {
-    if x.is_nan() {
-        0x7fff
-    } else {
-        bf16::from_f32(x).to_bits()
-    }
-}
-pub fn f32_to_f16(x: f32) -> u16 {
-    if x.is_nan() {
-        0x7fff
-    } else {
-        f16::from_f32(x).to_bits()
-    }
-}
-
-/// Correct directed rounding from a round-to-nearest result `r` (bits of the narrow type,
-/// sign-magnitude) of the exact value `v`: step one ulp toward zero or away from it.
-fn directed(r_bits: u64, r: f64, v: f64, rnd: Rnd) -> u64 {
-    if r.is_nan() || v.is_nan() || r == v {
-        return r_bits;
-    }
-    let toward_zero = r_bits.wrapping_sub(1);
-    let away = r_bits.wrapping_add(1);
-    let r_neg = r.is_sign_negative();
-    match rnd {
-        Rnd::Rz if r.abs() > v.abs() => toward_zero,
-        Rnd::Rm if r > v => {
-            if r_neg {
-                away
-            } else {
-                toward_zero
-            }
-        }
-        Rnd::Rp if r < v => {
-            if r_neg {
-                toward_zero
-            } else {
-                away
-            }
-        }
-        _ => r_bits,
-    }
-}
-
-fn round_int(x: f64, rnd: Rnd) -> f64 {
-    match rnd {
-        Rnd::Rni => x.round_ties_even(),
-        Rnd::Rzi => x.trunc(),
-        Rnd::Rmi => x.floor(),
-        Rnd::Rpi => x.ceil(),
-        Rnd::Rna => x.round(),
-        _ => x,
-    }
-}
-
-/// Round an exact value to float type `ty` with mode `rnd` (.rn when none).
-fn to_float(v: f64, ty: Ty, rnd: Rnd, from_f32: Option<f32>) -> u64 {
-    match ty {
-        Ty::F64 => v.to_bits(),
-        Ty::F32 => {
-            let r = v as f32;
-            directed(r.to_bits() as u64, r as f64, v, rnd) & 0xffff_ffff
-        }
-        Ty::F16 => {
-            if v.is_nan() {
-                return 0x7fff;
-            }
-            let r = match from_f32 {
-                Some(x) => f16::from_f32(x),
-                None => f16::from_f64(v),
-            };
-            directed(r.to_bits() as u64, r.to_f64(), v, rnd) & 0xffff
-        }
-        Ty::BF16 => {
-            if v.is_nan() {
-                return 0x7fff;
-            }
-            let r = match from_f32 {
-                Some(x) => bf16::from_f32(x),
-                None => bf16::from_f64(v),
-            };
-            directed(r.to_bits() as u64, r.to_f64(), v, rnd) & 0xffff
-        }
-        _ => v.to_bits(),
-    }
-}
-
-fn int_range(ty: Ty) -> (i128, i128) {
-    let bits = ty.bits();
-    if ty.signed() {
-        (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
-    } else {
-        (0, (1i128 << bits) - 1)
-    }
-}
-
-pub fn cvt(dty: Ty, sty: Ty, rnd: Rnd, sat: bool, a: u64) -> u64 {
-    if sty.float() {
-        let (v, f32v) = match sty {
-            Ty::F64 => (f64::from_bits(a), None),
-            Ty::F32 => {
-                let x = f32::from_bits(a as u32);
-                (x as f64, Some(x))
-            }
-            _ => {
-                let x = h2f(sty, a);
-                (x as f64, Some(x))
-            }
-        };
-        if dty.float() {
-            let mut v = v;
-            let mut f32v = f32v;
-            if matches!(rnd, Rnd::Rni | Rnd::Rzi | Rnd::Rmi | Rnd::Rpi) {
-                v = round_int(v, rnd);
-                f32v = None;
-            }
-            if sat {
-                v = if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) };
-                f32v = None;
-            }
-            let r = if rnd == Rnd::None { Rnd::Rn } else { rnd };
-            // Widening conversions are exact; f32→f16/bf16 goes straight from the f32 so the
-            // round-to-nearest step is a single rounding.
-            let from = if sty.bits() <= 32 && dty.bits() < 32 {
-                f32v
-            } else {
-                None
-            };
-            return to_float(v, dty, r, from);
-        }
-        // float → integer: round, saturate to the destination range, NaN → 0.
-        if v.is_nan() {
-            return 0;
-        }
-        let r = round_int(v, rnd);
-        let (lo, hi) = int_range(dty);
-        let i = if r <= lo as f64 {
-            lo
-        } else if r >= hi as f64 {
-            hi
-        } else {
-            r as i128
-        };
-        return zx(i as u64, dty.bits());
-    }
-    // Integer source.
-    let bits = sty.bits();
-    let i: i128 = if sty.signed() {
-        sx(a, bits) as i128
-    } else {
-        zx(a, bits) as i128
-    };
-    if dty.float() {
-        let v = i as f64;
-        let rn = match dty {
-            Ty::F32 => {
-                let r = if sty.signed() {
-                    (i as i64) as f32
-                } else {
-                    (i as u64) as f32
-                };
-                if matches!(rnd, Rnd::None | Rnd::Rn) {
-                    return r.to_bits() as u64;
-                }
-                Some(r)
-            }
-            _ => None,
-        };
-        let r = if rnd == Rnd::None { Rnd::Rn } else { rnd };
-        let out = to_float(v, dty, r, rn.filter(|_| dty != Ty::F32));
-        let out = if sat && dty != Ty::F64 {
-            cvt(dty, dty, Rnd::None, true, out)
-        } else {
-            out
-        };
-        return out;
-    }
-    let (lo, hi) = int_range(dty);
-    let i = if sat { i.clamp(lo, hi) } else { i };
-    zx(i as u64, dty.bits())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cvt_bf16_rounding() {
-        // 1 + 2^-8 is exactly halfway between two bf16 values: ties to even (down).
-        let x = f32::from_bits(0x3f80_8000);
-        assert_eq!(
-            cvt(Ty::BF16, Ty::F32, Rnd::Rn, false, x.to_bits() as u64),
-            0x3f80
-        );
-        let y = f32::from_bits(0x3f81_8000); // halfway, odd below: rounds up
-        assert_eq!(
-            cvt(Ty::BF16, Ty::F32, Rnd::Rn, false, y.to_bits() as u64),
-            0x3f82
-        );
-        assert_eq!(cvt(Ty::BF16, Ty::F32, Rnd::Rz, false, 0x3f81_ffff), 0x3f81);
-        assert_eq!(cvt(Ty::BF16, Ty::F32, Rnd::Rp, false, 0x3f81_0001), 0x3f82);
-        assert_eq!(cvt(Ty::BF16, Ty::F32, Rnd::Rm, false, 0xbf81_0001), 0xbf82);
-        assert_eq!(
-            cvt(Ty::F16, Ty::F32, Rnd::Rn, false, 1e6f32.to_bits() as u64),
-            0x7c00
-        );
-        assert_eq!(
-            cvt(Ty::F16, Ty::F32, Rnd::Rz, false, 1e6f32.to_bits() as u64),
-            0x7bff
-        );
-        assert_eq!(
-            cvt(
-                Ty::S32,
-                Ty::F32,
-                Rnd::Rzi,
-                false,
-                (-2.7f32).to_bits() as u64
-            ),
-            (-2i32) as u32 as u64
-        );
-        assert_eq!(
-            cvt(Ty::S32, Ty::F32, Rnd::Rni, false, 2.5f32.to_bits() as u64),
-            2
-        );
-        assert_eq!(
-            cvt(Ty::U8, Ty::F32, Rnd::Rni, false, 300f32.to_bits() as u64),
-            255
-        );
-        assert_eq!(
-            cvt(Ty::S32, Ty::F32, Rnd::Rzi, false, f32::NAN.to_bits() as u64),
-            0
-        );
-    }
 }

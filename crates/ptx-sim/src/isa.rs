@@ -3,14 +3,15 @@
 //! Every statement is decoded once, at module load, into an [`Instr`]: an enum with resolved
 //! register indices, types, symbol addresses and branch targets, so the executor never looks at
 //! text. The decoder is also where unsupported PTX is rejected: an opcode or modifier it does not
-//! know is an `Error::Ptx` naming the module, the line and the offending word. Performance and
+//! know is an [`Error::Ptx`] naming the module, the line and the offending word. Performance and
 //! cache hints (`.nc`, `.ca`, `.L2::evict_last` ...) are accepted and dropped on purpose.
 //! It does not decode `call` (no `.func` support yet), textures, surfaces or `wgmma`.
 
 use std::collections::HashMap;
 
-use super::parse::{BodyItem, Function, Operand, Statement, VarDecl};
 use crate::error::{Error, Result};
+use crate::memory::{LOCAL_WINDOW, SHARED_WINDOW};
+use crate::parse::{BodyItem, Function, Operand, Statement, VarDecl};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ty {
@@ -527,8 +528,11 @@ fn align_up(x: u64, a: u64) -> u64 {
     }
 }
 
-pub fn decl_elem_bytes(d: &VarDecl) -> Result<u64> {
-    let t = Ty::parse(&d.ty).ok_or_else(|| Error::Ptx(format!("unknown type .{}", d.ty)))?;
+/// Bytes of one element of a declaration (`.v4 .f32` → 16); `kernel` names the `.entry` the
+/// declaration is in, for the error.
+pub fn decl_elem_bytes(module: &str, kernel: Option<&str>, d: &VarDecl) -> Result<u64> {
+    let t = Ty::parse(&d.ty)
+        .ok_or_else(|| Error::ptx(module, d.line, kernel, format!("unknown type .{}", d.ty)))?;
     Ok(t.bytes() as u64 * d.vec as u64)
 }
 
@@ -623,10 +627,12 @@ impl<'a> Mods<'a> {
 
 impl<'a> Ctx<'a> {
     fn err<T>(&self, line: u32, msg: impl std::fmt::Display) -> Result<T> {
-        Err(Error::Ptx(format!(
-            "{}:{line}: kernel `{}`: {msg}",
-            self.module, self.kernel
-        )))
+        Err(Error::ptx(
+            self.module,
+            line,
+            Some(self.kernel),
+            msg.to_string(),
+        ))
     }
 
     fn reg(&self, line: u32, o: &Operand) -> Result<u32> {
@@ -699,8 +705,8 @@ impl<'a> Ctx<'a> {
                         })
                     } else if let Some(s) = self.syms.get(n) {
                         let addr = match (space, s.space) {
-                            (Space::Generic, Space::Shared) => s.addr + super::exec::SHARED_WINDOW,
-                            (Space::Generic, Space::Local) => s.addr + super::exec::LOCAL_WINDOW,
+                            (Space::Generic, Space::Shared) => s.addr + SHARED_WINDOW,
+                            (Space::Generic, Space::Local) => s.addr + LOCAL_WINDOW,
                             (Space::Generic, Space::Global | Space::Const) => s.addr,
                             (a, b) if a == b => s.addr,
                             (Space::Const, Space::Global) | (Space::Global, Space::Const) => s.addr,
@@ -831,11 +837,11 @@ pub fn decode_kernel(
                 format!("kernel parameter `{}` is not .param", p.name),
             );
         }
-        let size = decl_elem_bytes(p)? * p.array.unwrap_or(1).max(1);
+        let size = decl_elem_bytes(module, Some(&f.name), p)? * p.array.unwrap_or(1).max(1);
         let al = p
             .align
             .map(|a| a as u64)
-            .unwrap_or(decl_elem_bytes(p)?)
+            .unwrap_or(decl_elem_bytes(module, Some(&f.name), p)?)
             .max(1);
         poff = align_up(poff, al.min(8));
         params.push(ParamInfo {
@@ -887,7 +893,7 @@ pub fn decode_kernel(
                 }
             }
             "shared" => {
-                let el = decl_elem_bytes(d)?;
+                let el = decl_elem_bytes(module, Some(&f.name), d)?;
                 let al = d.align.map(|a| a as u64).unwrap_or(el).max(1);
                 match d.array {
                     Some(0) => {
@@ -910,7 +916,7 @@ pub fn decode_kernel(
                 }
             }
             "local" => {
-                let el = decl_elem_bytes(d)?;
+                let el = decl_elem_bytes(module, Some(&f.name), d)?;
                 let al = d.align.map(|a| a as u64).unwrap_or(el).max(1);
                 local = align_up(local, al);
                 cx.syms.insert(

@@ -5,6 +5,55 @@
 //! (no L1/L2 hit modelling), and 8- and 16-byte shared accesses are split into half- and
 //! quarter-warp phases the way NVIDIA documents them. Times are host times.
 
+/// What the interpreter counted for one kernel (summed over its launches) while profiling was on
+/// ([`Device::set_profiling`](crate::Device::set_profiling)).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KernelCounters {
+    /// The kernel's `.entry` name.
+    pub kernel: String,
+    /// Launches counted.
+    pub launches: u64,
+    /// Warp-level instructions issued (an instruction whose guard is false for every lane
+    /// counts too, as on hardware).
+    pub warp_instructions: u64,
+    /// Bytes loaded from global memory (atomics count as a load and a store).
+    pub global_load_bytes: u64,
+    /// Bytes stored to global memory.
+    pub global_store_bytes: u64,
+    /// Bytes loaded from shared memory.
+    pub shared_load_bytes: u64,
+    /// Bytes stored to shared memory.
+    pub shared_store_bytes: u64,
+    /// Bytes loaded from and stored to local memory.
+    pub local_bytes: u64,
+    /// 32-byte sectors touched by global warp accesses.
+    pub global_sectors: u64,
+    /// The fewest sectors those accesses could have touched (bytes / 32, rounded up per
+    /// access): `global_sectors / global_sectors_ideal` above 1 shows uncoalesced access.
+    pub global_sectors_ideal: u64,
+    /// Extra shared-memory wavefronts caused by bank conflicts.
+    pub bank_conflicts: u64,
+    /// Host wall time spent interpreting, seconds.
+    pub seconds: f64,
+}
+
+impl KernelCounters {
+    /// Add `other`'s counts (another launch of the same kernel) to these.
+    pub fn add(&mut self, other: &KernelCounters) {
+        self.launches += other.launches;
+        self.warp_instructions += other.warp_instructions;
+        self.global_load_bytes += other.global_load_bytes;
+        self.global_store_bytes += other.global_store_bytes;
+        self.shared_load_bytes += other.shared_load_bytes;
+        self.shared_store_bytes += other.shared_store_bytes;
+        self.local_bytes += other.local_bytes;
+        self.global_sectors += other.global_sectors;
+        self.global_sectors_ideal += other.global_sectors_ideal;
+        self.bank_conflicts += other.bank_conflicts;
+        self.seconds += other.seconds;
+    }
+}
+
 /// (sectors touched, ideal sectors) for the lanes' accesses `(addr, bytes)`.
 pub fn global_sectors(acc: &[(u64, u32)]) -> (u64, u64) {
     if acc.is_empty() {

@@ -47,9 +47,12 @@ fn lex(module: &str, src: &str) -> Result<Vec<Lexed>> {
             i += 2;
             loop {
                 if i + 1 >= chars.len() {
-                    return Err(Error::Ptx(format!(
-                        "{module}:{line}: unterminated /* comment"
-                    )));
+                    return Err(Error::ptx(
+                        module,
+                        line,
+                        None,
+                        "unterminated /* comment".into(),
+                    ));
                 }
                 if chars[i] == '*' && chars[i + 1] == '/' {
                     i += 2;
@@ -65,7 +68,7 @@ fn lex(module: &str, src: &str) -> Result<Vec<Lexed>> {
             i += 1;
             while i < chars.len() && chars[i] != '"' {
                 if chars[i] == '\n' {
-                    return Err(Error::Ptx(format!("{module}:{line}: unterminated string")));
+                    return Err(Error::ptx(module, line, None, "unterminated string".into()));
                 }
                 i += 1;
             }
@@ -113,9 +116,12 @@ fn lex(module: &str, src: &str) -> Result<Vec<Lexed>> {
             });
             i += 1;
         } else {
-            return Err(Error::Ptx(format!(
-                "{module}:{line}: unexpected character {c:?}"
-            )));
+            return Err(Error::ptx(
+                module,
+                line,
+                None,
+                format!("unexpected character {c:?}"),
+            ));
         }
     }
     Ok(out)
@@ -210,11 +216,7 @@ impl<'a> Parser<'a> {
             .unwrap_or(0)
     }
     fn err<T>(&self, msg: impl std::fmt::Display) -> Result<T> {
-        Err(Error::Ptx(format!(
-            "{}:{}: {msg}",
-            self.module,
-            self.line()
-        )))
+        Err(Error::ptx(self.module, self.line(), None, msg.to_string()))
     }
     fn peek(&self) -> Option<&Tok> {
         self.toks.get(self.pos).map(|t| &t.tok)
@@ -318,10 +320,12 @@ impl<'a> Parser<'a> {
                     m.globals.push(d);
                 }
                 other => {
-                    return Err(Error::Ptx(format!(
-                        "{}:{line}: unsupported module-level directive `{other}`",
-                        self.module
-                    )))
+                    return Err(Error::ptx(
+                        self.module,
+                        line,
+                        None,
+                        format!("unsupported module-level directive `{other}`"),
+                    ))
                 }
             }
         }
@@ -607,9 +611,11 @@ impl<'a> Parser<'a> {
         let mut operands = Vec::new();
         if !self.is_punct(';') {
             loop {
-                let op = self.operand().map_err(|e| match e {
-                    Error::Ptx(m) => Error::Ptx(format!("{m} (in `{opcode}`)")),
-                    e => e,
+                let op = self.operand().map_err(|mut e| {
+                    if let Error::Ptx { message, .. } = &mut e {
+                        message.push_str(&format!(" (in `{opcode}`)"));
+                    }
+                    e
                 })?;
                 operands.push(op);
                 if !self.eat_punct(',') {

@@ -1,0 +1,172 @@
+//! The PTX interpreter behind the [`GpuDriver`] seam (`--device sim`): a thin adapter over the
+//! `ptx-sim` crate, which runs the very same PTX and launch code as a real GPU on the CPU, with
+//! sanitizer-style checks (out-of-bounds, uninitialised and misaligned accesses, shared-memory
+//! races, divergent barriers, bad warp collectives) and per-kernel counters. What it supports
+//! and checks is documented in crates/ptx-sim/README.md.
+//!
+//! This file only translates: handles and arguments one to one, and `ptx_sim::Error` to
+//! [`Error::Ptx`] (the kernel or its PTX is at fault) or [`Error::Device`] (the host side is),
+//! keeping the interpreter's message, which names the culprit.
+
+use std::sync::{Mutex, MutexGuard};
+
+use super::driver::{DevPtr, FuncId, GpuDriver, KernelArg, KernelCounters, LaunchConfig, ModuleId};
+use crate::error::{Error, Result};
+
+pub use ptx_sim::{LOCAL_WINDOW, MAX_SHARED, SHARED_WINDOW};
+
+/// The PTX interpreter device. Cheap to create; all state lives behind one lock, and launches
+/// run to completion inside `launch` (so `synchronize` has nothing to wait for).
+pub struct SimDriver {
+    dev: Mutex<ptx_sim::Device>,
+}
+
+impl Default for SimDriver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn map_err(e: ptx_sim::Error) -> Error {
+    if e.is_host_side() {
+        Error::Device(e.to_string())
+    } else {
+        Error::Ptx(e.to_string())
+    }
+}
+
+impl SimDriver {
+    pub fn new() -> SimDriver {
+        SimDriver {
+            dev: Mutex::new(ptx_sim::Device::new()),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, ptx_sim::Device>> {
+        self.dev
+            .lock()
+            .map_err(|_| Error::Device("ptx interpreter state poisoned by an earlier panic".into()))
+    }
+
+    /// Warp instructions one CTA may execute before the launch fails as hung (a spin-wait on a
+    /// flag no thread will set, a barrier some threads never reach while others loop).
+    pub fn set_step_limit(&self, warp_instructions: u64) {
+        if let Ok(mut d) = self.dev.lock() {
+            d.set_step_limit(warp_instructions);
+        }
+    }
+
+    /// Bytes of device memory currently allocated (for leak checks in tests).
+    pub fn bytes_allocated(&self) -> u64 {
+        self.lock().map(|d| d.bytes_allocated()).unwrap_or(0)
+    }
+}
+
+impl GpuDriver for SimDriver {
+    fn name(&self) -> String {
+        "ptx interpreter".to_string()
+    }
+
+    fn total_memory(&self) -> u64 {
+        self.lock().map(|d| d.total_memory()).unwrap_or(0)
+    }
+
+    fn compute_capability(&self) -> (u32, u32) {
+        self.lock()
+            .map(|d| d.compute_capability())
+            .unwrap_or((9, 0))
+    }
+
+    fn load_module(&self, name: &str, ptx: &str) -> Result<ModuleId> {
+        let m = self.lock()?.load_module(name, ptx).map_err(map_err)?;
+        Ok(ModuleId(m.0))
+    }
+
+    fn function(&self, module: ModuleId, entry: &str) -> Result<FuncId> {
+        let f = self
+            .lock()?
+            .function(ptx_sim::ModuleId(module.0), entry)
+            .map_err(map_err)?;
+        Ok(FuncId(f.0))
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevPtr> {
+        Ok(DevPtr(self.lock()?.alloc(bytes).0))
+    }
+
+    fn free(&self, ptr: DevPtr) -> Result<()> {
+        self.lock()?.free(ptx_sim::DevPtr(ptr.0)).map_err(map_err)
+    }
+
+    fn copy_to_device(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.lock()?
+            .copy_to_device(ptx_sim::DevPtr(dst.0), src)
+            .map_err(map_err)
+    }
+
+    fn copy_to_host(&self, dst: &mut [u8], src: DevPtr) -> Result<()> {
+        self.lock()?
+            .copy_to_host(dst, ptx_sim::DevPtr(src.0))
+            .map_err(map_err)
+    }
+
+    fn memset_zero(&self, dst: DevPtr, bytes: usize) -> Result<()> {
+        self.lock()?
+            .memset_zero(ptx_sim::DevPtr(dst.0), bytes)
+            .map_err(map_err)
+    }
+
+    fn launch(&self, f: FuncId, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        let args: Vec<ptx_sim::KernelArg> = args
+            .iter()
+            .map(|a| match *a {
+                KernelArg::Ptr(p) => ptx_sim::KernelArg::Ptr(ptx_sim::DevPtr(p.0)),
+                KernelArg::U32(v) => ptx_sim::KernelArg::U32(v),
+                KernelArg::I32(v) => ptx_sim::KernelArg::I32(v),
+                KernelArg::U64(v) => ptx_sim::KernelArg::U64(v),
+                KernelArg::F32(v) => ptx_sim::KernelArg::F32(v),
+            })
+            .collect();
+        let cfg = ptx_sim::LaunchConfig {
+            grid: cfg.grid,
+            block: cfg.block,
+            shared_bytes: cfg.shared_bytes,
+        };
+        self.lock()?
+            .launch(ptx_sim::FuncId(f.0), cfg, &args)
+            .map_err(map_err)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn set_profiling(&self, on: bool) {
+        if let Ok(mut d) = self.dev.lock() {
+            d.set_profiling(on);
+        }
+    }
+
+    fn take_counters(&self) -> Vec<KernelCounters> {
+        let Ok(mut d) = self.dev.lock() else {
+            return Vec::new();
+        };
+        d.take_counters()
+            .into_iter()
+            .map(|c| KernelCounters {
+                kernel: c.kernel,
+                launches: c.launches,
+                warp_instructions: c.warp_instructions,
+                global_load_bytes: c.global_load_bytes,
+                global_store_bytes: c.global_store_bytes,
+                shared_load_bytes: c.shared_load_bytes,
+                shared_store_bytes: c.shared_store_bytes,
+                local_bytes: c.local_bytes,
+                global_sectors: c.global_sectors,
+                global_sectors_ideal: c.global_sectors_ideal,
+                bank_conflicts: c.bank_conflicts,
+                seconds: c.seconds,
+            })
+            .collect()
+    }
+}
