@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A long fuzz campaign on one target: scripts/fuzz.sh TARGET SECONDS [SEED]
 #
-# Targets: gguf safetensors safetensors_index config tokenizer_json encode_decode chat_template
+# Targets: gguf safetensors safetensors_index config tokenizer_json encode_decode chat_template ptx
 # (`scripts/fuzz.sh list` prints them). Runs in the test profile (opt-level 2 with overflow
 # checks and debug assertions on, so wrapping arithmetic is a failure, not a silent wrap).
 # The seed defaults to the clock and is printed; the same seed replays the same inputs. Every
@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets="gguf safetensors safetensors_index config tokenizer_json encode_decode chat_template"
+targets="gguf safetensors safetensors_index config tokenizer_json encode_decode chat_template ptx"
 if [ "${1:-}" = list ] || [ $# -lt 2 ]; then
   echo "usage: scripts/fuzz.sh TARGET SECONDS [SEED]"
   echo "targets: $targets"

@@ -160,7 +160,7 @@ fn chain_tokenizer(letters: &str, depth: usize) -> Tokenizer {
     // merge loop that rescans the word after each merge.
     let mut vocab = serde_json::Map::new();
     let mut merges = Vec::new();
-    for (li, c) in letters.chars().enumerate() {
+    for c in letters.chars() {
         let mut prev = c.to_string();
         vocab.insert(prev.clone(), json!(vocab.len()));
         for _ in 1..depth {
@@ -169,7 +169,6 @@ fn chain_tokenizer(letters: &str, depth: usize) -> Tokenizer {
             vocab.insert(next.clone(), json!(vocab.len()));
             prev = next;
         }
-        let _ = li;
     }
     let tok: Value = json!({"model": {"type": "BPE", "vocab": vocab, "merges": merges}});
     Tokenizer::from_json(&tok, None).unwrap()

@@ -1,5 +1,6 @@
 //! Fuzz targets for every parser minfer runs on files from strangers: GGUF, safetensors (file
-//! and sharded index), config.json, tokenizer.json, encode/decode, and chat templates.
+//! and sharded index), config.json, tokenizer.json, encode/decode, chat templates, and PTX
+//! (crates/ptx-sim, which parses the kernels minfer ships and any a user points it at).
 //!
 //! `cargo test --release --test fuzz` runs each target's regression cases and corpus, then a
 //! short deterministic campaign (`FUZZ_SECONDS`, default 3 s per target). `scripts/fuzz.sh
@@ -963,4 +964,115 @@ fn make_seeds() {
     let dir = manifest().join("tests/fuzz/corpus/gguf");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("smollm2-metadata.gguf"), seed).unwrap();
+}
+
+// ---- the PTX parser (crates/ptx-sim) -----------------------------------------------------------
+
+const PTX_DICT: &[&str] = &[
+    ".global .u8 g[4294967296];\n",
+    ".global .align 8 .b8 g2[18446744073709551615];\n",
+    ".const .f32 c[3] = {1.0, 2.0};\n",
+    ".extern .global .u32 ext;\n",
+    ".shared .align 16 .b8 sm[99999999999];\n",
+    ".local .b8 l[1];\n",
+    "    .reg .b32 %r<100000000>;\n",
+    "    .reg .b64 %rd<4294967296>;\n",
+    "    .reg .pred %p<0>;\n",
+    "    .shared .align 4 .f32 tile[1099511627776];\n",
+    "    .local .align 8 .b8 stack[4294967295];\n",
+    "    bra.uni $L_nowhere;\n",
+    "$L_loop:\n    bra.uni $L_loop;\n",
+    "    ld.global.f32 %f0, [%rd0+18446744073709551615];\n",
+    "    mov.u32 %r0, 0xffffffffffffffffff;\n",
+    "    call f, (%r0);\n",
+    "    @%p bra $L;\n",
+    ".version 99.9\n",
+    ".target sm_1000\n",
+    ".address_size 128\n",
+    ".entry e() {\n",
+    "}\n",
+    "// comment\n",
+    "/* unterminated",
+    "\"",
+    "{",
+    ";",
+    "[",
+    "%",
+    "$",
+    ".maxntid 4294967295, 4294967295, 4294967295\n",
+    ".param .align 4294967296 .b8 p[4294967296]\n",
+];
+
+fn mutate_ptx(rng: &mut Rng, data: &mut Vec<u8>, others: &[Arc<Vec<u8>>]) {
+    let text = String::from_utf8_lossy(data).into_owned();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    if lines.is_empty() || rng.one_in(6) {
+        mutate_bytes(rng, data, others);
+        return;
+    }
+    let i = rng.below(lines.len());
+    match rng.below(6) {
+        0 => {
+            lines.remove(i);
+        }
+        1 => {
+            let l = lines[rng.below(lines.len())].clone();
+            lines.insert(i, l);
+        }
+        2 | 3 => lines.insert(i, rng.pick(PTX_DICT).trim_end().to_string()),
+        4 => {
+            // Replace a number in the line with an interesting one.
+            let l = &lines[i];
+            let starts: Vec<usize> = l
+                .char_indices()
+                .filter(|&(k, c)| {
+                    c.is_ascii_digit() && (k == 0 || !l.as_bytes()[k - 1].is_ascii_alphanumeric())
+                })
+                .map(|(k, _)| k)
+                .collect();
+            if !starts.is_empty() {
+                let a = *rng.pick(&starts);
+                let b = a + l[a..].bytes().take_while(u8::is_ascii_digit).count();
+                let v = rng.pick(engine::INTERESTING_U64).to_string();
+                lines[i] = format!("{}{v}{}", &l[..a], &l[b..]);
+            }
+        }
+        _ => {
+            let j = rng.below(lines.len());
+            lines.swap(i, j);
+        }
+    }
+    *data = (lines.join("\n") + "\n").into_bytes();
+    data.truncate(engine::MAX_INPUT);
+}
+
+fn run_ptx(bytes: &[u8]) -> Outcome {
+    let text = String::from_utf8_lossy(bytes);
+    let mut dev = ptx_sim::Device::new();
+    let r = dev.load_module("fuzz.ptx", &text);
+    Ok(match r {
+        Ok(_) => "ok".into(),
+        Err(e) => shape(&e.to_string()),
+    })
+}
+
+fn ptx_seeds() -> Vec<Vec<u8>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(manifest().join("kernels"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ptx"))
+        .collect();
+    files.sort();
+    files.iter().map(|p| read(p)).collect()
+}
+
+#[test]
+fn ptx() {
+    campaign(Target {
+        name: "ptx",
+        seeds: ptx_seeds(),
+        mutate: mutate_ptx,
+        run: Arc::new(run_ptx),
+    });
 }
