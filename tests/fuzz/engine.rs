@@ -259,6 +259,10 @@ pub fn mutate_bytes(rng: &mut Rng, data: &mut Vec<u8>, others: &[Arc<Vec<u8>>]) 
 /// What one input did: `Ok(shape)` (any outcome the library is allowed to have, described
 /// coarsely for novelty), or `Err(why)` when a property the target checks failed.
 pub type Outcome = Result<String, String>;
+/// A target's entry point.
+pub type RunFn = Arc<dyn Fn(&[u8]) -> Outcome + Send + Sync>;
+/// A structure-aware mutator: input, and the corpus to splice from.
+pub type MutateFn = fn(&mut Rng, &mut Vec<u8>, &[Arc<Vec<u8>>]);
 
 pub struct Target {
     pub name: &'static str,
@@ -266,9 +270,9 @@ pub struct Target {
     /// repository does not hold them twice).
     pub seeds: Vec<Vec<u8>>,
     /// Mutate an input in place (structure-aware; may fall back on `mutate_bytes`).
-    pub mutate: fn(&mut Rng, &mut Vec<u8>, &[Arc<Vec<u8>>]),
+    pub mutate: MutateFn,
     /// Run one input. Called on a worker thread.
-    pub run: Arc<dyn Fn(&[u8]) -> Outcome + Send + Sync>,
+    pub run: RunFn,
 }
 
 fn fuzz_dir() -> PathBuf {
@@ -335,7 +339,7 @@ struct Worker {
     rx: mpsc::Receiver<Verdict>,
 }
 
-fn spawn_worker(name: &'static str, run: Arc<dyn Fn(&[u8]) -> Outcome + Send + Sync>) -> Worker {
+fn spawn_worker(name: &'static str, run: RunFn) -> Worker {
     let (tx_in, rx_in) = mpsc::channel::<Arc<Vec<u8>>>();
     let (tx_out, rx_out) = mpsc::channel();
     std::thread::Builder::new()
