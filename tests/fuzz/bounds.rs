@@ -120,7 +120,8 @@ fn tokenizer_with_template(template: &str) -> Tokenizer {
     Tokenizer::from_json(&tok, Some(&cfg)).unwrap()
 }
 
-/// Each hostile template ends (an error, or output within the limit) in under 2 s: fuel stops
+/// Each hostile template ends (an error, or output within the limit) in under 2 s of CPU (a few
+/// hundred ms here): fuel stops
 /// loops, recursion and memory bombs; the writer stops oversized output.
 #[test]
 fn hostile_templates_are_bounded() {
@@ -136,9 +137,9 @@ fn hostile_templates_are_bounded() {
         "{% for x in messages recursive %}{{ loop(messages) }}{% endfor %}",
     ] {
         let t = tokenizer_with_template(template);
-        let start = Instant::now();
+        let start = thread_time();
         let r = t.apply_chat_template(&messages, true);
-        let took = start.elapsed();
+        let took = thread_time().saturating_sub(start);
         assert!(
             took < Duration::from_secs(2),
             "{template}: took {took:?} ({r:?})"
