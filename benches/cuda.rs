@@ -100,6 +100,13 @@ fn gpu() -> Option<CudaBackend<minfer::internals::cuda::cudarc_driver::CudarcDri
 }
 
 fn main() {
+    // MINFER_PREDICT=h200[,a100] [MINFER_PREDICT_MODELS=qwen2-1.5b,llama3-8b]
+    // [MINFER_PREDICT_CTX=1024] [MINFER_PREDICT_KERNELS=dir of .ptx replacing the shipped
+    // ones]: the performance model's predicted decode tables instead.
+    if let Ok(gpus) = std::env::var("MINFER_PREDICT") {
+        predict_tables(&gpus);
+        return;
+    }
     #[cfg(feature = "cuda")]
     if let Some(b) = gpu() {
         gpu_benches(&b);
@@ -282,6 +289,37 @@ fn gpu_benches<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
             }
             Err(e) => println!("{preset}: bench failed: {e}"),
         }
+    }
+}
+
+/// The performance model (src/backend/cuda/predict.rs) over the interpreter's counters.
+fn predict_tables(gpus: &str) {
+    use minfer::internals::cuda::predict::{predict_decode, DecodeShape, GpuSpec};
+    let gpus: Vec<GpuSpec> = gpus
+        .split(',')
+        .map(|g| GpuSpec::by_name(g.trim()).expect("gpu"))
+        .collect();
+    let models = std::env::var("MINFER_PREDICT_MODELS")
+        .unwrap_or_else(|_| "qwen2-1.5b,llama3-8b".to_string());
+    let ctx: usize = std::env::var("MINFER_PREDICT_CTX")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1024);
+    for m in models.split(',') {
+        let shape = DecodeShape::preset(m.trim()).expect("shape");
+        let t = Instant::now();
+        let dir = std::env::var_os("MINFER_PREDICT_KERNELS").map(std::path::PathBuf::from);
+        let preds = predict_decode(&shape, ctx, &gpus, dir.as_deref()).expect("predict");
+        for p in preds {
+            println!("{}", p.table());
+            println!(
+                "TABLE|{m} decode PREDICTED on {} (model, not measured)|{:.0} us/token, {:.0}% of copy bandwidth",
+                p.gpu.name,
+                p.device_us(),
+                100.0 * p.bw_fraction(true)
+            );
+        }
+        println!("(interpreted in {:.0} s)\n", t.elapsed().as_secs_f64());
     }
 }
 

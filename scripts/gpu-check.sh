@@ -3,7 +3,12 @@
 #
 #   scripts/gpu-check.sh --prepare   here (Rust toolchain, crates.io): build the release binary,
 #                                    the GPU test executable and the CUDA bench with
-#                                    `--features cuda` into gpu-bin/ (git-ignored; carry it).
+#                                    `--features cuda` into gpu-bin/ (git-ignored; carry it),
+#                                    and sm_80 / sm_90 cubins of every kernel (JIT fallback).
+#   scripts/gpu-check.sh --dry-run   here, no GPU: the same steps end to end on the PTX
+#                                    interpreter (cargo builds first, untimed; parity = the
+#                                    op-parity cases of tests/cuda_kernels.rs, bench = the
+#                                    interpreter smoke pass; torch skipped), per-step timeouts.
 #   scripts/gpu-check.sh             on the GPU machine (no Rust, no registry, PyTorch present):
 #                                    1. kernel + fixture parity tests on the GPU (tests/cuda_gpu.rs)
 #                                    2. the two ceilings with PyTorch: device-copy bandwidth and
@@ -14,8 +19,10 @@
 #                                    4. `minfer bench synthetic:{qwen2-1.5b,llama3-8b} --device cuda`
 #                                    and prints one short table last. Logs go to $OUT (or gpu-bin/out).
 #
-# Sized for one 10-minute device call: parity ~1 min, torch ~0.5 min, benches <= 5.5 min,
-# CLI <= 3.5 min (each step has its own timeout). It only reads the GPU's state (nvidia-smi
+# Sized for one 10-minute device call, total under 6 minutes: probe <= 20 s, parity <= 120 s,
+# torch <= 60 s, benches <= 120 s, CLI <= 2 x 25 s; each step under its own `timeout`, so a
+# hang costs its step and the summary still prints. Parity runs first with
+# CUDA_LAUNCH_BLOCKING=1 (every launch synchronous: the first fault names its kernel). It only reads the GPU's state (nvidia-smi
 # queries); it never changes clocks, modes or MIG.
 # Exit status: 1 if the parity tests fail, else 0 (speed is reported, not asserted).
 set -uo pipefail
@@ -48,6 +55,16 @@ for line in sys.stdin:
     # Debug info is not needed on the device machine and the carry limit is 64 MiB.
     for f in "$BIN"/minfer "$BIN"/cuda_gpu "$BIN"/bench_cuda; do
         strip --strip-debug "$f" 2>/dev/null || true
+    done
+    # Cubins for sm_80 and sm_90, assembled here with ptxas: the driver loads them
+    # (MINFER_CUBIN_DIR) if its JIT refuses a PTX file, after printing the JIT's log.
+    mkdir -p "$BIN/cubin"
+    local ptxas=${PTXAS:-.tools/nvcc/nvidia/cuda_nvcc/bin/ptxas}
+    [[ -x "$ptxas" ]] || SKIP_SASS=1 scripts/ptxas-check.sh >/dev/null
+    for arch in sm_80 sm_90; do
+        for f in kernels/*.ptx; do
+            "$ptxas" -arch="$arch" "$f" -o "$BIN/cubin/$(basename "$f" .ptx).$arch.cubin"
+        done
     done
     # The test executable finds tests/fixtures through the path it was built in.
     pwd > "$BIN/MANIFEST_DIR"
@@ -104,16 +121,77 @@ print(json.dumps(out))
 PY
 }
 
+# Read-only environment probe: driver, GPU, glibc, the driver's PTX JIT library.
+probe() {
+    echo "== 0. environment"
+    echo "date: $(date -u +%FT%TZ)  host: $(uname -srm)"
+    echo "glibc: $(ldd --version 2>/dev/null | head -1 || echo unknown)"
+    if command -v nvidia-smi >/dev/null; then
+        timeout 15 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit,mig.mode.current \
+            --format=csv 2>&1 || echo "nvidia-smi failed or timed out"
+    else
+        echo "nvidia-smi: not found"
+    fi
+    local lib
+    for lib in libcuda.so.1 libnvidia-ptxjitcompiler.so.1; do
+        if ldconfig -p 2>/dev/null | grep -q "$lib"; then
+            echo "$lib: $(ldconfig -p | grep "$lib" | head -1 | sed 's/.*=> //')"
+        else
+            echo "$lib: NOT FOUND (the driver cannot JIT kernels/*.ptx without it)"
+        fi
+    done
+    [[ -f "$BIN/COMMIT" ]] && echo "binaries built from $(cat "$BIN/COMMIT")"
+    return 0
+}
+
+# `step NAME SECONDS CMD...`: run CMD under its own timeout, log its status and duration.
+step() {
+    local name=$1 secs=$2
+    shift 2
+    local t0=$SECONDS
+    timeout "$secs" "$@"
+    local rc=$?
+    [[ $rc -eq 124 ]] && echo "STEP $name: timed out after ${secs}s"
+    echo "STEP $name: rc=$rc, $((SECONDS - t0)) s (limit ${secs}s)"
+    return $rc
+}
+
+dry_run() {
+    local out=${OUT:-$BIN/out-dry}
+    mkdir -p "$out"
+    local t0=$SECONDS
+    probe 2>&1 | tee "$out/probe.log"
+    echo "== build (dry run only: the device machine gets gpu-bin/)"
+    cargo test --release --test cuda_kernels --no-run 2>&1 | tail -2
+    cargo bench --bench cuda --no-run 2>&1 | tail -2
+    echo "== 1. parity tests on the interpreter (CUDA_LAUNCH_BLOCKING=1 as on the device)"
+    local parity=ok
+    # the op-parity cases only: the fixture models take minutes on the interpreter
+    CUDA_LAUNCH_BLOCKING=1 step parity 240 cargo test --release --test cuda_kernels -- \
+        --test-threads=2 --skip every_variant --skip bf16_and_f16 2>&1 | tee "$out/parity.log"
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || parity=FAILED
+    echo "== 2. ceilings: skipped (no GPU, no torch needed)"
+    echo '{"error": "dry run: no GPU"}' > "$out/torch.json"
+    echo "== 3. benchmarks (interpreter smoke pass)"
+    step bench 120 cargo bench --bench cuda 2>&1 | tee "$out/bench.log"
+    echo "== 4. predicted decode (performance model over the interpreter's counters)"
+    MINFER_PREDICT=h200 step predict 150 cargo bench --bench cuda 2>&1 | tee -a "$out/bench.log"
+    echo
+    echo "== summary (dry run, $((SECONDS - t0)) s)"
+    local shown=$parity
+    [[ "$parity" == ok ]] && shown="ok (op-parity cases; fixture models skipped)"
+    summary "$shown" "$out"
+    [[ "$parity" == ok ]]
+}
+
 run_check() {
     local out=${OUT:-$BIN/out}
     mkdir -p "$out"
+    local t0=$SECONDS
+    probe 2>&1 | tee "$out/probe.log"
     for f in cuda_gpu bench_cuda minfer; do
         [[ -x "$BIN/$f" ]] || { echo "missing $BIN/$f: run scripts/gpu-check.sh --prepare on a build machine and carry gpu-bin/" >&2; exit 2; }
     done
-    echo "== device"
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit,mig.mode.current \
-        --format=csv 2>&1 | tee "$out/nvidia-smi.csv" || true
-    [[ -f "$BIN/COMMIT" ]] && echo "binaries built from $(cat "$BIN/COMMIT")"
 
     # tests/fixtures is found through the build machine's path, baked into the test executable
     local md
@@ -123,22 +201,25 @@ run_check() {
             || echo "warning: cannot link $md -> $PWD; the fixture test will not find tests/fixtures" >&2
     fi
 
-    echo "== 1. parity tests on the GPU"
+    [[ -d "$BIN/cubin" ]] && export MINFER_CUBIN_DIR="$PWD/$BIN/cubin"
+    echo "== 1. parity tests on the GPU (CUDA_LAUNCH_BLOCKING=1: the first fault names its kernel)"
     local parity=ok
-    "$BIN/cuda_gpu" --test-threads=1 --nocapture 2>&1 | tee "$out/parity.log"
+    CUDA_LAUNCH_BLOCKING=1 MINFER_FIXTURES="$PWD/tests/fixtures/models" \
+        step parity 120 "$BIN/cuda_gpu" --test-threads=1 --nocapture 2>&1 | tee "$out/parity.log"
     [[ ${PIPESTATUS[0]} -eq 0 ]] || parity=FAILED
     grep -q "skipping" "$out/parity.log" && parity="SKIPPED (no device?)"
 
     echo "== 2. ceilings (PyTorch)"
-    torch_ceilings | tee "$out/torch.json"
+    export -f torch_ceilings
+    step torch 60 bash -c torch_ceilings | grep -v '^STEP' | tee "$out/torch.json"
 
     echo "== 3. kernel and model benchmarks"
-    timeout 330 "$BIN/bench_cuda" 2>&1 | tee "$out/bench.log"
+    step bench 120 "$BIN/bench_cuda" 2>&1 | tee "$out/bench.log"
 
     echo "== 4. minfer bench (CLI)"
     if "$BIN/minfer" help 2>&1 | grep -q -- "--device"; then
         for preset in qwen2-1.5b llama3-8b; do
-            timeout 100 "$BIN/minfer" bench "synthetic:$preset" --device cuda --dtype bf16 \
+            step "cli-$preset" 25 "$BIN/minfer" bench "synthetic:$preset" --device cuda --dtype bf16 \
                 --prompt-len 128 --gen-len 64 --profile 2>&1 | tee -a "$out/cli-bench.log"
         done
     else
@@ -146,8 +227,15 @@ run_check() {
     fi
 
     echo
-    echo "== summary"
-    PARITY="$parity" python3 - "$out/torch.json" "$out/bench.log" <<'PY'
+    echo "== summary ($((SECONDS - t0)) s)"
+    summary "$parity" "$out"
+    [[ "$parity" == ok ]]
+}
+
+# The one table, printed last and written to $out/summary.txt.
+summary() {
+    local parity=$1 out=$2
+    PARITY="$parity" python3 - "$out/torch.json" "$out/bench.log" <<'PY' | tee "$out/summary.txt"
 import json, os, re, sys
 t = {}
 try:
@@ -179,11 +267,11 @@ w = max(len(r[0]) for r in rows)
 for a, b in rows:
     print(f"{a:<{w}}  {b}")
 PY
-    [[ "$parity" == ok ]]
 }
 
 case "${1:-}" in
     --prepare) prepare ;;
+    --dry-run) dry_run ;;
     "") run_check ;;
-    *) echo "usage: scripts/gpu-check.sh [--prepare]" >&2; exit 2 ;;
+    *) echo "usage: scripts/gpu-check.sh [--prepare | --dry-run]" >&2; exit 2 ;;
 esac

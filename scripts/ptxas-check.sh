@@ -54,3 +54,20 @@ if [[ $fail -ne 0 ]]; then
     exit 1
 fi
 echo "ptxas check passed: every kernel assembles for sm_80 and sm_90 without spills or local memory"
+
+# Machine code: disassemble with nvdisasm (PyPI wheel nvidia-cuda-nvdisasm, into .tools/nvdisasm;
+# set NVDISASM=/path/to/nvdisasm to use another) and check the loads and loops per kernel
+# (scripts/sass-check.py). SKIP_SASS=1 skips it (no network for the first install).
+if [[ -n "${SKIP_SASS:-}" ]]; then
+    echo "machine-code check skipped (SKIP_SASS set)"
+    exit 0
+fi
+if [[ -z "${NVDISASM:-}" ]]; then
+    NVDISASM=$(ls .tools/nvdisasm/nvidia/*/bin/nvdisasm 2>/dev/null | head -1 || true)
+    if [[ -z "$NVDISASM" ]]; then
+        echo "installing nvdisasm (pip wheel nvidia-cuda-nvdisasm) into .tools/nvdisasm ..." >&2
+        ${PYTHON:-python3} -m pip install --quiet --no-deps --target .tools/nvdisasm nvidia-cuda-nvdisasm >&2
+        NVDISASM=$(ls .tools/nvdisasm/nvidia/*/bin/nvdisasm | head -1)
+    fi
+fi
+${PYTHON:-python3} scripts/sass-check.py "$PTXAS" "$NVDISASM"

@@ -10,7 +10,7 @@ pub use crate::backend::cuda::{CudaBackend, CudaBuf, CudaKv, CudaMat};
 pub mod cuda {
     #[cfg(feature = "cuda")]
     pub use crate::backend::cuda::cudarc_driver;
-    pub use crate::backend::cuda::{driver, registry, sim};
+    pub use crate::backend::cuda::{driver, predict, registry, sim};
     pub use crate::backend::cuda::{CudaBackend, CudaBuf, CudaKv, CudaMat};
 }
 pub use crate::loader::{

@@ -344,3 +344,201 @@ fn quantized_q8_0_perplexity_stays_close() {
         "q8_0: ppl {got:.4} vs f32 {want:.4}"
     );
 }
+
+// ---- generation controls on the real model ---------------------------------------------------
+
+/// Dequantized f32 weights: every path (prefill chunks, single-token decode, scoring) then does
+/// f32 arithmetic on the same numbers, so "equal to a fresh run" is a token-for-token check.
+fn f32_model(context_len: Option<usize>, all_logits: bool) -> Option<Model> {
+    let path = gguf()?;
+    Some(
+        Model::load(
+            &path,
+            &LoadOptions {
+                threads: 2,
+                keep_quantized: false,
+                context_len,
+                all_logits,
+                max_batch: 128,
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+fn collect(
+    m: &mut Model,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+) -> (Vec<u32>, minfer::GenerationStats) {
+    let mut got = Vec::new();
+    let stats = m
+        .generate(prompt, opts, |t| {
+            got.push(t);
+            true
+        })
+        .unwrap();
+    (got, stats)
+}
+
+#[test]
+fn stop_ids_eos_max_tokens_and_full_context_on_the_real_model() {
+    use minfer::StopReason;
+    let Some(mut m) = f32_model(None, false) else {
+        return;
+    };
+    let r = reference();
+    let chat = &r["prompts"]["chat"];
+    let prompt = ids(&chat["ids"]);
+    let want = ids(&chat["greedy_ids"]);
+    let eos_at = chat["greedy_first_eos_index"].as_u64().unwrap() as usize;
+    let g = GenerateOptions {
+        max_new_tokens: eos_at,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let (greedy, stats) = collect(&mut m, &prompt, &g);
+    assert_eq!(greedy, want[..eos_at], "greedy vs transformers");
+    assert_eq!(stats.stop, StopReason::MaxTokens);
+    // EOS: the reference's first EOS ends generation, and is one of the model's EOS ids.
+    let (got, stats) = collect(
+        &mut m,
+        &prompt,
+        &GenerateOptions {
+            max_new_tokens: 64,
+            ..Default::default()
+        },
+    );
+    assert_eq!(got, want[..eos_at]);
+    assert_eq!(stats.stop, StopReason::Stop(want[eos_at]));
+    assert!(m.eos_ids().contains(&want[eos_at]));
+    // A stop id: each token of the answer in turn.
+    for &stop in &greedy {
+        let first = greedy.iter().position(|&t| t == stop).unwrap();
+        let (got, stats) = collect(
+            &mut m,
+            &prompt,
+            &GenerateOptions {
+                stop_ids: vec![stop],
+                ..g.clone()
+            },
+        );
+        assert_eq!(got, greedy[..first], "stop id {stop}");
+        assert_eq!(stats.stop, StopReason::Stop(stop), "stop id {stop}");
+    }
+    // Max tokens.
+    for n in [1, 3] {
+        let (got, stats) = collect(
+            &mut m,
+            &prompt,
+            &GenerateOptions {
+                max_new_tokens: n,
+                ..g.clone()
+            },
+        );
+        assert_eq!(
+            (got.as_slice(), stats.stop),
+            (&greedy[..n], StopReason::MaxTokens)
+        );
+    }
+    // A full context: P + 3 positions hold the prompt and 3 tokens; one more is chosen from
+    // the last position's logits (see tests/generation.rs).
+    let Some(mut small) = f32_model(Some(prompt.len() + 3), false) else {
+        return;
+    };
+    let (got, stats) = collect(&mut small, &prompt, &g);
+    assert_eq!(stats.stop, StopReason::ContextFull);
+    assert_eq!(got, greedy[..4]);
+}
+
+#[test]
+fn repetition_penalty_inside_generate_on_the_real_model() {
+    let Some(mut m) = f32_model(None, false) else {
+        return;
+    };
+    let Some(mut scorer) = f32_model(None, true) else {
+        return;
+    };
+    let r = reference();
+    let prompt = ids(&r["prompts"]["english"]["ids"]);
+    let n = 10;
+    let penalty = 1.5f32;
+    let opts = GenerateOptions {
+        max_new_tokens: n,
+        ignore_eos: true,
+        sampling: minfer::SamplerConfig {
+            repetition_penalty: penalty,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (got, _) = collect(&mut m, &prompt, &opts);
+    // Reference: rescore the whole sequence each step, penalize each distinct token seen (as
+    // Hugging Face does), argmax.
+    let mut seq = prompt.clone();
+    let mut want = Vec::new();
+    for _ in 0..n {
+        let (_, mut logits) = scorer.score(&seq).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for &t in &seq {
+            if seen.insert(t) {
+                let l = &mut logits[t as usize];
+                *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+            }
+        }
+        let best = (0..logits.len())
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+            .unwrap() as u32;
+        seq.push(best);
+        want.push(best);
+    }
+    assert_eq!(got, want);
+    let plain = ids(&r["prompts"]["english"]["greedy_ids"]);
+    assert_ne!(
+        got,
+        plain[..n],
+        "the penalty changed nothing on this prompt"
+    );
+}
+
+/// Turn 2 of a chat on a model that keeps turn 1 in its cache equals a fresh model's run over
+/// the whole conversation (rendered by the chat template), and reuses the cached turn.
+#[test]
+fn multi_turn_chat_equals_a_fresh_run_over_the_whole_conversation() {
+    use minfer::ChatMessage;
+    let Some(mut m) = f32_model(None, false) else {
+        return;
+    };
+    let opts = GenerateOptions {
+        max_new_tokens: 24,
+        ..Default::default()
+    };
+    let mut convo = vec![ChatMessage::new("user", "Name a fruit.")];
+    for (turn, next) in ["And a vegetable?", "Which is sweeter?", "Thanks!"]
+        .iter()
+        .enumerate()
+    {
+        let prompt = m.chat_prompt(&convo).unwrap();
+        let out = m.generate_ids_as_text(&prompt, &opts, |_| true).unwrap();
+        let Some(mut fresh) = f32_model(None, false) else {
+            return;
+        };
+        let want = fresh
+            .generate_ids_as_text(&prompt, &opts, |_| true)
+            .unwrap();
+        assert_eq!(out.ids, want.ids, "turn {turn}: cached vs fresh");
+        assert_eq!(out.text, want.text, "turn {turn}");
+        assert!(!out.text.trim().is_empty(), "turn {turn}: empty reply");
+        if turn > 0 {
+            assert!(
+                out.stats.reused_tokens > prompt.len() / 2,
+                "turn {turn}: reused {} of {}",
+                out.stats.reused_tokens,
+                prompt.len()
+            );
+        }
+        convo.push(ChatMessage::new("assistant", out.text.trim()));
+        convo.push(ChatMessage::new("user", *next));
+    }
+}

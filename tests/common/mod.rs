@@ -106,18 +106,65 @@ pub fn check_variant(dir: &Path, rel_tol: f32, load: &dyn Fn(&Path, bool) -> Mod
     }
 }
 
-/// The real test model (SmolLM2-135M-Instruct, Q4_1), or None with a printed skip reason when
-/// scripts/fetch-model.sh has not been run (scripts/test.sh runs it).
+/// The real test model (SmolLM2-135M-Instruct, Q4_1), fetched by scripts/fetch-model.sh
+/// (scripts/test.sh runs it). A missing file fails the test, unless `MINFER_ALLOW_SKIP=1`; see
+/// [`require_file`].
 pub fn real_model() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: {} is missing; run scripts/fetch-model.sh (scripts/test.sh does)",
-            p.display()
+    require_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "run scripts/fetch-model.sh; scripts/test.sh does",
+    )
+}
+
+/// Where skipped tests are listed, one line each (scripts/test.sh prints the file at the end).
+pub fn skip_log() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("minfer-skipped.txt")
+}
+
+/// `path` if it is a file. Otherwise the test fails, naming the file and `how` to get it,
+/// unless the environment sets `MINFER_ALLOW_SKIP=1`: then this returns None, after writing
+/// "SKIPPED <test>: <path> is missing (<how>)" to stderr (unbuffered and not captured by the
+/// test harness, so it shows in every run's output) and appending the same line to
+/// [`skip_log`]. A skipped test must never be mistaken for a pass.
+pub fn require_file(path: &Path, how: &str) -> Option<PathBuf> {
+    if path.is_file() {
+        return Some(path.to_path_buf());
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed test>")
+        .to_string();
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let exe = exe.split('-').next().unwrap_or_default().to_string();
+    let reason = format!("{} is missing ({how})", path.display());
+    if std::env::var("MINFER_ALLOW_SKIP").as_deref() != Ok("1") {
+        panic!(
+            "{reason}; set MINFER_ALLOW_SKIP=1 to skip the tests that need it (they are then listed as skipped)"
         );
-        None
+    }
+    let line = format!("SKIPPED {exe}::{test}: {reason}");
+    record_skip(&line);
+    None
+}
+
+/// Write `line` to the uncaptured stderr and append it to [`skip_log`].
+pub fn record_skip(line: &str) {
+    use std::io::Write;
+    // io::stderr() bypasses libtest's output capture (only the print macros are captured).
+    let _ = writeln!(std::io::stderr(), "\n{line}");
+    let log = skip_log();
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+    {
+        let _ = writeln!(f, "{line}");
     }
 }
 

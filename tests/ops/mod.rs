@@ -400,6 +400,11 @@ pub fn matvec<B: Backend>(b: &B, num: &Numerics) {
         (DType::F32, 1, 13, 20),
         (DType::F32, 3, 9, 516),
         (DType::F32, 17, 5, 12),
+        // 198 chunks of 16 B per row: the GPU's main loop, then a tail trip with all three
+        // of its predicated chunks live for some lanes, one or two for others
+        (DType::BF16, 1, 9, 1584),
+        (DType::F16, 2, 5, 1584),
+        (DType::F32, 1, 9, 792),
     ] {
         matmul_case(b, num, &mut rng, dtype, rows, n, k, true);
         matmul_case(b, num, &mut rng, dtype, rows, n, k, false);
@@ -567,6 +572,22 @@ pub fn argmax<B: Backend>(b: &B, _: &Numerics) {
         2,
         "NaN is skipped, first of a tie wins"
     );
+    // negative maxima and infinities: the GPU compares order-preserving integer keys of the
+    // f32 bits, whose negative half is flipped
+    for (v, want) in [
+        (vec![-3.0, -0.5, f32::NEG_INFINITY, -0.5, -2.0], 1u32),
+        (vec![f32::NEG_INFINITY, f32::NEG_INFINITY], 0),
+        (vec![-1e-30, -0.0, 0.0, -1e30], 1),
+        (vec![-7.0, f32::INFINITY, f32::NAN, f32::INFINITY], 1),
+    ] {
+        assert_eq!(
+            reference::argmax(&v),
+            Some(want as usize),
+            "the reference itself {v:?}"
+        );
+        let xb = upload_buf(b, &v);
+        assert_eq!(b.argmax(&xb, 0, v.len()).expect("argmax"), want, "{v:?}");
+    }
 }
 
 /// Run attention over a history fed in `chunks` of rows (a prefill, then single-row decode
@@ -683,6 +704,9 @@ pub fn attention_splits<B: Backend>(b: &B, _: &Numerics) {
         1,
     );
     attention_case(b, &mut rng, 2, 1, 136, None, &prefill_then_decode(70, 1), 1);
+    // 300 positions: 10 splits of 32 on the GPU, so the combine kernel's 8 warps each take
+    // more than one split
+    attention_case(b, &mut rng, 2, 1, 8, None, &prefill_then_decode(299, 1), 1);
 }
 
 /// Prefill chunks that start mid-history (pos0 > 0) and straddle the CPU's 64-key blocks and

@@ -33,6 +33,18 @@ pub struct KernelCounters {
     pub global_sectors_ideal: u64,
     /// Extra shared-memory wavefronts caused by bank conflicts.
     pub bank_conflicts: u64,
+    /// Warp-level global load instructions (requests) with at least one active lane.
+    pub global_load_requests: u64,
+    /// Distinct 32-byte global sectors each launch touched, × 32, summed over launches: the
+    /// DRAM traffic if the caches hold each launch's footprint and nothing survives between
+    /// launches (re-reads of the same bytes within a launch are cache hits).
+    pub footprint_bytes: u64,
+    /// CTAs run.
+    pub ctas: u64,
+    /// Threads per CTA (the largest over the launches counted).
+    pub threads_per_cta: u64,
+    /// Shared memory per CTA, static plus dynamic (the largest over the launches counted).
+    pub shared_per_cta: u64,
     /// Host wall time spent interpreting, seconds.
     pub seconds: f64,
 }
@@ -50,6 +62,11 @@ impl KernelCounters {
         self.global_sectors += other.global_sectors;
         self.global_sectors_ideal += other.global_sectors_ideal;
         self.bank_conflicts += other.bank_conflicts;
+        self.global_load_requests += other.global_load_requests;
+        self.footprint_bytes += other.footprint_bytes;
+        self.ctas += other.ctas;
+        self.threads_per_cta = self.threads_per_cta.max(other.threads_per_cta);
+        self.shared_per_cta = self.shared_per_cta.max(other.shared_per_cta);
         self.seconds += other.seconds;
     }
 }

@@ -30,6 +30,10 @@ use crate::tensor::{DType, WeightTensor};
 
 /// Threads per block of the element-wise and row kernels (their headers assume it).
 const BLOCK: u32 = 256;
+/// Threads of an rms_norm / add_rms_norm block: one block per row, and at decode one row is the
+/// whole kernel, so 32 warps cut its serial load trips fourfold (kernels/rmsnorm.ptx).
+const NORM_BLOCK: u32 = 1024;
+
 /// Cap on grid-stride launches: enough blocks to fill any current GPU several times over.
 const MAX_GRID_STRIDE_BLOCKS: usize = 4096;
 /// At or below this many rows a bf16 / f16 matmul uses the matrix-vector kernel (weights
@@ -583,7 +587,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         self.launch(
             self.k.rms_norm_f32,
             (u32_arg(op, "rows", rows)?, 1, 1),
-            BLOCK,
+            NORM_BLOCK,
             0,
             &[
                 KernelArg::Ptr(out.ptr),
@@ -617,7 +621,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         self.launch(
             self.k.add_rms_norm_f32,
             (u32_arg(op, "rows", rows)?, 1, 1),
-            BLOCK,
+            NORM_BLOCK,
             0,
             &[
                 KernelArg::Ptr(out.ptr),
@@ -954,7 +958,10 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         } else {
             pos0 + rows
         };
-        let max_chunk_smem = (MAX_DYNAMIC_SHARED / 4 / group).saturating_sub(hd + 2);
+        // attn_split_f32's shared memory: 8 KB of P·V partials, then q, scores, m, l of the group
+        const PV_PARTIALS: usize = 8192;
+        let max_chunk_smem =
+            ((MAX_DYNAMIC_SHARED - PV_PARTIALS) / 4 / group).saturating_sub(hd + 2);
         let target_splits = (ATTN_TARGET_BLOCKS / (nkv * rows)).max(1);
         let mut chunk = longest
             .div_ceil(target_splits)
@@ -975,7 +982,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
                 "{op}: {n_splits} splits exceed the grid limit"
             )));
         }
-        let smem = 4 * group * (hd + chunk + 2);
+        let smem = PV_PARTIALS + 4 * group * (hd + chunk + 2);
         let parts = rows * nh * n_splits;
         let mut sc = lock(&self.scratch);
         let acc = self.grow(&mut sc.attn_acc, parts * hd * 4)?;
@@ -1006,7 +1013,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         self.launch(
             self.k.attn_combine_f32,
             (nh as u32, rows as u32, 1),
-            128,
+            256,
             0,
             &[
                 KernelArg::Ptr(out.ptr),
@@ -1110,24 +1117,30 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             return Err(Error::arg(format!("{op}: empty range")));
         }
         check_len(op, "buffer", buf.len.saturating_sub(offset), len)?;
+        let len32 = u32_arg(op, "len", len)?;
+        if len32 >= 1 << 31 {
+            return Err(Error::arg(format!("{op}: {len} values exceed 2^31")));
+        }
         let mut s = lock(&self.scratch);
-        let res = self.grow(&mut s.argmax, 4)?;
+        let res = self.grow(&mut s.argmax, 8)?;
+        // the kernel folds (value, index) keys into *res with red.max: start from 0
+        self.drv.memset_zero(res, 8)?;
         self.launch(
             self.k.argmax_f32,
-            (1, 1, 1),
-            1024,
+            (len.div_ceil(1024).min(1024) as u32, 1, 1),
+            256,
             0,
             &[
                 KernelArg::Ptr(buf.ptr.offset(offset * 4)),
-                KernelArg::U32(u32_arg(op, "len", len)?),
+                KernelArg::U32(len32),
                 KernelArg::Ptr(res),
             ],
             4.0 * len as f64,
             len as f64,
         )?;
-        let mut id = [0u8; 4];
-        self.drv.copy_to_host(&mut id, res)?;
-        let id = u32::from_le_bytes(id);
+        let mut key = [0u8; 8];
+        self.drv.copy_to_host(&mut key, res)?;
+        let id = u32::MAX - (u64::from_le_bytes(key) as u32);
         if id as usize >= len {
             return Err(Error::Device(format!("{op}: all {len} values are NaN")));
         }

@@ -147,14 +147,36 @@ impl GpuDriver for CudarcDriver {
         self.bind()?;
         let text = CString::new(ptx)
             .map_err(|_| Error::Device(format!("{name}: PTX text contains a NUL byte")))?;
-        // SAFETY: `text` is a NUL-terminated PTX image that outlives the call.
-        let m =
-            unsafe { result::module::load_data(text.as_ptr() as *const c_void) }.map_err(|e| {
-                Error::Device(format!(
-                    "loading {name}: {:?} (the driver must support PTX ISA 8.0: CUDA 12 or newer)",
-                    e.0
-                ))
-            })?;
+        let m = match load_ptx_with_log(&text) {
+            Ok(m) => m,
+            Err((code, jit_log)) => {
+                // A cubin assembled ahead of time with ptxas (scripts/gpu-check.sh --prepare
+                // puts them in gpu-bin/cubin) lets a check run on a driver whose JIT refuses
+                // the PTX, and the JIT's own log says why it refused.
+                let cubin = std::env::var_os("MINFER_CUBIN_DIR").map(|d| {
+                    let stem = name.trim_end_matches(".ptx");
+                    std::path::Path::new(&d)
+                        .join(format!("{stem}.sm_{}{}.cubin", self.cc.0, self.cc.1))
+                });
+                match cubin.as_deref().map(std::fs::read) {
+                    Some(Ok(bytes)) => {
+                        // SAFETY: `bytes` is a whole cubin file that outlives the call.
+                        unsafe { result::module::load_data(bytes.as_ptr() as *const c_void) }
+                            .map_err(|e| {
+                                Error::Device(format!(
+                                    "loading {name}: the JIT failed ({code:?}: {jit_log}) and so did the cubin fallback ({:?})",
+                                    e.0
+                                ))
+                            })?
+                    }
+                    _ => {
+                        return Err(Error::Device(format!(
+                            "loading {name}: {code:?} (the driver must support PTX ISA 8.0: CUDA 12 or newer); JIT log: {jit_log}"
+                        )))
+                    }
+                }
+            }
+        };
         let mut mods = lock(&self.modules);
         mods.push(m);
         Ok(ModuleId(mods.len() - 1))
@@ -332,6 +354,47 @@ impl GpuDriver for CudarcDriver {
             c.seconds += ms as f64 / 1e3;
         }
         by_name.into_values().collect()
+    }
+}
+
+/// `cuModuleLoadDataEx` with the JIT's error log captured: on failure, the result code and the
+/// log text (ptxas-style messages naming the line), which `cuModuleLoadData` throws away.
+fn load_ptx_with_log(
+    text: &CString,
+) -> std::result::Result<sys::CUmodule, (sys::CUresult, String)> {
+    let mut log = vec![0u8; 16 * 1024];
+    let mut opts = [
+        sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER,
+        sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+    ];
+    // The size option's value is passed in the pointer itself, as the driver API specifies.
+    let mut vals: [*mut c_void; 2] = [log.as_mut_ptr() as *mut c_void, log.len() as *mut c_void];
+    let mut m = std::mem::MaybeUninit::<sys::CUmodule>::uninit();
+    // SAFETY: `text` is a NUL-terminated PTX image, `log` a writable buffer of the size given,
+    // both outliving the call; `opts` and `vals` have the 2 entries announced.
+    let r = unsafe {
+        sys::cuModuleLoadDataEx(
+            m.as_mut_ptr(),
+            text.as_ptr() as *const c_void,
+            opts.len() as u32,
+            opts.as_mut_ptr(),
+            vals.as_mut_ptr(),
+        )
+    };
+    if r == sys::CUresult::CUDA_SUCCESS {
+        // SAFETY: the call succeeded, so it wrote the module handle.
+        Ok(unsafe { m.assume_init() })
+    } else {
+        let n = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        let text = String::from_utf8_lossy(&log[..n]).trim().to_string();
+        Err((
+            r,
+            if text.is_empty() {
+                "(empty)".into()
+            } else {
+                text
+            },
+        ))
     }
 }
 

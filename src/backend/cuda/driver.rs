@@ -63,6 +63,15 @@ pub struct KernelCounters {
     pub global_sectors_ideal: u64,
     /// Extra shared-memory wavefronts caused by bank conflicts.
     pub bank_conflicts: u64,
+    /// Warp-level global load instructions with at least one active lane.
+    pub global_load_requests: u64,
+    /// Distinct 32-byte global sectors per launch × 32, summed: DRAM bytes if the caches keep
+    /// each launch's footprint (the performance model's byte count).
+    pub footprint_bytes: u64,
+    /// CTAs run, threads and shared bytes (static + dynamic) per CTA (largest over the launches).
+    pub ctas: u64,
+    pub threads_per_cta: u64,
+    pub shared_per_cta: u64,
     /// Wall time, seconds (real device: CUDA events; interpreter: host time).
     pub seconds: f64,
 }

@@ -7,6 +7,7 @@ pub mod backend;
 #[cfg(feature = "cuda")]
 pub mod cudarc_driver;
 pub mod driver;
+pub mod predict;
 pub mod registry;
 pub mod sim;
 

@@ -165,6 +165,11 @@ impl GpuDriver for SimDriver {
                 global_sectors: c.global_sectors,
                 global_sectors_ideal: c.global_sectors_ideal,
                 bank_conflicts: c.bank_conflicts,
+                global_load_requests: c.global_load_requests,
+                footprint_bytes: c.footprint_bytes,
+                ctas: c.ctas,
+                threads_per_cta: c.threads_per_cta,
+                shared_per_cta: c.shared_per_cta,
                 seconds: c.seconds,
             })
             .collect()

@@ -305,6 +305,7 @@ impl<'a, 'm> Exec<'a, 'm> {
         if kind != Access::Atomic {
             self.acc[lane] = Some((a, n as u32));
             self.acc_shared = shared;
+            self.acc_load = kind == Access::Load;
         }
     }
 
@@ -590,6 +591,14 @@ impl<'a, 'm> Exec<'a, 'm> {
             let (s, ideal) = counters::global_sectors(&v);
             p.global_sectors += s;
             p.global_sectors_ideal += ideal;
+            if self.acc_load {
+                p.global_load_requests += 1;
+            }
+            for &(a, n) in &v {
+                for sector in a / 32..=(a + n as u64 - 1) / 32 {
+                    self.footprint.insert(sector);
+                }
+            }
         }
     }
 }

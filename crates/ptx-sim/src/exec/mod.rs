@@ -108,6 +108,10 @@ struct Exec<'a, 'm> {
     // Per-instruction scratch for profiling: each lane's access, and whether it was shared.
     acc: [Option<(u64, u32)>; 32],
     acc_shared: bool,
+    acc_load: bool,
+    /// Distinct 32-byte global sectors this launch touched (profiling only): its footprint, what
+    /// a cache holding the whole launch would fetch from DRAM.
+    footprint: std::collections::HashSet<u64>,
     /// %tid of every thread slot (warps rounded up to 32 lanes).
     tids: Vec<[u32; 3]>,
     /// cp.async copies are done at once, but their bytes count as in flight until the issuing
@@ -169,6 +173,8 @@ pub fn run(l: &Launch, mem: &mut GlobalMem, prof: Option<&mut KernelCounters>) -
         alloc_hint: 0,
         acc: [None; 32],
         acc_shared: false,
+        acc_load: false,
+        footprint: std::collections::HashSet::new(),
         tids: (0..nwarps as u32 * 32)
             .map(|t| [t % bx, (t / bx) % by, t / (bx * by)])
             .collect(),
@@ -184,6 +190,13 @@ pub fn run(l: &Launch, mem: &mut GlobalMem, prof: Option<&mut KernelCounters>) -
                 ex.run_cta()?;
             }
         }
+    }
+    let footprint = ex.footprint.len() as u64 * 32;
+    if let Some(p) = ex.prof.as_deref_mut() {
+        p.ctas += gx as u64 * gy as u64 * gz as u64;
+        p.threads_per_cta = p.threads_per_cta.max(nthreads as u64);
+        p.shared_per_cta = p.shared_per_cta.max(l.shared_bytes as u64);
+        p.footprint_bytes += footprint;
     }
     Ok(())
 }
