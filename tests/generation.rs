@@ -80,7 +80,7 @@ fn stop_ids_end_generation_before_the_stop_token() {
             assert_eq!(got, g[..first], "case {i}, stop id {stop}");
             assert_eq!(
                 stats.stop,
-                StopReason::Stop(stop),
+                StopReason::StopId(stop),
                 "case {i}, stop id {stop}"
             );
         }
@@ -93,7 +93,7 @@ fn stop_ids_end_generation_before_the_stop_token() {
         let (got, stats) = run(&mut m, &prompt, &opts);
         let first = g.iter().position(|&t| t == a || t == b).unwrap();
         assert_eq!(got, g[..first]);
-        assert_eq!(stats.stop, StopReason::Stop(g[first]));
+        assert_eq!(stats.stop, StopReason::StopId(g[first]));
         let absent = (0..256u32).find(|t| !g.contains(t)).unwrap();
         let opts = GenerateOptions {
             stop_ids: vec![absent],
@@ -139,7 +139,7 @@ fn eos_ends_generation_unless_ignored() {
     assert!(!opts.ignore_eos);
     let (got, stats) = run(&mut m, &prompt, &opts);
     assert_eq!(got, g[..first]);
-    assert_eq!(stats.stop, StopReason::Stop(eos));
+    assert_eq!(stats.stop, StopReason::Eos(eos));
     // ignore_eos runs through it.
     let (got, stats) = run(&mut m, &prompt, &greedy(16));
     assert_eq!((got, stats.stop), (g, StopReason::MaxTokens));

@@ -411,7 +411,7 @@ fn stop_ids_eos_max_tokens_and_full_context_on_the_real_model() {
         },
     );
     assert_eq!(got, want[..eos_at]);
-    assert_eq!(stats.stop, StopReason::Stop(want[eos_at]));
+    assert_eq!(stats.stop, StopReason::Eos(want[eos_at]));
     assert!(m.eos_ids().contains(&want[eos_at]));
     // A stop id: each token of the answer in turn.
     for &stop in &greedy {
@@ -425,7 +425,7 @@ fn stop_ids_eos_max_tokens_and_full_context_on_the_real_model() {
             },
         );
         assert_eq!(got, greedy[..first], "stop id {stop}");
-        assert_eq!(stats.stop, StopReason::Stop(stop), "stop id {stop}");
+        assert_eq!(stats.stop, StopReason::StopId(stop), "stop id {stop}");
     }
     // Max tokens.
     for n in [1, 3] {
