@@ -8,7 +8,7 @@ use minfer::internals::{gguf, safetensors};
 use minfer::{ChatMessage, ModelConfig, Tokenizer};
 use serde_json::{json, Value};
 
-use super::scratch;
+use super::engine::scratch;
 
 fn gguf_header(n_tensors: u64, kvs: &[u8], n_kv: u64, tensors: &[u8]) -> Vec<u8> {
     let mut b = b"GGUF".to_vec();
@@ -38,7 +38,7 @@ fn tensor_info(name: &str, dims: &[u64], ty: u32, offset: u64) -> Vec<u8> {
 }
 
 fn gguf_error(name: &str, bytes: &[u8]) -> String {
-    let path = scratch("bounds").join(name);
+    let path = scratch("bounds-gguf").join(name);
     std::fs::write(&path, bytes).unwrap();
     match gguf::read_header(&path) {
         Ok(_) => panic!("{name}: a hostile header was accepted"),
@@ -75,6 +75,7 @@ fn gguf_counts_and_extents_are_checked() {
     file.resize(file.len().div_ceil(32) * 32 + 64, 0);
     let e = gguf_error("overlap.gguf", &file);
     assert!(e.contains("overlap"), "{e}");
+    let _ = std::fs::remove_dir_all(scratch("bounds-gguf"));
 }
 
 #[test]
@@ -87,10 +88,11 @@ fn safetensors_overlap_is_refused() {
     let mut file = (header.len() as u64).to_le_bytes().to_vec();
     file.extend_from_slice(header.as_bytes());
     file.extend_from_slice(&[0u8; 12]);
-    let path = scratch("bounds").join("overlap.safetensors");
+    let path = scratch("bounds-safetensors").join("overlap.safetensors");
     std::fs::write(&path, file).unwrap();
     let e = safetensors::read_header(&path).unwrap_err().to_string();
     assert!(e.contains("overlap"), "{e}");
+    let _ = std::fs::remove_dir_all(scratch("bounds-safetensors"));
 }
 
 #[test]

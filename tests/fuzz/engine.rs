@@ -275,6 +275,20 @@ pub struct Target {
     pub run: RunFn,
 }
 
+/// A scratch directory of this process, for targets that read files (in memory when /dev/shm
+/// exists); a campaign removes its own when it ends.
+pub fn scratch(target: &str) -> PathBuf {
+    let base = Path::new("/dev/shm");
+    let base = if base.is_dir() {
+        base.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("minfer-fuzz-{}-{target}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz")
 }
@@ -490,6 +504,7 @@ pub fn campaign(t: Target) {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(scratch(t.name));
     eprintln!(
         "fuzz {}: {execs} execs in {secs:.1} s ({:.0}/s), seed {seed}, {} regression cases, \
          corpus {} ({} outcome shapes), slowest input {slowest:.2?}, {} failures",

@@ -15,7 +15,7 @@ mod json_mut;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use engine::{campaign, mutate_bytes, shape, Guard, Outcome, Rng, Target};
+use engine::{campaign, mutate_bytes, scratch, shape, Guard, Outcome, Rng, Target};
 use minfer::internals::{gguf, open_checkpoint, safetensors};
 use minfer::{ChatMessage, Error, ModelConfig, Tokenizer};
 use serde_json::{json, Value};
@@ -29,19 +29,6 @@ fn manifest() -> &'static Path {
 
 fn fixture(rel: &str) -> PathBuf {
     manifest().join("tests/fixtures").join(rel)
-}
-
-/// A scratch directory of this process, for targets that read files.
-fn scratch(target: &str) -> PathBuf {
-    let base = Path::new("/dev/shm");
-    let base = if base.is_dir() {
-        base.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    };
-    let dir = base.join(format!("minfer-fuzz-{}-{target}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
 }
 
 fn read(p: &Path) -> Vec<u8> {
@@ -262,7 +249,7 @@ const INDEX_DICT: &[&str] = &[
 ];
 
 fn sharded_dir() -> PathBuf {
-    let dir = scratch("index");
+    let dir = scratch("safetensors_index");
     let src = fixture("models/llama_sharded");
     for e in std::fs::read_dir(&src).unwrap().flatten() {
         let name = e.file_name();
