@@ -37,8 +37,12 @@ step "tests (release profile: the PTX interpreter and real-model tests need opti
 # appended here (tests/common/mod.rs, require_file) and listed at the end.
 SKIPS="${CARGO_TARGET_DIR:-target}/tmp/minfer-skipped.txt"
 rm -f "$SKIPS"
-cargo test --release --workspace
+# The fuzz targets only replay their regression cases and corpus here; the step below fuzzes.
+FUZZ_SECONDS=0 cargo test --release --workspace
 if [ -s "$SKIPS" ]; then
   step "SKIPPED (MINFER_ALLOW_SKIP=1): these tests did not run"
   cat "$SKIPS"
 fi
+
+step "fuzz: regression cases, corpus and 3 s per target (test profile: overflow checks on)"
+cargo test --test fuzz

@@ -146,6 +146,30 @@ fn get_usize(v: &Value, key: &str, path: &Path) -> Result<usize> {
         .ok_or_else(|| Error::json(path, format!("missing or non-integer field {key:?}")))
 }
 
+/// Upper bounds on a config's sizes, far above any real model (Llama 3.1 405B: 126 layers,
+/// hidden 16384, 128 heads; Gemma 3: a 262144-token vocabulary), so that a hostile config.json
+/// cannot size a table from a number like 2^40 and every product of two dims fits in 64 bits.
+/// Each must also be positive (a zero vocabulary or width divides by zero downstream).
+const LIMITS: [(&str, usize); 7] = [
+    ("num_hidden_layers", 1 << 12),
+    ("num_attention_heads", 1 << 12),
+    ("num_key_value_heads", 1 << 12),
+    ("head_dim", 1 << 14),
+    ("hidden_size", 1 << 20),
+    ("intermediate_size", 1 << 22),
+    ("vocab_size", 1 << 24),
+];
+
+fn check_limit(path: &Path, key: &str, value: usize) -> Result<usize> {
+    match LIMITS.iter().find(|(k, _)| *k == key) {
+        Some(&(_, max)) if value == 0 || value > max => Err(Error::json(
+            path,
+            format!("{key} {value} is not in 1..={max}"),
+        )),
+        _ => Ok(value),
+    }
+}
+
 fn opt_usize(v: &Value, key: &str) -> Option<usize> {
     v.get(key).and_then(Value::as_u64).map(|x| x as usize)
 }
@@ -269,10 +293,15 @@ impl ModelConfig {
                 })
             }
         };
-        let hidden_size = get_usize(v, "hidden_size", path)?;
-        let num_heads = get_usize(v, "num_attention_heads", path)?;
-        let num_layers = get_usize(v, "num_hidden_layers", path)?;
-        let num_kv_heads = opt_usize(v, "num_key_value_heads").unwrap_or(num_heads);
+        let limited = |key: &str| check_limit(path, key, get_usize(v, key, path)?);
+        let hidden_size = limited("hidden_size")?;
+        let num_heads = limited("num_attention_heads")?;
+        let num_layers = limited("num_hidden_layers")?;
+        let num_kv_heads = check_limit(
+            path,
+            "num_key_value_heads",
+            opt_usize(v, "num_key_value_heads").unwrap_or(num_heads),
+        )?;
         if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
             return Err(Error::json(
                 path,
@@ -284,6 +313,7 @@ impl ModelConfig {
             _ => None,
         }
         .unwrap_or(hidden_size / num_heads);
+        let head_dim = check_limit(path, "head_dim", head_dim)?;
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(Error::json(
                 path,
@@ -427,12 +457,12 @@ impl ModelConfig {
             arch,
             architecture,
             hidden_size,
-            intermediate_size: get_usize(v, "intermediate_size", path)?,
+            intermediate_size: limited("intermediate_size")?,
             num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
-            vocab_size: get_usize(v, "vocab_size", path)?,
+            vocab_size: limited("vocab_size")?,
             rms_norm_eps: v
                 .get("rms_norm_eps")
                 .and_then(Value::as_f64)

@@ -164,7 +164,15 @@ pub fn read_header(path: &Path) -> Result<Header> {
             end,
         });
     }
-    tensors.sort_by_key(|t| t.begin);
+    tensors.sort_by_key(|t| (t.begin, t.end));
+    for w in tensors.windows(2) {
+        if w[1].begin < w[0].end {
+            return Err(bad(format!(
+                "tensors {:?} (bytes {}..{}) and {:?} (bytes {}..{}) overlap",
+                w[0].name, w[0].begin, w[0].end, w[1].name, w[1].begin, w[1].end
+            )));
+        }
+    }
     Ok(Header {
         path: path.to_path_buf(),
         data_start,
@@ -199,7 +207,7 @@ pub fn checkpoint_files(path: &Path) -> Result<Vec<PathBuf>> {
         files.sort();
         files.dedup();
         for f in &files {
-            if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+            if f.is_empty() || f.contains('/') || f.contains('\\') || f.starts_with('.') {
                 return Err(Error::json(
                     &index,
                     format!("shard name {f:?} is not a plain file name"),

@@ -7,12 +7,51 @@
 //!
 //! A template that does not parse does not stop the tokenizer from loading (plain generation
 //! does not need it); `render` reports the parse error.
+//!
+//! Templates come from strangers and are programs, so a render is bounded: [`FUEL`] (minijinja's
+//! budget of instructions and of data created, about 64 bytes per unit) stops loops and memory
+//! bombs, and the output may not exceed [`output_limit`] bytes.
 
 use minijinja::{Environment, ErrorKind};
 use serde_json::Value;
 
 use super::{terr, token_string, ChatMessage};
 use crate::error::Result;
+
+/// minijinja fuel per render: about two million instructions or 128 MB of data created, and a
+/// few hundred milliseconds at most. Real templates use a few thousand on long conversations.
+pub const FUEL: u64 = 2_000_000;
+/// Largest `indent` the `tojson` filter accepts (it allocates indent × depth spaces per line).
+const MAX_JSON_INDENT: usize = 64;
+
+/// The most a render may write: 1 MiB plus twice the messages' text (a template writes each
+/// message once, plus its markup).
+pub fn output_limit(messages: &[ChatMessage]) -> usize {
+    let input: usize = messages
+        .iter()
+        .map(|m| m.role.len() + m.content.len())
+        .sum();
+    (1 << 20) + 2 * input
+}
+
+/// A writer that refuses to grow past its limit.
+struct Bounded {
+    out: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 pub struct ChatTemplate {
     env: Result<Environment<'static>, String>,
@@ -30,6 +69,12 @@ fn tojson(
     value: minijinja::Value,
     indent: Option<usize>,
 ) -> std::result::Result<String, minijinja::Error> {
+    if indent.is_some_and(|n| n > MAX_JSON_INDENT) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: indent is at most {MAX_JSON_INDENT}"),
+        ));
+    }
     let v = serde_json::to_value(&value)
         .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
     let mut out = String::new();
@@ -188,6 +233,7 @@ fn build_env(source: &str) -> std::result::Result<Environment<'static>, String> 
         .build()
         .map_err(|e| format!("chat template syntax: {e}"))?;
     env.set_syntax(syntax);
+    env.set_fuel(Some(FUEL));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
@@ -276,11 +322,23 @@ impl ChatTemplate {
         for (k, v) in &self.extra {
             ctx.insert(k.clone(), minijinja::Value::from(v.clone()));
         }
-        tmpl.render(ctx).map_err(|e| {
-            // raise_exception's message is the useful part; keep minijinja's location too.
-            let detail = e.detail().map(str::to_string).unwrap_or_default();
-            terr(format!("chat template failed: {detail} ({e})"))
-        })
+        let limit = output_limit(messages);
+        let mut out = Bounded {
+            out: Vec::new(),
+            limit,
+        };
+        match tmpl.render_captured_to(ctx, &mut out) {
+            // minijinja writes whole strings, so the bytes are UTF-8.
+            Ok(_) => Ok(String::from_utf8_lossy(&out.out).into_owned()),
+            Err(e) if e.kind() == ErrorKind::WriteFailure => Err(terr(format!(
+                "chat template failed: its output exceeds the limit of {limit} bytes"
+            ))),
+            Err(e) => {
+                // raise_exception's message is the useful part; keep minijinja's location too.
+                let detail = e.detail().map(str::to_string).unwrap_or_default();
+                Err(terr(format!("chat template failed: {detail} ({e})")))
+            }
+        }
     }
 }
 

@@ -400,10 +400,9 @@ impl<'a> Parser<'a> {
         if self.eat_punct('<') {
             let n = self.word()?;
             d.range = Some(
-                parse_int(&n)
+                reg_count(&n)
                     .ok_or(())
-                    .or_else(|_| self.err(format!("bad register count {n}")))?
-                    as u32,
+                    .or_else(|_| self.err(format!("bad register count {n}")))?,
             );
             self.expect_punct('>')?;
         }
@@ -412,11 +411,15 @@ impl<'a> Parser<'a> {
                 d.array = Some(0);
             } else {
                 let n = self.word()?;
-                let n = parse_int(&n)
-                    .ok_or(())
-                    .or_else(|_| self.err(format!("bad array length {n}")))?
-                    as u64;
-                d.array = Some(d.array.unwrap_or(1) * n);
+                let total = parse_int(&n)
+                    .and_then(|n| u64::try_from(n).ok())
+                    .and_then(|n| d.array.unwrap_or(1).checked_mul(n))
+                    .filter(|&t| t <= MAX_ARRAY_LEN);
+                d.array = Some(total.ok_or(()).or_else(|_| {
+                    self.err(format!(
+                        "bad array length {n} (at most {MAX_ARRAY_LEN} elements in all)"
+                    ))
+                })?);
                 self.expect_punct(']')?;
             }
         }
@@ -532,7 +535,10 @@ impl<'a> Parser<'a> {
                             more.array = None;
                             if self.eat_punct('<') {
                                 let n = self.word()?;
-                                more.range = parse_int(&n).map(|v| v as u32);
+                                more.range =
+                                    Some(reg_count(&n).ok_or(()).or_else(|_| {
+                                        self.err(format!("bad register count {n}"))
+                                    })?);
                                 self.expect_punct('>')?;
                             }
                             body.push(BodyItem::Decl(more));
@@ -698,6 +704,20 @@ impl<'a> Parser<'a> {
 }
 
 /// Integer literal: decimal, 0x hex, 0 octal, 0b binary, optional `U` suffix.
+/// Registers one `%r<N>` declaration may name: real kernels declare hundreds, and the bound keeps
+/// a hostile file from making the decoder name millions (found by fuzzing).
+const MAX_REG_RANGE: u32 = 1 << 16;
+/// Elements one declared array may hold (all dimensions together): shared and const memory are
+/// kilobytes, so this is generous, and it keeps every `size × count` product small (found by
+/// fuzzing: `.global .b8 g[18446744073709551615]` overflowed).
+const MAX_ARRAY_LEN: u64 = 1 << 20;
+
+fn reg_count(w: &str) -> Option<u32> {
+    parse_int(w)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|&n| n <= MAX_REG_RANGE)
+}
+
 pub fn parse_int(w: &str) -> Option<i64> {
     let w = w.strip_suffix('U').unwrap_or(w);
     let (neg, w) = match w.strip_prefix('-') {

@@ -40,6 +40,23 @@ const MAX_DIMS: u32 = 4;
 /// Arrays of arrays are legal; nothing real nests deeper than this, and the bound keeps a hostile
 /// file from recursing the stack away.
 const MAX_NESTING: u32 = 8;
+/// Elements in one metadata array. The largest real arrays are vocabularies and merge lists of a
+/// few hundred thousand entries; each element costs 32 bytes in memory, so this bounds one array
+/// at 512 MiB whatever the file claims.
+const MAX_ARRAY_LEN: usize = 1 << 24;
+
+/// The fewest bytes one value of metadata type `ty` takes in the file (unknown types: 1, and
+/// they fail when read).
+fn min_value_size(ty: u32) -> usize {
+    match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 | 10..=12 => 8, // a string is at least its 8-byte length
+        9 => 12,          // element type and count
+        _ => 1,
+    }
+}
 
 /// The architectures we translate (the `general.architecture` strings).
 pub const SUPPORTED_ARCHITECTURES: [&str; 5] = ["llama", "mistral", "qwen2", "qwen3", "gemma3"];
@@ -367,12 +384,18 @@ impl<'a> Cursor<'a> {
                 }
                 let elem = self.u32(what)?;
                 let count = self.u64(what)?;
-                // Every element takes at least one byte, so a count beyond the remaining bytes is
-                // a lie; checking first keeps `with_capacity` honest.
+                // Every element takes at least `min_value_size` bytes, so a count the remaining
+                // bytes cannot hold is a lie; checking first keeps `with_capacity` honest.
                 let count = usize::try_from(count)
                     .ok()
-                    .filter(|&c| c <= self.remaining())
+                    .filter(|&c| c.saturating_mul(min_value_size(elem)) <= self.remaining())
                     .ok_or_else(|| self.truncated(what))?;
+                if count > MAX_ARRAY_LEN {
+                    return Err(Error::bad_weights(
+                        self.path,
+                        format!("{what}: array of {count} elements (at most {MAX_ARRAY_LEN})"),
+                    ));
+                }
                 let mut v = Vec::with_capacity(count);
                 for _ in 0..count {
                     v.push(self.value(elem, what, depth + 1)?);
@@ -540,6 +563,25 @@ fn parse(path: &Path, with_tensors: bool) -> Result<GgufFile> {
             offset,
             n_bytes,
         });
+    }
+
+    // Tensors may not share bytes (the header cannot overlap them: data starts after it).
+    let mut by_offset: Vec<&GgufTensorInfo> = tensors.iter().collect();
+    by_offset.sort_by_key(|t| (t.offset, t.n_bytes));
+    for w in by_offset.windows(2) {
+        if w[1].offset < w[0].offset + w[0].n_bytes {
+            return Err(Error::bad_weights(
+                path,
+                format!(
+                    "tensors {:?} (bytes {}..{}) and {:?} (from byte {}) overlap",
+                    w[0].name,
+                    w[0].offset,
+                    w[0].offset + w[0].n_bytes,
+                    w[1].name,
+                    w[1].offset
+                ),
+            ));
+        }
     }
 
     Ok(GgufFile {

@@ -1,0 +1,525 @@
+//! The fuzzing engine: a deterministic, structure-aware mutation loop on stable Rust.
+//!
+//! Each target is a pure function from bytes to an outcome. The engine runs it on a worker
+//! thread so that it can
+//! - catch panics (`catch_unwind`): a panic is a bug;
+//! - time every input: an input still running after [`HANG_BOUND`] is a hang;
+//! - watch allocations (the counting [`Guard`] allocator below): one allocation over
+//!   [`ALLOC_LIMIT`] is a bug, one over [`ALLOC_FATAL`] is refused after the input has been saved
+//!   (the process then aborts, as it would in the field, but the case is on disk);
+//! - check the target's own property (a round trip, an error that names the file) through `Err`.
+//!
+//! Every failing input is written to `tests/fuzz/regressions/<target>/` and from then on runs
+//! before every campaign, with the seeds in `tests/fuzz/corpus/<target>/`. The loop keeps any
+//! mutant that produces an outcome it has not seen (a new error message shape, with numbers and
+//! quoted names blanked): a cheap stand-in for coverage on a stable toolchain.
+//!
+//! A campaign is fixed by its seed (`FUZZ_SEED`, default derived from the target name) and its
+//! length (`FUZZ_SECONDS`, default [`DEFAULT_SECONDS`]): the same seed replays the same inputs
+//! for as long as both runs last.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// An input still running after this long is a hang. Inputs are at most a few hundred kB and
+/// every target runs in well under 100 ms on them (release build), so 5 s leaves room for a
+/// loaded 2-core machine without hiding a real loop.
+pub const HANG_BOUND: Duration = Duration::from_secs(5);
+/// One allocation larger than this while a fuzz input runs is a bug: nothing we parse from a
+/// sub-megabyte input needs 256 MiB at once.
+pub const ALLOC_LIMIT: usize = 256 << 20;
+/// Allocations above this are refused (after saving the input) rather than attempted.
+pub const ALLOC_FATAL: usize = 4 << 30;
+/// Seconds per target in the test command.
+pub const DEFAULT_SECONDS: f64 = 3.0;
+/// Inputs the mutator may grow to.
+pub const MAX_INPUT: usize = 1 << 20;
+
+// ---- the allocation guard --------------------------------------------------------------------
+
+/// `System`, counting the largest allocation a fuzz worker makes while an input runs.
+pub struct Guard;
+
+thread_local! {
+    /// Largest allocation of the running input; usize::MAX when not inside an input.
+    static LARGEST: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// The running input, for saving from inside the allocator when refusing.
+    static CURRENT: Cell<(*const u8, usize, &'static str)> =
+        const { Cell::new((std::ptr::null(), 0, "")) };
+    static IN_GUARD: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Guard {
+    fn check(size: usize) -> bool {
+        if size <= ALLOC_LIMIT {
+            return true;
+        }
+        let Ok(largest) = LARGEST.try_with(Cell::get) else {
+            return true;
+        };
+        if largest == usize::MAX {
+            return true; // not inside a fuzz input
+        }
+        let _ = LARGEST.try_with(|l| l.set(largest.max(size)));
+        if size <= ALLOC_FATAL {
+            return true;
+        }
+        if IN_GUARD.try_with(|g| g.replace(true)).unwrap_or(true) {
+            return false;
+        }
+        if let Ok((ptr, len, target)) = CURRENT.try_with(Cell::get) {
+            if !ptr.is_null() {
+                // SAFETY: the runner sets CURRENT to the input it is running on this thread and
+                // clears it before the input is dropped.
+                let input = unsafe { std::slice::from_raw_parts(ptr, len) };
+                let path = save_regression(target, "alloc", input);
+                eprintln!(
+                    "fuzz {target}: refused an allocation of {size} bytes; input saved as {}",
+                    path.display()
+                );
+            }
+        }
+        let _ = IN_GUARD.try_with(|g| g.set(false));
+        false
+    }
+}
+
+// SAFETY: forwards to System; refusing an allocation returns null, as GlobalAlloc allows.
+unsafe impl GlobalAlloc for Guard {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if !Guard::check(layout.size()) {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: same layout contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if !Guard::check(layout.size()) {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: same layout contract as ours.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: ptr came from System with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if !Guard::check(new_size) {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+// ---- randomness ------------------------------------------------------------------------------
+
+/// SplitMix64 (the library's generator).
+pub struct Rng(minfer::internals::Rng);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(minfer::internals::Rng::new(seed))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    /// Uniform in 0..n (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    /// True with probability 1/n.
+    pub fn one_in(&mut self, n: usize) -> bool {
+        self.below(n) == 0
+    }
+    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len())]
+    }
+}
+
+pub fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Values that break size arithmetic, as 64-bit integers.
+pub const INTERESTING_U64: &[u64] = &[
+    0,
+    1,
+    2,
+    3,
+    7,
+    8,
+    31,
+    32,
+    33,
+    255,
+    256,
+    4095,
+    65_535,
+    65_536,
+    0x7fff_ffff,
+    0x8000_0000,
+    0xffff_ffff,
+    0x1_0000_0000,
+    1 << 40,
+    1 << 48,
+    1 << 62,
+    i64::MAX as u64,
+    1 << 63,
+    u64::MAX - 1,
+    u64::MAX,
+];
+
+// ---- byte-level mutations (every target falls back on these) -------------------------------
+
+pub fn mutate_bytes(rng: &mut Rng, data: &mut Vec<u8>, others: &[Arc<Vec<u8>>]) {
+    let n = data.len();
+    match rng.below(11) {
+        0 if n > 0 => {
+            let i = rng.below(n);
+            data[i] ^= 1 << rng.below(8);
+        }
+        1 if n > 0 => {
+            let i = rng.below(n);
+            data[i] = *rng.pick(&[0u8, 1, 0x7f, 0x80, 0xff, b'"', b'{', b'\\', b'%', 0xc3]);
+        }
+        2 if n >= 8 => {
+            // An interesting integer, 4 or 8 bytes little-endian, anywhere.
+            let v = *rng.pick(INTERESTING_U64);
+            let w = if rng.one_in(2) { 4 } else { 8 };
+            let i = rng.below(n - w + 1);
+            data[i..i + w].copy_from_slice(&v.to_le_bytes()[..w]);
+        }
+        3 if n > 0 => {
+            // Delete a chunk.
+            let i = rng.below(n);
+            let len = 1 + rng.below((n - i).min(64));
+            data.drain(i..i + len);
+        }
+        4 if n > 0 => {
+            // Duplicate a chunk in place.
+            let i = rng.below(n);
+            let len = 1 + rng.below((n - i).min(256));
+            let chunk = data[i..i + len].to_vec();
+            let at = rng.below(n + 1);
+            data.splice(at..at, chunk);
+        }
+        5 => {
+            // Insert random bytes.
+            let at = rng.below(n + 1);
+            let len = 1 + rng.below(16);
+            let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            data.splice(at..at, bytes);
+        }
+        6 if n > 0 => {
+            // Truncate.
+            data.truncate(rng.below(n));
+        }
+        7 if !others.is_empty() => {
+            // Splice in a chunk of another input.
+            let o = rng.pick(others);
+            if !o.is_empty() {
+                let i = rng.below(o.len());
+                let len = 1 + rng.below((o.len() - i).min(512));
+                let at = rng.below(n + 1);
+                let end = (at + len).min(n);
+                data.splice(at..end, o[i..i + len].iter().copied());
+            }
+        }
+        8 if n > 1 => {
+            // Swap two bytes.
+            let (i, j) = (rng.below(n), rng.below(n));
+            data.swap(i, j);
+        }
+        9 if n > 0 => {
+            // Repeat one byte many times (long runs find quadratic loops).
+            let i = rng.below(n);
+            let run = vec![data[i]; 1 + rng.below(4096)];
+            data.splice(i..i, run);
+        }
+        _ => {
+            let i = rng.below(n + 1);
+            data.insert(i, rng.next() as u8);
+        }
+    }
+    data.truncate(MAX_INPUT);
+}
+
+// ---- targets and the runner ------------------------------------------------------------------
+
+/// What one input did: `Ok(shape)` (any outcome the library is allowed to have, described
+/// coarsely for novelty), or `Err(why)` when a property the target checks failed.
+pub type Outcome = Result<String, String>;
+/// A target's entry point.
+pub type RunFn = Arc<dyn Fn(&[u8]) -> Outcome + Send + Sync>;
+/// A structure-aware mutator: input, and the corpus to splice from.
+pub type MutateFn = fn(&mut Rng, &mut Vec<u8>, &[Arc<Vec<u8>>]);
+
+pub struct Target {
+    pub name: &'static str,
+    /// Starting inputs besides the committed corpus (fixtures read at run time, so the
+    /// repository does not hold them twice).
+    pub seeds: Vec<Vec<u8>>,
+    /// Mutate an input in place (structure-aware; may fall back on `mutate_bytes`).
+    pub mutate: MutateFn,
+    /// Run one input. Called on a worker thread.
+    pub run: RunFn,
+}
+
+/// A scratch directory of this process, for targets that read files (in memory when /dev/shm
+/// exists); a campaign removes its own when it ends.
+pub fn scratch(target: &str) -> PathBuf {
+    let base = Path::new("/dev/shm");
+    let base = if base.is_dir() {
+        base.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("minfer-fuzz-{}-{target}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz")
+}
+
+fn read_dir_inputs(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_none_or(|e| e != "txt"))
+        .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Write `input` as a regression case of `target` and return its path.
+pub fn save_regression(target: &str, kind: &str, input: &[u8]) -> PathBuf {
+    let dir = fuzz_dir().join("regressions").join(target);
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(format!("{kind}-{:016x}", fnv(input)));
+    let _ = std::fs::write(&path, input);
+    path
+}
+
+/// An error message with numbers and quoted text blanked: the "shape" of an outcome.
+pub fn shape(s: &str) -> String {
+    let mut out = String::new();
+    let mut quoted = false;
+    let mut last_digit = false;
+    for c in s.chars().take(200) {
+        if c == '"' {
+            quoted = !quoted;
+            out.push('"');
+            continue;
+        }
+        if quoted {
+            continue;
+        }
+        if c.is_ascii_digit() {
+            if !last_digit {
+                out.push('#');
+            }
+            last_digit = true;
+            continue;
+        }
+        last_digit = false;
+        out.push(c);
+    }
+    // Lists of numbers ("[#, #, #]") differ only in length: keep the start of the message.
+    out.chars().take(100).collect()
+}
+
+enum Verdict {
+    Pass(String),
+    Fail(&'static str, String),
+}
+
+struct Worker {
+    tx: mpsc::Sender<Arc<Vec<u8>>>,
+    rx: mpsc::Receiver<Verdict>,
+}
+
+fn spawn_worker(name: &'static str, run: RunFn) -> Worker {
+    let (tx_in, rx_in) = mpsc::channel::<Arc<Vec<u8>>>();
+    let (tx_out, rx_out) = mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("fuzz-worker-{name}"))
+        .stack_size(64 << 20)
+        .spawn(move || {
+            for input in rx_in {
+                CURRENT.with(|c| c.set((input.as_ptr(), input.len(), name)));
+                LARGEST.with(|l| l.set(0));
+                let r = catch_unwind(AssertUnwindSafe(|| run(&input)));
+                let largest = LARGEST.with(|l| l.replace(usize::MAX));
+                CURRENT.with(|c| c.set((std::ptr::null(), 0, "")));
+                let v = match r {
+                    Err(p) => {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "non-string panic".into());
+                        Verdict::Fail("panic", msg)
+                    }
+                    Ok(_) if largest > ALLOC_LIMIT => Verdict::Fail(
+                        "alloc",
+                        format!("allocated {largest} bytes at once (limit {ALLOC_LIMIT})"),
+                    ),
+                    Ok(Err(why)) => Verdict::Fail("violation", why),
+                    Ok(Ok(s)) => Verdict::Pass(s),
+                };
+                if tx_out.send(v).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawn fuzz worker");
+    Worker {
+        tx: tx_in,
+        rx: rx_out,
+    }
+}
+
+/// Keep panics raised by fuzz inputs quiet (the runner reports them); others print as usual.
+fn quiet_worker_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let fuzz = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("fuzz-worker-"));
+            if !fuzz || std::env::var_os("FUZZ_VERBOSE").is_some() {
+                default(info);
+            }
+        }));
+    });
+}
+
+fn env_f64(key: &str) -> Option<f64> {
+    std::env::var(key).ok().and_then(|s| s.parse().ok())
+}
+
+/// Run the target's regression cases and corpus, then mutate for the campaign's length.
+/// Panics (failing the test) listing every failure, each saved as a regression case.
+pub fn campaign(t: Target) {
+    quiet_worker_panics();
+    let seconds = env_f64("FUZZ_SECONDS").unwrap_or(DEFAULT_SECONDS);
+    let seed = std::env::var("FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fnv(t.name.as_bytes()));
+    let mut rng = Rng::new(seed);
+    let mut worker = spawn_worker(t.name, t.run.clone());
+    let mut failures: Vec<String> = Vec::new();
+    let mut failure_shapes = HashSet::new();
+    let mut seen = HashSet::new();
+    let mut corpus: Vec<Arc<Vec<u8>>> = Vec::new();
+    let mut slowest = Duration::ZERO;
+
+    // One input through the worker; None = it passed.
+    let mut exec = |worker: &mut Worker, input: Arc<Vec<u8>>, replay: Option<&Path>| {
+        let start = Instant::now();
+        worker.tx.send(input.clone()).expect("fuzz worker alive");
+        let v = match worker.rx.recv_timeout(HANG_BOUND) {
+            Ok(v) => v,
+            Err(_) => {
+                // The worker is stuck: abandon it (the thread is leaked) and start another.
+                *worker = spawn_worker(t.name, t.run.clone());
+                Verdict::Fail("hang", format!("still running after {HANG_BOUND:?}"))
+            }
+        };
+        let took = start.elapsed();
+        slowest = slowest.max(took);
+        match v {
+            Verdict::Pass(s) => Some(s),
+            Verdict::Fail(kind, why) => {
+                let key = format!("{kind}: {}", shape(&why));
+                if failure_shapes.insert(key) || replay.is_some() {
+                    let path = match replay {
+                        Some(p) => p.to_path_buf(),
+                        None => save_regression(t.name, kind, &input),
+                    };
+                    failures.push(format!(
+                        "{kind} on {} ({} bytes): {why}",
+                        path.display(),
+                        input.len()
+                    ));
+                }
+                None
+            }
+        }
+    };
+
+    // Regression cases first, then the committed corpus and the fixture seeds.
+    let regressions = read_dir_inputs(&fuzz_dir().join("regressions").join(t.name));
+    for (path, bytes) in &regressions {
+        exec(&mut worker, Arc::new(bytes.clone()), Some(path));
+    }
+    let mut initial: Vec<Vec<u8>> = read_dir_inputs(&fuzz_dir().join("corpus").join(t.name))
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    initial.extend(t.seeds);
+    for bytes in initial {
+        let input = Arc::new(bytes);
+        if let Some(s) = exec(&mut worker, input.clone(), None) {
+            seen.insert(s);
+        }
+        corpus.push(input);
+    }
+    if corpus.is_empty() {
+        corpus.push(Arc::new(Vec::new()));
+    }
+
+    let start = Instant::now();
+    let budget = Duration::from_secs_f64(seconds);
+    let mut execs = 0u64;
+    while start.elapsed() < budget {
+        let parent = rng.pick(&corpus).clone();
+        let mut child = parent.as_ref().clone();
+        for _ in 0..1 + rng.below(4) {
+            (t.mutate)(&mut rng, &mut child, &corpus);
+        }
+        let child = Arc::new(child);
+        execs += 1;
+        if let Some(s) = exec(&mut worker, child.clone(), None) {
+            if seen.insert(s) && corpus.len() < 4096 {
+                corpus.push(child);
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(scratch(t.name));
+    eprintln!(
+        "fuzz {}: {execs} execs in {secs:.1} s ({:.0}/s), seed {seed}, {} regression cases, \
+         corpus {} ({} outcome shapes), slowest input {slowest:.2?}, {} failures",
+        t.name,
+        execs as f64 / secs.max(1e-9),
+        regressions.len(),
+        corpus.len(),
+        seen.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "fuzz {}: {} failures (saved as regression cases):\n{}",
+        t.name,
+        failures.len(),
+        failures.join("\n")
+    );
+}
