@@ -26,7 +26,7 @@ Errors are one line on stderr and a hint line; the exit code is then 2.";
 
 /// minfer — transformer inference from scratch.
 #[derive(Parser, Debug)]
-#[command(name = "minfer", version, after_help = OVERVIEW)]
+#[command(name = "minfer", version, after_help = OVERVIEW, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
