@@ -6,6 +6,7 @@
 //! Nothing here allocates per token: buffers come from the model, attention keeps its scores
 //! in a fixed-size stack block (online softmax over blocks of keys).
 
+pub(crate) mod gemm;
 pub mod matmul;
 pub mod quant_kernels;
 pub mod simd;
@@ -635,7 +636,7 @@ pub fn exp_inplace(x: &mut [f32]) {
         p = p * r + 8.333_452e-3;
         p = p * r + 4.166_579_6e-2;
         p = p * r + 1.666_666_5e-1;
-        p = p * r + 5.000_000_1e-1;
+        p = p * r + 0.5;
         let e = p * r * r + r + 1.0;
         let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
         *v = if v.is_nan() { f32::NAN } else { e * scale };
@@ -827,8 +828,8 @@ mod tests {
         let sum: f32 = e.iter().sum();
         let mut out = vec![0.0; g.hd];
         for (k, j) in (first..=last).enumerate() {
-            for d in 0..g.hd {
-                out[d] += e[k] / sum * g.vc[j * g.kv_dim + off + d];
+            for (o, v) in out.iter_mut().zip(&g.vc[j * g.kv_dim + off..]) {
+                *o += e[k] / sum * v;
             }
         }
         out

@@ -45,11 +45,11 @@ use std::cell::RefCell;
 use half::f16;
 use rayon::prelude::*;
 
-use crate::backend::cpu::matmul::{prefill, split_columns, Panel, SyncPtr};
+use super::gemm::{gemm, split_columns, SyncPtr, WeightRows};
+use super::simd::{Isa, Kernels};
 
-/// From this many activation rows on, products dequantize weight tiles and use f32 arithmetic.
+/// From this many activation rows on, products dequantize weight rows and use f32 arithmetic.
 const PREFILL_MIN_ROWS: usize = 8;
-use crate::backend::cpu::simd::Kernels;
 use crate::error::{Error, Result};
 use crate::loader::DType;
 use crate::quant::{scale_min_k4, QK};
@@ -335,7 +335,22 @@ macro_rules! qtable {
     };
 }
 
-pub(crate) fn table_scalar() -> QTable {
+impl QTable {
+    /// The integer kernels for the instruction set of `k`. Holding `k` proves the CPU has that
+    /// instruction set (it can only be built through `Kernels::for_isa`), and VNNI when
+    /// `k.has_vnni()`.
+    fn for_kernels(k: &Kernels) -> QTable {
+        match k.isa() {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if k.has_vnni() => x86::table_vnni(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 => x86::table_avx2(),
+            _ => table_scalar(),
+        }
+    }
+}
+
+fn table_scalar() -> QTable {
     QTable {
         tiles: qtable!(qtile_scalar),
         quantize: quantize_scalar,
@@ -721,7 +736,7 @@ pub(crate) fn matmul_quant(
     bias: Option<&[f32]>,
 ) -> Result<()> {
     let (be, bb) = dtype.block();
-    if n_in % be != 0 {
+    if !n_in.is_multiple_of(be) {
         return Err(Error::UnsupportedDtype {
             name: name.to_string(),
             dtype: format!("{dtype} with rows of {n_in} (not whole blocks of {be})"),
@@ -729,40 +744,24 @@ pub(crate) fn matmul_quant(
     }
     let row_bytes = n_in / be * bb;
     if rows >= PREFILL_MIN_ROWS || format_index(dtype).is_none() && rows > 1 {
-        // Prefill: dequantize each weight tile once per k-slice and run the f32 micro-kernel
-        // over all activation rows (exact activations, and 2-4x the integer path's speed here,
-        // whose per-block scale work is paid once per activation row).
-        let panel = Panel {
-            bytes: w,
-            row_bytes,
-            block: (be, bb),
-            in_place: None,
+        // Prefill: dequantize each weight row once per call and run the packed f32 GEMM over
+        // all activation rows (exact activations; the integer path pays its per-block scale
+        // work once per activation row).
+        let fill = |o: usize, dst: &mut [f32]| {
+            // dst is one whole row (n_in, whole blocks), so this cannot fail; if it somehow
+            // did, dst would keep its previous contents.
+            let _ = crate::quant::dequantize(dtype, &w[o * row_bytes..(o + 1) * row_bytes], dst);
         };
-        prefill(
-            k,
-            out,
-            x,
-            rows,
-            n_out,
-            n_in,
-            bias,
-            &panel,
-            &|o, k0, dst: &mut [f32]| {
-                let start = o * row_bytes + k0 / be * bb;
-                // dst.len() is a whole number of blocks (prefill slices at block boundaries), so
-                // this cannot fail; if it somehow did, dst would keep its previous contents.
-                let _ =
-                    crate::quant::dequantize(dtype, &w[start..start + dst.len() / be * bb], dst);
-            },
-        );
+        gemm(k, out, x, rows, n_out, n_in, bias, WeightRows::Widen(&fill));
         return Ok(());
     }
     let Some(fi) = format_index(dtype) else {
         dequant_dot(k, dtype, out, x, rows, w, n_out, n_in, row_bytes, bias);
         return Ok(());
     };
-    let table = &k.qtiles.tiles[fi];
-    let quantize = k.qtiles.quantize;
+    let qt = QTable::for_kernels(k);
+    let table = &qt.tiles[fi];
+    let quantize = qt.quantize;
     let mut go = |qa: &mut QActs| {
         qa.quantize(quantize, x, rows, n_in);
         let qa = &*qa;
@@ -773,6 +772,7 @@ pub(crate) fn matmul_quant(
         split_columns(
             n_out,
             rows.saturating_mul(n_out).saturating_mul(n_in),
+            4,
             |o0, o1| {
                 // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
                 #[allow(clippy::redundant_locals)]
@@ -834,6 +834,7 @@ fn dequant_dot(
     split_columns(
         n_out,
         rows.saturating_mul(n_out).saturating_mul(n_in),
+        4,
         |o0, o1| {
             // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
             #[allow(clippy::redundant_locals)]
@@ -872,7 +873,7 @@ fn dequant_dot(
 /// Quantizes rows of f32 to Q8_0 bytes (34 per 32 values), exactly as
 /// `crate::quant::quantize_q8_0_reference` (ggml's `quantize_row_q8_0_ref`), in parallel.
 pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<u8>> {
-    if x.len() % QK != 0 {
+    if !x.len().is_multiple_of(QK) {
         return Err(Error::arg(format!(
             "quantize_q8_0: length {} is not a multiple of {QK}",
             x.len()
