@@ -184,7 +184,14 @@ pub(crate) fn gemm(
                             // n_in × width values (pack_x); tmp holds TMP_MAX >= mr · nr. The
                             // table came from a CPU-checked `Kernels`.
                             unsafe {
-                                f(wp, n_in, xp[r0 * n_in..].as_ptr(), n_in, tmp.as_mut_ptr())
+                                f(
+                                    wp,
+                                    n_in,
+                                    xp[r0 * n_in..].as_ptr(),
+                                    width,
+                                    n_in,
+                                    tmp.as_mut_ptr(),
+                                )
                             };
                             for j in 0..width.min(rows - r0) {
                                 let row = (r0 + j) * n_out + o;
@@ -206,4 +213,4 @@ pub(crate) fn gemm(
 }
 
 /// Room for the largest micro-tile of any table (AVX-512: 12 × 32).
-const TMP_MAX: usize = 12 * 32;
+pub(crate) const TMP_MAX: usize = 12 * 32;

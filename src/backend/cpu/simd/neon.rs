@@ -94,11 +94,12 @@ pub(super) unsafe fn gemm_neon<const MR: usize, const NRV: usize>(
     w: *const f32,
     ldw: usize,
     xp: *const f32,
+    ldx: usize,
     k: usize,
     out: *mut f32,
 ) {
     // SAFETY: forwarded pointer contract; NEON guaranteed by the token that built the table.
-    unsafe { vector::gemm_tile::<Neon, MR, NRV>(w, ldw, xp, k, out) }
+    unsafe { vector::gemm_tile::<Neon, MR, NRV>(w, ldw, xp, ldx, k, out) }
 }
 
 #[target_feature(enable = "neon")]

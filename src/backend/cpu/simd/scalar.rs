@@ -77,11 +77,12 @@ pub(super) unsafe fn gemm<const MR: usize, const NRV: usize>(
     w: *const f32,
     ldw: usize,
     xp: *const f32,
+    ldx: usize,
     k: usize,
     out: *mut f32,
 ) {
     // SAFETY: forwarded pointer contract; Scalar needs no CPU feature.
-    unsafe { vector::gemm_tile::<Scalar, MR, NRV>(w, ldw, xp, k, out) }
+    unsafe { vector::gemm_tile::<Scalar, MR, NRV>(w, ldw, xp, ldx, k, out) }
 }
 
 pub(super) unsafe fn fma_chains(iters: usize, seed: f32) -> f32 {

@@ -156,24 +156,25 @@ pub(crate) unsafe fn widen<S: Simd, E: Elem>(dst: &mut [f32], src: &[E]) {
 }
 
 /// GEMM micro-kernel over packed operands (prefill):
-/// `out[i·NR + j] = Σ_{t<k} w[i·ldw + t] · xp[t·NR + j]` for `i < MR`, `j < NR = NRV·LANES`.
+/// `out[i·NR + j] = Σ_{t<k} w[i·ldw + t] · xp[t·ldx + j]` for `i < MR`, `j < NR = NRV·LANES`.
 ///
 /// `w` holds MR weight rows (f32, row stride `ldw`): each element is broadcast once per k-step.
-/// `xp` is a panel of NR activation rows transposed to k-major (`[k][NR]`, see `gemm::pack_x`):
-/// NRV vector loads per k-step. The MR × NRV accumulators stay in registers (AVX-512: 12 × 2 of
+/// `xp` is a panel of NR activation rows transposed to k-major (`[k][ldx]`, see `gemm::pack_x`;
+/// attention passes V rows in place): NRV vector loads per k-step. The MR × NRV accumulators stay in registers (AVX-512: 12 × 2 of
 /// 32 registers; AVX2: 6 × 2 of 16), so each k-step issues MR·NRV FMAs for NRV loads and MR
 /// broadcasts. Every output is one lane of one accumulator summed in k order (t = 0, 1, ...):
 /// the result of a (weight row, activation row) pair does not depend on MR, NRV or which
 /// other rows share the tile, which makes prefill batch-invariant.
 ///
 /// # Safety
-/// `w` readable for MR rows of `k` at stride `ldw`; `xp` readable for `k · NR` elements; `out`
-/// writable for `MR · NR`; the caller runs with `S`'s ISA enabled.
+/// `w` readable for MR rows of `k` at stride `ldw`; `xp` readable for `k` rows of NR at stride
+/// `ldx`; `out` writable for `MR · NR`; the caller runs with `S`'s ISA enabled.
 #[inline(always)]
 pub(crate) unsafe fn gemm_tile<S: Simd, const MR: usize, const NRV: usize>(
     w: *const f32,
     ldw: usize,
     xp: *const f32,
+    ldx: usize,
     k: usize,
     out: *mut f32,
 ) {
@@ -185,7 +186,7 @@ pub(crate) unsafe fn gemm_tile<S: Simd, const MR: usize, const NRV: usize>(
         let mut acc = [[S::zero(); NRV]; MR];
         let mut xv = [S::zero(); NRV];
         for t in 0..k {
-            let p = xp.add(t * nr);
+            let p = xp.add(t * ldx);
             for (v, xv) in xv.iter_mut().enumerate() {
                 *xv = S::load(p.add(v * l));
             }
@@ -205,7 +206,7 @@ pub(crate) unsafe fn gemm_tile<S: Simd, const MR: usize, const NRV: usize>(
 }
 
 /// A GEMM micro-kernel as stored in the dispatch table (see [`gemm_tile`] for the contract).
-pub(crate) type GemmFn = unsafe fn(*const f32, usize, *const f32, usize, *mut f32);
+pub(crate) type GemmFn = unsafe fn(*const f32, usize, *const f32, usize, usize, *mut f32);
 
 /// `iters` rounds of 12 independent FMA chains per lane, for measuring the FMA peak: returns
 /// the sum so nothing is optimised away. 12 chains hide a 4-cycle latency at 2 FMAs per cycle

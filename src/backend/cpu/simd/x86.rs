@@ -188,11 +188,12 @@ pub(super) unsafe fn gemm_avx2<const MR: usize, const NRV: usize>(
     w: *const f32,
     ldw: usize,
     xp: *const f32,
+    ldx: usize,
     k: usize,
     out: *mut f32,
 ) {
     // SAFETY: forwarded pointer contract; AVX2 guaranteed by the token that built the table.
-    unsafe { vector::gemm_tile::<Avx2, MR, NRV>(w, ldw, xp, k, out) }
+    unsafe { vector::gemm_tile::<Avx2, MR, NRV>(w, ldw, xp, ldx, k, out) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -226,11 +227,12 @@ pub(super) unsafe fn gemm_avx512<const MR: usize, const NRV: usize>(
     w: *const f32,
     ldw: usize,
     xp: *const f32,
+    ldx: usize,
     k: usize,
     out: *mut f32,
 ) {
     // SAFETY: forwarded pointer contract; AVX-512 guaranteed by the token that built the table.
-    unsafe { vector::gemm_tile::<Avx512, MR, NRV>(w, ldw, xp, k, out) }
+    unsafe { vector::gemm_tile::<Avx512, MR, NRV>(w, ldw, xp, ldx, k, out) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
