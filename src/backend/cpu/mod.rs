@@ -165,6 +165,33 @@ fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
     Ok(())
 }
 
+/// Rows per parallel task of the row-wise ops (norms, rope): one task per ~16K values, so
+/// decode (one row) stays on the calling thread and a 128-row prefill is split in a few tasks.
+fn par_rows(rows: usize, width: usize) -> usize {
+    (16_384 / width.max(1)).clamp(1, rows.max(1))
+}
+
+/// Rotary embedding of one row (`heads × head_dim`) at position `pos` (see `Backend::rope`).
+/// `head_dim / 2 <= 256` (checked by the caller).
+fn rope_row(row: &mut [f32], pos: usize, head_dim: usize, inv: &[f32]) {
+    let half = head_dim / 2;
+    // cos/sin of one position, shared by every head of the row (stack, no allocation).
+    let (mut cos, mut sin) = ([0f32; 256], [0f32; 256]);
+    let pos = pos as f32;
+    for i in 0..half {
+        // transformers forms the angle in f32, then takes cos/sin.
+        let (s, c) = ((pos * inv[i]) as f64).sin_cos();
+        (sin[i], cos[i]) = (s as f32, c as f32);
+    }
+    for v in row.chunks_exact_mut(head_dim) {
+        for i in 0..half {
+            let (a, b) = (v[i], v[i + half]);
+            v[i] = a * cos[i] - b * sin[i];
+            v[i + half] = b * cos[i] + a * sin[i];
+        }
+    }
+}
+
 fn rms_norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let inv = 1.0 / (ss + eps).sqrt();
@@ -269,14 +296,14 @@ impl Backend for CpuBackend {
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let dim = w.len();
         check_len("rms_norm", out.len().min(x.len()), rows * dim)?;
-        for r in 0..rows {
-            rms_norm_row(
-                &mut out[r * dim..(r + 1) * dim],
-                &x[r * dim..(r + 1) * dim],
-                w,
-                eps,
-            );
-        }
+        let rows_par = par_rows(rows, dim);
+        self.pool.install(|| {
+            out[..rows * dim]
+                .par_chunks_mut(dim)
+                .with_min_len(rows_par)
+                .zip(x[..rows * dim].par_chunks(dim))
+                .for_each(|(o, x)| rms_norm_row(o, x, w, eps));
+        });
         self.end(
             t0,
             || "rms_norm".into(),
@@ -306,13 +333,18 @@ impl Backend for CpuBackend {
             out.len().min(x.len()).min(residual.len()),
             rows * dim,
         )?;
-        for r in 0..rows {
-            let res = &mut residual[r * dim..(r + 1) * dim];
-            res.iter_mut()
-                .zip(&x[r * dim..(r + 1) * dim])
-                .for_each(|(a, b)| *a += b);
-            rms_norm_row(&mut out[r * dim..(r + 1) * dim], res, w, eps);
-        }
+        let rows_par = par_rows(rows, dim);
+        self.pool.install(|| {
+            residual[..rows * dim]
+                .par_chunks_mut(dim)
+                .with_min_len(rows_par)
+                .zip(out[..rows * dim].par_chunks_mut(dim))
+                .zip(x[..rows * dim].par_chunks(dim))
+                .for_each(|((res, o), x)| {
+                    res.iter_mut().zip(x).for_each(|(a, b)| *a += b);
+                    rms_norm_row(o, res, w, eps);
+                });
+        });
         self.end(
             t0,
             || "add_rms_norm".into(),
@@ -405,27 +437,18 @@ impl Backend for CpuBackend {
         let half = head_dim / 2;
         check_len("rope table", inv.len(), half)?;
         check_len("rope", x.len(), rows * heads * head_dim)?;
-        // cos/sin of one position, shared by every head of the row (stack, no allocation).
-        let (mut cos, mut sin) = ([0f32; 256], [0f32; 256]);
-        if half > cos.len() {
+        if half > 256 {
             return Err(Error::arg(format!("rope: head_dim {head_dim} exceeds 512")));
         }
-        for r in 0..rows {
-            let pos = (pos0 + r) as f32;
-            for i in 0..half {
-                // transformers forms the angle in f32, then takes cos/sin.
-                let (s, c) = ((pos * inv[i]) as f64).sin_cos();
-                (sin[i], cos[i]) = (s as f32, c as f32);
-            }
-            for v in x[r * heads * head_dim..(r + 1) * heads * head_dim].chunks_exact_mut(head_dim)
-            {
-                for i in 0..half {
-                    let (a, b) = (v[i], v[i + half]);
-                    v[i] = a * cos[i] - b * sin[i];
-                    v[i + half] = b * cos[i] + a * sin[i];
-                }
-            }
-        }
+        let width = heads * head_dim;
+        let rows_par = par_rows(rows, width);
+        self.pool.install(|| {
+            x[..rows * width]
+                .par_chunks_mut(width)
+                .with_min_len(rows_par)
+                .enumerate()
+                .for_each(|(r, row)| rope_row(row, pos0 + r, head_dim, inv))
+        });
         self.end(
             t0,
             || "rope".into(),
@@ -544,16 +567,14 @@ impl Backend for CpuBackend {
     fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
         let t0 = self.begin();
         check_len("silu_mul", gate.len().min(up.len()), len)?;
-        // silu(g) · u = g / (1 + e^-g) · u, with e^-g computed 64 at a time (vectorized).
-        for (gs, us) in gate[..len].chunks_mut(64).zip(up[..len].chunks(64)) {
-            let mut e = [0f32; 64];
-            let e = &mut e[..gs.len()];
-            e.iter_mut().zip(gs.iter()).for_each(|(e, g)| *e = -g);
-            exp_inplace(e);
-            for ((g, u), e) in gs.iter_mut().zip(us).zip(e.iter()) {
-                *g = *g / (1.0 + e) * u;
-            }
-        }
+        // silu(g) · u = g / (1 + e^-g) · u, with e^-g computed 64 at a time (vectorized), in
+        // tasks of 16K values (decode's few thousand stay on the calling thread).
+        self.pool.install(|| {
+            gate[..len]
+                .par_chunks_mut(16_384)
+                .zip(up[..len].par_chunks(16_384))
+                .for_each(|(gs, us)| silu_mul_chunk(gs, us))
+        });
         self.end(
             t0,
             || "silu_mul".into(),
@@ -659,6 +680,19 @@ pub fn exp_inplace(x: &mut [f32]) {
         let e = p * r * r + r + 1.0;
         let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
         *v = if v.is_nan() { f32::NAN } else { e * scale };
+    }
+}
+
+/// `g = silu(g) · u` elementwise.
+fn silu_mul_chunk(gate: &mut [f32], up: &[f32]) {
+    for (gs, us) in gate.chunks_mut(64).zip(up.chunks(64)) {
+        let mut e = [0f32; 64];
+        let e = &mut e[..gs.len()];
+        e.iter_mut().zip(gs.iter()).for_each(|(e, g)| *e = -g);
+        exp_inplace(e);
+        for ((g, u), e) in gs.iter_mut().zip(us).zip(e.iter()) {
+            *g = *g / (1.0 + e) * u;
+        }
     }
 }
 
