@@ -172,7 +172,7 @@ fn main() {
     };
     let threads = rayon::current_num_threads();
     let bw = simd::measure_read_bandwidth(1 << 30, 5);
-    let peak = k.measure_fma_peak_gflops(200);
+    let peak = k.measure_fma_peak_gflops(300);
     println!(
         "kernels {}, {threads} threads, read bandwidth {bw:.1} GB/s (streaming sum), f32 FMA peak {peak:.1} GFLOP/s",
         k.describe()
@@ -294,7 +294,7 @@ fn main() {
                     let x: Vec<f32> = (0..rows * s.n_in).map(|_| rng.f32()).collect();
                     let mut out = vec![0.0f32; rows * s.n_out];
                     let flops = 2.0 * (rows * s.n_out * s.n_in) as f64;
-                    let reps = ((2e10 / flops) as usize).clamp(3, 30);
+                    let reps = ((2e10 / flops) as usize).clamp(10, 100);
                     let t = time(reps, || {
                         matmul_with(&k, &mut out, &x, rows, &w, None).unwrap_or_else(|e| fail(e))
                     });
