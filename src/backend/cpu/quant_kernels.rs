@@ -26,10 +26,11 @@
 //! (The activation sums are stored as `s_lo` and `s_lo + s_hi`, so the common unsplit
 //! formats need one multiply-add per group for the `b` term.)
 //!
-//! The integer path serves decode and small batches (rows < 8). From 8 rows on, the weight
-//! tiles are dequantized (with `crate::quant`'s reference code) once per k-slice into the
-//! shared f32 prefill path of `matmul`: the per-block scale work of the integer path is paid
-//! once per activation row and made it ~2x slower there, and the activations stay exact.
+//! The integer path serves decode and small batches (rows < 8). From 8 rows on, each weight
+//! row is dequantized (with `crate::quant`'s reference code) once per call into the packed f32
+//! GEMM (`gemm`): the per-block scale work of this integer path is paid once per activation
+//! row and made it ~2x slower there, and the activations stay exact. (A prefill integer GEMM
+//! with q8 activations and VNNI / maddubs over packed panels is the next step; not here yet.)
 //!
 //! Measured (one core of the Zen 4 dev machine, thread CPU time, SmolLM2-shaped matrices
 //! cycled beyond the L3): q8_0 19.7, q4_0 10.7, q4_1 11.2, q4_k 10.1, q6_k 12.1 GB/s of
