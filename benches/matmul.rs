@@ -6,7 +6,8 @@
 //!   step does. Printed: µs per call, GB/s of weights read, and the fraction of the machine's
 //!   read bandwidth measured at the start of this run (streaming sum, same thread count).
 //! - a whole SmolLM2 decode step's matmuls (30 layers + lm_head, all distinct weights).
-//! - matmat (prefill, rows = 128 and 512): GFLOP/s.
+//! - matmat (batched decode, rows = 4 and 8; prefill, rows = 128 and 512): GFLOP/s, and the
+//!   fraction of the f32 FMA peak measured at the start of the run (12 FMA chains per thread).
 //! - attention at several context lengths with `simd::dot_f32` / `simd::axpy`: one query per
 //!   head (decode), q·K, softmax, Σ p·V; GB/s of K and V read.
 
@@ -171,8 +172,9 @@ fn main() {
     };
     let threads = rayon::current_num_threads();
     let bw = simd::measure_read_bandwidth(1 << 30, 5);
+    let peak = k.measure_fma_peak_gflops(300);
     println!(
-        "kernels {}, {threads} threads, read bandwidth {bw:.1} GB/s (streaming sum)",
+        "kernels {}, {threads} threads, read bandwidth {bw:.1} GB/s (streaming sum), f32 FMA peak {peak:.1} GFLOP/s",
         k.describe()
     );
     let dtypes = [
@@ -275,10 +277,11 @@ fn main() {
     if run("matmat") {
         println!("\n== matmat (prefill) ==");
         println!(
-            "{:<28} {:>5} {:>5} {:>10} {:>9} {:>9}",
-            "shape", "dtype", "rows", "ms/call", "GFLOP/s", "GB/s"
+            "{:<28} {:>5} {:>5} {:>10} {:>9} {:>7} {:>9}",
+            "shape", "dtype", "rows", "ms/call", "GFLOP/s", "% peak", "GB/s"
         );
-        let rows_list: &[usize] = if quick { &[128] } else { &[128, 512] };
+        // 4 and 8: batched decode (the server's sequences at once); 128 and 512: prefill.
+        let rows_list: &[usize] = if quick { &[8, 128] } else { &[4, 8, 128, 512] };
         for dtype in dtypes {
             for s in SMOL
                 .iter()
@@ -291,18 +294,19 @@ fn main() {
                     let x: Vec<f32> = (0..rows * s.n_in).map(|_| rng.f32()).collect();
                     let mut out = vec![0.0f32; rows * s.n_out];
                     let flops = 2.0 * (rows * s.n_out * s.n_in) as f64;
-                    let reps = ((2e10 / flops) as usize).clamp(3, 30);
+                    let reps = ((2e10 / flops) as usize).clamp(10, 100);
                     let t = time(reps, || {
                         matmul_with(&k, &mut out, &x, rows, &w, None).unwrap_or_else(|e| fail(e))
                     });
                     let bytes = w.bytes().len() + 4 * rows * (s.n_in + s.n_out);
                     println!(
-                        "{:<28} {:>5} {:>5} {:>10.3} {:>9.1} {:>9.1}",
+                        "{:<28} {:>5} {:>5} {:>10.3} {:>9.1} {:>6.0}% {:>9.1}",
                         s.name,
                         dtype.name(),
                         rows,
                         t * 1e3,
                         flops / t / 1e9,
+                        100.0 * flops / t / 1e9 / peak,
                         bytes as f64 / t / 1e9
                     );
                 }

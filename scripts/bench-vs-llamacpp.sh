@@ -20,7 +20,11 @@
 #
 # Usage: scripts/bench-vs-llamacpp.sh [--passes N] [--threads T] [--types "F32 BF16 F16 Q8_0 Q4_1"]
 #                                     [--setup-only] [--no-write] [--minfer PATH] [--report DIR]
+#                                     [--baseline PATH] [--no-safetensors]
 #   --report DIR  only render the table again from the raw results of an earlier run
+#   --baseline PATH  also run this (earlier) minfer binary on the GGUF files, interleaved in the
+#                 same passes, and print its row ("minfer, before") beside the current one
+#   --no-safetensors  skip the Hugging Face directory variants of BF16 and F32 (half the runs)
 # Environment: LLAMA_CPP_PYTHON_VERSION (default 0.3.36), BUILD_JOBS (default 2),
 #              MINFER_MODELS_DIR (default models/), CARGO_TARGET_DIR (where minfer is built).
 # Raw outputs of every run are kept in .tools/bench-results/<timestamp>/.
@@ -41,6 +45,8 @@ SETUP_ONLY=0
 WRITE=1
 MINFER=""
 REPORT_ONLY=""
+BASELINE=""
+SAFETENSORS=1
 
 die() { echo "bench-vs-llamacpp: error: $*" >&2; exit 1; }
 say() { echo "bench-vs-llamacpp: $*" >&2; }
@@ -54,6 +60,8 @@ while [[ $# -gt 0 ]]; do
         --no-write) WRITE=0; shift ;;
         --minfer) MINFER="${2:?--minfer needs a path}"; shift 2 ;;
         --report) REPORT_ONLY="${2:?--report needs a results directory}"; shift 2 ;;
+        --baseline) BASELINE="${2:?--baseline needs a path}"; shift 2 ;;
+        --no-safetensors) SAFETENSORS=0; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
@@ -204,6 +212,7 @@ make_models() {
     # The same weights as Hugging Face directories: BF16 from the BF16 file (lossless), F32
     # from the F32 file. (minfer convert writes bf16 or f32 only, so there is no F16 directory.)
     local t dt dir
+    [[ "$SAFETENSORS" -eq 1 ]] || return 0
     for t in BF16 F32; do
         dt="$(echo "$t" | tr 'A-Z' 'a-z')"
         dir="$(st_of "$t")"
@@ -225,8 +234,9 @@ run_llama() { # TYPE PASS
         >"$out" 2>"$RAW/llama-$1-p$2.log" || { say "llama-bench failed on $1 (pass $2): see $RAW/llama-$1-p$2.log"; rm -f "$out"; }
 }
 
-run_minfer() { # TYPE PASS MODELPATH LABEL
+run_minfer() { # TYPE PASS MODELPATH LABEL [BINARY]
     local tag="$4-p$2"
+    local MINFER="${5:-$MINFER}"
     # pp128 and tg128 in one run (decode follows the 128-token prompt); pp512 in a second run
     # with a short decode, whose decode figure is not used.
     "$MINFER" bench "$3" --prompt-len 128 --gen-len 128 --threads "$THREADS" --repeats 1 --json \
@@ -257,7 +267,10 @@ measure() {
             # busier) machine.
             if (( p % 2 == 1 )); then run_llama "$t" "$p"; fi
             run_minfer "$t" "$p" "$(gguf_of "$t")" "$t-gguf"
-            if [[ "$t" == BF16 || "$t" == F32 ]]; then
+            if [[ -n "$BASELINE" ]]; then
+                run_minfer "$t" "$p" "$(gguf_of "$t")" "$t-base" "$BASELINE"
+            fi
+            if [[ "$SAFETENSORS" -eq 1 ]] && [[ "$t" == BF16 || "$t" == F32 ]]; then
                 run_minfer "$t" "$p" "$(st_of "$t")" "$t-st"
             fi
             if (( p % 2 == 0 )); then run_llama "$t" "$p"; fi
@@ -379,7 +392,7 @@ for t in types:
     l_gb = L["tg128"] * tg_bytes / 1e9 if L.get("tg128") else None
     size = f"{fbytes / 2**20:.0f} MiB" if fbytes else "?"
     lines.append(f"| **{t}** ({size}) | llama.cpp | {fmt(L.get('pp128'))} | {fmt(L.get('pp512'))} | {fmt(L.get('tg128'), 1)} | {pct(l_gb, ref_bw)} |")
-    for label, name in ((f"{t}-gguf", "GGUF"), (f"{t}-st", "safetensors dir")):
+    for label, name in ((f"{t}-gguf", "GGUF"), (f"{t}-base", "GGUF, before"), (f"{t}-st", "safetensors dir")):
         M = minfer_rows(label)
         if M is None:
             continue

@@ -365,3 +365,60 @@ fn quantize_q8_0_matches_reference() {
     }
     assert!(quantize_q8_0(&[0.0; 33]).is_err());
 }
+
+/// Prefill results are batch-invariant: a row's output is bit-identical whether it is computed
+/// alone (in a batch of at least two rows; quantized weights: at least eight, the rows where
+/// the f32 GEMM takes over from the integer kernels), inside a larger batch, at any offset, and
+/// with any number of threads. Decode (one row) sums in another order and is not compared.
+#[test]
+fn prefill_is_batch_invariant() {
+    let mut rng = Rng::new(4242);
+    let (n_in, n_out, rows) = (96, 37, 41);
+    let x = rng.vec(rows * n_in);
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    for k in tables() {
+        for dtype in [
+            DType::F32,
+            DType::BF16,
+            DType::F16,
+            DType::Q8_0,
+            DType::Q4_1,
+        ] {
+            let w = if dtype.is_quantized() {
+                let bytes = random_blocks(&mut rng, dtype, n_out * n_in / 32);
+                WeightTensor::from_bytes("wq", dtype, vec![n_out, n_in], &bytes).expect("sizes")
+            } else {
+                weight(dtype, n_out, n_in, &rng.vec(n_out * n_in)).0
+            };
+            let mut full = vec![0.0f32; rows * n_out];
+            matmul_with(&k, &mut full, &x, rows, &w, None).expect("matmul");
+            let mut single = vec![0.0f32; rows * n_out];
+            one.install(|| matmul_with(&k, &mut single, &x, rows, &w, None))
+                .expect("matmul, one thread");
+            assert_eq!(full, single, "{} {dtype}: 1 vs 2 threads", k.describe());
+            let min = if dtype.is_quantized() { 8 } else { 2 };
+            for (start, len) in [(0, min), (3, min + 1), (5, 17), (7, 33), (0, rows - 1)] {
+                let mut part = vec![0.0f32; len * n_out];
+                matmul_with(
+                    &k,
+                    &mut part,
+                    &x[start * n_in..(start + len) * n_in],
+                    len,
+                    &w,
+                    None,
+                )
+                .expect("matmul");
+                assert_eq!(
+                    part,
+                    full[start * n_out..(start + len) * n_out],
+                    "{} {dtype}: rows {start}..{} alone vs in a batch of {rows}",
+                    k.describe(),
+                    start + len
+                );
+            }
+        }
+    }
+}

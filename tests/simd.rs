@@ -159,3 +159,18 @@ fn read_bandwidth_is_positive() {
     let gbs = simd::measure_read_bandwidth(1 << 20, 2);
     assert!(gbs.is_finite() && gbs > 0.0);
 }
+
+/// The FMA-peak probe runs on every instruction set this CPU has and returns a finite positive
+/// rate (no timing assertion: speed belongs to benches).
+#[test]
+fn fma_peak_probe_runs_on_every_isa() {
+    for isa in Isa::ALL {
+        match Kernels::for_isa(isa) {
+            Some(k) => {
+                let g = k.measure_fma_peak_gflops(2);
+                assert!(g.is_finite() && g > 0.0, "{isa}: {g}");
+            }
+            None => eprintln!("note: skipping {isa}: not supported by this CPU/architecture"),
+        }
+    }
+}

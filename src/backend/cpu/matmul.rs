@@ -11,11 +11,9 @@
 //!   reads a single sequential stream, which the hardware prefetchers follow best. Measured
 //!   single-threaded: 4 interleaved row streams reached 9 GB/s (bf16) / 13 GB/s (f32), one
 //!   stream 15-18 GB/s, against ~18 GB/s for a plain streaming sum.
-//! - Prefill (rows > 1): activation rows in blocks that fit in L2; the input dimension in
-//!   slices of at most `KC_MAX`; for each slice, each 4-row weight tile (bf16/f16 widened to
-//!   f32 once into a 10 KiB stack buffer) stays in L1 while a 4×4 register-blocked micro-kernel
-//!   (`simd::vector::tile`) sweeps it across the block's activation rows. The next tile's
-//!   weights are prefetched meanwhile (they are not where the hardware prefetcher looks).
+//! - Prefill and batches (rows > 1): `gemm`, the packed register-blocked product shared with the
+//!   quantized types (weights widened to f32 once per call, activations transposed into
+//!   panels once per call).
 //! - All arithmetic is f32 (bf16/f16 widened exactly). Where the CPU has AVX-512 BF16 and the
 //!   table enables it (opt-in: `MINFER_BF16_DOT=1`, see `simd`), bf16 weights at prefill use
 //!   `vdpbf16ps` instead: the activations are rounded to bf16 once per call (into a reusable
@@ -28,10 +26,10 @@
 use std::cell::RefCell;
 
 use half::{bf16, f16};
-use rayon::prelude::*;
 
+use super::gemm::{gemm, split_columns, SyncPtr, WeightRows};
 use super::simd::vector::{Elem, NW_WIDE as NW, NX_MAX as NX};
-use super::simd::{self, Bf16DotTable, Kernels};
+use super::simd::{Bf16DotTable, Kernels};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, WeightTensor};
 
@@ -117,7 +115,7 @@ pub fn matmul(
     w: &WeightTensor,
     bias: Option<&[f32]>,
 ) -> Result<()> {
-    matmul_with(simd::kernels(), out, x, rows, w, bias)
+    matmul_with(super::simd::kernels(), out, x, rows, w, bias)
 }
 
 /// The product with an explicit kernel table (tests and benches force an instruction set).
@@ -194,43 +192,9 @@ pub fn dequantize_row(w: &WeightTensor, row: usize, out: &mut [f32]) -> Result<(
     crate::quant::dequantize(w.dtype, &w.bytes()[row * rb..(row + 1) * rb], out)
 }
 
-/// A raw pointer that may cross threads: the tasks that share it write disjoint elements.
-#[derive(Clone, Copy)]
-pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
-// SAFETY: only used to hand `out` to rayon tasks that write disjoint column ranges (see `drive`).
-unsafe impl<T> Send for SyncPtr<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for SyncPtr<T> {}
-
-/// Below this many multiply-adds a product runs on the calling thread: waking the pool costs
-/// more than it saves (~10 µs of work).
-const PAR_MIN_MACS: usize = 1 << 17;
-/// Activation bytes per row block: comfortably inside a 1 MiB L2 next to the weight tiles.
+/// Activation bytes per row block of the bf16 dot-product path: comfortably inside a 1 MiB L2
+/// next to the weight tiles.
 const ROW_BLOCK_BYTES: usize = 384 << 10;
-/// Longest k-slice of a weight tile at prefill: 4 rows × 640 f32 = 10 KiB, which stays in L1
-/// (32 KiB) beside the 4 activation rows it meets. Long enough that the 16 horizontal sums per
-/// tile and slice cost little next to its 4·4·640 multiply-adds.
-const KC_MAX: usize = 640;
-
-/// Runs `body(o0, o1)` over contiguous ranges of output features, one per rayon thread (each a
-/// multiple of `NW` long, so all threads stream the same number of weight bytes), or all on
-/// the calling thread when the product is small.
-pub(crate) fn split_columns(n_out: usize, macs: usize, body: impl Fn(usize, usize) + Sync) {
-    let threads = if macs < PAR_MIN_MACS {
-        1
-    } else {
-        rayon::current_num_threads().max(1)
-    };
-    let per = n_out.div_ceil(threads).next_multiple_of(NW);
-    let chunks = n_out.div_ceil(per);
-    if chunks == 1 {
-        body(0, n_out);
-    } else {
-        (0..chunks)
-            .into_par_iter()
-            .for_each(|c| body(c * per, ((c + 1) * per).min(n_out)));
-    }
-}
 
 /// Adds `bias[o0..o1]` to rows `r0..r1` of `out` (row stride `n_out`) through a shared pointer.
 ///
@@ -277,6 +241,7 @@ fn drive<F>(
     split_columns(
         n_out,
         rows.saturating_mul(n_out).saturating_mul(n_in),
+        NW,
         |o0, o1| {
             // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
             #[allow(clippy::redundant_locals)]
@@ -306,15 +271,19 @@ fn drive<F>(
 
 /// A weight element the f32-arithmetic paths accept, with its tile table and how to widen it.
 trait Weight: Elem + bytemuck::Pod {
-    /// Whether prefill widens k-slices of weight tiles into an f32 buffer first (so the
-    /// conversion is paid once per tile and slice, not once per activation row).
-    const PACK: bool;
+    /// The weights themselves when they are f32 already (read in place by the GEMM).
+    fn as_f32(w: &[Self]) -> Option<&[f32]> {
+        let _ = w;
+        None
+    }
     fn widen(k: &Kernels, dst: &mut [f32], src: &[Self]);
     fn dot(k: &Kernels, x: &[f32], w: &[Self]) -> f32;
 }
 
 impl Weight for f32 {
-    const PACK: bool = false;
+    fn as_f32(w: &[f32]) -> Option<&[f32]> {
+        Some(w)
+    }
     fn widen(_: &Kernels, dst: &mut [f32], src: &[f32]) {
         dst.copy_from_slice(src);
     }
@@ -324,7 +293,6 @@ impl Weight for f32 {
 }
 
 impl Weight for bf16 {
-    const PACK: bool = true;
     fn widen(k: &Kernels, dst: &mut [f32], src: &[bf16]) {
         k.widen_bf16(dst, src);
     }
@@ -334,7 +302,6 @@ impl Weight for bf16 {
 }
 
 impl Weight for f16 {
-    const PACK: bool = true;
     fn widen(k: &Kernels, dst: &mut [f32], src: &[f16]) {
         k.widen_f16(dst, src);
     }
@@ -343,8 +310,8 @@ impl Weight for f16 {
     }
 }
 
-/// f32 arithmetic over weights of type `E`: one dot product per weight row at decode,
-/// k-sliced (and for bf16/f16, widened) register-blocked weight tiles at prefill.
+/// f32 arithmetic over weights of type `E`: one dot product per weight row at decode, the
+/// packed GEMM (`gemm`) for more rows.
 #[allow(clippy::too_many_arguments)]
 fn plain<E: Weight>(
     k: &Kernels,
@@ -361,7 +328,7 @@ fn plain<E: Weight>(
         // the hardware prefetchers follow best (measured single-threaded under CPU time:
         // 4 interleaved row streams reached 9 GB/s for bf16 and 13 for f32, one stream 16-18).
         let dst = SyncPtr(out.as_mut_ptr());
-        split_columns(n_out, n_out * n_in, |o0, o1| {
+        split_columns(n_out, n_out * n_in, NW, |o0, o1| {
             // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
             #[allow(clippy::redundant_locals)]
             let dst = dst;
@@ -374,153 +341,19 @@ fn plain<E: Weight>(
         });
         return;
     }
-    let wb: &[u8] = bytemuck::cast_slice(w);
-    let esize = std::mem::size_of::<E>();
-    let src = Panel {
-        bytes: wb,
-        row_bytes: n_in * esize,
-        block: (1, esize),
-        in_place: if E::PACK {
-            None
-        } else {
-            bytemuck::try_cast_slice(w).ok()
-        },
-    };
-    prefill(
-        k,
-        out,
-        x,
-        rows,
-        n_out,
-        n_in,
-        bias,
-        &src,
-        &|o, k0, dst: &mut [f32]| E::widen(k, dst, &w[o * n_in + k0..o * n_in + k0 + dst.len()]),
-    );
-}
-
-/// Where prefill reads weight tiles from.
-pub(crate) struct Panel<'a> {
-    /// All weight bytes, `row_bytes` per output feature.
-    pub(crate) bytes: &'a [u8],
-    pub(crate) row_bytes: usize,
-    /// (elements, bytes) per block: (1, size) for plain types.
-    pub(crate) block: (usize, usize),
-    /// f32 weights are read in place (row stride n_in) instead of being widened.
-    pub(crate) in_place: Option<&'a [f32]>,
-}
-
-/// The prefill product (rows > 1) in f32 arithmetic: activation rows in L2-sized blocks, the
-/// input dimension in slices of at most `KC_MAX` (whole weight blocks), each 4-row weight tile
-/// widened once per slice by `widen(o, k0, dst)` (dst.len() elements of row o from k0) into an
-/// L1-resident buffer and swept across the block's rows by the 4×4 micro-kernel.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn prefill(
-    k: &Kernels,
-    out: &mut [f32],
-    x: &[f32],
-    rows: usize,
-    n_out: usize,
-    n_in: usize,
-    bias: Option<&[f32]>,
-    src: &Panel<'_>,
-    widen: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
-) {
-    let tiles = &k.tiles_f32;
-    let (be, bb) = src.block;
-    let align = be.max(16);
-    let kmax = KC_MAX / align * align;
-    let slices = n_in.div_ceil(kmax);
-    let kc = n_in.div_ceil(slices).next_multiple_of(align).min(kmax);
-    let rb = (ROW_BLOCK_BYTES / (kc * 4)).max(NX).next_multiple_of(NX);
-    let dst = SyncPtr(out.as_mut_ptr());
-    split_columns(
-        n_out,
-        rows.saturating_mul(n_out).saturating_mul(n_in),
-        |o0, o1| {
-            // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
-            #[allow(clippy::redundant_locals)]
-            let dst = dst;
-            let mut pack = [0f32; NW * KC_MAX];
-            let mut tmp = [0f32; NX * NW];
-            for r0 in (0..rows).step_by(rb) {
-                let r1 = (r0 + rb).min(rows);
-                for k0 in (0..n_in).step_by(kc) {
-                    let kl = kc.min(n_in - k0);
-                    let mut o = o0;
-                    while o < o1 {
-                        let nw = if o1 - o >= NW { NW } else { 1 };
-                        let (wt, ldw): (*const f32, usize) = match src.in_place {
-                            Some(wf) => (wf[o * n_in + k0..].as_ptr(), n_in),
-                            None => {
-                                for j in 0..nw {
-                                    widen(o + j, k0, &mut pack[j * kl..(j + 1) * kl]);
-                                }
-                                (pack.as_ptr(), kl)
-                            }
-                        };
-                        // The next tile's slice lies 4 rows further on, not where the hardware
-                        // prefetcher is looking: ask for its lines a few at a time, spread over
-                        // this tile's activation rows (+5-15% single-threaded at 1.5B shapes).
-                        let slice_bytes = kl / be * bb;
-                        let next = (o + nw).min(n_out - 1) * src.row_bytes + k0 / be * bb;
-                        let next_lines = (NW * slice_bytes).div_ceil(64);
-                        let per_step = next_lines.div_ceil((r1 - r0).div_ceil(NX));
-                        let mut line = 0;
-                        let mut r = r0;
-                        while r < r1 {
-                            for _ in 0..per_step {
-                                let (row, col) = (line * 64 / slice_bytes, line * 64 % slice_bytes);
-                                if row < NW {
-                                    simd::prefetch(
-                                        src.bytes
-                                            .as_ptr()
-                                            .wrapping_add(next + row * src.row_bytes + col),
-                                    );
-                                }
-                                line += 1;
-                            }
-                            let nx = (r1 - r).min(NX);
-                            let f = tiles[nx - 1][usize::from(nw == NW)];
-                            // SAFETY: x rows r..r+nx hold columns k0..k0+kl (r + nx <= rows,
-                            // k0 + kl <= n_in); wt holds nw rows of kl at stride ldw (the packed
-                            // buffer, or the f32 weights with o + nw <= n_out); tmp has NX × NW
-                            // slots at stride NW. The table came from a CPU-checked `Kernels`.
-                            unsafe {
-                                f(
-                                    x.as_ptr().add(r * n_in + k0),
-                                    n_in,
-                                    wt,
-                                    ldw,
-                                    kl,
-                                    tmp.as_mut_ptr(),
-                                    NW,
-                                )
-                            };
-                            for a in 0..nx {
-                                for j in 0..nw {
-                                    // SAFETY: (r + a, o + j) is inside out and inside this task's
-                                    // columns o0..o1, which no other task writes.
-                                    let d = unsafe { &mut *dst.0.add((r + a) * n_out + o + j) };
-                                    if k0 == 0 {
-                                        *d = tmp[a * NW + j];
-                                    } else {
-                                        *d += tmp[a * NW + j];
-                                    }
-                                }
-                            }
-                            r += nx;
-                        }
-                        o += nw;
-                    }
-                }
-                if let Some(b) = bias {
-                    // SAFETY: r1 <= rows, o1 <= n_out, and columns o0..o1 belong to this task.
-                    unsafe { add_bias(dst.0, n_out, r0, r1, o0, o1, b) };
-                }
-            }
-        },
-    );
+    match E::as_f32(w) {
+        Some(wf) => gemm(k, out, x, rows, n_out, n_in, bias, WeightRows::F32(wf)),
+        None => gemm(
+            k,
+            out,
+            x,
+            rows,
+            n_out,
+            n_in,
+            bias,
+            WeightRows::Widen(&|o, dst: &mut [f32]| E::widen(k, dst, &w[o * n_in..(o + 1) * n_in])),
+        ),
+    }
 }
 
 thread_local! {

@@ -6,11 +6,14 @@
 //! Nothing here allocates per token: buffers come from the model, attention keeps its scores
 //! in a fixed-size stack block (online softmax over blocks of keys).
 
+pub(crate) mod gemm;
 mod gemma_ops;
 pub mod matmul;
 pub mod quant_kernels;
 pub mod simd;
 
+use simd::Kernels;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -163,6 +166,33 @@ fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
     Ok(())
 }
 
+/// Rows per parallel task of the row-wise ops (norms, rope): one task per ~16K values, so
+/// decode (one row) stays on the calling thread and a 128-row prefill is split in a few tasks.
+fn par_rows(rows: usize, width: usize) -> usize {
+    (16_384 / width.max(1)).clamp(1, rows.max(1))
+}
+
+/// Rotary embedding of one row (`heads × head_dim`) at position `pos` (see `Backend::rope`).
+/// `head_dim / 2 <= 256` (checked by the caller).
+fn rope_row(row: &mut [f32], pos: usize, head_dim: usize, inv: &[f32]) {
+    let half = head_dim / 2;
+    // cos/sin of one position, shared by every head of the row (stack, no allocation).
+    let (mut cos, mut sin) = ([0f32; 256], [0f32; 256]);
+    let pos = pos as f32;
+    for i in 0..half {
+        // transformers forms the angle in f32, then takes cos/sin.
+        let (s, c) = ((pos * inv[i]) as f64).sin_cos();
+        (sin[i], cos[i]) = (s as f32, c as f32);
+    }
+    for v in row.chunks_exact_mut(head_dim) {
+        for i in 0..half {
+            let (a, b) = (v[i], v[i + half]);
+            v[i] = a * cos[i] - b * sin[i];
+            v[i + half] = b * cos[i] + a * sin[i];
+        }
+    }
+}
+
 fn rms_norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let inv = 1.0 / (ss + eps).sqrt();
@@ -267,14 +297,14 @@ impl Backend for CpuBackend {
         let w = w.as_f32().ok_or_else(|| misaligned(w))?;
         let dim = w.len();
         check_len("rms_norm", out.len().min(x.len()), rows * dim)?;
-        for r in 0..rows {
-            rms_norm_row(
-                &mut out[r * dim..(r + 1) * dim],
-                &x[r * dim..(r + 1) * dim],
-                w,
-                eps,
-            );
-        }
+        let rows_par = par_rows(rows, dim);
+        self.pool.install(|| {
+            out[..rows * dim]
+                .par_chunks_mut(dim)
+                .with_min_len(rows_par)
+                .zip(x[..rows * dim].par_chunks(dim))
+                .for_each(|(o, x)| rms_norm_row(o, x, w, eps));
+        });
         self.end(
             t0,
             || "rms_norm".into(),
@@ -304,13 +334,18 @@ impl Backend for CpuBackend {
             out.len().min(x.len()).min(residual.len()),
             rows * dim,
         )?;
-        for r in 0..rows {
-            let res = &mut residual[r * dim..(r + 1) * dim];
-            res.iter_mut()
-                .zip(&x[r * dim..(r + 1) * dim])
-                .for_each(|(a, b)| *a += b);
-            rms_norm_row(&mut out[r * dim..(r + 1) * dim], res, w, eps);
-        }
+        let rows_par = par_rows(rows, dim);
+        self.pool.install(|| {
+            residual[..rows * dim]
+                .par_chunks_mut(dim)
+                .with_min_len(rows_par)
+                .zip(out[..rows * dim].par_chunks_mut(dim))
+                .zip(x[..rows * dim].par_chunks(dim))
+                .for_each(|((res, o), x)| {
+                    res.iter_mut().zip(x).for_each(|(a, b)| *a += b);
+                    rms_norm_row(o, res, w, eps);
+                });
+        });
         self.end(
             t0,
             || "add_rms_norm".into(),
@@ -403,27 +438,18 @@ impl Backend for CpuBackend {
         let half = head_dim / 2;
         check_len("rope table", inv.len(), half)?;
         check_len("rope", x.len(), rows * heads * head_dim)?;
-        // cos/sin of one position, shared by every head of the row (stack, no allocation).
-        let (mut cos, mut sin) = ([0f32; 256], [0f32; 256]);
-        if half > cos.len() {
+        if half > 256 {
             return Err(Error::arg(format!("rope: head_dim {head_dim} exceeds 512")));
         }
-        for r in 0..rows {
-            let pos = (pos0 + r) as f32;
-            for i in 0..half {
-                // transformers forms the angle in f32, then takes cos/sin.
-                let (s, c) = ((pos * inv[i]) as f64).sin_cos();
-                (sin[i], cos[i]) = (s as f32, c as f32);
-            }
-            for v in x[r * heads * head_dim..(r + 1) * heads * head_dim].chunks_exact_mut(head_dim)
-            {
-                for i in 0..half {
-                    let (a, b) = (v[i], v[i + half]);
-                    v[i] = a * cos[i] - b * sin[i];
-                    v[i + half] = b * cos[i] + a * sin[i];
-                }
-            }
-        }
+        let width = heads * head_dim;
+        let rows_par = par_rows(rows, width);
+        self.pool.install(|| {
+            x[..rows * width]
+                .par_chunks_mut(width)
+                .with_min_len(rows_par)
+                .enumerate()
+                .for_each(|(r, row)| rope_row(row, pos0 + r, head_dim, inv))
+        });
         self.end(
             t0,
             || "rope".into(),
@@ -503,6 +529,23 @@ impl Backend for CpuBackend {
                         let (r, h) = (idx / p.n_heads, idx % p.n_heads);
                         geo.attend(o, r, h);
                     });
+                } else if geo.gemm_fits(simd::kernels()) {
+                    // Prefill: one task per (block of query rows, kv head); inside it, the
+                    // block's queries meet each block of keys through the GEMM micro-kernel.
+                    let kern = simd::kernels();
+                    let br = (MAX_QUERIES / group).max(1);
+                    let n_kv = s.n_kv_heads;
+                    let blocks = rows.div_ceil(br);
+                    let dst = gemm::SyncPtr(out.as_mut_ptr());
+                    (0..blocks * n_kv).into_par_iter().for_each(|t| {
+                        let (b, g) = (t / n_kv, t % n_kv);
+                        let r1 = ((b + 1) * br).min(rows);
+                        with_attn_bufs(|bufs| {
+                            // SAFETY: dst is out ([rows, q_dim]); this task writes only rows
+                            // b·br..r1, heads of kv head g, which no other task writes.
+                            unsafe { geo.attend_gemm(kern, dst, b * br, r1, g, bufs) }
+                        });
+                    });
                 } else {
                     // Prefill: one task per block of query rows; inside it, each block of keys
                     // is swept by every row and every head of its group while it sits in L1.
@@ -525,16 +568,14 @@ impl Backend for CpuBackend {
     fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
         let t0 = self.begin();
         check_len("silu_mul", gate.len().min(up.len()), len)?;
-        // silu(g) · u = g / (1 + e^-g) · u, with e^-g computed 64 at a time (vectorized).
-        for (gs, us) in gate[..len].chunks_mut(64).zip(up[..len].chunks(64)) {
-            let mut e = [0f32; 64];
-            let e = &mut e[..gs.len()];
-            e.iter_mut().zip(gs.iter()).for_each(|(e, g)| *e = -g);
-            exp_inplace(e);
-            for ((g, u), e) in gs.iter_mut().zip(us).zip(e.iter()) {
-                *g = *g / (1.0 + e) * u;
-            }
-        }
+        // silu(g) · u = g / (1 + e^-g) · u, with e^-g computed 64 at a time (vectorized), in
+        // tasks of 16K values (decode's few thousand stay on the calling thread).
+        self.pool.install(|| {
+            gate[..len]
+                .par_chunks_mut(16_384)
+                .zip(up[..len].par_chunks(16_384))
+                .for_each(|(gs, us)| silu_mul_chunk(gs, us))
+        });
         self.end(
             t0,
             || "silu_mul".into(),
@@ -659,10 +700,23 @@ pub fn exp_inplace(x: &mut [f32]) {
         p = p * r + 8.333_452e-3;
         p = p * r + 4.166_579_6e-2;
         p = p * r + 1.666_666_5e-1;
-        p = p * r + 5e-1;
+        p = p * r + 0.5;
         let e = p * r * r + r + 1.0;
         let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
         *v = if v.is_nan() { f32::NAN } else { e * scale };
+    }
+}
+
+/// `g = silu(g) · u` elementwise.
+fn silu_mul_chunk(gate: &mut [f32], up: &[f32]) {
+    for (gs, us) in gate.chunks_mut(64).zip(up.chunks(64)) {
+        let mut e = [0f32; 64];
+        let e = &mut e[..gs.len()];
+        e.iter_mut().zip(gs.iter()).for_each(|(e, g)| *e = -g);
+        exp_inplace(e);
+        for ((g, u), e) in gs.iter_mut().zip(us).zip(e.iter()) {
+            *g = *g / (1.0 + e) * u;
+        }
     }
 }
 
@@ -681,6 +735,37 @@ pub fn argmax(x: &[f32]) -> usize {
 const KEY_BLOCK: usize = 64;
 /// Query rows per prefill attention task.
 const ROW_BLOCK: usize = 8;
+/// (row, head) queries per prefill attention task, at most: they share one transposed copy of
+/// each key block, so more queries amortise it (48: 16 rows of SmolLM2's 3-head groups).
+const MAX_QUERIES: usize = 48;
+
+/// Scratch of one prefill attention task (see `AttnGeometry::attend_gemm`).
+#[derive(Default)]
+struct AttnBufs {
+    /// queries × head_dim: the scaled queries
+    q: Vec<f32>,
+    /// queries × head_dim: the running Σ p·V
+    o: Vec<f32>,
+    /// queries × nr: the probabilities of the current key block
+    p: Vec<f32>,
+    /// head_dim × nr: the current key block, transposed
+    kt: Vec<f32>,
+    /// queries: running max and sum of the online softmax
+    m: Vec<f32>,
+    l: Vec<f32>,
+}
+
+thread_local! {
+    static ATTN_BUFS: RefCell<AttnBufs> = RefCell::new(AttnBufs::default());
+}
+
+fn with_attn_bufs<R>(f: impl FnOnce(&mut AttnBufs) -> R) -> R {
+    ATTN_BUFS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut b) => f(&mut b),
+        Err(_) => f(&mut AttnBufs::default()),
+    })
+}
+
 /// Most query heads per KV head that the tiled path keeps state for on the stack.
 const MAX_GROUP: usize = 16;
 
@@ -768,6 +853,154 @@ impl AttnGeometry<'_> {
         }
         let inv = 1.0 / st.l;
         out.iter_mut().for_each(|o| *o *= inv);
+    }
+
+    /// Whether `attend_gemm` can run with these kernels: head_dim in whole vectors.
+    fn gemm_fits(&self, k: &Kernels) -> bool {
+        self.hd > 0 && self.hd.is_multiple_of(k.gemm.lanes)
+    }
+
+    /// Prefill attention of query rows `r0..r1`, every query head of kv head `g`, written to
+    /// `dst` (`[rows, q_dim]`). The task's (row, head) queries, scaled, form the weight operand of
+    /// the GEMM micro-kernel; each block of `nr` keys is transposed once (`kt`, `[hd][nr]`), so
+    /// `S = Q·Kᵀ` is one micro-kernel call per `mr` queries. After the online-softmax update of
+    /// each query, `O += P·V` is another call per `nr` columns of head_dim, reading V in place.
+    ///
+    /// # Safety
+    /// `dst` points at `out` (`[rows, q_dim]` with r1 <= rows) and no other thread writes rows
+    /// `r0..r1`, heads `g·group..(g+1)·group` meanwhile.
+    unsafe fn attend_gemm(
+        &self,
+        kern: &Kernels,
+        dst: gemm::SyncPtr<f32>,
+        r0: usize,
+        r1: usize,
+        g: usize,
+        b: &mut AttnBufs,
+    ) {
+        let gm = kern.gemm;
+        let (mr, nr, lanes) = (gm.mr, gm.nr(), gm.lanes);
+        let (hd, group) = (self.hd, self.group);
+        let nq = (r1 - r0) * group;
+        let nq_pad = nq.next_multiple_of(mr);
+        b.q.clear();
+        b.q.resize(nq_pad * hd, 0.0);
+        b.o.clear();
+        b.o.resize(nq_pad * hd, 0.0);
+        b.p.clear();
+        b.p.resize(nq_pad * nr, 0.0);
+        b.kt.resize(hd * nr, 0.0);
+        b.m.clear();
+        b.m.resize(nq_pad, f32::NEG_INFINITY);
+        b.l.clear();
+        b.l.resize(nq_pad, 0.0);
+        for qi in 0..nq {
+            let (r, h) = (r0 + qi / group, g * group + qi % group);
+            for (d, v) in b.q[qi * hd..(qi + 1) * hd].iter_mut().zip(self.query(r, h)) {
+                *d = v * self.scale;
+            }
+        }
+        let off = g * hd;
+        let lo = self.key_range(r0).0;
+        let hi = self.key_range(r1 - 1).1;
+        let mut tmp = [0f32; gemm::TMP_MAX];
+        let mut j0 = lo;
+        while j0 <= hi {
+            let bk = nr.min(hi + 1 - j0);
+            for j in 0..bk {
+                let krow = &self.kc[(j0 + j) * self.kv_dim + off..][..hd];
+                for (d, v) in krow.iter().enumerate() {
+                    b.kt[d * nr + j] = *v;
+                }
+            }
+            if bk < nr {
+                for d in 0..hd {
+                    b.kt[d * nr + bk..(d + 1) * nr].fill(0.0);
+                }
+            }
+            for c0 in (0..nq_pad).step_by(mr) {
+                // SAFETY: q holds mr rows of hd from c0 (nq_pad is a multiple of mr), kt holds
+                // hd rows of nr, tmp holds TMP_MAX >= mr·nr; CPU-checked table.
+                unsafe {
+                    (gm.tiles[1])(
+                        b.q[c0 * hd..].as_ptr(),
+                        hd,
+                        b.kt.as_ptr(),
+                        nr,
+                        hd,
+                        tmp.as_mut_ptr(),
+                    )
+                };
+                for i in 0..mr {
+                    let qi = c0 + i;
+                    let p = &mut b.p[qi * nr..(qi + 1) * nr];
+                    let (ja, jb) = if qi < nq {
+                        let (first, last) = self.key_range(r0 + qi / group);
+                        (
+                            first.clamp(j0, j0 + bk) - j0,
+                            (last + 1).clamp(j0, j0 + bk) - j0,
+                        )
+                    } else {
+                        (0, 0)
+                    };
+                    if ja >= jb {
+                        p.fill(0.0);
+                        continue;
+                    }
+                    let s = &tmp[i * nr..(i + 1) * nr];
+                    let bm = s[ja..jb].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let new_m = b.m[qi].max(bm);
+                    let correction = (b.m[qi] - new_m).exp();
+                    p.fill(0.0);
+                    for (pj, sj) in p[ja..jb].iter_mut().zip(&s[ja..jb]) {
+                        *pj = sj - new_m;
+                    }
+                    exp_inplace(&mut p[ja..jb]);
+                    let sum: f32 = p[ja..jb].iter().sum();
+                    b.l[qi] = b.l[qi] * correction + sum;
+                    if correction != 1.0 {
+                        b.o[qi * hd..(qi + 1) * hd]
+                            .iter_mut()
+                            .for_each(|o| *o *= correction);
+                    }
+                    b.m[qi] = new_m;
+                }
+                let mut d0 = 0;
+                while d0 < hd {
+                    let w = nr.min(hd - d0);
+                    // SAFETY: p holds mr rows of nr from c0 (bk <= nr read); V rows j0..j0+bk
+                    // of the layer's cache hold columns off+d0..off+d0+w (d0 + w <= hd); tmp as
+                    // above; CPU-checked table.
+                    unsafe {
+                        (gm.tiles[w / lanes - 1])(
+                            b.p[c0 * nr..].as_ptr(),
+                            nr,
+                            self.vc[j0 * self.kv_dim + off + d0..].as_ptr(),
+                            self.kv_dim,
+                            bk,
+                            tmp.as_mut_ptr(),
+                        )
+                    };
+                    for i in 0..mr.min(nq.saturating_sub(c0)) {
+                        let o = &mut b.o[(c0 + i) * hd + d0..(c0 + i) * hd + d0 + w];
+                        for (o, t) in o.iter_mut().zip(&tmp[i * w..(i + 1) * w]) {
+                            *o += t;
+                        }
+                    }
+                    d0 += w;
+                }
+            }
+            j0 += bk;
+        }
+        for qi in 0..nq {
+            let (r, h) = (r0 + qi / group, g * group + qi % group);
+            let inv = 1.0 / b.l[qi];
+            for (d, o) in b.o[qi * hd..(qi + 1) * hd].iter().enumerate() {
+                // SAFETY: (r, h·hd + d) is inside out and in this task's rows and heads
+                // (caller's contract).
+                unsafe { *dst.0.add(r * self.q_dim + h * hd + d) = o * inv };
+            }
+        }
     }
 
     /// Every head of query rows `r0..r0 + out.len() / q_dim`, key block by key block.
@@ -890,6 +1123,8 @@ mod tests {
             (8, 120, 1, 4, 32, Some(70usize)),
             (17, 5, 2, 1, 8, Some(3)),
             (3, 200, 2, 6, 64, None),
+            (40, 30, 3, 3, 48, Some(37usize)),
+            (21, 0, 1, 16, 16, None),
         ] {
             let ctx = pos0 + rows;
             let (q_dim, kv_dim) = (n_kv * group * hd, n_kv * hd);
@@ -914,6 +1149,31 @@ mod tests {
             for (b, o) in tiled.chunks_mut(ROW_BLOCK * q_dim).enumerate() {
                 g.attend_rows(o, b * ROW_BLOCK);
             }
+            // The GEMM path, per instruction set, with row blocks of several sizes.
+            let mut gemm_outs = Vec::new();
+            for isa in simd::Isa::ALL {
+                let Some(kern) = Kernels::for_isa(isa) else {
+                    eprintln!("note: attention GEMM path not run for {isa}: not supported here");
+                    continue;
+                };
+                if !g.gemm_fits(&kern) {
+                    continue;
+                }
+                for br in [1usize, 5, 16] {
+                    let mut o = vec![f32::NAN; rows * q_dim];
+                    let dst = gemm::SyncPtr(o.as_mut_ptr());
+                    let mut bufs = AttnBufs::default();
+                    for r0 in (0..rows).step_by(br) {
+                        for kvh in 0..n_kv {
+                            // SAFETY: o is [rows, q_dim]; one task at a time.
+                            unsafe {
+                                g.attend_gemm(&kern, dst, r0, (r0 + br).min(rows), kvh, &mut bufs)
+                            };
+                        }
+                    }
+                    gemm_outs.push((format!("{isa} br{br}"), o));
+                }
+            }
             for r in 0..rows {
                 for h in 0..n_kv * group {
                     let want = reference(&g, r, h);
@@ -928,6 +1188,14 @@ mod tests {
                             (got_tiled[d] - want[d]).abs() < 1e-5,
                             "tiled r{r} h{h} rows{rows} pos0{pos0}"
                         );
+                        for (name, o) in &gemm_outs {
+                            let got = o[r * q_dim + h * hd + d];
+                            assert!(
+                                (got - want[d]).abs() < 1e-5,
+                                "gemm {name} r{r} h{h} rows{rows} pos0{pos0}: {got} vs {}",
+                                want[d]
+                            );
+                        }
                     }
                 }
             }

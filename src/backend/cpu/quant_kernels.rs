@@ -26,10 +26,11 @@
 //! (The activation sums are stored as `s_lo` and `s_lo + s_hi`, so the common unsplit
 //! formats need one multiply-add per group for the `b` term.)
 //!
-//! The integer path serves decode and small batches (rows < 8). From 8 rows on, the weight
-//! tiles are dequantized (with `crate::quant`'s reference code) once per k-slice into the
-//! shared f32 prefill path of `matmul`: the per-block scale work of the integer path is paid
-//! once per activation row and made it ~2x slower there, and the activations stay exact.
+//! The integer path serves decode and small batches (rows < 8). From 8 rows on, each weight
+//! row is dequantized (with `crate::quant`'s reference code) once per call into the packed f32
+//! GEMM (`gemm`): the per-block scale work of this integer path is paid once per activation
+//! row and made it ~2x slower there, and the activations stay exact. (A prefill integer GEMM
+//! with q8 activations and VNNI / maddubs over packed panels is the next step; not here yet.)
 //!
 //! Measured (one core of the Zen 4 dev machine, thread CPU time, SmolLM2-shaped matrices
 //! cycled beyond the L3): q8_0 19.7, q4_0 10.7, q4_1 11.2, q4_k 10.1, q6_k 12.1 GB/s of
@@ -45,11 +46,11 @@ use std::cell::RefCell;
 use half::f16;
 use rayon::prelude::*;
 
-use crate::backend::cpu::matmul::{prefill, split_columns, Panel, SyncPtr};
+use super::gemm::{gemm, split_columns, SyncPtr, WeightRows};
+use super::simd::{Isa, Kernels};
 
-/// From this many activation rows on, products dequantize weight tiles and use f32 arithmetic.
+/// From this many activation rows on, products dequantize weight rows and use f32 arithmetic.
 const PREFILL_MIN_ROWS: usize = 8;
-use crate::backend::cpu::simd::Kernels;
 use crate::error::{Error, Result};
 use crate::quant::{scale_min_k4, QK};
 use crate::tensor::DType;
@@ -335,7 +336,22 @@ macro_rules! qtable {
     };
 }
 
-pub(crate) fn table_scalar() -> QTable {
+impl QTable {
+    /// The integer kernels for the instruction set of `k`. Holding `k` proves the CPU has that
+    /// instruction set (it can only be built through `Kernels::for_isa`), and VNNI when
+    /// `k.has_vnni()`.
+    fn for_kernels(k: &Kernels) -> QTable {
+        match k.isa() {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if k.has_vnni() => x86::table_vnni(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 => x86::table_avx2(),
+            _ => table_scalar(),
+        }
+    }
+}
+
+fn table_scalar() -> QTable {
     QTable {
         tiles: qtable!(qtile_scalar),
         quantize: quantize_scalar,
@@ -729,40 +745,24 @@ pub(crate) fn matmul_quant(
     }
     let row_bytes = n_in / be * bb;
     if rows >= PREFILL_MIN_ROWS || format_index(dtype).is_none() && rows > 1 {
-        // Prefill: dequantize each weight tile once per k-slice and run the f32 micro-kernel
-        // over all activation rows (exact activations, and 2-4x the integer path's speed here,
-        // whose per-block scale work is paid once per activation row).
-        let panel = Panel {
-            bytes: w,
-            row_bytes,
-            block: (be, bb),
-            in_place: None,
+        // Prefill: dequantize each weight row once per call and run the packed f32 GEMM over
+        // all activation rows (exact activations; the integer path pays its per-block scale
+        // work once per activation row).
+        let fill = |o: usize, dst: &mut [f32]| {
+            // dst is one whole row (n_in, whole blocks), so this cannot fail; if it somehow
+            // did, dst would keep its previous contents.
+            let _ = crate::quant::dequantize(dtype, &w[o * row_bytes..(o + 1) * row_bytes], dst);
         };
-        prefill(
-            k,
-            out,
-            x,
-            rows,
-            n_out,
-            n_in,
-            bias,
-            &panel,
-            &|o, k0, dst: &mut [f32]| {
-                let start = o * row_bytes + k0 / be * bb;
-                // dst.len() is a whole number of blocks (prefill slices at block boundaries), so
-                // this cannot fail; if it somehow did, dst would keep its previous contents.
-                let _ =
-                    crate::quant::dequantize(dtype, &w[start..start + dst.len() / be * bb], dst);
-            },
-        );
+        gemm(k, out, x, rows, n_out, n_in, bias, WeightRows::Widen(&fill));
         return Ok(());
     }
     let Some(fi) = format_index(dtype) else {
         dequant_dot(k, dtype, out, x, rows, w, n_out, n_in, row_bytes, bias);
         return Ok(());
     };
-    let table = &k.qtiles.tiles[fi];
-    let quantize = k.qtiles.quantize;
+    let qt = QTable::for_kernels(k);
+    let table = &qt.tiles[fi];
+    let quantize = qt.quantize;
     let mut go = |qa: &mut QActs| {
         qa.quantize(quantize, x, rows, n_in);
         let qa = &*qa;
@@ -773,6 +773,7 @@ pub(crate) fn matmul_quant(
         split_columns(
             n_out,
             rows.saturating_mul(n_out).saturating_mul(n_in),
+            4,
             |o0, o1| {
                 // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
                 #[allow(clippy::redundant_locals)]
@@ -834,6 +835,7 @@ fn dequant_dot(
     split_columns(
         n_out,
         rows.saturating_mul(n_out).saturating_mul(n_in),
+        4,
         |o0, o1| {
             // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
             #[allow(clippy::redundant_locals)]

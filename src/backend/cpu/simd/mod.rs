@@ -22,8 +22,7 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
-use super::quant_kernels::{self as qk, QTable};
-use vector::{tile_table, TileTable};
+use vector::GemmFn;
 
 /// An instruction set a [`Kernels`] table can be built for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -71,6 +70,33 @@ impl std::fmt::Display for Isa {
 pub(crate) type Bf16DotTable =
     [[unsafe fn(*const u16, usize, *const u16, usize, usize, *mut f32, usize); 2]; 4];
 
+/// The prefill GEMM micro-kernels of one instruction set (see `vector::gemm_tile`): `mr` weight
+/// rows × `nrv · lanes` activation rows, `tiles[nrv - 1]` for nrv = 1, 2.
+#[derive(Clone, Copy)]
+pub(crate) struct Gemm {
+    pub(crate) mr: usize,
+    pub(crate) lanes: usize,
+    pub(crate) tiles: [GemmFn; 2],
+}
+
+impl Gemm {
+    /// Activation rows per full tile.
+    pub(crate) fn nr(&self) -> usize {
+        2 * self.lanes
+    }
+}
+
+/// Builds a [`Gemm`] from a generic `#[target_feature]` wrapper `$f::<MR, NRV>`.
+macro_rules! gemm_table {
+    ($f:ident, $mr:literal, $lanes:literal) => {
+        Gemm {
+            mr: $mr,
+            lanes: $lanes,
+            tiles: [$f::<$mr, 1> as GemmFn, $f::<$mr, 2>],
+        }
+    };
+}
+
 /// A dispatch table for one instruction set. It can only be built through [`Kernels::for_isa`]
 /// (or [`Kernels::detect`]), which checks the CPU, so every function pointer in it is safe to
 /// call on this machine.
@@ -84,10 +110,10 @@ pub struct Kernels {
     axpy: unsafe fn(&mut [f32], f32, &[f32]),
     widen_bf16: unsafe fn(&mut [f32], &[bf16]),
     widen_f16: unsafe fn(&mut [f32], &[f16]),
-    /// f32 × f32 register-blocked tiles (prefill; bf16/f16 weights are widened first).
-    pub(crate) tiles_f32: TileTable<f32>,
-    /// Integer kernels for block-quantized weights (see `quant_kernels`).
-    pub(crate) qtiles: QTable,
+    /// f32 GEMM micro-kernels over packed panels (prefill).
+    pub(crate) gemm: Gemm,
+    /// 12 independent FMA chains (peak measurement).
+    fma_chains: unsafe fn(usize, f32) -> f32,
     /// Present when the CPU has AVX-512 BF16 and it was not switched off.
     pub(crate) tiles_bf16dot: Option<Bf16DotTable>,
 }
@@ -105,7 +131,7 @@ impl Kernels {
             Isa::Scalar => Some(Kernels::scalar()),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86::Avx2::new().map(|_| {
-                use x86::{axpy_avx2, dot_avx2, tile_avx2, widen_avx2};
+                use x86::{axpy_avx2, dot_avx2, fma_chains_avx2, gemm_avx2, widen_avx2};
                 Kernels {
                     isa,
                     vnni: false,
@@ -115,14 +141,18 @@ impl Kernels {
                     axpy: axpy_avx2,
                     widen_bf16: widen_avx2::<bf16>,
                     widen_f16: widen_avx2::<f16>,
-                    tiles_f32: tile_table!(tile_avx2, f32),
-                    qtiles: qk::x86::table_avx2(),
+                    // 6 × 2 accumulators + 2 loads + 1 broadcast = 15 of 16 ymm registers.
+                    gemm: gemm_table!(gemm_avx2, 6, 8),
+                    fma_chains: fma_chains_avx2,
                     tiles_bf16dot: None,
                 }
             }),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => x86::Avx512::new().map(|t| {
-                use x86::{axpy_avx512, dot_avx512, tile_avx512, tile_bf16dot as bd, widen_avx512};
+                use x86::{
+                    axpy_avx512, dot_avx512, fma_chains_avx512, gemm_avx512, tile_bf16dot as bd,
+                    widen_avx512,
+                };
                 let bf16dot: Bf16DotTable = [
                     [bd::<1, 1>, bd::<1, 4>],
                     [bd::<2, 1>, bd::<2, 4>],
@@ -138,18 +168,17 @@ impl Kernels {
                     axpy: axpy_avx512,
                     widen_bf16: widen_avx512::<bf16>,
                     widen_f16: widen_avx512::<f16>,
-                    tiles_f32: tile_table!(tile_avx512, f32),
-                    qtiles: if t.has_vnni() {
-                        qk::x86::table_vnni()
-                    } else {
-                        qk::x86::table_avx2()
-                    },
+                    // 12 × 2 accumulators + 2 loads + 1 broadcast = 27 of 32 zmm registers.
+                    gemm: gemm_table!(gemm_avx512, 12, 16),
+                    fma_chains: fma_chains_avx512,
                     tiles_bf16dot: t.has_bf16().then_some(bf16dot),
                 }
             }),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => neon::Neon::new().map(|_| {
-                use neon::{axpy_neon, dot_neon, tile_neon, widen_neon};
+                use neon::{
+                    axpy_neon, dot_neon, fma_chains_neon, gemm_neon, tile_neon, widen_neon,
+                };
                 Kernels {
                     isa,
                     vnni: false,
@@ -159,8 +188,9 @@ impl Kernels {
                     axpy: axpy_neon,
                     widen_bf16: widen_neon::<bf16>,
                     widen_f16: widen_neon::<f16>,
-                    tiles_f32: tile_table!(tile_neon, f32),
-                    qtiles: qk::table_scalar(),
+                    // 8 × 2 accumulators + 2 loads + 1 broadcast = 19 of 32 q registers.
+                    gemm: gemm_table!(gemm_neon, 8, 4),
+                    fma_chains: fma_chains_neon,
                     tiles_bf16dot: None,
                 }
             }),
@@ -170,7 +200,7 @@ impl Kernels {
     }
 
     fn scalar() -> Kernels {
-        use scalar::{axpy, dot, tile, widen};
+        use scalar::{axpy, dot, fma_chains, gemm, widen};
         Kernels {
             isa: Isa::Scalar,
             vnni: false,
@@ -180,8 +210,8 @@ impl Kernels {
             axpy,
             widen_bf16: widen::<bf16>,
             widen_f16: widen::<f16>,
-            tiles_f32: tile_table!(tile, f32),
-            qtiles: qk::table_scalar(),
+            gemm: gemm_table!(gemm, 4, 8),
+            fma_chains,
             tiles_bf16dot: None,
         }
     }
@@ -273,6 +303,41 @@ impl Kernels {
     }
 }
 
+impl Kernels {
+    /// The f32 FMA peak of the current rayon pool in GFLOP/s (2 flops per FMA lane): every
+    /// thread runs 12 independent FMA chains in registers for about a millisecond, `reps` times;
+    /// the best run counts. Short bursts and a best-of because the machines this runs on are
+    /// shared: a burst that no other process interrupted shows the core's own rate. This is
+    /// the ceiling prefill GEMM efficiency is quoted against (`cargo bench --bench matmul`).
+    pub fn measure_fma_peak_gflops(&self, reps: usize) -> f64 {
+        use rayon::prelude::*;
+        let threads = rayon::current_num_threads().max(1);
+        let lanes = self.gemm.lanes;
+        // Calibrate the iteration count to ~1 ms on one thread (best of a few tries).
+        let iters = 1 << 14;
+        let mut dt = f64::INFINITY;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            // SAFETY: the table was built after checking the CPU.
+            std::hint::black_box(unsafe { (self.fma_chains)(iters, 1.0) });
+            dt = dt.min(t.elapsed().as_secs_f64());
+        }
+        let iters = ((iters as f64) * (1e-3 / dt.max(1e-9))).max(1.0) as usize;
+        let mut best = f64::INFINITY;
+        for _ in 0..reps.max(1) {
+            let t = std::time::Instant::now();
+            let s: f32 = (0..threads)
+                .into_par_iter()
+                // SAFETY: as above.
+                .map(|i| unsafe { (self.fma_chains)(iters, i as f32) })
+                .sum();
+            std::hint::black_box(s);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        (threads * iters * 12 * lanes * 2) as f64 / best / 1e9
+    }
+}
+
 /// The process-wide table, detected on first use and cached.
 pub fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
@@ -332,17 +397,4 @@ pub fn measure_read_bandwidth(bytes: usize, reps: usize) -> f64 {
 pub fn describe() -> &'static str {
     static D: OnceLock<String> = OnceLock::new();
     D.get_or_init(|| kernels().describe())
-}
-
-/// Hint the cache to fetch the line at `p` into L1. Any address is fine: a prefetch never
-/// faults. A no-op where the architecture has no stable prefetch intrinsic.
-#[inline(always)]
-pub(crate) fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 is part of SSE (baseline on x86-64) and never faults.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }

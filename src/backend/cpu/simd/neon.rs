@@ -90,15 +90,20 @@ pub(super) unsafe fn axpy_neon(y: &mut [f32], alpha: f32, x: &[f32]) {
 }
 
 #[target_feature(enable = "neon")]
-pub(super) unsafe fn tile_neon<E: Elem, const NX: usize, const NW: usize>(
-    x: *const f32,
-    ldx: usize,
-    w: *const E,
+pub(super) unsafe fn gemm_neon<const MR: usize, const NRV: usize>(
+    w: *const f32,
     ldw: usize,
+    xp: *const f32,
+    ldx: usize,
     k: usize,
     out: *mut f32,
-    ldo: usize,
 ) {
     // SAFETY: forwarded pointer contract; NEON guaranteed by the token that built the table.
-    unsafe { vector::tile::<Neon, E, NX, NW>(x, ldx, w, ldw, k, out, ldo) }
+    unsafe { vector::gemm_tile::<Neon, MR, NRV>(w, ldw, xp, ldx, k, out) }
+}
+
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn fma_chains_neon(iters: usize, seed: f32) -> f32 {
+    // SAFETY: register arithmetic; NEON guaranteed by the caller's token.
+    unsafe { vector::fma_chains::<Neon>(iters, seed) }
 }

@@ -73,15 +73,19 @@ pub(super) unsafe fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     unsafe { vector::axpy::<Scalar>(y, alpha, x) }
 }
 
-pub(super) unsafe fn tile<E: vector::Elem, const NX: usize, const NW: usize>(
-    x: *const f32,
-    ldx: usize,
-    w: *const E,
+pub(super) unsafe fn gemm<const MR: usize, const NRV: usize>(
+    w: *const f32,
     ldw: usize,
+    xp: *const f32,
+    ldx: usize,
     k: usize,
     out: *mut f32,
-    ldo: usize,
 ) {
     // SAFETY: forwarded pointer contract; Scalar needs no CPU feature.
-    unsafe { vector::tile::<Scalar, E, NX, NW>(x, ldx, w, ldw, k, out, ldo) }
+    unsafe { vector::gemm_tile::<Scalar, MR, NRV>(w, ldw, xp, ldx, k, out) }
+}
+
+pub(super) unsafe fn fma_chains(iters: usize, seed: f32) -> f32 {
+    // SAFETY: Scalar needs no CPU feature.
+    unsafe { vector::fma_chains::<Scalar>(iters, seed) }
 }

@@ -155,76 +155,86 @@ pub(crate) unsafe fn widen<S: Simd, E: Elem>(dst: &mut [f32], src: &[E]) {
     }
 }
 
-/// Register-blocked tile: `out[r·ldo + j] = Σ_{i<k} x[r·ldx + i] · w[j·ldw + i]` for `r < NX`,
-/// `j < NW`. Each weight vector is loaded (and widened) once and used for NX activation rows;
-/// each activation vector is used for NW weight rows.
+/// GEMM micro-kernel over packed operands (prefill):
+/// `out[i·NR + j] = Σ_{t<k} w[i·ldw + t] · xp[t·ldx + j]` for `i < MR`, `j < NR = NRV·LANES`.
+///
+/// `w` holds MR weight rows (f32, row stride `ldw`): each element is broadcast once per k-step.
+/// `xp` is a panel of NR activation rows transposed to k-major (`[k][ldx]`, see `gemm::pack_x`;
+/// attention passes V rows in place): NRV vector loads per k-step. The MR × NRV accumulators stay in registers (AVX-512: 12 × 2 of
+/// 32 registers; AVX2: 6 × 2 of 16), so each k-step issues MR·NRV FMAs for NRV loads and MR
+/// broadcasts. Every output is one lane of one accumulator summed in k order (t = 0, 1, ...):
+/// the result of a (weight row, activation row) pair does not depend on MR, NRV or which
+/// other rows share the tile, which makes prefill batch-invariant.
 ///
 /// # Safety
-/// `x` readable for rows `0..NX` of `k` elements at stride `ldx`; `w` likewise for `NW` rows at
-/// stride `ldw`; `out` writable at every `r·ldo + j`; the caller runs with `S`'s ISA enabled.
+/// `w` readable for MR rows of `k` at stride `ldw`; `xp` readable for `k` rows of NR at stride
+/// `ldx`; `out` writable for `MR · NR`; the caller runs with `S`'s ISA enabled.
 #[inline(always)]
-pub(crate) unsafe fn tile<S: Simd, E: Elem, const NX: usize, const NW: usize>(
-    x: *const f32,
-    ldx: usize,
-    w: *const E,
+pub(crate) unsafe fn gemm_tile<S: Simd, const MR: usize, const NRV: usize>(
+    w: *const f32,
     ldw: usize,
+    xp: *const f32,
+    ldx: usize,
     k: usize,
     out: *mut f32,
-    ldo: usize,
 ) {
     let l = S::LANES;
-    // SAFETY (whole body): all reads stay in [0, k) of the rows the caller vouched for.
+    let nr = NRV * l;
+    // SAFETY (whole body): reads stay in the MR × k weight rows and the k × NR panel the caller
+    // vouched for; writes in out[..MR·NR].
     unsafe {
-        let mut acc = [[S::zero(); NW]; NX];
-        let mut i = 0;
-        while i + l <= k {
-            let mut wv = [S::zero(); NW];
-            for (j, v) in wv.iter_mut().enumerate() {
-                *v = E::load::<S>(w.add(j * ldw + i));
+        let mut acc = [[S::zero(); NRV]; MR];
+        let mut xv = [S::zero(); NRV];
+        for t in 0..k {
+            let p = xp.add(t * ldx);
+            for (v, xv) in xv.iter_mut().enumerate() {
+                *xv = S::load(p.add(v * l));
             }
-            for (r, row) in acc.iter_mut().enumerate() {
-                let xv = S::load(x.add(r * ldx + i));
-                for (a, v) in row.iter_mut().zip(wv.iter()) {
-                    *a = S::fma(xv, *v, *a);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let b = S::splat(*w.add(i * ldw + t));
+                for (a, x) in row.iter_mut().zip(xv.iter()) {
+                    *a = S::fma(b, *x, *a);
                 }
             }
-            i += l;
         }
-        for (r, row) in acc.iter().enumerate() {
-            for (j, a) in row.iter().enumerate() {
-                let mut s = S::hsum(*a);
-                for t in i..k {
-                    s += *x.add(r * ldx + t) * (*w.add(j * ldw + t)).to_f32();
-                }
-                *out.add(r * ldo + j) = s;
+        for (i, row) in acc.iter().enumerate() {
+            for (v, a) in row.iter().enumerate() {
+                S::store(out.add(i * nr + v * l), *a);
             }
         }
     }
 }
 
-/// A tile function as stored in the dispatch table (see [`tile`] for the contract).
-pub(crate) type TileFn<E> = unsafe fn(*const f32, usize, *const E, usize, usize, *mut f32, usize);
+/// A GEMM micro-kernel as stored in the dispatch table (see [`gemm_tile`] for the contract).
+pub(crate) type GemmFn = unsafe fn(*const f32, usize, *const f32, usize, usize, *mut f32);
 
-/// Tile functions indexed `[nx - 1][nw == NW_WIDE]`, NX in 1..=4 and NW in {1, 4}.
-pub(crate) type TileTable<E> = [[TileFn<E>; 2]; 4];
-
-/// Weight rows per wide tile.
-pub(crate) const NW_WIDE: usize = 4;
-/// Activation rows per tile, at most.
-pub(crate) const NX_MAX: usize = 4;
-
-/// Builds a [`TileTable`] from a generic `#[target_feature]` wrapper `$f::<E, NX, NW>`.
-macro_rules! tile_table {
-    ($f:ident, $e:ty) => {
-        [
-            [
-                $f::<$e, 1, 1> as $crate::backend::cpu::simd::vector::TileFn<$e>,
-                $f::<$e, 1, 4>,
-            ],
-            [$f::<$e, 2, 1>, $f::<$e, 2, 4>],
-            [$f::<$e, 3, 1>, $f::<$e, 3, 4>],
-            [$f::<$e, 4, 1>, $f::<$e, 4, 4>],
-        ]
-    };
+/// `iters` rounds of 12 independent FMA chains per lane, for measuring the FMA peak: returns
+/// the sum so nothing is optimised away. 12 chains hide a 4-cycle latency at 2 FMAs per cycle
+/// (and the 512-bit case at 1 per cycle).
+#[inline(always)]
+pub(crate) unsafe fn fma_chains<S: Simd>(iters: usize, seed: f32) -> f32 {
+    // SAFETY: register arithmetic only; the caller guarantees the ISA.
+    unsafe {
+        let m = S::splat(0.999_999);
+        let a = S::splat(1e-7);
+        let mut acc = [S::zero(); 12];
+        for (i, v) in acc.iter_mut().enumerate() {
+            *v = S::splat(seed + i as f32);
+        }
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = S::fma(*v, m, a);
+            }
+        }
+        let mut s = S::zero();
+        for v in acc {
+            s = S::add(s, v);
+        }
+        S::hsum(s)
+    }
 }
-pub(crate) use tile_table;
+
+/// Weight rows per wide tile of the bf16 dot-product path.
+pub(crate) const NW_WIDE: usize = 4;
+/// Activation rows per tile of the bf16 dot-product path, at most.
+pub(crate) const NX_MAX: usize = 4;

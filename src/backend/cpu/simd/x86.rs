@@ -184,17 +184,22 @@ pub(super) unsafe fn axpy_avx2(y: &mut [f32], alpha: f32, x: &[f32]) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn tile_avx2<E: Elem, const NX: usize, const NW: usize>(
-    x: *const f32,
-    ldx: usize,
-    w: *const E,
+pub(super) unsafe fn gemm_avx2<const MR: usize, const NRV: usize>(
+    w: *const f32,
     ldw: usize,
+    xp: *const f32,
+    ldx: usize,
     k: usize,
     out: *mut f32,
-    ldo: usize,
 ) {
     // SAFETY: forwarded pointer contract; AVX2 guaranteed by the token that built the table.
-    unsafe { vector::tile::<Avx2, E, NX, NW>(x, ldx, w, ldw, k, out, ldo) }
+    unsafe { vector::gemm_tile::<Avx2, MR, NRV>(w, ldw, xp, ldx, k, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn fma_chains_avx2(iters: usize, seed: f32) -> f32 {
+    // SAFETY: register arithmetic; AVX2 guaranteed by the caller's token.
+    unsafe { vector::fma_chains::<Avx2>(iters, seed) }
 }
 
 // ---- AVX-512 entry points ----------------------------------------------------------------
@@ -218,17 +223,22 @@ pub(super) unsafe fn axpy_avx512(y: &mut [f32], alpha: f32, x: &[f32]) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(super) unsafe fn tile_avx512<E: Elem, const NX: usize, const NW: usize>(
-    x: *const f32,
-    ldx: usize,
-    w: *const E,
+pub(super) unsafe fn gemm_avx512<const MR: usize, const NRV: usize>(
+    w: *const f32,
     ldw: usize,
+    xp: *const f32,
+    ldx: usize,
     k: usize,
     out: *mut f32,
-    ldo: usize,
 ) {
     // SAFETY: forwarded pointer contract; AVX-512 guaranteed by the token that built the table.
-    unsafe { vector::tile::<Avx512, E, NX, NW>(x, ldx, w, ldw, k, out, ldo) }
+    unsafe { vector::gemm_tile::<Avx512, MR, NRV>(w, ldw, xp, ldx, k, out) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) unsafe fn fma_chains_avx512(iters: usize, seed: f32) -> f32 {
+    // SAFETY: register arithmetic; AVX-512 guaranteed by the caller's token.
+    unsafe { vector::fma_chains::<Avx512>(iters, seed) }
 }
 
 /// bf16 × bf16 tile with `vdpbf16ps`: `out[r·ldo + j] = Σ_i x[r·ldx + i] · w[j·ldw + i]`, both
