@@ -193,14 +193,10 @@ fn activation_quantizer_matches_gguf_py_on_every_isa() {
     );
 }
 
-/// Exact ties (x·(1/dx) = k + 0.5 in f32): gguf-py and ggml round half away from zero, as
-/// the scalar quantizer does. The AVX2 quantizer (also used by the AVX-512 table) rounds ties
-/// to even (`_mm256_round_ps(_MM_FROUND_TO_NEAREST_INT)` in
-/// src/backend/cpu/quant_kernels.rs, `quantize_avx2`): e.g. 2.5 → 2 instead of 3, so the
-/// integers differ from the reference and between instruction sets. Ignored until that kernel
-/// rounds half away from zero; run it with `cargo test --release --test quantizer -- --ignored`.
+/// Exact ties (x·(1/dx) = k + 0.5 in f32): gguf-py and ggml round half away from zero, and so
+/// must every instruction set (the AVX2 quantizer, also used by the AVX-512 table, once rounded
+/// ties to even: 2.5 → 2 instead of 3).
 #[test]
-#[ignore = "the AVX2 activation quantizer rounds ties to even (issue 16 item 3); fix in src/backend/cpu/quant_kernels.rs"]
 fn activation_quantizer_rounds_ties_half_away_from_zero_on_every_isa() {
     let f = fixture();
     let mut bad = Vec::new();
@@ -215,14 +211,10 @@ fn activation_quantizer_rounds_ties_half_away_from_zero_on_every_isa() {
     );
 }
 
-/// The largest f32 below 0.5, 0.49999997, must round to 0. The scalar quantizer rounds "half
-/// away from zero by hand" as `(r + 0.5·sign(r)) as i32`, and 0.49999997 + 0.5 rounds up to 1.0
-/// in f32, so it returns 1 (gguf-py, ggml's `roundf` and the AVX2 quantizer return 0). Only
-/// |r| < 0.5 is affected (from 1.5 on, r + 0.5 is exact). Ignored until
-/// src/backend/cpu/quant_kernels.rs, `quantize_scalar`, rounds without the addition (e.g.
-/// `r.round()` written out as `let t = r.trunc(); t + if (r - t).abs() >= 0.5 { sign } else { 0 }`).
+/// The largest f32 below 0.5, 0.49999997, must round to 0 (the scalar quantizer once rounded
+/// "half away from zero by hand" as `(r + 0.5·sign(r)) as i32`, and 0.49999997 + 0.5 rounds up
+/// to 1.0 in f32).
 #[test]
-#[ignore = "the scalar activation quantizer rounds 0.49999997 to 1 (issue 16 item 3); fix in src/backend/cpu/quant_kernels.rs"]
 fn activation_quantizer_rounds_the_largest_float_below_one_half_down_on_every_isa() {
     let f = fixture();
     let mut bad = Vec::new();
@@ -292,14 +284,12 @@ fn weight_quantizer_matches_gguf_py_bytes() {
 #[test]
 fn integer_dot_products_match_an_f64_dot_over_the_exact_activations() {
     let f = fixture();
-    // Tie blocks are left out: their integers differ on AVX2 (see the ignored test above), which
-    // is the quantizer's fault, not the dot product's. So is the block with the largest float
-    // below 0.5 (the scalar quantizer's bug, see `activation_quantizer_matches_gguf_py_on_every_isa`),
-    // and the huge block (1e37 × weights overflows f32: inf is the right f32 answer there).
+    // The huge block is left out (1e37 × weights overflows f32: inf is the right f32 answer
+    // there).
     let blocks: Vec<usize> = (0..f.kinds.len())
         .filter(|&b| {
             let k = &f.kinds[b];
-            !is_tie_block(k) && !is_below_half_block(k) && k != "huge"
+            k != "huge"
         })
         .collect();
     let mut rng = Rng::new(16);

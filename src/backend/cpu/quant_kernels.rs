@@ -96,11 +96,14 @@ unsafe fn quantize_scalar(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]
         let id = if dx > 0.0 { 1.0 / dx } else { 0.0 };
         let mut sums = [0i32; 2];
         for (j, (q, v)) in qb.iter_mut().zip(xb).enumerate() {
-            // Round half away from zero by hand: `f32::round` is a libm call on baseline
-            // x86-64. |v·id| <= 127 (+ rounding), and the clamp keeps -128 out (the AVX2 sign
-            // trick for Q8_0 would overflow on it).
+            // Round half away from zero, as ggml's roundf, by hand: `f32::round` is a libm call
+            // on baseline x86-64, and `r + 0.5` is wrong for r = 0.49999997 (the sum rounds to
+            // 1.0). Truncate, then step by the exact remainder. |v·id| <= 127 (+ rounding), and
+            // the clamp keeps -128 out (the AVX2 sign trick for Q8_0 would overflow on it).
             let r = v * id;
-            let r = ((r + 0.5f32.copysign(r)) as i32).clamp(-127, 127);
+            let t = r as i32;
+            let frac = r - t as f32;
+            let r = (t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32).clamp(-127, 127);
             *q = r as i8;
             sums[j / 16] += r;
         }
@@ -654,8 +657,8 @@ pub(crate) mod x86 {
         }
     }
 
-    /// The activation quantizer with AVX2 (same format and bounds as `quantize_scalar`; ties
-    /// round to even here, which keeps |x - x̂| <= dx/2 all the same).
+    /// The activation quantizer with AVX2: the same format, bounds and rounding (half away
+    /// from zero) as `quantize_scalar`, so every instruction set gives the same integers.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn quantize_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
         let n = (x.len() / 32)
@@ -682,10 +685,19 @@ pub(crate) mod x86 {
                 let dx = _mm_cvtss_f32(m) / 127.0;
                 let id = _mm256_set1_ps(if dx > 0.0 { 1.0 / dx } else { 0.0 });
                 let lim = _mm256_set1_ps(127.0);
+                let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
                 let q = v.map(|v| {
-                    let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                        _mm256_mul_ps(v, id),
+                    // Half away from zero, as the scalar quantizer and ggml: truncate, then
+                    // step by one where the exact remainder reaches ±0.5.
+                    let y = _mm256_mul_ps(v, id);
+                    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+                    let f = _mm256_sub_ps(y, t);
+                    let up = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(f, half), one);
+                    let down = _mm256_and_ps(
+                        _mm256_cmp_ps::<_CMP_LE_OQ>(f, _mm256_sub_ps(_mm256_setzero_ps(), half)),
+                        one,
                     );
+                    let r = _mm256_sub_ps(_mm256_add_ps(t, up), down);
                     _mm256_cvtps_epi32(_mm256_max_ps(
                         _mm256_min_ps(r, lim),
                         _mm256_sub_ps(_mm256_setzero_ps(), lim),
