@@ -39,7 +39,7 @@ fn weight(dtype: DType, n_out: usize, n_in: usize, vals: &[f32]) -> (WeightTenso
 /// Every table this CPU supports, plus the AVX-512 table with the bf16 dot product switched
 /// off, so both bf16 paths run.
 fn tables() -> Vec<Kernels> {
-    let mut v = Vec::new();
+    let (mut v, mut not_run) = (Vec::new(), Vec::new());
     for isa in Isa::ALL {
         match Kernels::for_isa(isa) {
             Some(k) => {
@@ -48,9 +48,11 @@ fn tables() -> Vec<Kernels> {
                 }
                 v.push(k);
             }
-            None => eprintln!("note: skipping {isa}: not supported by this CPU/architecture"),
+            None => not_run.push(format!("{isa} (this CPU/architecture lacks it)")),
         }
     }
+    let ran: Vec<String> = v.iter().map(|k| k.describe()).collect();
+    common::report_isas("matmul", &ran, &not_run);
     v
 }
 

@@ -8,13 +8,15 @@ use half::{bf16, f16};
 use minfer::internals::simd::{self, Isa, Kernels};
 
 fn tables() -> Vec<Kernels> {
-    let mut v = Vec::new();
+    let (mut v, mut not_run) = (Vec::new(), Vec::new());
     for isa in Isa::ALL {
         match Kernels::for_isa(isa) {
             Some(k) => v.push(k),
-            None => eprintln!("note: skipping {isa}: not supported by this CPU/architecture"),
+            None => not_run.push(format!("{isa} (this CPU/architecture lacks it)")),
         }
     }
+    let ran: Vec<String> = v.iter().map(|k| k.describe()).collect();
+    common::report_isas("simd", &ran, &not_run);
     v
 }
 
@@ -170,7 +172,11 @@ fn fma_peak_probe_runs_on_every_isa() {
                 let g = k.measure_fma_peak_gflops(2);
                 assert!(g.is_finite() && g > 0.0, "{isa}: {g}");
             }
-            None => eprintln!("note: skipping {isa}: not supported by this CPU/architecture"),
+            None => common::report_isas(
+                "fma_peak_probe",
+                &[],
+                &[format!("{isa} (this CPU/architecture lacks it)")],
+            ),
         }
     }
 }

@@ -191,3 +191,21 @@ impl Rng {
         (self.next() % n as u64) as u32
     }
 }
+
+/// Print, uncaptured (so a passing run shows it too), which instruction sets a test ran and
+/// which it could not run on this CPU: a path the machine lacks is reported as not run, never
+/// passed silently.
+#[allow(dead_code)]
+pub fn report_isas(test: &str, ran: &[String], not_run: &[String]) {
+    use std::io::Write;
+    let not_run = if not_run.is_empty() {
+        "none".to_string()
+    } else {
+        not_run.join(", ")
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{test}: instruction sets RUN: {}; NOT RUN: {not_run}",
+        ran.join(", ")
+    );
+}
