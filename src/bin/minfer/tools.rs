@@ -290,7 +290,7 @@ pub fn bench(a: &BenchArgs, out: &mut Out) -> Res {
         let mut model = load(true)?;
         let p = bench::profile(&mut model, opts.prompt_len, opts.gen_len.min(16))?;
         if a.profile {
-            let peak = bench::measure_matmul_gflops(threads)?;
+            let peak = bench::measure_fma_peak_gflops(threads)?;
             note!(
                 "\nprefill of {} tokens: {:.1} ms",
                 opts.prompt_len,
@@ -303,7 +303,7 @@ pub fn bench(a: &BenchArgs, out: &mut Out) -> Res {
                 p.decode_seconds * 1e3 / p.decode_steps.max(1) as f64
             );
             print_profile(&p.decode, p.decode_seconds, bw, peak);
-            note!("limits measured now: read bandwidth {bw:.1} GB/s; in-cache f32 matmul {peak:.1} GFLOP/s");
+            note!("limits measured now: read bandwidth {bw:.1} GB/s; f32 FMA peak {peak:.1} GFLOP/s");
         }
         if let Some(file) = &a.trace {
             let json = bench::chrome_trace(&p.trace);
