@@ -303,7 +303,9 @@ pub fn bench(a: &BenchArgs, out: &mut Out) -> Res {
                 p.decode_seconds * 1e3 / p.decode_steps.max(1) as f64
             );
             print_profile(&p.decode, p.decode_seconds, bw, peak);
-            note!("limits measured now: read bandwidth {bw:.1} GB/s; f32 FMA peak {peak:.1} GFLOP/s");
+            note!(
+                "limits measured now: read bandwidth {bw:.1} GB/s; f32 FMA peak {peak:.1} GFLOP/s"
+            );
         }
         if let Some(file) = &a.trace {
             let json = bench::chrome_trace(&p.trace);
