@@ -186,6 +186,37 @@ fn f32_bytes(v: &[f32]) -> &[u8] {
 }
 
 impl<D: GpuDriver> CudaBackend<D> {
+    /// A gated activation `gate[i] = act(gate[i]) · up[i]` (silu, gelu-tanh): one grid-stride
+    /// launch of `kernel`, 12 bytes and `flops` FLOPs per element.
+    fn gated(
+        &self,
+        op: &'static str,
+        kernel: Kernel,
+        gate: &mut CudaBuf<D>,
+        up: &CudaBuf<D>,
+        len: usize,
+        flops: f64,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        check_len(op, "gate", gate.len, len)?;
+        check_len(op, "up", up.len, len)?;
+        self.launch(
+            kernel,
+            (grid_stride_blocks(len), 1, 1),
+            BLOCK,
+            0,
+            &[
+                KernelArg::Ptr(gate.ptr),
+                KernelArg::Ptr(up.ptr),
+                KernelArg::U32(u32_arg(op, "len", len)?),
+            ],
+            12.0 * len as f64,
+            flops * len as f64,
+        )
+    }
+
     /// Load every kernel into `drv` (once; the backend owns the modules from here on).
     pub fn new(drv: D) -> Result<Self> {
         let drv = Arc::new(drv);
@@ -1028,46 +1059,17 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
     }
 
     fn silu_mul(&self, gate: &mut CudaBuf<D>, up: &CudaBuf<D>, len: usize) -> Result<()> {
-        let op = "silu_mul";
-        if len == 0 {
-            return Ok(());
-        }
-        check_len(op, "gate", gate.len, len)?;
-        check_len(op, "up", up.len, len)?;
-        self.launch(
-            self.k.silu_mul_f32,
-            (grid_stride_blocks(len), 1, 1),
-            BLOCK,
-            0,
-            &[
-                KernelArg::Ptr(gate.ptr),
-                KernelArg::Ptr(up.ptr),
-                KernelArg::U32(u32_arg(op, "len", len)?),
-            ],
-            12.0 * len as f64,
-            5.0 * len as f64,
-        )
+        self.gated("silu_mul", self.k.silu_mul_f32, gate, up, len, 5.0)
     }
 
     fn gelu_tanh_mul(&self, gate: &mut CudaBuf<D>, up: &CudaBuf<D>, len: usize) -> Result<()> {
-        let op = "gelu_tanh_mul";
-        if len == 0 {
-            return Ok(());
-        }
-        check_len(op, "gate", gate.len, len)?;
-        check_len(op, "up", up.len, len)?;
-        self.launch(
+        self.gated(
+            "gelu_tanh_mul",
             self.k.gelu_tanh_mul_f32,
-            (grid_stride_blocks(len), 1, 1),
-            BLOCK,
-            0,
-            &[
-                KernelArg::Ptr(gate.ptr),
-                KernelArg::Ptr(up.ptr),
-                KernelArg::U32(u32_arg(op, "len", len)?),
-            ],
-            12.0 * len as f64,
-            9.0 * len as f64,
+            gate,
+            up,
+            len,
+            9.0,
         )
     }
 
