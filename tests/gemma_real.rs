@@ -2,42 +2,29 @@
 //! scripts/fetch-model.sh) against transformers loading the same GGUF in float32
 //! (tests/fixtures/make_gemma_fixtures.py real → tests/fixtures/real/gemma3_reference.json).
 //!
-//! These tests FAIL when the model file is missing: scripts/test.sh fetches it first.
+//! These tests FAIL when the model file is missing (unless MINFER_ALLOW_SKIP=1, which lists them
+//! as skipped): scripts/test.sh fetches it first.
 //!
 //! Tolerance, weights dequantized to f32 as transformers does: last-position logits within
 //! 1e-4 × max|logit| (f32 arithmetic in another order: differences of a few ulps of the
 //! activations, ~1e-6 relative); teacher-forced top-1 compared wherever the reference's top-1/top-2
 //! gap exceeds twice that tolerance; greedy ids and text identical.
 
+mod common;
+
 use std::path::PathBuf;
 
-use minfer::{GenerateOptions, LoadOptions, Model};
+use common::ids;
+
+use minfer::{LoadOptions, Model};
 use serde_json::Value;
 
 const REL_TOL: f64 = 1e-4;
-
-fn model_path() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf");
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/fetch-model.sh (scripts/test.sh does)",
-        p.display()
-    );
-    p
-}
 
 fn reference() -> Value {
     let p =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real/gemma3_reference.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn dequantized(all_logits: bool) -> LoadOptions {
@@ -52,8 +39,11 @@ fn dequantized(all_logits: bool) -> LoadOptions {
 
 #[test]
 fn parameter_count_and_config() {
+    let Some(path) = common::gemma_model() else {
+        return;
+    };
     let r = reference();
-    let m = Model::load(&model_path(), &dequantized(false)).unwrap();
+    let m = Model::load(&path, &dequantized(false)).unwrap();
     assert_eq!(m.num_parameters(), r["num_parameters"].as_u64().unwrap());
     let c = m.config();
     let want: Vec<Option<usize>> = r["config"]["layer_types"]
@@ -70,8 +60,10 @@ fn parameter_count_and_config() {
 
 #[test]
 fn dequantized_logits_and_greedy_text_match_transformers() {
+    let Some(path) = common::gemma_model() else {
+        return;
+    };
     let r = reference();
-    let path = model_path();
     let mut model = Model::load(&path, &dequantized(true)).unwrap();
     let mut generator = Model::load(&path, &dequantized(false)).unwrap();
     for (name, p) in r["prompts"].as_object().unwrap() {
@@ -136,19 +128,7 @@ fn dequantized_logits_and_greedy_text_match_transformers() {
 
         // Greedy continuation without stopping at EOS: same ids, same text.
         let want_greedy = ids(&p["greedy_ids"]);
-        let mut got = Vec::new();
-        generator.reset();
-        let g = GenerateOptions {
-            max_new_tokens: want_greedy.len(),
-            ignore_eos: true,
-            ..Default::default()
-        };
-        generator
-            .generate(&prompt, &g, |t| {
-                got.push(t);
-                true
-            })
-            .unwrap();
+        let got = common::greedy_ids(&mut generator, &prompt, want_greedy.len());
         assert_eq!(got, want_greedy, "{name}: greedy continuation");
         let text = generator.tokenizer().unwrap().decode(&got, false).unwrap();
         assert_eq!(
@@ -161,10 +141,13 @@ fn dequantized_logits_and_greedy_text_match_transformers() {
 
 #[test]
 fn dequantized_perplexity_matches_transformers() {
+    let Some(path) = common::gemma_model() else {
+        return;
+    };
     let r = reference();
     let p = &r["perplexity"];
     let tokens = ids(&p["ids"]);
-    let mut model = Model::load(&model_path(), &dequantized(true)).unwrap();
+    let mut model = Model::load(&path, &dequantized(true)).unwrap();
     let got = model.perplexity(&tokens).unwrap().ppl;
     let want = p["ppl"].as_f64().unwrap();
     eprintln!("dequantized ppl {got:.4} vs transformers {want:.4}");
@@ -179,6 +162,9 @@ fn dequantized_perplexity_matches_transformers() {
 /// float32 reference, as for the other quantized-activation paths (tests/real_model.rs).
 #[test]
 fn as_stored_perplexity_within_two_percent() {
+    let Some(path) = common::gemma_model() else {
+        return;
+    };
     let r = reference();
     let p = &r["perplexity"];
     let tokens = ids(&p["ids"]);
@@ -188,7 +174,7 @@ fn as_stored_perplexity_within_two_percent() {
         max_batch: 1,
         ..LoadOptions::default()
     };
-    let mut model = Model::load(&model_path(), &opts).unwrap();
+    let mut model = Model::load(&path, &opts).unwrap();
     let got = model.perplexity(&tokens).unwrap().ppl;
     let want = p["ppl"].as_f64().unwrap();
     eprintln!(
@@ -203,10 +189,13 @@ fn as_stored_perplexity_within_two_percent() {
 /// with and without BOS, and exact decoded text.
 #[test]
 fn tokenizer_matches_transformers_gguf_conversion() {
+    let Some(path) = common::gemma_model() else {
+        return;
+    };
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/real/gemma3_tokenizer_cases.json");
     let r: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-    let tok = minfer::load_tokenizer(&model_path()).unwrap();
+    let tok = minfer::load_tokenizer(&path).unwrap();
     let cases = r["cases"].as_array().unwrap();
     assert!(cases.len() >= 100, "{} cases", cases.len());
     for c in cases {

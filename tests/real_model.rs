@@ -113,19 +113,7 @@ fn dequantized_logits_and_greedy_text_match_transformers() {
 
         // Greedy continuation, 32 tokens without stopping at EOS.
         let want_greedy = ids(&p["greedy_ids"]);
-        let mut got = Vec::new();
-        generator.reset();
-        let g = GenerateOptions {
-            max_new_tokens: want_greedy.len(),
-            ignore_eos: true,
-            ..Default::default()
-        };
-        generator
-            .generate(&prompt, &g, |t| {
-                got.push(t);
-                true
-            })
-            .unwrap();
+        let got = common::greedy_ids(&mut generator, &prompt, want_greedy.len());
         assert_eq!(got, want_greedy, "{name}: greedy continuation");
     }
 }

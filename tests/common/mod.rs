@@ -84,19 +84,7 @@ pub fn check_variant(dir: &Path, rel_tol: f32, load: &dyn Fn(&Path, bool) -> Mod
         );
 
         let want_greedy = ids(&case["greedy"]);
-        let opts = GenerateOptions {
-            max_new_tokens: want_greedy.len(),
-            ignore_eos: true,
-            ..Default::default()
-        };
-        generator.reset();
-        let mut got = Vec::new();
-        generator
-            .generate(&prompt, &opts, |id| {
-                got.push(id);
-                true
-            })
-            .unwrap();
+        let got = greedy_ids(&mut generator, &prompt, want_greedy.len());
         assert_eq!(
             got,
             want_greedy,
@@ -114,6 +102,34 @@ pub fn real_model() -> Option<PathBuf> {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
         "run scripts/fetch-model.sh; scripts/test.sh does",
     )
+}
+
+/// The real Gemma 3 270M (Q4_K_M), fetched by scripts/fetch-model.sh; as [`real_model`].
+#[allow(dead_code)]
+pub fn gemma_model() -> Option<PathBuf> {
+    require_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf"),
+        "run scripts/fetch-model.sh; scripts/test.sh does",
+    )
+}
+
+/// `n` greedy tokens after `prompt` from an empty cache, not stopping at EOS.
+#[allow(dead_code)]
+pub fn greedy_ids(model: &mut Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let opts = GenerateOptions {
+        max_new_tokens: n,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    model.reset();
+    let mut got = Vec::new();
+    model
+        .generate(prompt, &opts, |id| {
+            got.push(id);
+            true
+        })
+        .unwrap();
+    got
 }
 
 /// Where skipped tests are listed, one line each (scripts/test.sh prints the file at the end).
