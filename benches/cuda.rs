@@ -15,7 +15,7 @@
 use std::time::Instant;
 
 use half::bf16;
-use minfer::backend::{AttnParams, Backend, KvShape};
+use minfer::backend::{AttnParams, Backend, KvShape, StepLayout};
 use minfer::internals::cuda::driver::GpuDriver;
 use minfer::internals::cuda::sim::SimDriver;
 use minfer::internals::cuda::{CudaBackend, CudaMat};
@@ -213,14 +213,11 @@ fn gpu_benches<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
         ("llama3-8b", 32, 8, 128),
     ] {
         for &ctx in &[1024usize, 4096] {
-            let mut kv = b
-                .alloc_kv(KvShape {
-                    layers: 1,
-                    ctx: ctx + 1,
-                    n_kv_heads: nkv,
-                    head_dim: hd,
-                })
-                .expect("kv");
+            let shape = KvShape::contiguous(1, ctx + 1, 32, nkv, hd);
+            let mut kv = b.alloc_kv(shape).expect("kv");
+            let layout = b
+                .layout_of(&StepLayout::contiguous(ctx - 1, 1, shape.blocks))
+                .expect("layout");
             let q = random_buf(b, &mut rng, 1, nh * hd);
             let kk = random_buf(b, &mut rng, 1, nkv * hd);
             let mut out = b.alloc(nh * hd).expect("alloc");
@@ -232,7 +229,7 @@ fn gpu_benches<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
                 window: None,
             };
             let s = time_kernel(b, "attn_split_f32", 20, |_| {
-                b.attention(&mut out, &q, &kk, &kk, &mut kv, 0, 1, ctx - 1, &p)
+                b.attention(&mut out, &q, &kk, &kk, &mut kv, 0, 1, &layout, &p)
                     .expect("attention")
             });
             let bytes = (ctx * nkv * hd * 8) as f64;
@@ -337,14 +334,11 @@ fn sim_smoke() {
     let x17 = random_buf(&b, &mut rng, 17, k);
     let mut out17 = b.alloc(17 * n).expect("alloc");
     b.matmul(&mut out17, &x17, &w, None, 17).expect("gemm");
-    let mut kv = b
-        .alloc_kv(KvShape {
-            layers: 1,
-            ctx: 300,
-            n_kv_heads: 2,
-            head_dim: 64,
-        })
-        .expect("kv");
+    let shape = KvShape::contiguous(1, 300, 32, 2, 64);
+    let mut kv = b.alloc_kv(shape).expect("kv");
+    let layout = b
+        .layout_of(&StepLayout::contiguous(200, 1, shape.blocks))
+        .expect("layout");
     let q = random_buf(&b, &mut rng, 1, 4 * 64);
     let kk = random_buf(&b, &mut rng, 1, 2 * 64);
     let mut ao = b.alloc(4 * 64).expect("alloc");
@@ -355,7 +349,7 @@ fn sim_smoke() {
         scale: 0.125,
         window: None,
     };
-    b.attention(&mut ao, &q, &kk, &kk, &mut kv, 0, 1, 200, &p)
+    b.attention(&mut ao, &q, &kk, &kk, &mut kv, 0, 1, &layout, &p)
         .expect("attention");
     println!(
         "{:<18} {:>6} {:>12} {:>12} {:>12} {:>10} {:>9}",

@@ -66,7 +66,8 @@ pub use device::Device;
 pub use error::{Error, Result};
 pub use loader::open_tokenizer as load_tokenizer;
 pub use model::{
-    GenerateOptions, GenerationStats, LoadOptions, Model, Perplexity, StopReason, TextOutput,
+    Batcher, GenerateOptions, GenerationStats, KvStats, LoadOptions, Model, Perplexity, SeqId,
+    StopReason, TextOutput,
 };
 pub use sampler::SamplerConfig;
 pub use tensor::{DType, WeightTensor};

@@ -22,7 +22,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{AttnParams, Backend, KvShape, OpProfile};
+use crate::backend::{AttnParams, Backend, KvShape, OpProfile, StepLayout};
 use crate::config::{MlpActivation, ModelConfig};
 use crate::error::{Error, Result};
 use crate::tensor::{WeightTensor, Weights};
@@ -60,7 +60,7 @@ struct Scratch<B> {
     gate: B,     // (max_batch, intermediate)
     up: B,       // (max_batch, intermediate)
     last: B,     // (1, hidden)              final-normed last row
-    logits: B,   // (max_batch, vocab) when all positions are asked for, else (1, vocab)
+    logits: B,   // (logits_rows, vocab)
 }
 
 /// Which positions get logits.
@@ -68,8 +68,23 @@ struct Scratch<B> {
 pub enum Logits {
     /// Only the last position (generation).
     Last,
-    /// Every position of the call (scoring, perplexity, `minfer logits`).
+    /// Every row of the call (scoring, perplexity, `minfer logits`, a decode batch).
     All,
+}
+
+/// How the transformer's KV cache and buffers are sized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    /// Positions one sequence may hold.
+    pub ctx: usize,
+    /// Rows one forward step processes at most; longer inputs run in chunks.
+    pub max_batch: usize,
+    /// Sequences the paged KV pool is sized for (each up to `ctx` positions).
+    pub max_seqs: usize,
+    /// Positions per KV block.
+    pub block_size: usize,
+    /// Keep logits for every row of a full step (scoring), not only the last.
+    pub all_logits: bool,
 }
 
 pub struct Transformer<B: Backend> {
@@ -81,28 +96,30 @@ pub struct Transformer<B: Backend> {
     lm_head: Option<B::Mat>,        // (vocab, hidden); None when tied to embed_tokens
     inv_freq: B::Mat,               // (hd / 2) rotary frequencies, scaling applied
     inv_freq_local: Option<B::Mat>, // (hd / 2) sliding-window layers' own base (Gemma), unscaled
-    kv: B::Kv,                      // (layers, ctx, kv_heads·hd) for K and for V
+    kv: B::Kv,                      // (layers, blocks · block_size, kv_heads·hd) for K and V
+    kv_shape: KvShape,
+    layout: B::Layout, // the current step's positions and block tables, where the kernels read them
     s: Scratch<B::Buf>,
-    max_batch: usize,
-    all_logits_rows: usize,
-    ctx: usize,
+    sizes: Sizes,
+    logits_rows: usize,
 }
 
 impl<B: Backend> Transformer<B> {
-    /// Check every tensor against the config, upload it, and allocate the buffers and a KV cache
-    /// of `ctx` positions. `max_batch` is how many positions one forward step processes at
-    /// most; longer inputs are processed in chunks.
-    pub fn new(
-        config: ModelConfig,
-        weights: &Weights,
-        backend: B,
-        ctx: usize,
-        max_batch: usize,
-        all_logits: bool,
-    ) -> Result<Self> {
+    /// Check every tensor against the config, upload it, and allocate the buffers and a paged
+    /// KV pool for `sizes.max_seqs` sequences of `sizes.ctx` positions.
+    pub fn new(config: ModelConfig, weights: &Weights, backend: B, sizes: Sizes) -> Result<Self> {
         let c = &config;
-        if ctx == 0 || max_batch == 0 {
-            return Err(Error::arg("context length and batch size must be positive"));
+        let Sizes {
+            ctx,
+            max_batch,
+            max_seqs,
+            block_size,
+            all_logits,
+        } = sizes;
+        if ctx == 0 || max_batch == 0 || max_seqs == 0 || block_size == 0 {
+            return Err(Error::arg(
+                "context length, batch size, sequences and KV block size must be positive",
+            ));
         }
         // Every tensor the schema names must be there with its shape; then each is uploaded.
         for (name, shape) in c.tensor_shapes() {
@@ -188,14 +205,22 @@ impl<B: Backend> Transformer<B> {
             ))?),
             None => None,
         };
-        let kv = backend.alloc_kv(KvShape {
+        let blocks_per_seq = ctx.div_ceil(block_size);
+        let kv_shape = KvShape {
             layers: c.num_layers,
-            ctx,
+            blocks: blocks_per_seq
+                .checked_mul(max_seqs)
+                .ok_or_else(|| Error::arg("KV pool size overflows"))?,
+            block_size,
             n_kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
-        })?;
-        let all_logits_rows = if all_logits { max_batch } else { 1 };
+        };
+        let kv = backend.alloc_kv(kv_shape)?;
+        let layout = backend.alloc_layout(max_batch.max(max_seqs), max_seqs, blocks_per_seq)?;
+        let logits_rows = if all_logits { max_batch } else { 1 }.max(max_seqs);
         let a = |n: usize| backend.alloc(n);
+        // A step has at most max_batch rows (prefill) or max_seqs rows (a decode batch).
+        let max_batch = max_batch.max(max_seqs);
         let s = Scratch {
             x: a(max_batch * hidden)?,
             h: a(max_batch * hidden)?,
@@ -212,7 +237,7 @@ impl<B: Backend> Transformer<B> {
             gate: a(max_batch * inter)?,
             up: a(max_batch * inter)?,
             last: a(hidden)?,
-            logits: a(all_logits_rows * vocab)?,
+            logits: a(logits_rows * vocab)?,
         };
         Ok(Transformer {
             config,
@@ -224,10 +249,11 @@ impl<B: Backend> Transformer<B> {
             inv_freq,
             inv_freq_local,
             kv,
+            kv_shape,
+            layout,
             s,
-            max_batch,
-            all_logits_rows,
-            ctx,
+            sizes,
+            logits_rows,
         })
     }
 
@@ -236,31 +262,73 @@ impl<B: Backend> Transformer<B> {
     }
 
     pub fn context_len(&self) -> usize {
-        self.ctx
+        self.sizes.ctx
     }
 
     pub fn max_batch(&self) -> usize {
-        self.max_batch
+        self.sizes.max_batch
     }
 
-    /// Run `tokens` at positions `pos0..`, appending to the KV cache. Afterwards the logits of
-    /// the last position (or of every position of the final chunk, see [`Logits::All`]) are in
-    /// the logits buffer. Inputs longer than `max_batch` run in chunks.
+    pub fn sizes(&self) -> Sizes {
+        self.sizes
+    }
+
+    pub fn kv_shape(&self) -> KvShape {
+        self.kv_shape
+    }
+
+    /// Run `tokens` at positions `pos0..` of the one sequence that owns the KV pool in order
+    /// (identity block table), appending to its cache. Afterwards the logits of the last
+    /// position (or of every position of the final chunk, see [`Logits::All`]) are in the
+    /// logits buffer. Inputs longer than `max_batch` run in chunks.
     pub fn forward(&mut self, tokens: &[u32], pos0: usize, which: Logits) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::arg("forward needs at least one token"));
         }
-        if pos0 + tokens.len() > self.ctx {
+        let ctx = self.sizes.ctx;
+        if pos0 + tokens.len() > ctx {
             return Err(Error::arg(format!(
-                "{} tokens at position {pos0} exceed the context length {}",
+                "{} tokens at position {pos0} exceed the context length {ctx}",
                 tokens.len(),
-                self.ctx
             )));
         }
-        if which == Logits::All && self.all_logits_rows < self.max_batch {
+        if which == Logits::All && self.logits_rows < self.sizes.max_batch {
             return Err(Error::arg(
                 "this model was loaded without all-position logits",
             ));
+        }
+        let mut pos = pos0;
+        for chunk in tokens.chunks(self.sizes.max_batch) {
+            let layout =
+                StepLayout::contiguous(pos, chunk.len(), ctx.div_ceil(self.kv_shape.block_size));
+            self.forward_step(chunk, &layout, which)?;
+            pos += chunk.len();
+        }
+        Ok(())
+    }
+
+    /// One forward step over rows placed by `layout` (at most `max_batch` rows; any mix of
+    /// sequences, see [`StepLayout`]). Afterwards the logits of the last row
+    /// ([`Logits::Last`]) or of every row ([`Logits::All`], at most [`Self::logits_rows`])
+    /// are in the logits buffer.
+    pub fn forward_step(
+        &mut self,
+        tokens: &[u32],
+        layout: &StepLayout,
+        which: Logits,
+    ) -> Result<()> {
+        let n = tokens.len();
+        if n == 0 || n > self.sizes.max_batch.max(self.sizes.max_seqs) {
+            return Err(Error::arg(format!(
+                "a forward step takes 1..={} rows, not {n}",
+                self.sizes.max_batch.max(self.sizes.max_seqs)
+            )));
+        }
+        if which == Logits::All && n > self.logits_rows {
+            return Err(Error::arg(format!(
+                "logits for {n} rows asked, the model keeps {}",
+                self.logits_rows
+            )));
         }
         let vocab = self.config.vocab_size as u32;
         if let Some(&bad) = tokens.iter().find(|&&t| t >= vocab) {
@@ -268,17 +336,29 @@ impl<B: Backend> Transformer<B> {
                 "token id {bad} is out of range for a vocabulary of {vocab}"
             )));
         }
-        let mut pos = pos0;
-        for chunk in tokens.chunks(self.max_batch) {
-            let backend = Arc::clone(&self.backend);
-            backend.scoped(&mut || self.step(chunk, pos, which))?;
-            pos += chunk.len();
+        layout.validate(n, &self.kv_shape)?;
+        if let Some(&p) = layout
+            .positions
+            .iter()
+            .find(|&&p| p as usize >= self.sizes.ctx)
+        {
+            return Err(Error::arg(format!(
+                "position {p} is beyond the context length {}",
+                self.sizes.ctx
+            )));
         }
-        Ok(())
+        self.backend.set_layout(&mut self.layout, layout)?;
+        let backend = Arc::clone(&self.backend);
+        backend.scoped(&mut || self.step(tokens, which))
     }
 
-    /// One forward step over at most `max_batch` positions.
-    fn step(&mut self, tokens: &[u32], pos0: usize, which: Logits) -> Result<()> {
+    /// Copy KV blocks (every layer, K and V): copy-on-write of shared blocks.
+    pub fn copy_kv_blocks(&mut self, pairs: &[(u32, u32)]) -> Result<()> {
+        self.backend.copy_kv_blocks(&mut self.kv, pairs)
+    }
+
+    /// One forward step over the rows of the current layout.
+    fn step(&mut self, tokens: &[u32], which: Logits) -> Result<()> {
         let c = &self.config;
         let (b, s) = (&self.backend, &mut self.s);
         let n = tokens.len();
@@ -309,8 +389,8 @@ impl<B: Backend> Transformer<B> {
                 Some(local) if c.layer_uses_local_rope(l) => local,
                 _ => &self.inv_freq,
             };
-            b.rope(&mut s.q, n, c.num_heads, hd, pos0, inv_freq)?;
-            b.rope(&mut s.k, n, c.num_kv_heads, hd, pos0, inv_freq)?;
+            b.rope(&mut s.q, n, c.num_heads, hd, &self.layout, inv_freq)?;
+            b.rope(&mut s.k, n, c.num_kv_heads, hd, &self.layout, inv_freq)?;
             let p = AttnParams {
                 n_heads: c.num_heads,
                 n_kv_heads: c.num_kv_heads,
@@ -318,7 +398,8 @@ impl<B: Backend> Transformer<B> {
                 scale: c.attention_scale,
                 window: c.layer_windows[l],
             };
-            b.attention(&mut s.att, &s.q, &s.k, &s.v, &mut self.kv, l, n, pos0, &p)?;
+            let kv = &mut self.kv;
+            b.attention(&mut s.att, &s.q, &s.k, &s.v, kv, l, n, &self.layout, &p)?;
             b.matmul(&mut s.o, &s.att, &w.o_proj, None, n)?;
 
             // MLP block: x += o (post-attention-normed when the model has sandwich norms),
@@ -351,7 +432,7 @@ impl<B: Backend> Transformer<B> {
     /// Copy the logits of `row` (0 for [`Logits::Last`]) to `out` (length vocab).
     pub fn read_logits(&self, row: usize, out: &mut [f32]) -> Result<()> {
         let v = self.config.vocab_size;
-        if out.len() != v || row >= self.all_logits_rows {
+        if out.len() != v || row >= self.logits_rows {
             return Err(Error::arg("read_logits: bad row or output length"));
         }
         self.backend.read(&self.s.logits, row * v, out)
@@ -360,7 +441,7 @@ impl<B: Backend> Transformer<B> {
     /// Greedy choice at `row`, computed on the backend (one integer crosses to the host).
     pub fn argmax(&self, row: usize) -> Result<u32> {
         let v = self.config.vocab_size;
-        if row >= self.all_logits_rows {
+        if row >= self.logits_rows {
             return Err(Error::arg("argmax: bad row"));
         }
         self.backend.argmax(&self.s.logits, row * v, v)

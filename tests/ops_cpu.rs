@@ -23,3 +23,17 @@ mod one_thread {
 mod two_threads {
     crate::ops::op_parity_tests!(super::cpu(2));
 }
+
+/// The paged, multi-sequence attention cases: on the CPU here; the CUDA backend joins when its
+/// kernels read through block tables.
+#[test]
+fn attention_paged_one_thread() {
+    let (b, n) = cpu(1).unwrap();
+    ops::attention_paged(&b, &n);
+}
+
+#[test]
+fn attention_paged_two_threads() {
+    let (b, n) = cpu(2).unwrap();
+    ops::attention_paged(&b, &n);
+}

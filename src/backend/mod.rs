@@ -10,7 +10,9 @@
 //!   batch; `rows` says how many rows an op touches.
 //! - A weight ([`Backend::Mat`]) is uploaded once. A linear layer is `[out, in]` as Hugging Face
 //!   stores it, and `matmul` computes `out[r, o] = Σ_i x[r, i] · w[o, i] (+ bias[o])`.
-//! - Positions are contiguous: row `r` of a batch sits at position `pos0 + r`.
+//! - Where each row sits is a [`StepLayout`]: its position and its sequence's block table into
+//!   the paged KV cache. A prefill chunk is rows of one sequence at consecutive positions; a
+//!   decode batch is one row of each of several sequences; one step may hold both.
 
 // The backends themselves are internal: embedders pick one with `Device`; tests and benches
 // reach them through `minfer::internals`.
@@ -23,13 +25,19 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::WeightTensor;
 
-/// Shape of the KV cache: `layers × ctx × n_kv_heads × head_dim` for K and again for V.
+/// Shape of the paged KV cache. Per layer, a pool of `blocks` blocks of `block_size` positions
+/// (slots), each slot `n_kv_heads · head_dim` values, for K and again for V. Position `p` of a
+/// sequence whose block table is `t` lives in slot `t[p / block_size] · block_size + p %
+/// block_size`; layer `l`'s K pool is `[slots, kv_dim]` row-major, so an identity block table
+/// gives the plain contiguous `[ctx, kv_dim]` cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvShape {
     /// Transformer layers.
     pub layers: usize,
-    /// Positions the cache holds.
-    pub ctx: usize,
+    /// Blocks in each layer's pool.
+    pub blocks: usize,
+    /// Positions per block.
+    pub block_size: usize,
     /// Key/value heads (fewer than query heads under grouped-query attention).
     pub n_kv_heads: usize,
     /// Width of one head.
@@ -40,6 +48,138 @@ impl KvShape {
     /// Bytes of K plus V per token at `bytes_per_elem`.
     pub fn bytes_per_token(&self, bytes_per_elem: usize) -> usize {
         2 * self.layers * self.n_kv_heads * self.head_dim * bytes_per_elem
+    }
+
+    /// The cache of one sequence of `ctx` positions in blocks of `block_size` (to be used with
+    /// [`StepLayout::contiguous`] and `ctx.div_ceil(block_size)` table entries).
+    pub fn contiguous(
+        layers: usize,
+        ctx: usize,
+        block_size: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> KvShape {
+        KvShape {
+            layers,
+            blocks: ctx.div_ceil(block_size.max(1)),
+            block_size,
+            n_kv_heads,
+            head_dim,
+        }
+    }
+
+    /// Positions the pool holds in all (`blocks · block_size`).
+    pub fn slots(&self) -> usize {
+        self.blocks * self.block_size
+    }
+
+    /// Values of one layer's K (or V) pool, checked against overflow.
+    pub fn layer_len(&self) -> Result<usize> {
+        self.slots()
+            .checked_mul(self.n_kv_heads)
+            .and_then(|n| n.checked_mul(self.head_dim))
+            .filter(|_| self.blocks.checked_mul(self.block_size).is_some())
+            .ok_or_else(|| Error::arg(format!("KV cache {self:?} overflows the address space")))
+    }
+}
+
+/// Where the rows of one forward step sit: each row's position in its sequence and the block
+/// table through which its sequence's keys and values are reached (see [`KvShape`]).
+///
+/// Rows that share a table are consecutive positions of one sequence (a prefill chunk); rows
+/// with different tables are independent sequences (a decode batch). Attention first writes every
+/// row's key and value to its slot, then each row attends over positions `0..=position` of its
+/// own table, so rows of one chunk see each other causally.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepLayout {
+    /// Position of each row within its sequence.
+    pub positions: Vec<u32>,
+    /// For each row, the index of its block table.
+    pub seq_of_row: Vec<u32>,
+    /// Block tables, row-major `[tables][max_blocks]`: entry `b` of a table is the pool block
+    /// that holds positions `b · block_size ..` of that sequence.
+    pub tables: Vec<u32>,
+    /// Entries per table (the stride of `tables`).
+    pub max_blocks: usize,
+}
+
+impl StepLayout {
+    /// One sequence whose rows sit at positions `pos0..pos0 + rows`, with the identity block
+    /// table `0..max_blocks` (a single sequence owning the pool in order).
+    pub fn contiguous(pos0: usize, rows: usize, max_blocks: usize) -> StepLayout {
+        StepLayout {
+            positions: (pos0..pos0 + rows).map(|p| p as u32).collect(),
+            seq_of_row: vec![0; rows],
+            tables: (0..max_blocks as u32).collect(),
+            max_blocks,
+        }
+    }
+
+    /// Rows in the step.
+    pub fn rows(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// Number of block tables.
+    pub fn tables(&self) -> usize {
+        self.tables.len().checked_div(self.max_blocks).unwrap_or(0)
+    }
+
+    /// The block table of `row`.
+    pub fn table_of(&self, row: usize) -> &[u32] {
+        let t = self.seq_of_row[row] as usize * self.max_blocks;
+        &self.tables[t..t + self.max_blocks]
+    }
+
+    /// The pool slot of `row`'s position, given the block size (after [`StepLayout::validate`]).
+    pub fn slot_of(&self, row: usize, block_size: usize) -> usize {
+        let p = self.positions[row] as usize;
+        self.table_of(row)[p / block_size] as usize * block_size + p % block_size
+    }
+
+    /// Check the layout against `rows` and the cache: lengths agree, every row's table reaches
+    /// its position, every block is in the pool, and rows of one table have strictly increasing
+    /// positions. Backends may assume a validated layout.
+    pub fn validate(&self, rows: usize, kv: &KvShape) -> Result<()> {
+        let bad = |why: String| Err(Error::arg(format!("step layout: {why}")));
+        if self.positions.len() != rows || self.seq_of_row.len() != rows {
+            return bad(format!(
+                "{} positions and {} table indices for {rows} rows",
+                self.positions.len(),
+                self.seq_of_row.len()
+            ));
+        }
+        if self.max_blocks == 0 || !self.tables.len().is_multiple_of(self.max_blocks) {
+            return bad(format!(
+                "{} table entries are not whole tables of {}",
+                self.tables.len(),
+                self.max_blocks
+            ));
+        }
+        if let Some(&b) = self.tables.iter().find(|&&b| b as usize >= kv.blocks) {
+            return bad(format!("block {b} is outside the pool of {}", kv.blocks));
+        }
+        let n_tables = self.tables();
+        let mut last: Vec<Option<u32>> = vec![None; n_tables];
+        for r in 0..rows {
+            let (t, p) = (self.seq_of_row[r] as usize, self.positions[r]);
+            if t >= n_tables {
+                return bad(format!("row {r} names table {t} of {n_tables}"));
+            }
+            if p as usize / kv.block_size >= self.max_blocks {
+                return bad(format!(
+                    "row {r} at position {p} is beyond its table of {} blocks of {}",
+                    self.max_blocks, kv.block_size
+                ));
+            }
+            if last[t].is_some_and(|q| q >= p) {
+                return bad(format!(
+                    "rows of table {t} are not in increasing position order"
+                ));
+            }
+            last[t] = Some(p);
+        }
+        Ok(())
     }
 }
 
@@ -68,6 +208,8 @@ pub trait Backend: Send + Sync {
     type Mat: Send + Sync;
     /// The KV cache of all layers.
     type Kv: Send;
+    /// A step's [`StepLayout`] where the kernels can read it (positions, block tables).
+    type Layout: Send;
 
     /// A human-readable description ("cpu avx512-bf16, 2 threads", "cuda H200", "sim").
     fn name(&self) -> String;
@@ -78,6 +220,26 @@ pub trait Backend: Send + Sync {
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     /// A zeroed KV cache of `shape`.
     fn alloc_kv(&self, shape: KvShape) -> Result<Self::Kv>;
+    /// Room for the layout of steps of up to `max_rows` rows and `max_tables` block tables of
+    /// `max_blocks` entries.
+    fn alloc_layout(
+        &self,
+        max_rows: usize,
+        max_tables: usize,
+        max_blocks: usize,
+    ) -> Result<Self::Layout>;
+    /// Make `src` (validated by the caller) the layout that `rope` and `attention` read: one
+    /// small upload per step.
+    fn set_layout(&self, dst: &mut Self::Layout, src: &StepLayout) -> Result<()>;
+    /// A fresh layout holding `src` (tests, benchmarks, one-off steps).
+    fn layout_of(&self, src: &StepLayout) -> Result<Self::Layout> {
+        let mut dst = self.alloc_layout(src.rows(), src.tables(), src.max_blocks)?;
+        self.set_layout(&mut dst, src)?;
+        Ok(dst)
+    }
+    /// For each `(src, dst)`, copy KV block `src` to block `dst` in every layer's K and V pools
+    /// (copy-on-write of a shared, partly filled block).
+    fn copy_kv_blocks(&self, kv: &mut Self::Kv, pairs: &[(u32, u32)]) -> Result<()>;
 
     /// `out[r, :] = table[tokens[r], :]`. Token ids were range-checked by the caller.
     fn embed(&self, out: &mut Self::Buf, table: &Self::Mat, tokens: &[u32]) -> Result<()>;
@@ -120,20 +282,22 @@ pub trait Backend: Send + Sync {
         eps: f32,
     ) -> Result<()>;
     /// Rotary embedding in place, Hugging Face's rotate-half layout: for head h, i < head_dim/2,
-    /// angle = (pos0 + r) · `inv_freq[i]`, the pair (`x[i]`, `x[i + head_dim/2]`) is rotated by angle.
+    /// angle = `positions[r]` · `inv_freq[i]` (the layout's positions), the pair (`x[i]`,
+    /// `x[i + head_dim/2]`) is rotated by angle.
     fn rope(
         &self,
         x: &mut Self::Buf,
         rows: usize,
         heads: usize,
         head_dim: usize,
-        pos0: usize,
+        layout: &Self::Layout,
         inv_freq: &Self::Mat,
     ) -> Result<()>;
-    /// Append `k`, `v` (`[rows, n_kv_heads · head_dim]`) to the cache of `layer` at positions
-    /// `pos0..pos0 + rows`, then causal (optionally windowed) attention of `q`
-    /// (`[rows, n_heads · head_dim]`) over positions `0..=pos0 + r`, grouped-query style:
-    /// query head h reads kv head h / (n_heads / n_kv_heads). Writes `[rows, n_heads · head_dim]`.
+    /// Write `k`, `v` (`[rows, n_kv_heads · head_dim]`) of each row to its slot in `layer`'s
+    /// pools (see [`StepLayout`]), then causal (optionally windowed) attention of `q`
+    /// (`[rows, n_heads · head_dim]`) of row r over positions `0..=positions[r]` of its own
+    /// sequence, grouped-query style: query head h reads kv head h / (n_heads / n_kv_heads).
+    /// Writes `[rows, n_heads · head_dim]`.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -144,7 +308,7 @@ pub trait Backend: Send + Sync {
         kv: &mut Self::Kv,
         layer: usize,
         rows: usize,
-        pos0: usize,
+        layout: &Self::Layout,
         p: &AttnParams,
     ) -> Result<()>;
     /// `gate[i] = silu(gate[i]) · up[i]` for `i < len`, silu(x) = x / (1 + e^-x).

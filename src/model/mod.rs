@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::backend::{
-    self, Activation, Backend, BackendOptions, OpProfile, TraceEvent, WithBackend,
+    self, Activation, Backend, BackendOptions, KvShape, OpProfile, StepLayout, TraceEvent,
+    WithBackend,
 };
 use crate::config::ModelConfig;
 use crate::device::Device;
@@ -15,16 +16,23 @@ use crate::error::{Error, Result};
 use crate::loader::{self, ModelFiles};
 use crate::tensor::{DType, Weights};
 use crate::tokenizer::Tokenizer;
-use crate::transformer::{Logits, Transformer};
+use crate::transformer::{Logits, Sizes, Transformer};
 
+mod batch;
+mod blocks;
 mod generate;
 
+pub use batch::{Batcher, KvStats, SeqId};
 pub use generate::{GenerateOptions, GenerationStats, StopReason, TextOutput};
 
 /// The transformer on some backend, as the rest of the library sees it.
 pub trait Engine: Send {
     fn config(&self) -> &ModelConfig;
     fn forward(&mut self, tokens: &[u32], pos0: usize, which: Logits) -> Result<()>;
+    fn forward_step(&mut self, tokens: &[u32], layout: &StepLayout, which: Logits) -> Result<()>;
+    fn copy_kv_blocks(&mut self, pairs: &[(u32, u32)]) -> Result<()>;
+    fn sizes(&self) -> Sizes;
+    fn kv_shape(&self) -> KvShape;
     fn read_logits(&self, row: usize, out: &mut [f32]) -> Result<()>;
     fn argmax(&self, row: usize) -> Result<u32>;
     fn context_len(&self) -> usize;
@@ -47,6 +55,18 @@ where
     }
     fn forward(&mut self, tokens: &[u32], pos0: usize, which: Logits) -> Result<()> {
         Transformer::forward(self, tokens, pos0, which)
+    }
+    fn forward_step(&mut self, tokens: &[u32], layout: &StepLayout, which: Logits) -> Result<()> {
+        Transformer::forward_step(self, tokens, layout, which)
+    }
+    fn copy_kv_blocks(&mut self, pairs: &[(u32, u32)]) -> Result<()> {
+        Transformer::copy_kv_blocks(self, pairs)
+    }
+    fn sizes(&self) -> Sizes {
+        Transformer::sizes(self)
+    }
+    fn kv_shape(&self) -> KvShape {
+        Transformer::kv_shape(self)
     }
     fn read_logits(&self, row: usize, out: &mut [f32]) -> Result<()> {
         Transformer::read_logits(self, row, out)
@@ -95,6 +115,11 @@ pub struct LoadOptions {
     pub quantize: Option<DType>,
     /// CPU only: keep a copy of every op's output (see [`Model::take_activations`]). Slow.
     pub record_activations: bool,
+    /// Sequences the KV cache is sized for: 1 for [`Model::generate`]; N for a [`Batcher`]
+    /// serving N sequences at once (a paged pool of N × context_len positions).
+    pub max_seqs: usize,
+    /// Positions per KV-cache block (the unit of paging and of prefix sharing).
+    pub kv_block_size: usize,
     /// GGUF only: keep quantized tensors in their block format and compute on them with the
     /// integer kernels (CPU); false dequantizes them to f32 at load. GPU devices always
     /// dequantize (the PTX kernels take f32/f16/bf16 weights).
@@ -113,6 +138,8 @@ impl Default for LoadOptions {
             keep_quantized: true,
             quantize: None,
             record_activations: false,
+            max_seqs: 1,
+            kv_block_size: 32,
         }
     }
 }
@@ -277,14 +304,31 @@ impl Model {
         let num_parameters = count_parameters(&config, weights);
         let decode_weight_bytes = decode_weight_bytes(&config, weights);
         let vocab = config.vocab_size;
-        let t = Transformer::new(
-            config,
-            weights,
-            backend,
+        if opts.max_seqs == 0 || opts.max_seqs > 4096 {
+            return Err(Error::option(
+                "max_seqs",
+                opts.max_seqs,
+                "must be between 1 and 4096",
+            ));
+        }
+        if opts.kv_block_size == 0 || opts.kv_block_size > 4096 {
+            return Err(Error::option(
+                "kv_block_size",
+                opts.kv_block_size,
+                "must be between 1 and 4096",
+            ));
+        }
+        if opts.max_batch == 0 {
+            return Err(Error::option("max_batch", 0, "must be positive"));
+        }
+        let sizes = Sizes {
             ctx,
-            opts.max_batch.min(ctx),
-            opts.all_logits,
-        )?;
+            max_batch: opts.max_batch.min(ctx),
+            max_seqs: opts.max_seqs,
+            block_size: opts.kv_block_size,
+            all_logits: opts.all_logits,
+        };
+        let t = Transformer::new(config, weights, backend, sizes)?;
         Ok(Model {
             engine: Box::new(t),
             eos_ids,

@@ -5,7 +5,7 @@
 //! Instantiated by tests/cuda_kernels.rs and tests/cuda_gpu.rs with [`cuda_only_tests!`].
 
 use half::bf16;
-use minfer::backend::{AttnParams, Backend, KvShape};
+use minfer::backend::{AttnParams, Backend, KvShape, StepLayout};
 use minfer::internals::cuda::driver::GpuDriver;
 use minfer::internals::CudaBackend;
 use minfer::DType;
@@ -55,13 +55,11 @@ pub fn matmul_preconditions<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
 
 pub fn attention_preconditions<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
     let mut kv6 = b
-        .alloc_kv(KvShape {
-            layers: 1,
-            ctx: 4,
-            n_kv_heads: 1,
-            head_dim: 6,
-        })
+        .alloc_kv(KvShape::contiguous(1, 4, 4, 1, 6))
         .expect("alloc_kv");
+    let layout = b
+        .layout_of(&StepLayout::contiguous(0, 1, 1))
+        .expect("layout");
     let p6 = AttnParams {
         n_heads: 2,
         n_kv_heads: 1,
@@ -73,7 +71,7 @@ pub fn attention_preconditions<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
     let k = b.alloc(8 * 8).expect("alloc");
     let mut out = b.alloc(16 * 8).expect("alloc");
     let e = b
-        .attention(&mut out, &q, &k, &k, &mut kv6, 0, 1, 0, &p6)
+        .attention(&mut out, &q, &k, &k, &mut kv6, 0, 1, &layout, &p6)
         .expect_err("head_dim 6 is not a multiple of 4");
     assert!(e.to_string().contains("head_dim"), "{e}");
 }

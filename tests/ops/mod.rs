@@ -28,7 +28,7 @@ pub mod cuda_only;
 pub mod reference;
 
 use half::{bf16, f16};
-use minfer::backend::{AttnParams, Backend, KvShape};
+use minfer::backend::{AttnParams, Backend, KvShape, StepLayout};
 use minfer::{DType, WeightTensor};
 
 /// Test inputs come from the one shared generator.
@@ -318,7 +318,11 @@ pub fn rope<B: Backend>(b: &B, num: &Numerics) {
         let x = rng.vec(rows * heads * hd);
         let mut xb = upload_rows(b, &x, rows, heads * hd);
         let im = b.upload(&vec_weight("inv_freq", &inv)).expect("upload");
-        b.rope(&mut xb, rows, heads, hd, pos0, &im).expect("rope");
+        let layout = b
+            .layout_of(&StepLayout::contiguous(pos0, rows, 1))
+            .expect("layout");
+        b.rope(&mut xb, rows, heads, hd, &layout, &im)
+            .expect("rope");
         let want = reference::rope(&x, heads, hd, pos0, &inv);
         let tol = if num.approx_math {
             // sin/cos.approx after range reduction: absolute error ~2^-20.9 on each of cos and
@@ -614,14 +618,8 @@ fn attention_case<B: Backend>(
         scale,
         window,
     };
-    let mut kv = b
-        .alloc_kv(KvShape {
-            layers,
-            ctx,
-            n_kv_heads: nkv,
-            head_dim: hd,
-        })
-        .expect("alloc_kv");
+    let shape = KvShape::contiguous(layers, ctx, 32, nkv, hd);
+    let mut kv = b.alloc_kv(shape).expect("alloc_kv");
     let layer = layers - 1;
     let mut keys = Vec::new();
     let mut vals = Vec::new();
@@ -636,7 +634,10 @@ fn attention_case<B: Backend>(
         let kb = upload_rows(b, &k, rows, kvdim);
         let vb = upload_rows(b, &v, rows, kvdim);
         let mut out = b.alloc(rows * nh * hd).expect("alloc");
-        b.attention(&mut out, &qb, &kb, &vb, &mut kv, layer, rows, pos, &p)
+        let layout = b
+            .layout_of(&StepLayout::contiguous(pos, rows, shape.blocks))
+            .expect("layout");
+        b.attention(&mut out, &qb, &kb, &vb, &mut kv, layer, rows, &layout, &p)
             .expect("attention");
         let want = reference::attention(&q, &keys, &vals, rows, pos, nh, nkv, hd, scale, window);
         // Scores |s| <= ~3*sqrt(hd)*scale; f32 dot products, ex2.approx (2^-22 relative) or the
@@ -727,6 +728,141 @@ pub fn attention_blocks<B: Backend>(b: &B, _: &Numerics) {
     }
 }
 
+/// The paged cache: several sequences in one pool through shuffled block tables, steps that
+/// mix prefill chunks of some sequences with decode rows of others, a prompt reused through a
+/// copied block (copy-on-write), block sizes below and above the CPU's key tile, a window.
+pub fn attention_paged<B: Backend>(b: &B, _: &Numerics) {
+    let mut rng = Rng::new(21);
+    for (bs, nh, nkv, hd, window) in [
+        (4usize, 4usize, 2usize, 16usize, None),
+        (16, 2, 1, 32, Some(20usize)),
+        (64, 3, 3, 8, None),
+    ] {
+        let kvdim = nkv * hd;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let p = AttnParams {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            scale,
+            window,
+        };
+        let max_blocks = 64usize.div_ceil(bs);
+        let seqs = 4;
+        let shape = KvShape {
+            layers: 2,
+            blocks: seqs * max_blocks,
+            block_size: bs,
+            n_kv_heads: nkv,
+            head_dim: hd,
+        };
+        let mut kv = b.alloc_kv(shape).expect("alloc_kv");
+        // Shuffled block tables: sequence s owns a scattered set of pool blocks.
+        let mut pool: Vec<u32> = (0..shape.blocks as u32).collect();
+        for i in (1..pool.len()).rev() {
+            let j = rng.below(i as u32 + 1) as usize;
+            pool.swap(i, j);
+        }
+        let tables: Vec<Vec<u32>> = pool.chunks(max_blocks).map(|c| c.to_vec()).collect();
+        let mut hist: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); seqs];
+        // Steps: (sequence, rows) pairs; one step may hold several sequences.
+        let steps: Vec<Vec<(usize, usize)>> = vec![
+            vec![(0, 20), (1, 5)],
+            vec![(0, 1), (1, 1), (2, 9)],
+            vec![(2, 1), (0, 1), (1, 1)],
+            vec![(1, 13), (0, 1)],
+            vec![(0, 1), (1, 1), (2, 1)],
+        ];
+        for (si, step) in steps.iter().enumerate() {
+            let rows: usize = step.iter().map(|&(_, n)| n).sum();
+            let mut layout = StepLayout {
+                max_blocks,
+                ..Default::default()
+            };
+            for (t, &(s, n)) in step.iter().enumerate() {
+                let pos0 = hist[s].0.len() / kvdim;
+                layout.positions.extend((pos0..pos0 + n).map(|x| x as u32));
+                layout.seq_of_row.extend(std::iter::repeat_n(t as u32, n));
+                layout.tables.extend_from_slice(&tables[s]);
+            }
+            let q = rng.vec(rows * nh * hd);
+            let k: Vec<f32> = rng.vec(rows * kvdim).iter().map(|v| v * 3.0).collect();
+            let v = rng.vec(rows * kvdim);
+            let lay = b.layout_of(&layout).expect("layout");
+            let (qb, kb, vb) = (
+                upload_rows(b, &q, rows, nh * hd),
+                upload_rows(b, &k, rows, kvdim),
+                upload_rows(b, &v, rows, kvdim),
+            );
+            let mut out = b.alloc(rows * nh * hd).expect("alloc");
+            b.attention(&mut out, &qb, &kb, &vb, &mut kv, 1, rows, &lay, &p)
+                .expect("attention");
+            let got = download(b, &out, rows * nh * hd);
+            let mut r0 = 0;
+            for &(s, n) in step {
+                let pos0 = hist[s].0.len() / kvdim;
+                hist[s]
+                    .0
+                    .extend_from_slice(&k[r0 * kvdim..(r0 + n) * kvdim]);
+                hist[s]
+                    .1
+                    .extend_from_slice(&v[r0 * kvdim..(r0 + n) * kvdim]);
+                let qs = &q[r0 * nh * hd..(r0 + n) * nh * hd];
+                let want = reference::attention(
+                    qs, &hist[s].0, &hist[s].1, n, pos0, nh, nkv, hd, scale, window,
+                );
+                assert_close(
+                    &format!("paged attention bs={bs} step {si} seq {s} rows {n} at {pos0}"),
+                    &got[r0 * nh * hd..(r0 + n) * nh * hd],
+                    &want,
+                    |_| 2e-5,
+                );
+                r0 += n;
+            }
+        }
+        // Copy-on-write: sequence 3 starts from a copy of sequence 1's first block (bs
+        // positions of history) and continues from there.
+        b.copy_kv_blocks(&mut kv, &[(tables[1][0], tables[3][0])])
+            .expect("copy_kv_blocks");
+        let base = bs.min(hist[1].0.len() / kvdim);
+        let n = 3;
+        let layout = StepLayout {
+            positions: (base..base + n).map(|x| x as u32).collect(),
+            seq_of_row: vec![0; n],
+            tables: tables[3].clone(),
+            max_blocks,
+        };
+        let q = rng.vec(n * nh * hd);
+        let k = rng.vec(n * kvdim);
+        let v = rng.vec(n * kvdim);
+        let lay = b.layout_of(&layout).expect("layout");
+        let mut out = b.alloc(n * nh * hd).expect("alloc");
+        b.attention(
+            &mut out,
+            &upload_rows(b, &q, n, nh * hd),
+            &upload_rows(b, &k, n, kvdim),
+            &upload_rows(b, &v, n, kvdim),
+            &mut kv,
+            1,
+            n,
+            &lay,
+            &p,
+        )
+        .expect("attention after copy");
+        let mut keys = hist[1].0[..base * kvdim].to_vec();
+        let mut vals = hist[1].1[..base * kvdim].to_vec();
+        keys.extend_from_slice(&k);
+        vals.extend_from_slice(&v);
+        let want = reference::attention(&q, &keys, &vals, n, base, nh, nkv, hd, scale, window);
+        assert_close(
+            &format!("paged attention bs={bs} after copy-on-write"),
+            &download(b, &out, n * nh * hd),
+            &want,
+            |_| 2e-5,
+        );
+    }
+}
+
 /// Arguments every backend must refuse with an error (not a panic, not an out-of-bounds
 /// access): a token past the vocabulary, buffers shorter than the op needs, attention past the
 /// cache's context or layers or with parameters that disagree with it, a copy past the source.
@@ -741,14 +877,12 @@ pub fn bad_arguments<B: Backend>(b: &B, _: &Numerics) {
         "x and out too short for 9 rows must be an error"
     );
 
-    let mut kv = b
-        .alloc_kv(KvShape {
-            layers: 1,
-            ctx: 4,
-            n_kv_heads: 1,
-            head_dim: 8,
-        })
-        .expect("alloc_kv");
+    let shape = KvShape::contiguous(1, 4, 4, 1, 8);
+    let mut kv = b.alloc_kv(shape).expect("alloc_kv");
+    let at = |pos0: usize, rows: usize, blocks: usize| {
+        b.layout_of(&StepLayout::contiguous(pos0, rows, blocks))
+            .expect("layout")
+    };
     let p = AttnParams {
         n_heads: 2,
         n_kv_heads: 1,
@@ -760,12 +894,27 @@ pub fn bad_arguments<B: Backend>(b: &B, _: &Numerics) {
     let k = b.alloc(8 * 8).expect("alloc");
     let mut out = b.alloc(16 * 8).expect("alloc");
     assert!(
-        b.attention(&mut out, &q, &k, &k, &mut kv, 0, 2, 3, &p)
+        b.attention(&mut out, &q, &k, &k, &mut kv, 0, 2, &at(3, 2, 2), &p)
             .is_err(),
         "past the context"
     );
     assert!(
-        b.attention(&mut out, &q, &k, &k, &mut kv, 1, 1, 0, &p)
+        b.attention(&mut out, &q, &k, &k, &mut kv, 0, 2, &at(0, 1, 1), &p)
+            .is_err(),
+        "a layout with fewer rows than the step"
+    );
+    let mut stray = StepLayout::contiguous(0, 1, 1);
+    stray.tables = vec![7];
+    assert!(
+        b.attention(&mut out, &q, &k, &k, &mut kv, 0, 1, &at(0, 1, 1), &p)
+            .is_ok()
+            && b.layout_of(&stray).map_or(true, |l| b
+                .attention(&mut out, &q, &k, &k, &mut kv, 0, 1, &l, &p)
+                .is_err()),
+        "a block outside the pool"
+    );
+    assert!(
+        b.attention(&mut out, &q, &k, &k, &mut kv, 1, 1, &at(0, 1, 1), &p)
             .is_err(),
         "layer out of range"
     );
@@ -775,7 +924,7 @@ pub fn bad_arguments<B: Backend>(b: &B, _: &Numerics) {
         ..p
     };
     assert!(
-        b.attention(&mut out, &q, &k, &k, &mut kv, 0, 1, 0, &p3)
+        b.attention(&mut out, &q, &k, &k, &mut kv, 0, 1, &at(0, 1, 1), &p3)
             .is_err(),
         "params disagree with the cache"
     );

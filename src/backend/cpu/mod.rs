@@ -20,11 +20,12 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::{Activation, AttnParams, Backend, KvShape, OpProfile, TraceEvent};
+use super::{Activation, AttnParams, Backend, KvShape, OpProfile, StepLayout, TraceEvent};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, WeightTensor};
 
-/// The KV cache: K and V for every layer, `[layer][ctx][n_kv_heads · head_dim]`.
+/// The paged KV cache: K and V for every layer, `[layer][slot][n_kv_heads · head_dim]` (see
+/// [`KvShape`] for how positions map to slots).
 pub struct CpuKv {
     shape: KvShape,
     k: Vec<f32>,
@@ -205,6 +206,7 @@ impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Mat = WeightTensor;
     type Kv = CpuKv;
+    type Layout = StepLayout;
 
     fn name(&self) -> String {
         format!("cpu ({}, {} threads)", simd::describe(), self.threads)
@@ -232,15 +234,59 @@ impl Backend for CpuBackend {
 
     fn alloc_kv(&self, shape: KvShape) -> Result<CpuKv> {
         let n = shape
-            .layers
-            .checked_mul(shape.ctx)
-            .and_then(|x| x.checked_mul(shape.n_kv_heads * shape.head_dim))
+            .layer_len()?
+            .checked_mul(shape.layers)
             .ok_or_else(|| Error::arg("KV cache size overflows"))?;
         Ok(CpuKv {
             shape,
             k: vec![0.0; n],
             v: vec![0.0; n],
         })
+    }
+
+    fn alloc_layout(
+        &self,
+        max_rows: usize,
+        max_tables: usize,
+        max_blocks: usize,
+    ) -> Result<StepLayout> {
+        Ok(StepLayout {
+            positions: Vec::with_capacity(max_rows),
+            seq_of_row: Vec::with_capacity(max_rows),
+            tables: Vec::with_capacity(max_tables * max_blocks),
+            max_blocks,
+        })
+    }
+
+    fn set_layout(&self, dst: &mut StepLayout, src: &StepLayout) -> Result<()> {
+        dst.clone_from(src);
+        Ok(())
+    }
+
+    fn copy_kv_blocks(&self, kv: &mut CpuKv, pairs: &[(u32, u32)]) -> Result<()> {
+        let s = kv.shape;
+        let layer = s.layer_len()?;
+        let block = s.block_size * s.n_kv_heads * s.head_dim;
+        if let Some(&(a, b)) = pairs
+            .iter()
+            .find(|&&(a, b)| a as usize >= s.blocks || b as usize >= s.blocks)
+        {
+            return Err(Error::arg(format!(
+                "copy_kv_blocks: block {a} or {b} is outside the pool of {}",
+                s.blocks
+            )));
+        }
+        for l in 0..s.layers {
+            for &(src, dst) in pairs {
+                let (src, dst) = (
+                    l * layer + src as usize * block,
+                    l * layer + dst as usize * block,
+                );
+                kv.k.copy_within(src..src + block, dst);
+                kv.v.copy_within(src..src + block, dst);
+            }
+        }
+        Ok(())
     }
 
     fn embed(&self, out: &mut Vec<f32>, table: &WeightTensor, tokens: &[u32]) -> Result<()> {
@@ -430,10 +476,11 @@ impl Backend for CpuBackend {
         rows: usize,
         heads: usize,
         head_dim: usize,
-        pos0: usize,
+        layout: &StepLayout,
         inv_freq: &WeightTensor,
     ) -> Result<()> {
         let t0 = self.begin();
+        check_len("rope positions", layout.positions.len(), rows)?;
         let inv = inv_freq.as_f32().ok_or_else(|| misaligned(inv_freq))?;
         let half = head_dim / 2;
         check_len("rope table", inv.len(), half)?;
@@ -448,7 +495,7 @@ impl Backend for CpuBackend {
                 .par_chunks_mut(width)
                 .with_min_len(rows_par)
                 .enumerate()
-                .for_each(|(r, row)| rope_row(row, pos0 + r, head_dim, inv))
+                .for_each(|(r, row)| rope_row(row, layout.positions[r] as usize, head_dim, inv))
         });
         self.end(
             t0,
@@ -473,7 +520,7 @@ impl Backend for CpuBackend {
         kv: &mut CpuKv,
         layer: usize,
         rows: usize,
-        pos0: usize,
+        layout: &StepLayout,
         p: &AttnParams,
     ) -> Result<()> {
         let s = kv.shape;
@@ -481,79 +528,111 @@ impl Backend for CpuBackend {
         if p.n_kv_heads != s.n_kv_heads || p.head_dim != s.head_dim || layer >= s.layers {
             return Err(Error::arg("attention parameters do not match the KV cache"));
         }
-        if pos0 + rows > s.ctx {
-            return Err(Error::arg(format!(
-                "positions {pos0}..{} exceed the context of {}",
-                pos0 + rows,
-                s.ctx
-            )));
-        }
+        layout.validate(rows, &s)?;
         check_len("attention k/v", k.len().min(v.len()), rows * kv_dim)?;
         let q_dim = p.n_heads * p.head_dim;
         check_len("attention q/out", q.len().min(out.len()), rows * q_dim)?;
 
-        // Append this batch's K and V.
-        let base = layer * s.ctx * kv_dim;
-        let at = base + pos0 * kv_dim;
-        kv.k[at..at + rows * kv_dim].copy_from_slice(&k[..rows * kv_dim]);
-        kv.v[at..at + rows * kv_dim].copy_from_slice(&v[..rows * kv_dim]);
+        // Write this step's K and V to their slots.
+        let base = layer * s.slots() * kv_dim;
+        for r in 0..rows {
+            let at = base + layout.slot_of(r, s.block_size) * kv_dim;
+            kv.k[at..at + kv_dim].copy_from_slice(&k[r * kv_dim..(r + 1) * kv_dim]);
+            kv.v[at..at + kv_dim].copy_from_slice(&v[r * kv_dim..(r + 1) * kv_dim]);
+        }
 
-        let kc = &kv.k[base..base + s.ctx * kv_dim];
-        let vc = &kv.v[base..base + s.ctx * kv_dim];
+        let kc = &kv.k[base..base + s.slots() * kv_dim];
+        let vc = &kv.v[base..base + s.slots() * kv_dim];
         let group = p.n_heads / p.n_kv_heads;
         let hd = p.head_dim;
-        let kv_bytes = (rows as f64) * 0.5 * (2 * pos0 + rows) as f64 * 2.0 * kv_dim as f64 * 4.0;
-        let flops = 4.0 * (rows as f64) * (pos0 as f64 + rows as f64 / 2.0) * q_dim as f64;
-        let geo = AttnGeometry {
+        let keys: f64 = layout.positions.iter().map(|&x| x as f64 + 1.0).sum();
+        let kv_bytes = keys * 2.0 * kv_dim as f64 * 4.0;
+        let flops = 4.0 * keys * q_dim as f64;
+        // The geometry of the segment (one sequence's consecutive rows) starting at row r0.
+        let geo = |r0: usize| AttnGeometry {
             kc,
             vc,
-            q,
+            table: layout.table_of(r0),
+            block_size: s.block_size,
+            q: &q[r0 * q_dim..rows * q_dim],
             q_dim,
             kv_dim,
             group,
             hd,
-            pos0,
+            pos0: layout.positions[r0] as usize,
             window: p.window,
             scale: p.scale,
         };
+        // Segments: maximal runs of rows of one sequence at consecutive positions.
+        let mut segments = Vec::new();
+        let mut r0 = 0;
+        while r0 < rows {
+            let mut r1 = r0 + 1;
+            while r1 < rows
+                && layout.seq_of_row[r1] == layout.seq_of_row[r0]
+                && layout.positions[r1] == layout.positions[r1 - 1] + 1
+            {
+                r1 += 1;
+            }
+            segments.push((r0, r1));
+            r0 = r1;
+        }
+        // Rows of short segments (decode rows, tiny chunks) attend one (row, head) at a time;
+        // long segments (prefill) go through the blocked paths.
+        let mut per_row = vec![false; rows];
+        for &(r0, r1) in &segments {
+            if r1 - r0 < ROW_BLOCK {
+                per_row[r0..r1].iter_mut().for_each(|x| *x = true);
+            }
+        }
         self.run(
             || "attention".to_string(),
             kv_bytes,
             flops,
             || {
                 let out = &mut out[..rows * q_dim];
-                if rows < ROW_BLOCK {
+                if per_row.iter().any(|&x| x) {
                     // Decode: one task per (row, head); a group's K/V rows stay in L2 between
-                    // the heads that share them.
-                    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
-                        let (r, h) = (idx / p.n_heads, idx % p.n_heads);
-                        geo.attend(o, r, h);
-                    });
-                } else if geo.gemm_fits(simd::kernels()) {
-                    // Prefill: one task per (block of query rows, kv head); inside it, the
-                    // block's queries meet each block of keys through the GEMM micro-kernel.
-                    let kern = simd::kernels();
-                    let br = (MAX_QUERIES / group).max(1);
-                    let n_kv = s.n_kv_heads;
-                    let blocks = rows.div_ceil(br);
-                    let dst = gemm::SyncPtr(out.as_mut_ptr());
-                    (0..blocks * n_kv).into_par_iter().for_each(|t| {
-                        let (b, g) = (t / n_kv, t % n_kv);
-                        let r1 = ((b + 1) * br).min(rows);
-                        with_attn_bufs(|bufs| {
-                            // SAFETY: dst is out ([rows, q_dim]); this task writes only rows
-                            // b·br..r1, heads of kv head g, which no other task writes.
-                            unsafe { geo.attend_gemm(kern, dst, b * br, r1, g, bufs) }
-                        });
-                    });
-                } else {
-                    // Prefill: one task per block of query rows; inside it, each block of keys
-                    // is swept by every row and every head of its group while it sits in L1.
-                    out.par_chunks_mut(ROW_BLOCK * q_dim)
+                    // the heads that share them. Each row's arithmetic is its own, whatever
+                    // else is in the step (batch invariance).
+                    out.par_chunks_mut(hd)
                         .enumerate()
-                        .for_each(|(b, o)| {
-                            geo.attend_rows(o, b * ROW_BLOCK);
+                        .filter(|(idx, _)| per_row[idx / p.n_heads])
+                        .for_each(|(idx, o)| {
+                            let (r, h) = (idx / p.n_heads, idx % p.n_heads);
+                            geo(r).attend(o, 0, h);
                         });
+                }
+                for &(r0, r1) in segments.iter().filter(|(r0, _)| !per_row[*r0]) {
+                    let g0 = geo(r0);
+                    let n = r1 - r0;
+                    if g0.gemm_fits(simd::kernels()) {
+                        // Prefill: one task per (block of query rows, kv head); inside it, the
+                        // block's queries meet each block of keys through the GEMM micro-kernel.
+                        let kern = simd::kernels();
+                        let br = (MAX_QUERIES / group).max(1);
+                        let n_kv = s.n_kv_heads;
+                        let blocks = n.div_ceil(br);
+                        let dst = gemm::SyncPtr(out[r0 * q_dim..].as_mut_ptr());
+                        (0..blocks * n_kv).into_par_iter().for_each(|t| {
+                            let (b, g) = (t / n_kv, t % n_kv);
+                            let e = ((b + 1) * br).min(n);
+                            with_attn_bufs(|bufs| {
+                                // SAFETY: dst is out from row r0 (n rows of q_dim follow); this
+                                // task writes only segment rows b·br..e, heads of kv head g,
+                                // which no other task writes.
+                                unsafe { g0.attend_gemm(kern, dst, b * br, e, g, bufs) }
+                            });
+                        });
+                    } else {
+                        // Prefill: one task per block of query rows; inside it, each block of
+                        // keys is swept by every row and every head of its group while it sits
+                        // in L1.
+                        out[r0 * q_dim..r1 * q_dim]
+                            .par_chunks_mut(ROW_BLOCK * q_dim)
+                            .enumerate()
+                            .for_each(|(b, o)| g0.attend_rows(o, b * ROW_BLOCK));
+                    }
                 }
             },
         );
@@ -769,11 +848,14 @@ fn with_attn_bufs<R>(f: impl FnOnce(&mut AttnBufs) -> R) -> R {
 /// Most query heads per KV head that the tiled path keeps state for on the stack.
 const MAX_GROUP: usize = 16;
 
-/// Where one layer's attention reads from: the cache of the layer (`[ctx, kv_dim]` for K and V),
-/// the queries (`[rows, q_dim]`), and the masking rule.
+/// Where one sequence's rows read from in one layer: the layer's pools (`[slots, kv_dim]` for K
+/// and V) through the sequence's block table, its queries (`[rows, q_dim]`, row 0 at position
+/// `pos0`), and the masking rule.
 struct AttnGeometry<'a> {
     kc: &'a [f32],
     vc: &'a [f32],
+    table: &'a [u32],
+    block_size: usize,
     q: &'a [f32],
     q_dim: usize,
     kv_dim: usize,
@@ -806,6 +888,13 @@ impl AttnGeometry<'_> {
         (self.window.map_or(0, |w| (pos + 1).saturating_sub(w)), pos)
     }
 
+    /// Offset in the pools of position `j`'s kv head at column `off`.
+    #[inline]
+    fn at(&self, j: usize, off: usize) -> usize {
+        let slot = self.table[j / self.block_size] as usize * self.block_size + j % self.block_size;
+        slot * self.kv_dim + off
+    }
+
     fn query(&self, r: usize, h: usize) -> &[f32] {
         &self.q[r * self.q_dim + h * self.hd..r * self.q_dim + (h + 1) * self.hd]
     }
@@ -813,12 +902,12 @@ impl AttnGeometry<'_> {
     /// Fold keys `j0..j1` (at most KEY_BLOCK) of kv head `g` into one query's state.
     #[allow(clippy::too_many_arguments)]
     fn fold(&self, acc: &mut [f32], st: &mut Softmax, q: &[f32], g: usize, j0: usize, j1: usize) {
-        let (hd, stride, off) = (self.hd, self.kv_dim, g * self.hd);
+        let (hd, off) = (self.hd, g * self.hd);
         let mut scores = [0f32; KEY_BLOCK];
         let mut bm = f32::NEG_INFINITY;
         for j in j0..j1 {
-            let sc =
-                simd::dot_f32(q, &self.kc[j * stride + off..j * stride + off + hd]) * self.scale;
+            let at = self.at(j, off);
+            let sc = simd::dot_f32(q, &self.kc[at..at + hd]) * self.scale;
             scores[j - j0] = sc;
             bm = bm.max(sc);
         }
@@ -834,7 +923,8 @@ impl AttnGeometry<'_> {
         for j in j0..j1 {
             let pj = p[j - j0];
             st.l += pj;
-            simd::axpy(acc, pj, &self.vc[j * stride + off..j * stride + off + hd]);
+            let at = self.at(j, off);
+            simd::axpy(acc, pj, &self.vc[at..at + hd]);
         }
         st.m = new_m;
     }
@@ -904,11 +994,14 @@ impl AttnGeometry<'_> {
         let lo = self.key_range(r0).0;
         let hi = self.key_range(r1 - 1).1;
         let mut tmp = [0f32; gemm::TMP_MAX];
-        let mut j0 = lo;
+        // Key blocks start at multiples of nr (whatever the chunk) and never cross a KV block,
+        // so the keys of one block are consecutive slots.
+        let mut j0 = lo - lo % nr;
         while j0 <= hi {
-            let bk = nr.min(hi + 1 - j0);
+            let block_end = (j0 / self.block_size + 1) * self.block_size;
+            let bk = nr.min(hi + 1 - j0).min(block_end - j0);
             for j in 0..bk {
-                let krow = &self.kc[(j0 + j) * self.kv_dim + off..][..hd];
+                let krow = &self.kc[self.at(j0 + j, off)..][..hd];
                 for (d, v) in krow.iter().enumerate() {
                     b.kt[d * nr + j] = *v;
                 }
@@ -968,14 +1061,15 @@ impl AttnGeometry<'_> {
                 let mut d0 = 0;
                 while d0 < hd {
                     let w = nr.min(hd - d0);
-                    // SAFETY: p holds mr rows of nr from c0 (bk <= nr read); V rows j0..j0+bk
-                    // of the layer's cache hold columns off+d0..off+d0+w (d0 + w <= hd); tmp as
-                    // above; CPU-checked table.
+                    // SAFETY: p holds mr rows of nr from c0 (bk <= nr read); positions
+                    // j0..j0+bk sit in consecutive slots of one KV block (bk stops at the block
+                    // end), each holding columns off+d0..off+d0+w (d0 + w <= hd); tmp as above;
+                    // CPU-checked table.
                     unsafe {
                         (gm.tiles[w / lanes - 1])(
                             b.p[c0 * nr..].as_ptr(),
                             nr,
-                            self.vc[j0 * self.kv_dim + off + d0..].as_ptr(),
+                            self.vc[self.at(j0, off) + d0..].as_ptr(),
                             self.kv_dim,
                             bk,
                             tmp.as_mut_ptr(),
@@ -1133,9 +1227,13 @@ mod tests {
                 random(ctx * kv_dim, &mut rng),
                 random(rows * q_dim, &mut rng),
             );
+            // An identity table of 8-position blocks: key tiles stop at block ends.
+            let table: Vec<u32> = (0..ctx.div_ceil(8) as u32).collect();
             let g = AttnGeometry {
                 kc: &kc,
                 vc: &vc,
+                table: &table,
+                block_size: 8,
                 q: &q,
                 q_dim,
                 kv_dim,

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::driver::{DevPtr, GpuDriver, KernelArg, KernelCounters, LaunchConfig};
 use super::registry::{Kernel, Kernels};
-use crate::backend::{AttnParams, Backend, KvShape, OpProfile};
+use crate::backend::{AttnParams, Backend, KvShape, OpProfile, StepLayout};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, WeightTensor};
 
@@ -158,6 +158,43 @@ pub struct CudaBackend<D: GpuDriver> {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind; keep going with it.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The first position of a layout that this backend's kernels take today: one sequence at
+/// consecutive positions with an identity block table (checked when `block_size` is given).
+fn contiguous_pos0(
+    op: &str,
+    layout: &StepLayout,
+    rows: usize,
+    block_size: Option<usize>,
+) -> Result<usize> {
+    let unsupported = || {
+        Err(Error::arg(format!(
+            "{op}: the CUDA backend takes one sequence at consecutive positions in an identity \
+             block table; batched or paged layouts are not supported yet"
+        )))
+    };
+    if layout.positions.len() < rows {
+        return Err(Error::arg(format!(
+            "{op}: layout has {} positions for {rows} rows",
+            layout.positions.len()
+        )));
+    }
+    let Some(&p0) = layout.positions.first() else {
+        return Ok(0);
+    };
+    let consecutive = (0..rows)
+        .all(|r| layout.positions[r] as usize == p0 as usize + r && layout.seq_of_row[r] == 0);
+    if !consecutive {
+        return unsupported();
+    }
+    if let Some(bs) = block_size {
+        let last = (p0 as usize + rows).saturating_sub(1) / bs;
+        if (0..=last).any(|b| layout.tables.get(b) != Some(&(b as u32))) {
+            return unsupported();
+        }
+    }
+    Ok(p0 as usize)
 }
 
 fn check_len(op: &str, what: &str, have: usize, need: usize) -> Result<()> {
@@ -472,6 +509,54 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
     type Buf = CudaBuf<D>;
     type Mat = CudaMat<D>;
     type Kv = CudaKv<D>;
+    type Layout = StepLayout;
+
+    fn alloc_layout(
+        &self,
+        max_rows: usize,
+        max_tables: usize,
+        max_blocks: usize,
+    ) -> Result<StepLayout> {
+        Ok(StepLayout {
+            positions: Vec::with_capacity(max_rows),
+            seq_of_row: Vec::with_capacity(max_rows),
+            tables: Vec::with_capacity(max_tables * max_blocks),
+            max_blocks,
+        })
+    }
+
+    fn set_layout(&self, dst: &mut StepLayout, src: &StepLayout) -> Result<()> {
+        dst.clone_from(src);
+        Ok(())
+    }
+
+    fn copy_kv_blocks(&self, kv: &mut CudaKv<D>, pairs: &[(u32, u32)]) -> Result<()> {
+        let s = kv.shape;
+        if let Some(&(a, b)) = pairs
+            .iter()
+            .find(|&&(a, b)| a as usize >= s.blocks || b as usize >= s.blocks)
+        {
+            return Err(Error::arg(format!(
+                "copy_kv_blocks: block {a} or {b} is outside the pool of {}",
+                s.blocks
+            )));
+        }
+        let block = s.block_size * s.n_kv_heads * s.head_dim * 4;
+        let layer = s.layer_len()? * 4;
+        let mut tmp = vec![0u8; block];
+        for l in 0..s.layers {
+            for &(src, dst) in pairs {
+                for pool in [kv.k, kv.v] {
+                    let base = pool.offset(l * layer);
+                    self.drv
+                        .copy_to_host(&mut tmp, base.offset(src as usize * block))?;
+                    self.drv
+                        .copy_to_device(base.offset(dst as usize * block), &tmp)?;
+                }
+            }
+        }
+        Ok(())
+    }
 
     fn name(&self) -> String {
         format!("cuda {}", self.drv.name())
@@ -524,10 +609,8 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
 
     fn alloc_kv(&self, shape: KvShape) -> Result<CudaKv<D>> {
         let n = shape
-            .layers
-            .checked_mul(shape.ctx)
-            .and_then(|x| x.checked_mul(shape.n_kv_heads))
-            .and_then(|x| x.checked_mul(shape.head_dim))
+            .layer_len()?
+            .checked_mul(shape.layers)
             .ok_or_else(|| Error::arg(format!("alloc_kv: {shape:?} overflows")))?;
         let k = self.alloc_f32_zeroed(n)?;
         let v = match self.alloc_f32_zeroed(n) {
@@ -815,10 +898,11 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         rows: usize,
         heads: usize,
         head_dim: usize,
-        pos0: usize,
+        layout: &StepLayout,
         inv_freq: &CudaMat<D>,
     ) -> Result<()> {
         let op = "rope";
+        let pos0 = contiguous_pos0(op, layout, rows, None)?;
         if !head_dim.is_multiple_of(2) {
             return Err(Error::arg(format!("{op}: head_dim {head_dim} is odd")));
         }
@@ -868,11 +952,13 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         kv: &mut CudaKv<D>,
         layer: usize,
         rows: usize,
-        pos0: usize,
+        layout: &StepLayout,
         p: &AttnParams,
     ) -> Result<()> {
         let op = "attention";
         let s = kv.shape;
+        layout.validate(rows, &s)?;
+        let pos0 = contiguous_pos0(op, layout, rows, Some(s.block_size))?;
         if p.n_kv_heads != s.n_kv_heads || p.head_dim != s.head_dim {
             return Err(Error::arg(format!(
                 "{op}: params ({} kv heads, head_dim {}) do not match the cache {s:?}",
@@ -900,11 +986,11 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         if rows == 0 {
             return Ok(());
         }
-        if pos0 + rows > s.ctx {
+        if pos0 + rows > s.slots() {
             return Err(Error::arg(format!(
-                "{op}: positions {pos0}..{} exceed the context {}",
+                "{op}: positions {pos0}..{} exceed the cache's {} slots",
                 pos0 + rows,
-                s.ctx
+                s.slots()
             )));
         }
         if rows > MAX_GRID_YZ {
@@ -930,7 +1016,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         check_len(op, "out", out.len, rows * nh * hd)?;
 
         // 1. append this step's K and V at positions pos0..pos0+rows of the layer
-        let layer_off = layer * s.ctx * kvdim * 4;
+        let layer_off = layer * s.slots() * kvdim * 4;
         let row_off = layer_off + pos0 * kvdim * 4;
         let n = rows * kvdim;
         self.launch(

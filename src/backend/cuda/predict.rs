@@ -29,7 +29,7 @@
 use super::backend::CudaBackend;
 use super::driver::{DevPtr, FuncId, GpuDriver, KernelArg, KernelCounters, LaunchConfig, ModuleId};
 use super::sim::SimDriver;
-use crate::backend::{AttnParams, Backend, KvShape};
+use crate::backend::{AttnParams, Backend, KvShape, StepLayout};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, WeightTensor};
 
@@ -583,12 +583,10 @@ pub fn predict_decode(
     let mut v = r.b.alloc(kvd)?;
     let mut att = r.b.alloc(qd)?;
     let mut o = r.b.alloc(h)?;
-    let mut kv = r.b.alloc_kv(KvShape {
-        layers: 1,
-        ctx: context,
-        n_kv_heads: nkv,
-        head_dim: hd,
-    })?;
+    let kv_shape = KvShape::contiguous(1, context, 32, nkv, hd);
+    let mut kv = r.b.alloc_kv(kv_shape)?;
+    let layout =
+        r.b.layout_of(&StepLayout::contiguous(context - 1, 1, kv_shape.blocks))?;
     r.b.driver().set_profiling(true);
     let _ = r.b.driver().take_counters();
 
@@ -606,9 +604,9 @@ pub fn predict_decode(
     r.take("k_proj", 1.0, l);
     r.b.matmul(&mut v, &hn, &wk, kb, 1)?;
     r.take("v_proj", 1.0, l);
-    r.b.rope(&mut q, 1, nh, hd, context - 1, &inv_freq)?;
+    r.b.rope(&mut q, 1, nh, hd, &layout, &inv_freq)?;
     r.take("rope_q", 1.0, l);
-    r.b.rope(&mut k, 1, nkv, hd, context - 1, &inv_freq)?;
+    r.b.rope(&mut k, 1, nkv, hd, &layout, &inv_freq)?;
     r.take("rope_k", 1.0, l);
     let p = AttnParams {
         n_heads: nh,
@@ -617,7 +615,7 @@ pub fn predict_decode(
         scale: 1.0 / (hd as f32).sqrt(),
         window: None,
     };
-    r.b.attention(&mut att, &q, &k, &v, &mut kv, 0, 1, context - 1, &p)?;
+    r.b.attention(&mut att, &q, &k, &v, &mut kv, 0, 1, &layout, &p)?;
     r.take("attention", 1.0, l);
     r.b.matmul(&mut o, &att, &wo, None, 1)?;
     r.take("o_proj", 1.0, l);
