@@ -61,7 +61,7 @@ fn run_together(b: &mut Batcher, prompts: &[Vec<u32>], n: usize) -> Vec<Vec<u32>
 }
 
 fn fixture(name: &str) -> PathBuf {
-    common::fixtures_dir().join("models").join(name)
+    common::fixtures_dir().join(name)
 }
 
 fn prompts(vocab: u32, lens: &[usize]) -> Vec<Vec<u32>> {
