@@ -170,7 +170,7 @@ fn real_model_batch_of_sixteen_matches_each_alone() {
         return;
     };
     let mut single = load(&path, 1, 512, 32);
-    let tok = single.tokenizer().expect("tokenizer").clone();
+    let tok = single.tokenizer().expect("tokenizer");
     let texts = [
         "The capital of France is",
         "Once upon a time",
