@@ -891,7 +891,14 @@ impl AttnGeometry<'_> {
     /// Offset in the pools of position `j`'s kv head at column `off`.
     #[inline]
     fn at(&self, j: usize, off: usize) -> usize {
-        let slot = self.table[j / self.block_size] as usize * self.block_size + j % self.block_size;
+        let bs = self.block_size;
+        let slot = if bs.is_power_of_two() {
+            // The usual case: a shift and a mask, not a division per key.
+            let shift = bs.trailing_zeros();
+            ((self.table[j >> shift] as usize) << shift) | (j & (bs - 1))
+        } else {
+            self.table[j / bs] as usize * bs + j % bs
+        };
         slot * self.kv_dim + off
     }
 
