@@ -5,9 +5,13 @@
 //!   exceed the last-level cache, so every call reads its weights from memory as a real decode
 //!   step does. Printed: µs per call, GB/s of weights read, and the fraction of the machine's
 //!   read bandwidth measured at the start of this run (streaming sum, same thread count).
-//! - a whole SmolLM2 decode step's matmuls (30 layers + lm_head, all distinct weights).
-//! - matmat (batched decode, rows = 4 and 8; prefill, rows = 128 and 512): GFLOP/s, and the
-//!   fraction of the f32 FMA peak measured at the start of the run (12 FMA chains per thread).
+//! - a whole SmolLM2 decode step's matmuls (30 layers + lm_head, all distinct weights, so every
+//!   step reads them from memory), for one sequence and for batched decode steps of 4 and 8
+//!   sequences (the server's): ms per step, tokens/s, and the weights' read rate. The batched
+//!   matvec reads the weights once per step, so a step of 8 should cost little more than one.
+//! - matmat (batched decode, rows = 4 and 8, weights in cache; prefill, rows = 128 and 512):
+//!   GFLOP/s, and the fraction of the f32 FMA peak measured at the start of the run (12 FMA
+//!   chains per thread).
 //! - attention at several context lengths with `simd::dot_f32` / `simd::axpy`: one query per
 //!   head (decode), q·K, softmax, Σ p·V; GB/s of K and V read.
 
@@ -231,10 +235,12 @@ fn main() {
     }
     if run("step") {
         println!("\n== SmolLM2-135M decode step: 30 layers x (q,k,v,o,gate,up,down) + lm_head, distinct weights ==");
+        println!("   (seqs = sequences per step: 1 = one sequence, 4 and 8 = batched decode)");
         println!(
-            "{:<5} {:>10} {:>9} {:>8} {:>12}",
-            "dtype", "ms/step", "GB/s", "of bw", "tok/s bound"
+            "{:<5} {:>5} {:>10} {:>9} {:>8} {:>12}",
+            "dtype", "seqs", "ms/step", "GB/s", "of bw", "tok/s bound"
         );
+        let seqs_list: &[usize] = if quick { &[1, 8] } else { &[1, 4, 8] };
         for dtype in dtypes {
             if !fits(dtype, 576) {
                 continue;
@@ -255,27 +261,33 @@ fn main() {
             }
             layers.push(weight(dtype, 49152, 576, &mut rng));
             let bytes: usize = layers.iter().map(|w| w.bytes().len()).sum();
-            let x: Vec<f32> = (0..1536).map(|_| rng.f32()).collect();
-            let mut out = vec![0.0f32; 49152];
-            let t = time(if quick { 5 } else { 15 }, || {
-                for w in &layers {
-                    let n_in = w.shape[1];
-                    matmul_with(&k, &mut out, &x[..n_in], 1, w, None).unwrap_or_else(|e| fail(e));
-                }
-            });
-            let gbs = bytes as f64 / t / 1e9;
-            println!(
-                "{:<5} {:>10.2} {:>9.1} {:>7.0}% {:>12.0}",
-                dtype.name(),
-                t * 1e3,
-                gbs,
-                100.0 * gbs / bw,
-                1.0 / t
-            );
+            for &seqs in seqs_list {
+                let x: Vec<f32> = (0..seqs * 1536).map(|_| rng.f32()).collect();
+                let mut out = vec![0.0f32; seqs * 49152];
+                let t = time(if quick { 5 } else { 15 }, || {
+                    for w in &layers {
+                        let n_in = w.shape[1];
+                        matmul_with(&k, &mut out, &x[..seqs * n_in], seqs, w, None)
+                            .unwrap_or_else(|e| fail(e));
+                    }
+                });
+                let gbs = bytes as f64 / t / 1e9;
+                println!(
+                    "{:<5} {:>5} {:>10.2} {:>9.1} {:>7.0}% {:>12.0}",
+                    dtype.name(),
+                    seqs,
+                    t * 1e3,
+                    gbs,
+                    100.0 * gbs / bw,
+                    seqs as f64 / t
+                );
+            }
         }
     }
     if run("matmat") {
-        println!("\n== matmat (prefill) ==");
+        println!(
+            "\n== matmat (batched decode, rows <= 16; prefill, rows > 16; weights in cache) =="
+        );
         println!(
             "{:<28} {:>5} {:>5} {:>10} {:>9} {:>7} {:>9}",
             "shape", "dtype", "rows", "ms/call", "GFLOP/s", "% peak", "GB/s"

@@ -5,7 +5,7 @@ mod common;
 use common::Rng;
 
 use half::{bf16, f16};
-use minfer::internals::matmul::{matmul, matmul_reference, matmul_with};
+use minfer::internals::matmul::{matmul, matmul_reference, matmul_with, MATVEC_MAX_ROWS};
 use minfer::internals::simd::{Isa, Kernels};
 use minfer::Error;
 use minfer::{DType, WeightTensor};
@@ -56,7 +56,7 @@ fn tables() -> Vec<Kernels> {
     v
 }
 
-const ROWS: [usize; 6] = [1, 2, 3, 7, 16, 33];
+const ROWS: [usize; 7] = [1, 2, 3, 7, 16, 17, 33];
 const DIMS: [usize; 7] = [1, 3, 17, 63, 65, 130, 577];
 /// Input widths: DIMS plus one past the prefill k-slice (640), so slices accumulate.
 const IN_DIMS: [usize; 8] = [1, 3, 17, 63, 65, 130, 577, 1300];
@@ -259,7 +259,7 @@ fn quantized_matmul_matches_dequantized() {
                         .expect("sizes match");
                     let wf = dequantize_to_vec(dtype, &bytes, n_out * n_in).expect("dequantize");
                     let bias_v = rng.vec(n_out);
-                    for rows in [1usize, 2, 3, 5, 9] {
+                    for rows in [1usize, 2, 3, 5, 9, 16, 17] {
                         // Activations with a spread of magnitudes, so block scales differ.
                         let x: Vec<f32> = (0..rows * n_in)
                             .map(|i| rng.f32() * if i % 7 == 0 { 4.0 } else { 1.0 })
@@ -369,9 +369,9 @@ fn quantize_q8_0_matches_reference() {
 }
 
 /// Prefill results are batch-invariant: a row's output is bit-identical whether it is computed
-/// alone (in a batch of at least two rows; quantized weights: at least eight, the rows where
-/// the f32 GEMM takes over from the integer kernels), inside a larger batch, at any offset, and
-/// with any number of threads. Decode (one row) sums in another order and is not compared.
+/// in a batch of 17 rows (the smallest prefill; up to 16 rows is the decode matvec, see
+/// `decode_batches_are_bit_identical_to_one_row`), inside a larger batch, at any offset, and
+/// with any number of threads. Decode sums in another order and is not compared.
 #[test]
 fn prefill_is_batch_invariant() {
     let mut rng = Rng::new(4242);
@@ -401,8 +401,8 @@ fn prefill_is_batch_invariant() {
             one.install(|| matmul_with(&k, &mut single, &x, rows, &w, None))
                 .expect("matmul, one thread");
             assert_eq!(full, single, "{} {dtype}: 1 vs 2 threads", k.describe());
-            let min = if dtype.is_quantized() { 8 } else { 2 };
-            for (start, len) in [(0, min), (3, min + 1), (5, 17), (7, 33), (0, rows - 1)] {
+            let min = MATVEC_MAX_ROWS + 1;
+            for (start, len) in [(0, min), (3, min + 1), (5, 19), (7, 33), (0, rows - 1)] {
                 let mut part = vec![0.0f32; len * n_out];
                 matmul_with(
                     &k,
@@ -423,4 +423,98 @@ fn prefill_is_batch_invariant() {
             }
         }
     }
+}
+
+/// Decode batches (2..=16 rows, the server's decode steps) compute every row bit-identically
+/// to a one-row call on that row, for every weight type and instruction set, at widths that are
+/// not multiples of any vector or block tile, with and without bias, on one thread and on the
+/// pool: a request's greedy output must not depend on how many others share its step. The
+/// same products are checked against the reference by `matmul_matches_reference` and
+/// `quantized_matmul_matches_dequantized` (rows 1..=17).
+#[test]
+fn decode_batches_are_bit_identical_to_one_row() {
+    let mut rng = Rng::new(1616);
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    let plain_ins = [1usize, 15, 17, 63, 64, 65, 130, 577];
+    let types = [
+        DType::F32,
+        DType::BF16,
+        DType::F16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q4K,
+        DType::Q5K,
+        DType::Q6K,
+    ];
+    let mut checked = 0usize;
+    for k in tables() {
+        for dtype in types {
+            let ins: Vec<usize> = match dtype.block().0 {
+                1 => plain_ins.to_vec(),
+                32 => vec![32, 96, 576],
+                _ => vec![256, 768],
+            };
+            for n_in in ins {
+                // 1 output, a few, and enough (with 576 inputs) to split over the pool.
+                for n_out in [1usize, 7, 261] {
+                    let w = if dtype.is_quantized() {
+                        let bytes = random_blocks(&mut rng, dtype, n_out * n_in / dtype.block().0);
+                        WeightTensor::from_bytes("wq", dtype, vec![n_out, n_in], &bytes)
+                            .expect("sizes")
+                    } else {
+                        weight(dtype, n_out, n_in, &rng.vec(n_out * n_in)).0
+                    };
+                    let bias_v = rng.vec(n_out);
+                    let x: Vec<f32> = (0..MATVEC_MAX_ROWS * n_in)
+                        .map(|i| rng.f32() * if i % 5 == 0 { 3.0 } else { 1.0 })
+                        .collect();
+                    for bias in [None, Some(&bias_v[..])] {
+                        // Each row alone (the decode of one sequence).
+                        let mut alone = vec![0.0f32; MATVEC_MAX_ROWS * n_out];
+                        for r in 0..MATVEC_MAX_ROWS {
+                            matmul_with(
+                                &k,
+                                &mut alone[r * n_out..(r + 1) * n_out],
+                                &x[r * n_in..(r + 1) * n_in],
+                                1,
+                                &w,
+                                bias,
+                            )
+                            .expect("one row");
+                        }
+                        for rows in 2..=MATVEC_MAX_ROWS {
+                            // Batches start at different rows, so each row meets several
+                            // batch sizes and positions inside the batch.
+                            let start = (rows * 7) % (MATVEC_MAX_ROWS - rows + 1);
+                            let xs = &x[start * n_in..(start + rows) * n_in];
+                            let want = &alone[start * n_out..(start + rows) * n_out];
+                            let mut got = vec![f32::NAN; rows * n_out];
+                            matmul_with(&k, &mut got, xs, rows, &w, bias).expect("batch");
+                            let mut got1 = vec![f32::NAN; rows * n_out];
+                            one.install(|| matmul_with(&k, &mut got1, xs, rows, &w, bias))
+                                .expect("batch, one thread");
+                            for (g, which) in [(&got, "pool"), (&got1, "one thread")] {
+                                for (i, (a, b)) in g.iter().zip(want).enumerate() {
+                                    assert!(
+                                        a.to_bits() == b.to_bits(),
+                                        "{} {dtype} in={n_in} out={n_out} bias={} rows={rows} ({which}): row {} col {} got {a:e}, alone {b:e}",
+                                        k.describe(),
+                                        bias.is_some(),
+                                        start + i / n_out,
+                                        i % n_out
+                                    );
+                                }
+                            }
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 0);
 }

@@ -15,7 +15,7 @@
 //! - Each output is summed in k order in one f32 lane, whatever the tile, the panel it falls
 //!   in, the number of rows in the call or the number of threads: a row's result does not
 //!   depend on the batch it shares (batch invariance, tested). It differs in rounding from the
-//!   decode path (rows == 1, four-accumulator dot products, see `matmul`).
+//!   decode path (rows <= 16, four-accumulator dot products, see `matmul::matvec`).
 //!
 //! Nothing here allocates per call after the first call on a thread (the buffers grow to the
 //! largest product seen and are kept).

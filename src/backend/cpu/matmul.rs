@@ -7,15 +7,19 @@
 //! - The output features are cut into one contiguous chunk per rayon thread (a multiple of 4
 //!   rows each), so both cores stream the same number of weight bytes and finish together;
 //!   tiny products run on the calling thread.
-//! - Decode (rows == 1): one dot product per weight row (four accumulators), so each core
-//!   reads a single sequential stream, which the hardware prefetchers follow best. Measured
-//!   single-threaded: 4 interleaved row streams reached 9 GB/s (bf16) / 13 GB/s (f32), one
-//!   stream 15-18 GB/s, against ~18 GB/s for a plain streaming sum.
-//! - Prefill and batches (rows > 1): `gemm`, the packed register-blocked product shared with the
+//! - Decode, one sequence or a server decode step of up to `MATVEC_MAX_ROWS` = 16: a batched
+//!   matvec. Each weight row is read once per call (one sequential stream per core, which the
+//!   hardware prefetchers follow best; measured single-threaded: 4 interleaved row streams
+//!   reached 9 GB/s (bf16) / 13 GB/s (f32), one stream 15-18 GB/s, against ~18 GB/s for a plain
+//!   streaming sum) and every activation row's dot product against it is taken while it sits
+//!   in L1 (`simd::vector::dot_rows`, four accumulators per row). Each row's result is
+//!   bit-identical to the one-row call (batch invariance: a request's greedy output does not
+//!   depend on how many others share its decode step; tested for every weight type).
+//! - Prefill (rows > 16): `gemm`, the packed register-blocked product shared with the
 //!   quantized types (weights widened to f32 once per call, activations transposed into
 //!   panels once per call).
 //! - All arithmetic is f32 (bf16/f16 widened exactly). Where the CPU has AVX-512 BF16 and the
-//!   table enables it (opt-in: `MINFER_BF16_DOT=1`, see `simd`), bf16 weights at prefill use
+//!   table enables it (opt-in: `MINFER_BF16_DOT=1`, see `simd`), bf16 weights at prefill (rows > 16) use
 //!   `vdpbf16ps` instead: the activations are rounded to bf16 once per call (into a reusable
 //!   thread-local buffer), adding up to 2⁻⁹ relative error per product. Decode never does: it
 //!   is bound by memory, not arithmetic.
@@ -28,10 +32,16 @@ use std::cell::RefCell;
 use half::{bf16, f16};
 
 use super::gemm::{gemm, split_columns, SyncPtr, WeightRows};
-use super::simd::vector::{Elem, NW_WIDE as NW, NX_MAX as NX};
+use super::simd::vector::{DotRowsFn, Elem, DOT_ROWS_MAX, NW_WIDE as NW, NX_MAX as NX};
 use super::simd::{Bf16DotTable, Kernels};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, WeightTensor};
+
+/// Up to this many activation rows a product is a batched matvec (decode: one sequence or a
+/// decode step of several), computing each row bit-identically to a one-row call; from one
+/// more on it is prefill (the packed GEMM, or the bf16 dot-product tiles where enabled), which
+/// sums in another order. Block-quantized weights use the same boundary.
+pub const MATVEC_MAX_ROWS: usize = 16;
 
 /// Plain reference: one output at a time, f32 accumulation, no SIMD, no threads.
 pub fn matmul_reference(
@@ -154,7 +164,9 @@ pub fn matmul_with(
         DType::BF16 => {
             let wd = w.as_bf16().ok_or_else(|| misaligned(w))?;
             match k.tiles_bf16dot.as_ref() {
-                Some(t) if rows > 1 => run_bf16dot(t, out, x, rows, wd, n_out, n_in, bias),
+                Some(t) if rows > MATVEC_MAX_ROWS => {
+                    run_bf16dot(t, out, x, rows, wd, n_out, n_in, bias)
+                }
                 _ => plain(k, out, x, rows, wd, n_out, n_in, bias),
             }
         }
@@ -277,7 +289,8 @@ trait Weight: Elem + bytemuck::Pod {
         None
     }
     fn widen(k: &Kernels, dst: &mut [f32], src: &[Self]);
-    fn dot(k: &Kernels, x: &[f32], w: &[Self]) -> f32;
+    /// The batched-decode dot products for this element type (`vector::dot_rows`).
+    fn dot_rows(k: &Kernels) -> &[DotRowsFn<Self>; DOT_ROWS_MAX];
 }
 
 impl Weight for f32 {
@@ -287,8 +300,8 @@ impl Weight for f32 {
     fn widen(_: &Kernels, dst: &mut [f32], src: &[f32]) {
         dst.copy_from_slice(src);
     }
-    fn dot(k: &Kernels, x: &[f32], w: &[f32]) -> f32 {
-        k.dot_f32(x, w)
+    fn dot_rows(k: &Kernels) -> &[DotRowsFn<f32>; DOT_ROWS_MAX] {
+        &k.dot_rows.f32
     }
 }
 
@@ -296,8 +309,8 @@ impl Weight for bf16 {
     fn widen(k: &Kernels, dst: &mut [f32], src: &[bf16]) {
         k.widen_bf16(dst, src);
     }
-    fn dot(k: &Kernels, x: &[f32], w: &[bf16]) -> f32 {
-        k.dot_bf16(x, w)
+    fn dot_rows(k: &Kernels) -> &[DotRowsFn<bf16>; DOT_ROWS_MAX] {
+        &k.dot_rows.bf16
     }
 }
 
@@ -305,13 +318,13 @@ impl Weight for f16 {
     fn widen(k: &Kernels, dst: &mut [f32], src: &[f16]) {
         k.widen_f16(dst, src);
     }
-    fn dot(k: &Kernels, x: &[f32], w: &[f16]) -> f32 {
-        k.dot_f16(x, w)
+    fn dot_rows(k: &Kernels) -> &[DotRowsFn<f16>; DOT_ROWS_MAX] {
+        &k.dot_rows.f16
     }
 }
 
-/// f32 arithmetic over weights of type `E`: one dot product per weight row at decode, the
-/// packed GEMM (`gemm`) for more rows.
+/// f32 arithmetic over weights of type `E`: the batched matvec for decode (up to
+/// [`MATVEC_MAX_ROWS`] rows), the packed GEMM (`gemm`) for more rows.
 #[allow(clippy::too_many_arguments)]
 fn plain<E: Weight>(
     k: &Kernels,
@@ -323,22 +336,8 @@ fn plain<E: Weight>(
     n_in: usize,
     bias: Option<&[f32]>,
 ) {
-    if rows == 1 {
-        // Decode: one weight row at a time, so each core reads one sequential stream, which
-        // the hardware prefetchers follow best (measured single-threaded under CPU time:
-        // 4 interleaved row streams reached 9 GB/s for bf16 and 13 for f32, one stream 16-18).
-        let dst = SyncPtr(out.as_mut_ptr());
-        split_columns(n_out, n_out * n_in, NW, |o0, o1| {
-            // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
-            #[allow(clippy::redundant_locals)]
-            let dst = dst;
-            for o in o0..o1 {
-                let v = E::dot(k, x, &w[o * n_in..(o + 1) * n_in]) + bias.map_or(0.0, |b| b[o]);
-                // SAFETY: o < n_out = out.len() (rows == 1), and columns o0..o1 belong to
-                // this task alone.
-                unsafe { *dst.0.add(o) = v };
-            }
-        });
+    if rows <= MATVEC_MAX_ROWS {
+        matvec(k, out, x, rows, w, n_out, n_in, bias);
         return;
     }
     match E::as_f32(w) {
@@ -354,6 +353,61 @@ fn plain<E: Weight>(
             WeightRows::Widen(&|o, dst: &mut [f32]| E::widen(k, dst, &w[o * n_in..(o + 1) * n_in])),
         ),
     }
+}
+
+/// Decode, one sequence or a batch of them (`rows <= MATVEC_MAX_ROWS`): the weights are read
+/// once per call, one row at a time (each core one sequential stream, which the hardware
+/// prefetchers follow best: measured single-threaded under CPU time, 4 interleaved row streams
+/// reached 9 GB/s for bf16 and 13 for f32, one stream 16-18), and every activation row's dot
+/// product against a weight row is taken while that row sits in L1 (`dot_rows`, up to
+/// `nx` activation rows per call). Each output is exactly what the one-row call computes for
+/// its activation row (batch invariance, tested bit for bit).
+#[allow(clippy::too_many_arguments)]
+fn matvec<E: Weight>(
+    k: &Kernels,
+    out: &mut [f32],
+    x: &[f32],
+    rows: usize,
+    w: &[E],
+    n_out: usize,
+    n_in: usize,
+    bias: Option<&[f32]>,
+) {
+    let table = E::dot_rows(k);
+    let nx_max = k.dot_rows.nx.clamp(1, DOT_ROWS_MAX);
+    let dst = SyncPtr(out.as_mut_ptr());
+    split_columns(n_out, rows * n_out * n_in, NW, |o0, o1| {
+        // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
+        #[allow(clippy::redundant_locals)]
+        let dst = dst;
+        let mut tmp = [0f32; DOT_ROWS_MAX];
+        for o in o0..o1 {
+            let wr = &w[o * n_in..(o + 1) * n_in];
+            let b = bias.map_or(0.0, |b| b[o]);
+            let mut r = 0;
+            while r < rows {
+                let nx = (rows - r).min(nx_max);
+                // SAFETY: rows r..r+nx of x exist (r + nx <= rows, x holds rows × n_in), wr is
+                // n_in long, tmp has DOT_ROWS_MAX >= nx slots; the table came from a
+                // CPU-checked `Kernels`.
+                unsafe {
+                    table[nx - 1](
+                        x[r * n_in..].as_ptr(),
+                        n_in,
+                        wr.as_ptr(),
+                        n_in,
+                        tmp.as_mut_ptr(),
+                    )
+                };
+                for (a, v) in tmp[..nx].iter().enumerate() {
+                    // SAFETY: (r + a, o) is inside out (r + a < rows, o < n_out), and columns
+                    // o0..o1 belong to this task alone.
+                    unsafe { *dst.0.add((r + a) * n_out + o) = v + b };
+                }
+                r += nx;
+            }
+        }
+    });
 }
 
 thread_local! {

@@ -26,7 +26,10 @@
 //! (The activation sums are stored as `s_lo` and `s_lo + s_hi`, so the common unsplit
 //! formats need one multiply-add per group for the `b` term.)
 //!
-//! The integer path serves decode and small batches (rows < 8). From 8 rows on, each weight
+//! The integer path serves decode and decode batches (rows <= `MATVEC_MAX_ROWS` = 16; each
+//! weight row is read once per call and met by every activation row, and a row's result is
+//! bit-identical to a one-row call: the tiles keep per-row accumulators in one fixed order,
+//! and Q5_K's `dequant_dot` is per row too). From 17 rows on, each weight
 //! row is dequantized (with `crate::quant`'s reference code) once per call into the packed f32
 //! GEMM (`gemm`): the per-block scale work of this integer path is paid once per activation
 //! row and made it ~2x slower there, and the activations stay exact. (A prefill integer GEMM
@@ -49,8 +52,9 @@ use rayon::prelude::*;
 use super::gemm::{gemm, split_columns, SyncPtr, WeightRows};
 use super::simd::{Isa, Kernels};
 
-/// From this many activation rows on, products dequantize weight rows and use f32 arithmetic.
-const PREFILL_MIN_ROWS: usize = 8;
+/// From this many activation rows on, products dequantize weight rows and use f32 arithmetic;
+/// up to one fewer (decode and decode batches) every row is computed as a one-row call would.
+const PREFILL_MIN_ROWS: usize = super::matmul::MATVEC_MAX_ROWS + 1;
 use crate::error::{Error, Result};
 use crate::quant::{scale_min_k4, QK};
 use crate::tensor::DType;
@@ -756,7 +760,7 @@ pub(crate) fn matmul_quant(
         });
     }
     let row_bytes = n_in / be * bb;
-    if rows >= PREFILL_MIN_ROWS || format_index(dtype).is_none() && rows > 1 {
+    if rows >= PREFILL_MIN_ROWS {
         // Prefill: dequantize each weight row once per call and run the packed f32 GEMM over
         // all activation rows (exact activations; the integer path pays its per-block scale
         // work once per activation row).
@@ -780,8 +784,11 @@ pub(crate) fn matmul_quant(
         let qa = &*qa;
         let dst = SyncPtr(out.as_mut_ptr());
         // Activation rows per block: the quantized block (~n_in bytes per row) stays in L2
-        // while every weight row of this task's range meets it.
-        let rb = ((256 << 10) / n_in).max(4).next_multiple_of(4);
+        // while every weight row of this task's range meets it. A decode batch is always one
+        // block, so its weights are read once.
+        let rb = ((256 << 10) / n_in)
+            .max(PREFILL_MIN_ROWS)
+            .next_multiple_of(4);
         split_columns(
             n_out,
             rows.saturating_mul(n_out).saturating_mul(n_in),

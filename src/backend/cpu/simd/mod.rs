@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
-use vector::GemmFn;
+use vector::{DotRowsFn, GemmFn, DOT_ROWS_MAX};
 
 /// An instruction set a [`Kernels`] table can be built for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -86,6 +86,29 @@ impl Gemm {
     }
 }
 
+/// The batched-decode dot products of one instruction set (see `vector::dot_rows`): entry
+/// `nx - 1` takes `nx` activation rows against one weight row.
+#[derive(Clone, Copy)]
+pub(crate) struct DotRows {
+    pub(crate) f32: [DotRowsFn<f32>; DOT_ROWS_MAX],
+    pub(crate) bf16: [DotRowsFn<bf16>; DOT_ROWS_MAX],
+    pub(crate) f16: [DotRowsFn<f16>; DOT_ROWS_MAX],
+    /// Rows per call that fit the register file (4 × nx accumulators) without spilling.
+    pub(crate) nx: usize,
+}
+
+/// Builds a [`DotRows`] from a generic wrapper `$f::<E, NX>`.
+macro_rules! dot_rows_table {
+    ($f:ident, $nx:expr) => {
+        DotRows {
+            f32: [$f::<f32, 1>, $f::<f32, 2>, $f::<f32, 3>, $f::<f32, 4>],
+            bf16: [$f::<bf16, 1>, $f::<bf16, 2>, $f::<bf16, 3>, $f::<bf16, 4>],
+            f16: [$f::<f16, 1>, $f::<f16, 2>, $f::<f16, 3>, $f::<f16, 4>],
+            nx: $nx,
+        }
+    };
+}
+
 /// Builds a [`Gemm`] from a generic `#[target_feature]` wrapper `$f::<MR, NRV>`.
 macro_rules! gemm_table {
     ($f:ident, $mr:literal, $lanes:literal) => {
@@ -110,6 +133,8 @@ pub struct Kernels {
     axpy: unsafe fn(&mut [f32], f32, &[f32]),
     widen_bf16: unsafe fn(&mut [f32], &[bf16]),
     widen_f16: unsafe fn(&mut [f32], &[f16]),
+    /// Several activation rows against one weight row (batched decode).
+    pub(crate) dot_rows: DotRows,
     /// f32 GEMM micro-kernels over packed panels (prefill).
     pub(crate) gemm: Gemm,
     /// 12 independent FMA chains (peak measurement).
@@ -131,7 +156,9 @@ impl Kernels {
             Isa::Scalar => Some(Kernels::scalar()),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86::Avx2::new().map(|_| {
-                use x86::{axpy_avx2, dot_avx2, fma_chains_avx2, gemm_avx2, widen_avx2};
+                use x86::{
+                    axpy_avx2, dot_avx2, dot_rows_avx2, fma_chains_avx2, gemm_avx2, widen_avx2,
+                };
                 Kernels {
                     isa,
                     vnni: false,
@@ -141,6 +168,8 @@ impl Kernels {
                     axpy: axpy_avx2,
                     widen_bf16: widen_avx2::<bf16>,
                     widen_f16: widen_avx2::<f16>,
+                    // 3 rows × 4 accumulators + weight + x = 14 of 16 ymm registers.
+                    dot_rows: dot_rows_table!(dot_rows_avx2, 3),
                     // 6 × 2 accumulators + 2 loads + 1 broadcast = 15 of 16 ymm registers.
                     gemm: gemm_table!(gemm_avx2, 6, 8),
                     fma_chains: fma_chains_avx2,
@@ -150,8 +179,8 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => x86::Avx512::new().map(|t| {
                 use x86::{
-                    axpy_avx512, dot_avx512, fma_chains_avx512, gemm_avx512, tile_bf16dot as bd,
-                    widen_avx512,
+                    axpy_avx512, dot_avx512, dot_rows_avx512, fma_chains_avx512, gemm_avx512,
+                    tile_bf16dot as bd, widen_avx512,
                 };
                 let bf16dot: Bf16DotTable = [
                     [bd::<1, 1>, bd::<1, 4>],
@@ -168,6 +197,8 @@ impl Kernels {
                     axpy: axpy_avx512,
                     widen_bf16: widen_avx512::<bf16>,
                     widen_f16: widen_avx512::<f16>,
+                    // 4 rows × 4 accumulators + weight + x = 18 of 32 zmm registers.
+                    dot_rows: dot_rows_table!(dot_rows_avx512, 4),
                     // 12 × 2 accumulators + 2 loads + 1 broadcast = 27 of 32 zmm registers.
                     gemm: gemm_table!(gemm_avx512, 12, 16),
                     fma_chains: fma_chains_avx512,
@@ -177,7 +208,7 @@ impl Kernels {
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => neon::Neon::new().map(|_| {
                 use neon::{
-                    axpy_neon, dot_neon, fma_chains_neon, gemm_neon, tile_neon, widen_neon,
+                    axpy_neon, dot_neon, dot_rows_neon, fma_chains_neon, gemm_neon, widen_neon,
                 };
                 Kernels {
                     isa,
@@ -188,6 +219,8 @@ impl Kernels {
                     axpy: axpy_neon,
                     widen_bf16: widen_neon::<bf16>,
                     widen_f16: widen_neon::<f16>,
+                    // 4 rows × 4 accumulators + weight + x = 18 of 32 q registers.
+                    dot_rows: dot_rows_table!(dot_rows_neon, 4),
                     // 8 × 2 accumulators + 2 loads + 1 broadcast = 19 of 32 q registers.
                     gemm: gemm_table!(gemm_neon, 8, 4),
                     fma_chains: fma_chains_neon,
@@ -200,7 +233,7 @@ impl Kernels {
     }
 
     fn scalar() -> Kernels {
-        use scalar::{axpy, dot, fma_chains, gemm, widen};
+        use scalar::{axpy, dot, dot_rows, fma_chains, gemm, widen};
         Kernels {
             isa: Isa::Scalar,
             vnni: false,
@@ -210,6 +243,8 @@ impl Kernels {
             axpy,
             widen_bf16: widen::<bf16>,
             widen_f16: widen::<f16>,
+            // Eight-lane arrays are two SSE2 registers each: two rows already fill the 16.
+            dot_rows: dot_rows_table!(dot_rows, 2),
             gemm: gemm_table!(gemm, 4, 8),
             fma_chains,
             tiles_bf16dot: None,

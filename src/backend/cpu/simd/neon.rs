@@ -78,6 +78,18 @@ pub(super) unsafe fn dot_neon<E: Elem>(a: &[f32], b: &[E]) -> f32 {
 }
 
 #[target_feature(enable = "neon")]
+pub(super) unsafe fn dot_rows_neon<E: Elem, const NX: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const E,
+    n: usize,
+    out: *mut f32,
+) {
+    // SAFETY: forwarded pointer contract; only reachable through a Neon token.
+    unsafe { vector::dot_rows::<Neon, E, NX>(x, ldx, w, n, out) }
+}
+
+#[target_feature(enable = "neon")]
 pub(super) unsafe fn widen_neon<E: Elem>(dst: &mut [f32], src: &[E]) {
     // SAFETY: only reachable through a Neon token.
     unsafe { vector::widen::<Neon, E>(dst, src) }

@@ -63,6 +63,17 @@ pub(super) unsafe fn dot<E: vector::Elem>(a: &[f32], b: &[E]) -> f32 {
     unsafe { vector::dot::<Scalar, E>(a, b) }
 }
 
+pub(super) unsafe fn dot_rows<E: vector::Elem, const NX: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const E,
+    n: usize,
+    out: *mut f32,
+) {
+    // SAFETY: forwarded pointer contract; Scalar needs no CPU feature.
+    unsafe { vector::dot_rows::<Scalar, E, NX>(x, ldx, w, n, out) }
+}
+
 pub(super) unsafe fn widen<E: vector::Elem>(dst: &mut [f32], src: &[E]) {
     // SAFETY: Scalar needs no CPU feature.
     unsafe { vector::widen::<Scalar, E>(dst, src) }

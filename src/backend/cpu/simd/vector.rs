@@ -73,38 +73,74 @@ impl Elem for f16 {
     }
 }
 
-/// `Σ a[i]·b[i]` over the common length. Four accumulators hide the FMA latency.
+/// `Σ a[i]·b[i]` over the common length. Four accumulators hide the FMA latency. This is
+/// [`dot_rows`] with one row, so a batched matvec reproduces it bit for bit.
 #[inline(always)]
 pub(crate) unsafe fn dot<S: Simd, E: Elem>(a: &[f32], b: &[E]) -> f32 {
     let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut out = 0.0f32;
+    // SAFETY: one row of n readable elements in each slice; the caller guarantees the ISA.
+    unsafe { dot_rows::<S, E, 1>(a.as_ptr(), 0, b.as_ptr(), n, &mut out) };
+    out
+}
+
+/// `NX` dot products against one weight row: `out[r] = Σ_{i<n} x[r·ldx + i] · w[i]` for
+/// `r < NX`. Each weight vector is loaded (and widened) once and used by every row.
+///
+/// Every row has its own four accumulators and goes through exactly the operations of a
+/// single-row call, in the same order (four interleaved FMA chains over whole blocks of
+/// 4·LANES, then single vectors into the first chain, then `hsum((a0 + a1) + (a2 + a3))`, then
+/// the scalar tail in index order): a row's result does not depend on `NX` or on which rows
+/// share the call. That makes batched decode bit-identical to one-row decode.
+///
+/// # Safety
+/// `x` readable for `NX` rows of `n` at stride `ldx`, `w` for `n` elements, `out` writable for
+/// `NX`; the caller runs with `S`'s ISA enabled.
+#[inline(always)]
+pub(crate) unsafe fn dot_rows<S: Simd, E: Elem, const NX: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const E,
+    n: usize,
+    out: *mut f32,
+) {
     let l = S::LANES;
-    // SAFETY (whole body): every load reads [i, i + LANES) with i + LANES <= n, inside both
-    // slices; the caller guarantees the ISA.
+    // SAFETY (whole body): every vector load reads [i, i + LANES) with i + LANES <= n inside
+    // each row and the weight row; the scalar tail reads i < n; writes out[..NX].
     unsafe {
-        let mut acc = [S::zero(); 4];
+        let mut acc = [[S::zero(); 4]; NX];
         let mut i = 0;
         while i + 4 * l <= n {
-            for (u, a) in acc.iter_mut().enumerate() {
-                *a = S::fma(
-                    S::load(pa.add(i + u * l)),
-                    E::load::<S>(pb.add(i + u * l)),
-                    *a,
-                );
+            for u in 0..4 {
+                let wv = E::load::<S>(w.add(i + u * l));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    a[u] = S::fma(S::load(x.add(r * ldx + i + u * l)), wv, a[u]);
+                }
             }
             i += 4 * l;
         }
         while i + l <= n {
-            acc[0] = S::fma(S::load(pa.add(i)), E::load::<S>(pb.add(i)), acc[0]);
+            let wv = E::load::<S>(w.add(i));
+            for (r, a) in acc.iter_mut().enumerate() {
+                a[0] = S::fma(S::load(x.add(r * ldx + i)), wv, a[0]);
+            }
             i += l;
         }
-        let mut s = S::hsum(S::add(S::add(acc[0], acc[1]), S::add(acc[2], acc[3])));
-        for j in i..n {
-            s += a[j] * b[j].to_f32();
+        for (r, a) in acc.iter().enumerate() {
+            let mut s = S::hsum(S::add(S::add(a[0], a[1]), S::add(a[2], a[3])));
+            for j in i..n {
+                s += *x.add(r * ldx + j) * (*w.add(j)).to_f32();
+            }
+            *out.add(r) = s;
         }
-        s
     }
 }
+
+/// A [`dot_rows`] instance as stored in the dispatch table.
+pub(crate) type DotRowsFn<E> = unsafe fn(*const f32, usize, *const E, usize, *mut f32);
+
+/// Most rows one [`dot_rows`] call takes (the tables hold NX = 1..=DOT_ROWS_MAX).
+pub(crate) const DOT_ROWS_MAX: usize = 4;
 
 /// `y[i] += alpha · x[i]` over the common length.
 #[inline(always)]

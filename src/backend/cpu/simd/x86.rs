@@ -172,6 +172,18 @@ pub(super) unsafe fn dot_avx2<E: Elem>(a: &[f32], b: &[E]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_rows_avx2<E: Elem, const NX: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const E,
+    n: usize,
+    out: *mut f32,
+) {
+    // SAFETY: forwarded pointer contract; AVX2 guaranteed by the token that built the table.
+    unsafe { vector::dot_rows::<Avx2, E, NX>(x, ldx, w, n, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn widen_avx2<E: Elem>(dst: &mut [f32], src: &[E]) {
     // SAFETY: this function only runs where an Avx2 token was built.
     unsafe { vector::widen::<Avx2, E>(dst, src) }
@@ -208,6 +220,18 @@ pub(super) unsafe fn fma_chains_avx2(iters: usize, seed: f32) -> f32 {
 pub(super) unsafe fn dot_avx512<E: Elem>(a: &[f32], b: &[E]) -> f32 {
     // SAFETY: this function only runs where an Avx512 token was built.
     unsafe { vector::dot::<Avx512, E>(a, b) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) unsafe fn dot_rows_avx512<E: Elem, const NX: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const E,
+    n: usize,
+    out: *mut f32,
+) {
+    // SAFETY: forwarded pointer contract; AVX-512 guaranteed by the token that built the table.
+    unsafe { vector::dot_rows::<Avx512, E, NX>(x, ldx, w, n, out) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
