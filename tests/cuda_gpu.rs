@@ -34,6 +34,11 @@ mod gpu {
         crate::ops::cuda_only::cuda_only_tests!(super::gpu());
     }
 
+    /// Block-quantized weights (tests/ops/cuda_quant.rs).
+    mod cuda_quant {
+        crate::ops::cuda_quant::cuda_quant_tests!(super::gpu());
+    }
+
     fn load_gpu(dir: &Path, all_logits: bool, f32_prefill: bool) -> Option<Model> {
         let b = gpu()?.with_f32_prefill(f32_prefill);
         let opts = LoadOptions {

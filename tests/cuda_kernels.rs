@@ -22,6 +22,11 @@ mod cuda_only {
     crate::ops::cuda_only::cuda_only_tests!(Some(super::sim()));
 }
 
+/// Block-quantized weights (tests/ops/cuda_quant.rs).
+mod cuda_quant {
+    crate::ops::cuda_quant::cuda_quant_tests!(Some(super::sim()));
+}
+
 #[test]
 fn buffers_are_freed() {
     use minfer::backend::Backend;

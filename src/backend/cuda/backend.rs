@@ -7,7 +7,7 @@
 //! Data types on the device:
 //! - activations ([`CudaBuf`]) are f32, as on the CPU; the tensor-core GEMM converts its A
 //!   operand to bf16 in a scratch buffer first and accumulates and writes f32;
-//! - 2-D weights keep their stored dtype (bf16, f16 or f32); 1-D weights (norms, biases,
+//! - 2-D weights keep their stored dtype (bf16, f16, f32 or a GGML block type); 1-D weights (norms, biases,
 //!   inv_freq) are converted to f32 at upload;
 //! - the KV cache is f32 `[layers, ctx, n_kv_heads, head_dim]` for K and again for V.
 //!
@@ -16,8 +16,12 @@
 //! that would read out of bounds. Per token only the argmax id or the requested logits come
 //! back to the host.
 //!
+//! - block-quantized matrices (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) stay quantized (reordered into
+//!   body and head sections, see [`CudaMat`]) and run on kernels/matvec_q.ptx; other block
+//!   types (Q5_K) are dequantized to f32 at upload.
+//!
 //! Not here: CUDA graphs (each op is its own launch: see kernels/README.md for the count per
-//! token), quantized weights, a bf16 KV cache.
+//! token), a bf16 KV cache.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -77,12 +81,17 @@ impl<D: GpuDriver> Drop for CudaBuf<D> {
 }
 
 /// An uploaded weight: a matrix in its stored dtype, or a vector converted to f32.
+/// Block-quantized matrices (Q8_0, Q4_0, Q4_1, Q6_K) sit in the split layout of
+/// kernels/matvec_q.ptx: every block's quants (the body section), then every block's scales
+/// (the head section, at byte `head`); the same bytes as the file, reordered so that bodies are
+/// 16-byte aligned. Q4_K keeps its stored layout (`head` 0).
 pub struct CudaMat<D: GpuDriver> {
     drv: Arc<D>,
     ptr: DevPtr,
     dtype: DType,
     shape: Vec<usize>,
     name: String,
+    head: usize,
 }
 
 impl<D: GpuDriver> CudaMat<D> {
@@ -403,6 +412,7 @@ impl<D: GpuDriver> CudaBackend<D> {
                 dtype: DType::BF16,
                 shape,
                 name: name.to_string(),
+                head: 0,
             })
         })();
         self.drv.free(tmp)?;
@@ -411,6 +421,66 @@ impl<D: GpuDriver> CudaBackend<D> {
 }
 
 impl<D: GpuDriver> CudaBackend<D> {
+    /// `matmul` on a block-quantized weight: kernels/matvec_q.ptx, one launch with grid.y =
+    /// rows (the weights are re-read per row through L2).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_quant(
+        &self,
+        out: &mut CudaBuf<D>,
+        x: &CudaBuf<D>,
+        w: &CudaMat<D>,
+        ql: QuantLayout,
+        bias: DevPtr,
+        rows: usize,
+        n32: u32,
+        k32: u32,
+    ) -> Result<()> {
+        let op = "matmul";
+        let (n, k) = (n32 as usize, k32 as usize);
+        if k == 0 || !k.is_multiple_of(ql.elems) {
+            return Err(Error::arg(format!(
+                "{op}: weight {:?} ({}) has {k} input features, not a positive multiple of its {}-weight blocks",
+                w.name, w.dtype, ql.elems
+            )));
+        }
+        if rows > MAX_GRID_YZ {
+            return Err(Error::arg(format!(
+                "{op}: {rows} rows exceed the grid limit {MAX_GRID_YZ}"
+            )));
+        }
+        if n * k / 32 > u32::MAX as usize {
+            return Err(Error::arg(format!(
+                "{op}: weight {:?} has {n} x {k} weights, more than the kernels' 2^37",
+                w.name
+            )));
+        }
+        let kernel = match w.dtype {
+            DType::Q8_0 => self.k.matvec_q8_0,
+            DType::Q4_0 => self.k.matvec_q4_0,
+            DType::Q4_1 => self.k.matvec_q4_1,
+            DType::Q4K => self.k.matvec_q4_k,
+            _ => self.k.matvec_q6_k,
+        };
+        let w_bytes = n * k / ql.elems * (ql.body + ql.head);
+        self.launch(
+            kernel,
+            (n.div_ceil(8) as u32, rows as u32, 1),
+            BLOCK,
+            0,
+            &[
+                KernelArg::Ptr(out.ptr),
+                KernelArg::Ptr(x.ptr),
+                KernelArg::Ptr(w.ptr),
+                KernelArg::Ptr(w.ptr.offset(w.head)),
+                KernelArg::Ptr(bias),
+                KernelArg::U32(k32),
+                KernelArg::U32(n32),
+            ],
+            (rows * w_bytes + rows * k * 4 + rows * n * 4) as f64,
+            2.0 * (rows * n * k) as f64,
+        )
+    }
+
     /// A bf16 matrix back as f32 values, converted on the device (exact). For tests and
     /// debugging; the forward pass never reads weights back.
     pub fn download_bf16_as_f32(&self, m: &CudaMat<D>) -> Result<Vec<f32>> {
@@ -563,6 +633,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
     }
 
     fn upload(&self, w: &WeightTensor) -> Result<CudaMat<D>> {
+        let mut head = 0;
         let (bytes, dtype): (Vec<u8>, DType) = match (w.dtype, w.shape.len()) {
             // 1-D weights (norm scales, biases, inv_freq) are small; f32 keeps their kernels
             // simple and exact.
@@ -570,7 +641,23 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
                 let v = w.to_f32_vec()?;
                 (f32_bytes(&v).to_vec(), DType::F32)
             }
+            (d, 1) if quant_layout(d).is_some() => {
+                let v = crate::quant::dequantize_to_vec(d, w.bytes(), w.numel())
+                    .map_err(|e| Error::bad_weights(w.name.as_str(), e.to_string()))?;
+                (f32_bytes(&v).to_vec(), DType::F32)
+            }
             (DType::F32 | DType::F16 | DType::BF16, 2) => (w.bytes().to_vec(), w.dtype),
+            (d, 2) if quant_layout(d).is_some() => {
+                let (bytes, h) = split_blocks(w)?;
+                head = h;
+                (bytes, d)
+            }
+            // A block type without kernels here (Q5_K): f32, exact.
+            (d, 2) if d.is_quantized() => {
+                let v = crate::quant::dequantize_to_vec(d, w.bytes(), w.numel())
+                    .map_err(|e| Error::bad_weights(w.name.as_str(), e.to_string()))?;
+                (f32_bytes(&v).to_vec(), DType::F32)
+            }
             (DType::F32 | DType::F16 | DType::BF16, n) => {
                 return Err(Error::arg(format!(
                     "upload: tensor {:?} has {n} dimensions; the CUDA backend takes vectors and matrices",
@@ -595,6 +682,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             dtype,
             shape: w.shape.clone(),
             name: w.name.clone(),
+            head,
         })
     }
 
@@ -651,6 +739,41 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
                 "{op}: token id {t} >= vocabulary size {vocab}"
             )));
         }
+        let dim32 = u32_arg(op, "dim", dim)?;
+        if let Some(ql) = quant_layout(table.dtype) {
+            let kernel = match table.dtype {
+                DType::Q8_0 => self.k.embed_q8_0,
+                DType::Q4_0 => self.k.embed_q4_0,
+                DType::Q4_1 => self.k.embed_q4_1,
+                DType::Q4K => self.k.embed_q4_k,
+                _ => self.k.embed_q6_k,
+            };
+            if !dim.is_multiple_of(ql.elems) {
+                return Err(Error::arg(format!(
+                    "{op}: table {:?} rows of {dim} are not whole {}-weight blocks",
+                    table.name, ql.elems
+                )));
+            }
+            let mut s = lock(&self.scratch);
+            let tok = self.grow(&mut s.tokens, rows * 4)?;
+            self.drv.copy_to_device(tok, bytemuck::cast_slice(tokens))?;
+            let row_bytes = dim / ql.elems * (ql.body + ql.head);
+            return self.launch(
+                kernel,
+                (dim.div_ceil(256) as u32, rows as u32, 1),
+                256,
+                0,
+                &[
+                    KernelArg::Ptr(out.ptr),
+                    KernelArg::Ptr(table.ptr),
+                    KernelArg::Ptr(table.ptr.offset(table.head)),
+                    KernelArg::Ptr(tok),
+                    KernelArg::U32(dim32),
+                ],
+                (rows * (row_bytes + dim * 4) + rows * 4) as f64,
+                2.0 * (rows * dim) as f64,
+            );
+        }
         let kernel = match table.dtype {
             DType::F32 => self.k.embed_f32,
             DType::BF16 => self.k.embed_bf16,
@@ -662,7 +785,6 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
                 })
             }
         };
-        let dim32 = u32_arg(op, "dim", dim)?;
         let mut s = lock(&self.scratch);
         let tok = self.grow(&mut s.tokens, rows * 4)?;
         self.drv.copy_to_device(tok, bytemuck::cast_slice(tokens))?;
@@ -780,6 +902,9 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             u32_arg(op, "out features", n)?,
             u32_arg(op, "in features", k)?,
         );
+        if let Some(ql) = quant_layout(w.dtype) {
+            return self.matmul_quant(out, x, w, ql, bias_ptr, rows, n32, k32);
+        }
         let multiple = if w.dtype == DType::F32 { 4 } else { 8 };
         if k == 0 || k % multiple != 0 {
             return Err(Error::arg(format!(
@@ -1333,4 +1458,75 @@ fn norm_weight<D: GpuDriver>(op: &str, w: &CudaMat<D>) -> Result<usize> {
             w.name, w.shape, w.dtype
         ))),
     }
+}
+
+/// How a block-quantized dtype sits on the device (kernels/matvec_q.ptx): weights per block,
+/// body bytes (quants) and head bytes (scales) per block, and where the head lies inside the
+/// stored block. `head == 0` with `body` the whole block: kept as stored (Q4_K).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QuantLayout {
+    pub elems: usize,
+    pub body: usize,
+    pub head: usize,
+    /// Offset of the head bytes inside a stored block.
+    pub head_at: usize,
+}
+
+/// The device layout of `d`, or None for a dtype without GPU kernels (plain types, Q5_K).
+pub(crate) fn quant_layout(d: DType) -> Option<QuantLayout> {
+    let l = |elems, body, head, head_at| {
+        Some(QuantLayout {
+            elems,
+            body,
+            head,
+            head_at,
+        })
+    };
+    match d {
+        DType::Q8_0 => l(32, 32, 2, 0),
+        DType::Q4_0 => l(32, 16, 2, 0),
+        DType::Q4_1 => l(32, 16, 4, 0),
+        DType::Q4K => l(256, 144, 0, 0),
+        DType::Q6K => l(256, 208, 2, 208),
+        _ => None,
+    }
+}
+
+
+/// A quantized matrix's bytes in the device layout (see [`CudaMat`]): every block's body, then
+/// every block's head. Returns the bytes and the head section's byte offset.
+fn split_blocks(w: &WeightTensor) -> Result<(Vec<u8>, usize)> {
+    let ql = quant_layout(w.dtype).ok_or_else(|| Error::UnsupportedDtype {
+        name: w.name.clone(),
+        dtype: w.dtype.to_string(),
+    })?;
+    let stored = ql.body + ql.head;
+    let bytes = w.bytes();
+    let k = w.shape.last().copied().unwrap_or(0);
+    if !k.is_multiple_of(ql.elems) || w.dtype.bytes_for(w.numel()) != Some(bytes.len()) {
+        return Err(Error::bad_weights(
+            w.name.as_str(),
+            format!(
+                "{} rows of {k} weights are not whole {}-weight blocks of {stored} bytes",
+                w.dtype, ql.elems
+            ),
+        ));
+    }
+    if ql.head == 0 {
+        return Ok((bytes.to_vec(), 0));
+    }
+    let blocks = bytes.len() / stored;
+    let mut out = vec![0u8; bytes.len()];
+    let (body, head) = out.split_at_mut(blocks * ql.body);
+    for (i, b) in bytes.chunks_exact(stored).enumerate() {
+        let h = &b[ql.head_at..ql.head_at + ql.head];
+        let q = if ql.head_at == 0 {
+            &b[ql.head..]
+        } else {
+            &b[..ql.head_at]
+        };
+        body[i * ql.body..(i + 1) * ql.body].copy_from_slice(q);
+        head[i * ql.head..(i + 1) * ql.head].copy_from_slice(h);
+    }
+    Ok((out, blocks * ql.body))
 }
