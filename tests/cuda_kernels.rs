@@ -17,6 +17,13 @@ fn sim() -> CudaBackend<SimDriver> {
 
 ops::op_parity_tests!(Some((sim(), Numerics::CUDA)));
 
+/// The paged KV cache through the kernels: shuffled block tables, sequences of different
+/// lengths, prefill chunks and decode rows in one step, a window, copy-on-write of a block.
+#[test]
+fn attention_paged() {
+    ops::attention_paged(&sim(), &Numerics::CUDA);
+}
+
 /// The cases only the CUDA backend has (tests/ops/cuda_only.rs).
 mod cuda_only {
     crate::ops::cuda_only::cuda_only_tests!(Some(super::sim()));
@@ -127,7 +134,8 @@ mod fixtures {
 /// The real GGUF models with their quantized weights kept on the device (kernels/matvec_q.ptx,
 /// embed_q.ptx): SmolLM2 Q4_1 (Q4_1 + Q8_0 tensors) and Gemma 3 Q4_K_M (Q4_K, Q6_K, Q8_0 and
 /// Q5_0 as Q8_0) on the interpreter give the CPU's greedy tokens. Short prompt, two tokens:
-/// the interpreter runs the whole model (lm_head included) per step.
+/// the interpreter runs the whole model (lm_head included) per step, 8-10 minutes per model on
+/// a loaded 2-core machine, so they are opt-in (`--ignored`).
 mod real_quantized {
     use super::common;
     use minfer::{Device, LoadOptions, Model};
@@ -158,6 +166,7 @@ mod real_quantized {
     }
 
     #[test]
+    #[ignore = "minutes on the interpreter: cargo test --release --test cuda_kernels -- --ignored real_quantized"]
     fn smollm2_q4_1_on_sim_matches_cpu() {
         let Some(path) = common::real_model() else {
             return;
@@ -167,6 +176,7 @@ mod real_quantized {
     }
 
     #[test]
+    #[ignore = "minutes on the interpreter: cargo test --release --test cuda_kernels -- --ignored real_quantized"]
     fn gemma3_q4_k_m_on_sim_matches_cpu() {
         let Some(path) = common::gemma_model() else {
             return;
