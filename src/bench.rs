@@ -194,3 +194,77 @@ pub fn measure_fma_peak_gflops(threads: usize) -> Result<f64> {
     let kernels = crate::backend::cpu::simd::Kernels::detect();
     Ok(pool.install(|| kernels.measure_fma_peak_gflops(5)))
 }
+
+/// The performance model's predicted decode step (src/backend/cuda/predict.rs) for `model` on
+/// each GPU of `gpus` ("h200", "a100", comma-separated), at `context` positions: what
+/// `minfer bench --device sim --predict h200` prints. `model` is `synthetic:NAME` (bf16
+/// weights, or `synthetic_dtype`) or a checkpoint path, whose weight dtypes are kept as the GPU
+/// backend keeps them (a GGUF's quantized blocks run on kernels/matvec_q.ptx). Interprets one
+/// decode step at the real shapes: seconds to minutes.
+pub fn predict_decode(
+    model: &str,
+    synthetic_dtype: crate::tensor::DType,
+    gpus: &str,
+    context: usize,
+) -> Result<Vec<PredictedDecode>> {
+    use crate::backend::cuda::predict::{self, DecodeShape, GpuSpec, MatDTypes};
+    let gpus = gpus
+        .split(',')
+        .map(|g| GpuSpec::by_name(g.trim()))
+        .collect::<Result<Vec<_>>>()?;
+    let shape = match model.strip_prefix("synthetic:") {
+        Some(name) => {
+            let c = crate::synthetic::preset_config(name)?;
+            DecodeShape::of_config(name, &c, MatDTypes::all(synthetic_dtype))
+        }
+        None => {
+            let ck = crate::loader::open(std::path::Path::new(model), true)?;
+            let name = std::path::Path::new(model)
+                .file_name()
+                .map_or(model.to_string(), |n| n.to_string_lossy().into_owned());
+            DecodeShape::of_config(&name, &ck.config, DecodeShape::dtypes_of(&ck.weights))
+        }
+    };
+    if context == 0 {
+        return Err(crate::error::Error::option(
+            "context",
+            context,
+            "the predicted decode step needs at least one position",
+        ));
+    }
+    Ok(predict::predict_decode(&shape, context, &gpus, None)?
+        .into_iter()
+        .map(|p| PredictedDecode {
+            gpu: p.gpu.name.to_string(),
+            table: p.table(),
+            launches: p.launches(),
+            device_us: p.device_us(),
+            token_us: p.token_us(),
+            weight_bytes: p.shape.weight_bytes(),
+            bw_fraction_graph: p.bw_fraction(true),
+            bw_fraction: p.bw_fraction(false),
+        })
+        .collect())
+}
+
+/// One GPU's predicted decode step (see [`predict_decode`]).
+#[derive(Clone, Debug)]
+pub struct PredictedDecode {
+    /// "H200", "A100-80GB".
+    pub gpu: String,
+    /// Per launch: CTAs, bytes, the four floors, predicted µs per launch and per token, fraction
+    /// of the copy bandwidth, the limiting resource; then the per-token summary.
+    pub table: String,
+    /// Launches per token.
+    pub launches: u64,
+    /// Device time per token (as a CUDA graph would replay it), µs.
+    pub device_us: f64,
+    /// Time per token without a graph (host launch cost included), µs.
+    pub token_us: f64,
+    /// Weight bytes per token.
+    pub weight_bytes: f64,
+    /// Weight bytes over device time, as a fraction of the assumed copy bandwidth.
+    pub bw_fraction_graph: f64,
+    /// The same without a graph.
+    pub bw_fraction: f64,
+}

@@ -29,9 +29,22 @@ mod gpu {
 
     ops::op_parity_tests!(gpu().map(|b| (b, ops::Numerics::CUDA)));
 
+    /// The paged KV cache through the kernels (tests/ops attention_paged).
+    #[test]
+    fn attention_paged() {
+        if let Some(b) = gpu() {
+            ops::attention_paged(&b, &ops::Numerics::CUDA);
+        }
+    }
+
     /// The cases only the CUDA backend has (tests/ops/cuda_only.rs).
     mod cuda_only {
         crate::ops::cuda_only::cuda_only_tests!(super::gpu());
+    }
+
+    /// Block-quantized weights (tests/ops/cuda_quant.rs).
+    mod cuda_quant {
+        crate::ops::cuda_quant::cuda_quant_tests!(super::gpu());
     }
 
     fn load_gpu(dir: &Path, all_logits: bool, f32_prefill: bool) -> Option<Model> {

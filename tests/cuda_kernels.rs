@@ -17,9 +17,21 @@ fn sim() -> CudaBackend<SimDriver> {
 
 ops::op_parity_tests!(Some((sim(), Numerics::CUDA)));
 
+/// The paged KV cache through the kernels: shuffled block tables, sequences of different
+/// lengths, prefill chunks and decode rows in one step, a window, copy-on-write of a block.
+#[test]
+fn attention_paged() {
+    ops::attention_paged(&sim(), &Numerics::CUDA);
+}
+
 /// The cases only the CUDA backend has (tests/ops/cuda_only.rs).
 mod cuda_only {
     crate::ops::cuda_only::cuda_only_tests!(Some(super::sim()));
+}
+
+/// Block-quantized weights (tests/ops/cuda_quant.rs).
+mod cuda_quant {
+    crate::ops::cuda_quant::cuda_quant_tests!(Some(super::sim()));
 }
 
 #[test]
@@ -116,5 +128,59 @@ mod fixtures {
                 );
             }
         }
+    }
+}
+
+/// The real GGUF models with their quantized weights kept on the device (kernels/matvec_q.ptx,
+/// embed_q.ptx): SmolLM2 Q4_1 (Q4_1 + Q8_0 tensors) and Gemma 3 Q4_K_M (Q4_K, Q6_K, Q8_0 and
+/// Q5_0 as Q8_0) on the interpreter give the CPU's greedy tokens. Short prompt, two tokens:
+/// the interpreter runs the whole model (lm_head included) per step, 8-10 minutes per model on
+/// a loaded 2-core machine, so they are opt-in (`--ignored`).
+mod real_quantized {
+    use super::common;
+    use minfer::{Device, LoadOptions, Model};
+    use std::path::Path;
+
+    fn greedy(path: &Path, device: Device, prompt: &[u32]) -> Vec<u32> {
+        let opts = LoadOptions {
+            device,
+            context_len: Some(64),
+            max_batch: 8,
+            keep_quantized: true,
+            ..LoadOptions::default()
+        };
+        let mut m = Model::load(path, &opts).unwrap_or_else(|e| panic!("{device}: {e}"));
+        common::greedy_ids(&mut m, prompt, 2)
+    }
+
+    fn check(path: &Path, prompt: &[u32]) {
+        let t = std::time::Instant::now();
+        let sim = greedy(path, Device::Sim, prompt);
+        let sim_s = t.elapsed().as_secs_f64();
+        let cpu = greedy(path, Device::Cpu, prompt);
+        eprintln!(
+            "{}: sim {sim:?} ({sim_s:.1} s), cpu {cpu:?}",
+            path.display()
+        );
+        assert_eq!(sim, cpu, "{}: greedy tokens, sim vs cpu", path.display());
+    }
+
+    #[test]
+    #[ignore = "minutes on the interpreter: cargo test --release --test cuda_kernels -- --ignored real_quantized"]
+    fn smollm2_q4_1_on_sim_matches_cpu() {
+        let Some(path) = common::real_model() else {
+            return;
+        };
+        // "The capital of France is" in SmolLM2's vocabulary
+        check(&path, &[504, 3575, 282, 4649, 314]);
+    }
+
+    #[test]
+    #[ignore = "minutes on the interpreter: cargo test --release --test cuda_kernels -- --ignored real_quantized"]
+    fn gemma3_q4_k_m_on_sim_matches_cpu() {
+        let Some(path) = common::gemma_model() else {
+            return;
+        };
+        check(&path, &[2, 818, 5279, 529, 7001, 563]);
     }
 }

@@ -121,8 +121,8 @@ pub struct LoadOptions {
     /// Positions per KV-cache block (the unit of paging and of prefix sharing).
     pub kv_block_size: usize,
     /// GGUF only: keep quantized tensors in their block format and compute on them with the
-    /// integer kernels (CPU); false dequantizes them to f32 at load. GPU devices always
-    /// dequantize (the PTX kernels take f32/f16/bf16 weights).
+    /// integer kernels (CPU) or the quantized matvec kernels (CUDA and `sim`: Q8_0, Q4_0, Q4_1,
+    /// Q4_K, Q6_K; Q5_0 runs as the exactly equal Q8_0); false dequantizes them to f32 at load.
     pub keep_quantized: bool,
 }
 
@@ -191,7 +191,9 @@ impl Model {
     /// or .gguf file) onto the CPU.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
         let device = opts.device.resolve()?;
-        let keep_quantized = opts.keep_quantized && device == Device::Cpu;
+        // Every backend computes on block-quantized weights (the CUDA backend dequantizes the
+        // block types it has no kernel for at upload).
+        let keep_quantized = opts.keep_quantized;
         let opts = &LoadOptions {
             device,
             ..opts.clone()

@@ -19,12 +19,14 @@
 //! instead of being loosened for everyone.
 //!
 //! Not here: the launch preconditions and helper methods of the CUDA backend alone
-//! (cuda_only.rs, instantiated by the two CUDA test files); quantized weights (the CPU
+//! (cuda_only.rs, instantiated by the two CUDA test files); quantized weights (cuda_quant.rs
+//! for the CUDA kernels; the CPU
 //! backend's alone, tested per instruction set in tests/matmul.rs).
 
 #![allow(dead_code)]
 
 pub mod cuda_only;
+pub mod cuda_quant;
 pub mod reference;
 
 use half::{bf16, f16};

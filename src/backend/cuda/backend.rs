@@ -7,7 +7,7 @@
 //! Data types on the device:
 //! - activations ([`CudaBuf`]) are f32, as on the CPU; the tensor-core GEMM converts its A
 //!   operand to bf16 in a scratch buffer first and accumulates and writes f32;
-//! - 2-D weights keep their stored dtype (bf16, f16 or f32); 1-D weights (norms, biases,
+//! - 2-D weights keep their stored dtype (bf16, f16, f32 or a GGML block type); 1-D weights (norms, biases,
 //!   inv_freq) are converted to f32 at upload;
 //! - the KV cache is f32 `[layers, ctx, n_kv_heads, head_dim]` for K and again for V.
 //!
@@ -16,8 +16,12 @@
 //! that would read out of bounds. Per token only the argmax id or the requested logits come
 //! back to the host.
 //!
+//! - block-quantized matrices (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) stay quantized (reordered into
+//!   body and head sections, see [`CudaMat`]) and run on kernels/matvec_q.ptx; other block
+//!   types (Q5_K) are dequantized to f32 at upload.
+//!
 //! Not here: CUDA graphs (each op is its own launch: see kernels/README.md for the count per
-//! token), quantized weights, a bf16 KV cache.
+//! token), a bf16 KV cache.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -77,12 +81,17 @@ impl<D: GpuDriver> Drop for CudaBuf<D> {
 }
 
 /// An uploaded weight: a matrix in its stored dtype, or a vector converted to f32.
+/// Block-quantized matrices (Q8_0, Q4_0, Q4_1, Q6_K) sit in the split layout of
+/// kernels/matvec_q.ptx: every block's quants (the body section), then every block's scales
+/// (the head section, at byte `head`); the same bytes as the file, reordered so that bodies are
+/// 16-byte aligned. Q4_K keeps its stored layout (`head` 0).
 pub struct CudaMat<D: GpuDriver> {
     drv: Arc<D>,
     ptr: DevPtr,
     dtype: DType,
     shape: Vec<usize>,
     name: String,
+    head: usize,
 }
 
 impl<D: GpuDriver> CudaMat<D> {
@@ -116,6 +125,51 @@ impl<D: GpuDriver> Drop for CudaKv<D> {
         let _ = self.drv.free(self.k);
         let _ = self.drv.free(self.v);
     }
+}
+
+/// A step's layout (see [`StepLayout`]) on the device, for the kernels, and on the host, for
+/// launch geometry: one u32 buffer `positions [rows] | seq_of_row [rows] | tables`, uploaded
+/// once per step by `set_layout`. Kernels read positions and block tables from it, so a launch's
+/// arguments do not change from step to step (what a captured CUDA graph needs).
+pub struct CudaLayout<D: GpuDriver> {
+    drv: Arc<D>,
+    ptr: DevPtr,
+    /// Capacity in u32 words.
+    words: usize,
+    rows: usize,
+    host: StepLayout,
+}
+
+impl<D: GpuDriver> CudaLayout<D> {
+    /// The host copy.
+    pub fn host(&self) -> &StepLayout {
+        &self.host
+    }
+    fn positions(&self) -> DevPtr {
+        self.ptr
+    }
+    fn seq_of_row(&self) -> DevPtr {
+        self.ptr.offset(self.rows * 4)
+    }
+    fn tables(&self) -> DevPtr {
+        self.ptr.offset(self.rows * 8)
+    }
+}
+
+impl<D: GpuDriver> Drop for CudaLayout<D> {
+    fn drop(&mut self) {
+        let _ = self.drv.free(self.ptr);
+    }
+}
+
+/// What the attention kernels of one call share.
+struct AttnLaunch<'a, D: GpuDriver> {
+    layout: &'a CudaLayout<D>,
+    kpool: DevPtr,
+    vpool: DevPtr,
+    window: usize,
+    mb32: u32,
+    bs32: u32,
 }
 
 /// A device buffer that grows on demand and is reused across calls (token ids, the bf16 copy
@@ -158,43 +212,6 @@ pub struct CudaBackend<D: GpuDriver> {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind; keep going with it.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The first position of a layout that this backend's kernels take today: one sequence at
-/// consecutive positions with an identity block table (checked when `block_size` is given).
-fn contiguous_pos0(
-    op: &str,
-    layout: &StepLayout,
-    rows: usize,
-    block_size: Option<usize>,
-) -> Result<usize> {
-    let unsupported = || {
-        Err(Error::arg(format!(
-            "{op}: the CUDA backend takes one sequence at consecutive positions in an identity \
-             block table; batched or paged layouts are not supported yet"
-        )))
-    };
-    if layout.positions.len() < rows {
-        return Err(Error::arg(format!(
-            "{op}: layout has {} positions for {rows} rows",
-            layout.positions.len()
-        )));
-    }
-    let Some(&p0) = layout.positions.first() else {
-        return Ok(0);
-    };
-    let consecutive = (0..rows)
-        .all(|r| layout.positions[r] as usize == p0 as usize + r && layout.seq_of_row[r] == 0);
-    if !consecutive {
-        return unsupported();
-    }
-    if let Some(bs) = block_size {
-        let last = (p0 as usize + rows).saturating_sub(1) / bs;
-        if (0..=last).any(|b| layout.tables.get(b) != Some(&(b as u32))) {
-            return unsupported();
-        }
-    }
-    Ok(p0 as usize)
 }
 
 fn check_len(op: &str, what: &str, have: usize, need: usize) -> Result<()> {
@@ -403,6 +420,7 @@ impl<D: GpuDriver> CudaBackend<D> {
                 dtype: DType::BF16,
                 shape,
                 name: name.to_string(),
+                head: 0,
             })
         })();
         self.drv.free(tmp)?;
@@ -411,6 +429,218 @@ impl<D: GpuDriver> CudaBackend<D> {
 }
 
 impl<D: GpuDriver> CudaBackend<D> {
+    /// Visible keys of `row`: position + 1, or the window.
+    fn visible(a: &AttnLaunch<'_, D>, row: usize) -> usize {
+        let p = a.layout.host.positions[row] as usize + 1;
+        if a.window > 0 {
+            p.min(a.window)
+        } else {
+            p
+        }
+    }
+
+    /// Prefill attention (attn_prefill_f32) of rows `r0..r0 + len`: consecutive positions of
+    /// one table.
+    fn attn_prefill(
+        &self,
+        out: &mut CudaBuf<D>,
+        q: &CudaBuf<D>,
+        a: &AttnLaunch<'_, D>,
+        r0: usize,
+        len: usize,
+        p: &AttnParams,
+    ) -> Result<()> {
+        let (hd, nh, nkv) = (p.head_dim, p.n_heads, p.n_kv_heads);
+        let smem = 4 * (32 * (hd + 1) + 32 * hd + 8 * hd);
+        let longest = Self::visible(a, r0 + len - 1);
+        let row_off = r0 * nh * hd * 4;
+        self.launch(
+            self.k.attn_prefill_f32,
+            (nh as u32, len.div_ceil(8) as u32, 1),
+            256,
+            smem,
+            &[
+                KernelArg::Ptr(out.ptr.offset(row_off)),
+                KernelArg::Ptr(q.ptr.offset(row_off)),
+                KernelArg::Ptr(a.kpool),
+                KernelArg::Ptr(a.vpool),
+                KernelArg::U32(nh as u32),
+                KernelArg::U32(nkv as u32),
+                KernelArg::U32(hd as u32),
+                KernelArg::Ptr(a.layout.positions().offset(r0 * 4)),
+                KernelArg::Ptr(a.layout.seq_of_row().offset(r0 * 4)),
+                KernelArg::Ptr(a.layout.tables()),
+                KernelArg::U32(a.mb32),
+                KernelArg::U32(a.bs32),
+                KernelArg::U32(a.window as u32),
+                KernelArg::U32(len as u32),
+                KernelArg::F32(p.scale),
+            ],
+            (len.div_ceil(8) * nh * longest * hd * 8 + 2 * len * nh * hd * 4) as f64,
+            4.0 * (len * longest * nh * hd) as f64,
+        )
+    }
+
+    /// Split (flash-decoding) attention of rows `r0..r0 + len`, each with its own position and
+    /// table (grid.z = len), then the combine kernel.
+    fn attn_split(
+        &self,
+        out: &mut CudaBuf<D>,
+        q: &CudaBuf<D>,
+        a: &AttnLaunch<'_, D>,
+        r0: usize,
+        len: usize,
+        p: &AttnParams,
+    ) -> Result<()> {
+        let op = "attention";
+        let (hd, nh, nkv) = (p.head_dim, p.n_heads, p.n_kv_heads);
+        let group = nh / nkv;
+        // Split the longest visible range into chunks. Aim at ~256 blocks (about two per SM on
+        // an H100/H200) so one decode row's KV read is spread over the GPU; chunks of at least
+        // 32 keys keep the partials (4·hd B per head and split) small next to the K/V bytes
+        // (8·hd B per key and kv head) they summarise. Rows whose range is shorter leave their
+        // last splits empty.
+        let longest = (r0..r0 + len)
+            .map(|r| Self::visible(a, r))
+            .max()
+            .unwrap_or(1);
+        let total: usize = (r0..r0 + len).map(|r| Self::visible(a, r)).sum();
+        // attn_split_f32's shared memory: 8 KB of P·V partials, then q, scores, m, l of the group
+        const PV_PARTIALS: usize = 8192;
+        let max_chunk_smem =
+            ((MAX_DYNAMIC_SHARED - PV_PARTIALS) / 4 / group).saturating_sub(hd + 2);
+        let target_splits = (ATTN_TARGET_BLOCKS / (nkv * len)).max(1);
+        let mut chunk = longest
+            .div_ceil(target_splits)
+            .max(32)
+            .next_multiple_of(32)
+            .min(4096);
+        if chunk > max_chunk_smem {
+            chunk = max_chunk_smem / 32 * 32;
+        }
+        if chunk == 0 {
+            return Err(Error::arg(format!(
+                "{op}: {group} query heads per kv head of dim {hd} do not fit 48 KB of shared memory"
+            )));
+        }
+        let n_splits = longest.div_ceil(chunk);
+        if n_splits > MAX_GRID_YZ {
+            return Err(Error::arg(format!(
+                "{op}: {n_splits} splits exceed the grid limit"
+            )));
+        }
+        let smem = PV_PARTIALS + 4 * group * (hd + chunk + 2);
+        let parts = len * nh * n_splits;
+        let mut sc = lock(&self.scratch);
+        let acc = self.grow(&mut sc.attn_acc, parts * hd * 4)?;
+        let ml = self.grow(&mut sc.attn_ml, parts * 8)?;
+        let kv_bytes = (total * nkv * hd * 8) as f64;
+        let row_off = r0 * nh * hd * 4;
+        self.launch(
+            self.k.attn_split_f32,
+            (nkv as u32, n_splits as u32, len as u32),
+            256,
+            smem,
+            &[
+                KernelArg::Ptr(acc),
+                KernelArg::Ptr(ml),
+                KernelArg::Ptr(q.ptr.offset(row_off)),
+                KernelArg::Ptr(a.kpool),
+                KernelArg::Ptr(a.vpool),
+                KernelArg::U32(nh as u32),
+                KernelArg::U32(nkv as u32),
+                KernelArg::U32(hd as u32),
+                KernelArg::Ptr(a.layout.positions().offset(r0 * 4)),
+                KernelArg::Ptr(a.layout.seq_of_row().offset(r0 * 4)),
+                KernelArg::Ptr(a.layout.tables()),
+                KernelArg::U32(a.mb32),
+                KernelArg::U32(a.bs32),
+                KernelArg::U32(a.window as u32),
+                KernelArg::U32(chunk as u32),
+                KernelArg::F32(p.scale),
+            ],
+            kv_bytes + (len * nh * hd * 4 + parts * (hd + 2) * 4) as f64,
+            4.0 * (total * nh * hd) as f64,
+        )?;
+        self.launch(
+            self.k.attn_combine_f32,
+            (nh as u32, len as u32, 1),
+            256,
+            0,
+            &[
+                KernelArg::Ptr(out.ptr.offset(row_off)),
+                KernelArg::Ptr(acc),
+                KernelArg::Ptr(ml),
+                KernelArg::U32(n_splits as u32),
+                KernelArg::U32(hd as u32),
+            ],
+            (parts * (hd + 2) * 4 + len * nh * hd * 4) as f64,
+            (3 * parts * hd) as f64,
+        )
+    }
+}
+
+impl<D: GpuDriver> CudaBackend<D> {
+    /// `matmul` on a block-quantized weight: kernels/matvec_q.ptx, one launch with grid.y =
+    /// rows (the weights are re-read per row through L2).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_quant(
+        &self,
+        out: &mut CudaBuf<D>,
+        x: &CudaBuf<D>,
+        w: &CudaMat<D>,
+        ql: QuantLayout,
+        bias: DevPtr,
+        rows: usize,
+        n32: u32,
+        k32: u32,
+    ) -> Result<()> {
+        let op = "matmul";
+        let (n, k) = (n32 as usize, k32 as usize);
+        if k == 0 || !k.is_multiple_of(ql.elems) {
+            return Err(Error::arg(format!(
+                "{op}: weight {:?} ({}) has {k} input features, not a positive multiple of its {}-weight blocks",
+                w.name, w.dtype, ql.elems
+            )));
+        }
+        if rows > MAX_GRID_YZ {
+            return Err(Error::arg(format!(
+                "{op}: {rows} rows exceed the grid limit {MAX_GRID_YZ}"
+            )));
+        }
+        if n * k / 32 > u32::MAX as usize {
+            return Err(Error::arg(format!(
+                "{op}: weight {:?} has {n} x {k} weights, more than the kernels' 2^37",
+                w.name
+            )));
+        }
+        let kernel = match w.dtype {
+            DType::Q8_0 => self.k.matvec_q8_0,
+            DType::Q4_0 => self.k.matvec_q4_0,
+            DType::Q4_1 => self.k.matvec_q4_1,
+            DType::Q4K => self.k.matvec_q4_k,
+            _ => self.k.matvec_q6_k,
+        };
+        let w_bytes = n * k / ql.elems * (ql.body + ql.head);
+        self.launch(
+            kernel,
+            (n.div_ceil(8) as u32, rows as u32, 1),
+            BLOCK,
+            0,
+            &[
+                KernelArg::Ptr(out.ptr),
+                KernelArg::Ptr(x.ptr),
+                KernelArg::Ptr(w.ptr),
+                KernelArg::Ptr(w.ptr.offset(w.head)),
+                KernelArg::Ptr(bias),
+                KernelArg::U32(k32),
+                KernelArg::U32(n32),
+            ],
+            (rows * w_bytes + rows * k * 4 + rows * n * 4) as f64,
+            2.0 * (rows * n * k) as f64,
+        )
+    }
+
     /// A bf16 matrix back as f32 values, converted on the device (exact). For tests and
     /// debugging; the forward pass never reads weights back.
     pub fn download_bf16_as_f32(&self, m: &CudaMat<D>) -> Result<Vec<f32>> {
@@ -509,24 +739,55 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
     type Buf = CudaBuf<D>;
     type Mat = CudaMat<D>;
     type Kv = CudaKv<D>;
-    type Layout = StepLayout;
+    type Layout = CudaLayout<D>;
 
     fn alloc_layout(
         &self,
         max_rows: usize,
         max_tables: usize,
         max_blocks: usize,
-    ) -> Result<StepLayout> {
-        Ok(StepLayout {
-            positions: Vec::with_capacity(max_rows),
-            seq_of_row: Vec::with_capacity(max_rows),
-            tables: Vec::with_capacity(max_tables * max_blocks),
-            max_blocks,
+    ) -> Result<CudaLayout<D>> {
+        let words = 2 * max_rows + max_tables * max_blocks;
+        let ptr = self.drv.alloc((words * 4).max(16))?;
+        Ok(CudaLayout {
+            drv: self.drv.clone(),
+            ptr,
+            words,
+            rows: 0,
+            host: StepLayout {
+                max_blocks,
+                ..StepLayout::default()
+            },
         })
     }
 
-    fn set_layout(&self, dst: &mut StepLayout, src: &StepLayout) -> Result<()> {
-        dst.clone_from(src);
+    fn set_layout(&self, dst: &mut CudaLayout<D>, src: &StepLayout) -> Result<()> {
+        let rows = src.rows();
+        if src.seq_of_row.len() != rows {
+            return Err(Error::arg(format!(
+                "set_layout: {rows} positions, {} table indices",
+                src.seq_of_row.len()
+            )));
+        }
+        // one upload: positions | seq_of_row | tables
+        let mut words = Vec::with_capacity(2 * rows + src.tables.len());
+        words.extend_from_slice(&src.positions);
+        words.extend_from_slice(&src.seq_of_row);
+        words.extend_from_slice(&src.tables);
+        if words.len() > dst.words {
+            // Freeing synchronizes on the real driver, so no queued kernel still reads it.
+            let want = words.len().max(2 * dst.words);
+            let p = self.drv.alloc(want * 4)?;
+            let _ = self.drv.free(dst.ptr);
+            dst.ptr = p;
+            dst.words = want;
+        }
+        if !words.is_empty() {
+            self.drv
+                .copy_to_device(dst.ptr, bytemuck::cast_slice(&words))?;
+        }
+        dst.rows = rows;
+        dst.host.clone_from(src);
         Ok(())
     }
 
@@ -541,17 +802,28 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
                 s.blocks
             )));
         }
-        let block = s.block_size * s.n_kv_heads * s.head_dim * 4;
-        let layer = s.layer_len()? * 4;
-        let mut tmp = vec![0u8; block];
+        let block = s.block_size * s.n_kv_heads * s.head_dim;
+        let layer = s.layer_len()?;
+        let n32 = u32_arg("copy_kv_blocks", "block values", block)?;
+        // device to device, one copy launch per (layer, pool, pair), stream-ordered after the
+        // attention that filled the source block
         for l in 0..s.layers {
             for &(src, dst) in pairs {
                 for pool in [kv.k, kv.v] {
-                    let base = pool.offset(l * layer);
-                    self.drv
-                        .copy_to_host(&mut tmp, base.offset(src as usize * block))?;
-                    self.drv
-                        .copy_to_device(base.offset(dst as usize * block), &tmp)?;
+                    let base = pool.offset(l * layer * 4);
+                    self.launch(
+                        self.k.copy_f32,
+                        (grid_stride_blocks(block), 1, 1),
+                        BLOCK,
+                        0,
+                        &[
+                            KernelArg::Ptr(base.offset(dst as usize * block * 4)),
+                            KernelArg::Ptr(base.offset(src as usize * block * 4)),
+                            KernelArg::U32(n32),
+                        ],
+                        8.0 * block as f64,
+                        0.0,
+                    )?;
                 }
             }
         }
@@ -563,6 +835,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
     }
 
     fn upload(&self, w: &WeightTensor) -> Result<CudaMat<D>> {
+        let mut head = 0;
         let (bytes, dtype): (Vec<u8>, DType) = match (w.dtype, w.shape.len()) {
             // 1-D weights (norm scales, biases, inv_freq) are small; f32 keeps their kernels
             // simple and exact.
@@ -570,7 +843,23 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
                 let v = w.to_f32_vec()?;
                 (f32_bytes(&v).to_vec(), DType::F32)
             }
+            (d, 1) if quant_layout(d).is_some() => {
+                let v = crate::quant::dequantize_to_vec(d, w.bytes(), w.numel())
+                    .map_err(|e| Error::bad_weights(w.name.as_str(), e.to_string()))?;
+                (f32_bytes(&v).to_vec(), DType::F32)
+            }
             (DType::F32 | DType::F16 | DType::BF16, 2) => (w.bytes().to_vec(), w.dtype),
+            (d, 2) if quant_layout(d).is_some() => {
+                let (bytes, h) = split_blocks(w)?;
+                head = h;
+                (bytes, d)
+            }
+            // A block type without kernels here (Q5_K): f32, exact.
+            (d, 2) if d.is_quantized() => {
+                let v = crate::quant::dequantize_to_vec(d, w.bytes(), w.numel())
+                    .map_err(|e| Error::bad_weights(w.name.as_str(), e.to_string()))?;
+                (f32_bytes(&v).to_vec(), DType::F32)
+            }
             (DType::F32 | DType::F16 | DType::BF16, n) => {
                 return Err(Error::arg(format!(
                     "upload: tensor {:?} has {n} dimensions; the CUDA backend takes vectors and matrices",
@@ -595,6 +884,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             dtype,
             shape: w.shape.clone(),
             name: w.name.clone(),
+            head,
         })
     }
 
@@ -651,6 +941,41 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
                 "{op}: token id {t} >= vocabulary size {vocab}"
             )));
         }
+        let dim32 = u32_arg(op, "dim", dim)?;
+        if let Some(ql) = quant_layout(table.dtype) {
+            let kernel = match table.dtype {
+                DType::Q8_0 => self.k.embed_q8_0,
+                DType::Q4_0 => self.k.embed_q4_0,
+                DType::Q4_1 => self.k.embed_q4_1,
+                DType::Q4K => self.k.embed_q4_k,
+                _ => self.k.embed_q6_k,
+            };
+            if !dim.is_multiple_of(ql.elems) {
+                return Err(Error::arg(format!(
+                    "{op}: table {:?} rows of {dim} are not whole {}-weight blocks",
+                    table.name, ql.elems
+                )));
+            }
+            let mut s = lock(&self.scratch);
+            let tok = self.grow(&mut s.tokens, rows * 4)?;
+            self.drv.copy_to_device(tok, bytemuck::cast_slice(tokens))?;
+            let row_bytes = dim / ql.elems * (ql.body + ql.head);
+            return self.launch(
+                kernel,
+                (dim.div_ceil(256) as u32, rows as u32, 1),
+                256,
+                0,
+                &[
+                    KernelArg::Ptr(out.ptr),
+                    KernelArg::Ptr(table.ptr),
+                    KernelArg::Ptr(table.ptr.offset(table.head)),
+                    KernelArg::Ptr(tok),
+                    KernelArg::U32(dim32),
+                ],
+                (rows * (row_bytes + dim * 4) + rows * 4) as f64,
+                2.0 * (rows * dim) as f64,
+            );
+        }
         let kernel = match table.dtype {
             DType::F32 => self.k.embed_f32,
             DType::BF16 => self.k.embed_bf16,
@@ -662,7 +987,6 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
                 })
             }
         };
-        let dim32 = u32_arg(op, "dim", dim)?;
         let mut s = lock(&self.scratch);
         let tok = self.grow(&mut s.tokens, rows * 4)?;
         self.drv.copy_to_device(tok, bytemuck::cast_slice(tokens))?;
@@ -780,6 +1104,9 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             u32_arg(op, "out features", n)?,
             u32_arg(op, "in features", k)?,
         );
+        if let Some(ql) = quant_layout(w.dtype) {
+            return self.matmul_quant(out, x, w, ql, bias_ptr, rows, n32, k32);
+        }
         let multiple = if w.dtype == DType::F32 { 4 } else { 8 };
         if k == 0 || k % multiple != 0 {
             return Err(Error::arg(format!(
@@ -898,11 +1225,10 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         rows: usize,
         heads: usize,
         head_dim: usize,
-        layout: &StepLayout,
+        layout: &CudaLayout<D>,
         inv_freq: &CudaMat<D>,
     ) -> Result<()> {
         let op = "rope";
-        let pos0 = contiguous_pos0(op, layout, rows, None)?;
         if !head_dim.is_multiple_of(2) {
             return Err(Error::arg(format!("{op}: head_dim {head_dim} is odd")));
         }
@@ -917,12 +1243,17 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         if pairs == 0 {
             return Ok(());
         }
+        if layout.rows < rows {
+            return Err(Error::arg(format!(
+                "{op}: layout has {} positions for {rows} rows",
+                layout.rows
+            )));
+        }
         check_len(op, "x", x.len, rows * heads * head_dim)?;
         u32_arg(op, "rows * heads * head_dim / 2", pairs)?;
-        if pos0 + rows >= 1 << 24 {
+        if let Some(&p) = layout.host.positions[..rows].iter().find(|&&p| p >= 1 << 24) {
             return Err(Error::arg(format!(
-                "{op}: position {} is not exact in f32",
-                pos0 + rows
+                "{op}: position {p} is not exact in f32"
             )));
         }
         self.launch(
@@ -936,9 +1267,9 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
                 KernelArg::U32(u32_arg(op, "rows", rows)?),
                 KernelArg::U32(u32_arg(op, "heads", heads)?),
                 KernelArg::U32(u32_arg(op, "pairs", half)?),
-                KernelArg::U32(pos0 as u32),
+                KernelArg::Ptr(layout.positions()),
             ],
-            (pairs * 16) as f64,
+            (pairs * 16 + rows * 4) as f64,
             (pairs * 8) as f64,
         )
     }
@@ -952,13 +1283,11 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         kv: &mut CudaKv<D>,
         layer: usize,
         rows: usize,
-        layout: &StepLayout,
+        layout: &CudaLayout<D>,
         p: &AttnParams,
     ) -> Result<()> {
         let op = "attention";
         let s = kv.shape;
-        layout.validate(rows, &s)?;
-        let pos0 = contiguous_pos0(op, layout, rows, Some(s.block_size))?;
         if p.n_kv_heads != s.n_kv_heads || p.head_dim != s.head_dim {
             return Err(Error::arg(format!(
                 "{op}: params ({} kv heads, head_dim {}) do not match the cache {s:?}",
@@ -986,10 +1315,11 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         if rows == 0 {
             return Ok(());
         }
-        if pos0 + rows > s.slots() {
+        let host = &layout.host;
+        host.validate(rows, &s)?;
+        if s.slots() > u32::MAX as usize {
             return Err(Error::arg(format!(
-                "{op}: positions {pos0}..{} exceed the cache's {} slots",
-                pos0 + rows,
+                "{op}: a pool of {} slots exceeds the kernels' 32-bit slot index",
                 s.slots()
             )));
         }
@@ -1009,139 +1339,75 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         };
         let (hd, nh, nkv) = (p.head_dim, p.n_heads, p.n_kv_heads);
         let kvdim = nkv * hd;
-        let group = nh / nkv;
         check_len(op, "q", q.len, rows * nh * hd)?;
         check_len(op, "k", k.len, rows * kvdim)?;
         check_len(op, "v", v.len, rows * kvdim)?;
         check_len(op, "out", out.len, rows * nh * hd)?;
 
-        // 1. append this step's K and V at positions pos0..pos0+rows of the layer
+        // 1. write every row's K and V to its slot of the layer's pools
         let layer_off = layer * s.slots() * kvdim * 4;
-        let row_off = layer_off + pos0 * kvdim * 4;
+        let (kpool, vpool) = (kv.k.offset(layer_off), kv.v.offset(layer_off));
         let n = rows * kvdim;
+        let (mb32, bs32) = (
+            u32_arg(op, "max_blocks", host.max_blocks)?,
+            u32_arg(op, "block_size", s.block_size)?,
+        );
         self.launch(
             self.k.kv_append_f32,
             (grid_stride_blocks(n), 1, 1),
             BLOCK,
             0,
             &[
-                KernelArg::Ptr(kv.k.offset(row_off)),
-                KernelArg::Ptr(kv.v.offset(row_off)),
+                KernelArg::Ptr(kpool),
+                KernelArg::Ptr(vpool),
                 KernelArg::Ptr(k.ptr),
                 KernelArg::Ptr(v.ptr),
+                KernelArg::Ptr(layout.positions()),
+                KernelArg::Ptr(layout.seq_of_row()),
+                KernelArg::Ptr(layout.tables()),
+                KernelArg::U32(mb32),
+                KernelArg::U32(bs32),
+                KernelArg::U32(u32_arg(op, "kv_dim", kvdim)?),
                 KernelArg::U32(u32_arg(op, "rows * kv_dim", n)?),
             ],
-            16.0 * n as f64,
+            16.0 * n as f64 + 12.0 * rows as f64,
             0.0,
         )?;
 
-        // 2a. prefill: tiles of keys shared by 8 query rows, online softmax
-        if rows > 1 && hd <= PREFILL_MAX_HEAD_DIM {
-            let smem = 4 * (32 * (hd + 1) + 32 * hd + 8 * hd);
-            let longest = if window > 0 {
-                (pos0 + rows).min(window)
-            } else {
-                pos0 + rows
-            };
-            return self.launch(
-                self.k.attn_prefill_f32,
-                (nh as u32, rows.div_ceil(8) as u32, 1),
-                256,
-                smem,
-                &[
-                    KernelArg::Ptr(out.ptr),
-                    KernelArg::Ptr(q.ptr),
-                    KernelArg::Ptr(kv.k.offset(layer_off)),
-                    KernelArg::Ptr(kv.v.offset(layer_off)),
-                    KernelArg::U32(nh as u32),
-                    KernelArg::U32(nkv as u32),
-                    KernelArg::U32(hd as u32),
-                    KernelArg::U32(u32_arg(op, "pos0", pos0)?),
-                    KernelArg::U32(u32_arg(op, "window", window)?),
-                    KernelArg::U32(rows as u32),
-                    KernelArg::F32(p.scale),
-                ],
-                (rows.div_ceil(8) * nh * longest * hd * 8 + 2 * rows * nh * hd * 4) as f64,
-                4.0 * (rows * longest * nh * hd) as f64,
-            );
+        // 2. segments: runs of rows of one table at consecutive positions (a prefill chunk, or a
+        //    decode row). A step of single-row segments (batch-1 or batched decode) is one launch
+        //    of the split kernels over all rows; otherwise each segment gets its own launches.
+        let mut segs: Vec<(usize, usize)> = Vec::new();
+        for r in 0..rows {
+            match segs.last_mut() {
+                Some((r0, len))
+                    if host.seq_of_row[r] == host.seq_of_row[*r0]
+                        && host.positions[r] == host.positions[*r0] + *len as u32 =>
+                {
+                    *len += 1
+                }
+                _ => segs.push((r, 1)),
+            }
         }
-
-        // 2b. decode (and head_dim > 128): split the longest visible range into chunks. Aim at
-        // ~256 blocks (about two per SM on an H100/H200) so one decode row's KV read is spread
-        // over the GPU; chunks of at least 32 keys keep the partials (4·hd B per head and split)
-        // small next to the K/V bytes (8·hd B per key and kv head) they summarise.
-        let longest = if window > 0 {
-            (pos0 + rows).min(window)
-        } else {
-            pos0 + rows
+        let a = AttnLaunch {
+            layout,
+            kpool,
+            vpool,
+            window,
+            mb32,
+            bs32,
         };
-        // attn_split_f32's shared memory: 8 KB of P·V partials, then q, scores, m, l of the group
-        const PV_PARTIALS: usize = 8192;
-        let max_chunk_smem =
-            ((MAX_DYNAMIC_SHARED - PV_PARTIALS) / 4 / group).saturating_sub(hd + 2);
-        let target_splits = (ATTN_TARGET_BLOCKS / (nkv * rows)).max(1);
-        let mut chunk = longest
-            .div_ceil(target_splits)
-            .max(32)
-            .next_multiple_of(32)
-            .min(4096);
-        if chunk > max_chunk_smem {
-            chunk = max_chunk_smem / 32 * 32;
+        if segs.iter().all(|&(_, len)| len == 1) {
+            return self.attn_split(out, q, &a, 0, rows, p);
         }
-        if chunk == 0 {
-            return Err(Error::arg(format!(
-                "{op}: {group} query heads per kv head of dim {hd} do not fit 48 KB of shared memory"
-            )));
+        for &(r0, len) in &segs {
+            if len > 1 && hd <= PREFILL_MAX_HEAD_DIM {
+                self.attn_prefill(out, q, &a, r0, len, p)?;
+            } else {
+                self.attn_split(out, q, &a, r0, len, p)?;
+            }
         }
-        let n_splits = longest.div_ceil(chunk);
-        if n_splits > MAX_GRID_YZ {
-            return Err(Error::arg(format!(
-                "{op}: {n_splits} splits exceed the grid limit"
-            )));
-        }
-        let smem = PV_PARTIALS + 4 * group * (hd + chunk + 2);
-        let parts = rows * nh * n_splits;
-        let mut sc = lock(&self.scratch);
-        let acc = self.grow(&mut sc.attn_acc, parts * hd * 4)?;
-        let ml = self.grow(&mut sc.attn_ml, parts * 8)?;
-        let kv_bytes = (rows * longest * kvdim * 8) as f64;
-        self.launch(
-            self.k.attn_split_f32,
-            (nkv as u32, n_splits as u32, rows as u32),
-            256,
-            smem,
-            &[
-                KernelArg::Ptr(acc),
-                KernelArg::Ptr(ml),
-                KernelArg::Ptr(q.ptr),
-                KernelArg::Ptr(kv.k.offset(layer_off)),
-                KernelArg::Ptr(kv.v.offset(layer_off)),
-                KernelArg::U32(nh as u32),
-                KernelArg::U32(nkv as u32),
-                KernelArg::U32(hd as u32),
-                KernelArg::U32(u32_arg(op, "pos0", pos0)?),
-                KernelArg::U32(u32_arg(op, "window", window)?),
-                KernelArg::U32(chunk as u32),
-                KernelArg::F32(p.scale),
-            ],
-            kv_bytes + (rows * nh * hd * 4 + parts * (hd + 2) * 4) as f64,
-            4.0 * (rows * longest * nh * hd) as f64,
-        )?;
-        self.launch(
-            self.k.attn_combine_f32,
-            (nh as u32, rows as u32, 1),
-            256,
-            0,
-            &[
-                KernelArg::Ptr(out.ptr),
-                KernelArg::Ptr(acc),
-                KernelArg::Ptr(ml),
-                KernelArg::U32(n_splits as u32),
-                KernelArg::U32(hd as u32),
-            ],
-            (parts * (hd + 2) * 4 + rows * nh * hd * 4) as f64,
-            (3 * parts * hd) as f64,
-        )
+        Ok(())
     }
 
     fn silu_mul(&self, gate: &mut CudaBuf<D>, up: &CudaBuf<D>, len: usize) -> Result<()> {
@@ -1333,4 +1599,75 @@ fn norm_weight<D: GpuDriver>(op: &str, w: &CudaMat<D>) -> Result<usize> {
             w.name, w.shape, w.dtype
         ))),
     }
+}
+
+/// How a block-quantized dtype sits on the device (kernels/matvec_q.ptx): weights per block,
+/// body bytes (quants) and head bytes (scales) per block, and where the head lies inside the
+/// stored block. `head == 0` with `body` the whole block: kept as stored (Q4_K).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QuantLayout {
+    pub elems: usize,
+    pub body: usize,
+    pub head: usize,
+    /// Offset of the head bytes inside a stored block.
+    pub head_at: usize,
+}
+
+/// The device layout of `d`, or None for a dtype without GPU kernels (plain types, Q5_K).
+pub(crate) fn quant_layout(d: DType) -> Option<QuantLayout> {
+    let l = |elems, body, head, head_at| {
+        Some(QuantLayout {
+            elems,
+            body,
+            head,
+            head_at,
+        })
+    };
+    match d {
+        DType::Q8_0 => l(32, 32, 2, 0),
+        DType::Q4_0 => l(32, 16, 2, 0),
+        DType::Q4_1 => l(32, 16, 4, 0),
+        DType::Q4K => l(256, 144, 0, 0),
+        DType::Q6K => l(256, 208, 2, 208),
+        _ => None,
+    }
+}
+
+
+/// A quantized matrix's bytes in the device layout (see [`CudaMat`]): every block's body, then
+/// every block's head. Returns the bytes and the head section's byte offset.
+fn split_blocks(w: &WeightTensor) -> Result<(Vec<u8>, usize)> {
+    let ql = quant_layout(w.dtype).ok_or_else(|| Error::UnsupportedDtype {
+        name: w.name.clone(),
+        dtype: w.dtype.to_string(),
+    })?;
+    let stored = ql.body + ql.head;
+    let bytes = w.bytes();
+    let k = w.shape.last().copied().unwrap_or(0);
+    if !k.is_multiple_of(ql.elems) || w.dtype.bytes_for(w.numel()) != Some(bytes.len()) {
+        return Err(Error::bad_weights(
+            w.name.as_str(),
+            format!(
+                "{} rows of {k} weights are not whole {}-weight blocks of {stored} bytes",
+                w.dtype, ql.elems
+            ),
+        ));
+    }
+    if ql.head == 0 {
+        return Ok((bytes.to_vec(), 0));
+    }
+    let blocks = bytes.len() / stored;
+    let mut out = vec![0u8; bytes.len()];
+    let (body, head) = out.split_at_mut(blocks * ql.body);
+    for (i, b) in bytes.chunks_exact(stored).enumerate() {
+        let h = &b[ql.head_at..ql.head_at + ql.head];
+        let q = if ql.head_at == 0 {
+            &b[ql.head..]
+        } else {
+            &b[..ql.head_at]
+        };
+        body[i * ql.body..(i + 1) * ql.body].copy_from_slice(q);
+        head[i * ql.head..(i + 1) * ql.head].copy_from_slice(h);
+    }
+    Ok((out, blocks * ql.body))
 }

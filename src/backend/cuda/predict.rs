@@ -128,6 +128,11 @@ pub const REGS_SM90: &[(&str, u32)] = &[
     ("add_rms_norm_f32", 28),
     ("head_rms_norm_f32", 18),
     ("argmax_f32", 23),
+    ("matvec_q8_0", 50),
+    ("matvec_q4_0", 44),
+    ("matvec_q4_1", 44),
+    ("matvec_q4_k", 44),
+    ("matvec_q6_k", 38),
 ];
 
 fn regs(kernel: &str) -> u32 {
@@ -148,6 +153,14 @@ pub fn loads_in_flight(kernel: &str) -> f64 {
         // v2's tail loads its 0–3 chunks in one predicated trip (v1: a loop, 3 per trip).
         "matvec_bf16" | "matvec_f16" => 12.0,
         "matvec_f32" => 12.0,
+        // quantized matvec (kernels/matvec_q.ptx): one unit per lane per trip, every load of
+        // the unit issued before its FMAs: Q8_0 2 quant + 1 scale + 8 x loads; Q4_0/Q4_1 1 + 1
+        // + 8; Q4_K 1 header + 2 quant + 8 x (the second half's 8 x loads follow); Q6_K 4
+        // quant/scale + 1 d + 8 x.
+        "matvec_q8_0" => 11.0,
+        "matvec_q4_0" | "matvec_q4_1" => 10.0,
+        "matvec_q4_k" => 11.0,
+        "matvec_q6_k" => 13.0,
         // v2: four independent scalar loads per trip, one trip per thread for a vocabulary.
         // v1 (one block) had the same 4 per trip (ptxas's unroll) but ~148 trips.
         "argmax_f32" => 4.0,
@@ -271,10 +284,40 @@ pub fn predict_launch(
     }
 }
 
-/// The shape of a batch-1 decode step (bf16 weights).
+/// The dtype of each matrix of a decode step (a quantized checkpoint mixes them).
+#[derive(Clone, Copy, Debug)]
+pub struct MatDTypes {
+    pub q: DType,
+    pub k: DType,
+    pub v: DType,
+    pub o: DType,
+    pub gate: DType,
+    pub up: DType,
+    pub down: DType,
+    pub lm_head: DType,
+}
+
+impl MatDTypes {
+    /// Every matrix in `d`.
+    pub fn all(d: DType) -> MatDTypes {
+        MatDTypes {
+            q: d,
+            k: d,
+            v: d,
+            o: d,
+            gate: d,
+            up: d,
+            down: d,
+            lm_head: d,
+        }
+    }
+}
+
+/// The shape of a batch-1 decode step, Llama-style (RMSNorm, SiLU-gated MLP; Gemma's GeGLU and
+/// head norms are modelled as the same launches).
 #[derive(Clone, Debug)]
 pub struct DecodeShape {
-    pub name: &'static str,
+    pub name: String,
     pub hidden: usize,
     pub heads: usize,
     pub kv_heads: usize,
@@ -283,46 +326,80 @@ pub struct DecodeShape {
     pub vocab: usize,
     pub layers: usize,
     pub qkv_bias: bool,
+    pub dtypes: MatDTypes,
 }
 
 impl DecodeShape {
-    /// The presets of `minfer bench --synthetic`: "qwen2-1.5b" and "llama3-8b".
+    /// The presets of `minfer bench synthetic:NAME` (smollm2-135m, qwen2-1.5b, qwen2-7b,
+    /// llama3-8b), bf16 weights.
     pub fn preset(name: &str) -> Result<DecodeShape> {
-        match name {
-            "qwen2-1.5b" => Ok(DecodeShape {
-                name: "qwen2-1.5b",
-                hidden: 1536,
-                heads: 12,
-                kv_heads: 2,
-                head_dim: 128,
-                inter: 8960,
-                vocab: 151936,
-                layers: 28,
-                qkv_bias: true,
-            }),
-            "llama3-8b" => Ok(DecodeShape {
-                name: "llama3-8b",
-                hidden: 4096,
-                heads: 32,
-                kv_heads: 8,
-                head_dim: 128,
-                inter: 14336,
-                vocab: 128256,
-                layers: 32,
-                qkv_bias: false,
-            }),
-            other => Err(Error::arg(format!(
-                "no decode shape for {other:?}; known: qwen2-1.5b, llama3-8b"
-            ))),
+        let c = crate::synthetic::preset_config(name)?;
+        Ok(DecodeShape::of_config(name, &c, MatDTypes::all(DType::BF16)))
+    }
+
+    /// The decode step of a model with this config and these weight dtypes.
+    pub fn of_config(name: &str, c: &crate::config::ModelConfig, dtypes: MatDTypes) -> DecodeShape {
+        DecodeShape {
+            name: name.to_string(),
+            hidden: c.hidden_size,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            inter: c.intermediate_size,
+            vocab: c.vocab_size,
+            layers: c.num_layers,
+            qkv_bias: c.attention_bias,
+            dtypes,
         }
     }
 
-    /// Bytes of weights one token reads (bf16): the floor of a decode step.
+    /// The weight dtypes of a loaded checkpoint (layer 0's matrices, the lm_head or the tied
+    /// embedding table), as the GPU backend keeps them.
+    pub fn dtypes_of(weights: &crate::tensor::Weights) -> MatDTypes {
+        let d = |name: &str, fallback: &str| {
+            weights
+                .tensors
+                .get(name)
+                .or_else(|| weights.tensors.get(fallback))
+                .map(|t| t.dtype)
+                .unwrap_or(DType::BF16)
+        };
+        let l = |m: &str| d(&format!("model.layers.0.{m}.weight"), "");
+        MatDTypes {
+            q: l("self_attn.q_proj"),
+            k: l("self_attn.k_proj"),
+            v: l("self_attn.v_proj"),
+            o: l("self_attn.o_proj"),
+            gate: l("mlp.gate_proj"),
+            up: l("mlp.up_proj"),
+            down: l("mlp.down_proj"),
+            lm_head: d("lm_head.weight", "model.embed_tokens.weight"),
+        }
+    }
+
+    /// Bytes of weights one token reads: the floor of a decode step.
     pub fn weight_bytes(&self) -> f64 {
         let kv = self.kv_heads * self.head_dim;
         let q = self.heads * self.head_dim;
-        let per_layer = self.hidden * (q + 2 * kv) + q * self.hidden + 3 * self.hidden * self.inter;
-        2.0 * (self.layers * per_layer + self.vocab * self.hidden) as f64
+        let (h, i, t) = (self.hidden, self.inter, &self.dtypes);
+        let b = |d: DType, n: usize| d.bytes_for(n).unwrap_or(n * 2) as f64;
+        let per_layer = b(t.q, q * h)
+            + b(t.k, kv * h)
+            + b(t.v, kv * h)
+            + b(t.o, h * q)
+            + b(t.gate, i * h)
+            + b(t.up, i * h)
+            + b(t.down, h * i);
+        self.layers as f64 * per_layer + b(t.lm_head, self.vocab * h)
+    }
+
+    fn dtype_label(&self) -> String {
+        let t = &self.dtypes;
+        let all = [t.q, t.k, t.v, t.o, t.gate, t.up, t.down, t.lm_head];
+        let mut names: Vec<&str> = all.iter().map(|d| d.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.join("/")
     }
 }
 
@@ -369,8 +446,9 @@ impl DecodePrediction {
     /// A plain-text table: per launch, then per token.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "predicted decode step: {} (bf16, batch 1, context {}) on {} — copy bandwidth {:.0} GB/s assumed ({:.0}% of {:.0})\n",
+            "predicted decode step: {} ({}, batch 1, context {}) on {} — copy bandwidth {:.0} GB/s assumed ({:.0}% of {:.0})\n",
             self.shape.name,
+            self.shape.dtype_label(),
             self.context,
             self.gpu.name,
             self.gpu.copy_bytes_per_s() / 1e9,
@@ -520,12 +598,51 @@ impl Runner {
             .collect()
     }
     fn mat(&mut self, n: usize, k: usize) -> Result<<CudaBackend<OverrideDriver> as Backend>::Mat> {
-        let v: Vec<half::bf16> = self
-            .f32s(n * k)
-            .into_iter()
-            .map(half::bf16::from_f32)
-            .collect();
-        let w = WeightTensor::from_bytes("w", DType::BF16, vec![n, k], bytemuck::cast_slice(&v))?;
+        self.mat_of(n, k, DType::BF16)
+    }
+    /// A random `[n, k]` matrix of `dtype`; block types get random quants and small f16 scales.
+    fn mat_of(
+        &mut self,
+        n: usize,
+        k: usize,
+        dtype: DType,
+    ) -> Result<<CudaBackend<OverrideDriver> as Backend>::Mat> {
+        let w = if dtype.is_quantized() {
+            let (be, bb) = dtype.block();
+            let mut bytes = vec![0u8; (n * k).div_ceil(be) * bb];
+            for b in bytes.iter_mut() {
+                self.rng = self
+                    .rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                *b = (self.rng >> 56) as u8;
+            }
+            // f16 scale fields: 0.01 (0x211f), where each type keeps them
+            let at: &[usize] = match dtype {
+                DType::Q6K => &[208],
+                DType::Q4_1 | DType::Q4K | DType::Q5K => &[0, 2],
+                _ => &[0],
+            };
+            for blk in bytes.chunks_exact_mut(bb) {
+                for &i in at {
+                    blk[i..i + 2].copy_from_slice(&0x211fu16.to_le_bytes());
+                }
+            }
+            WeightTensor::from_bytes("w", dtype, vec![n, k], &bytes)?
+        } else {
+            let v = self.f32s(n * k);
+            match dtype {
+                DType::F32 => WeightTensor::from_f32("w", vec![n, k], &v),
+                DType::F16 => {
+                    let h: Vec<half::f16> = v.into_iter().map(half::f16::from_f32).collect();
+                    WeightTensor::from_bytes("w", dtype, vec![n, k], bytemuck::cast_slice(&h))?
+                }
+                _ => {
+                    let h: Vec<half::bf16> = v.into_iter().map(half::bf16::from_f32).collect();
+                    WeightTensor::from_bytes("w", DType::BF16, vec![n, k], bytemuck::cast_slice(&h))?
+                }
+            }
+        };
         self.b.upload(&w)
     }
     fn vec1(&mut self, n: usize) -> Result<<CudaBackend<OverrideDriver> as Backend>::Mat> {
@@ -573,9 +690,11 @@ pub fn predict_decode(
     let mut hn = r.b.alloc(h)?;
     let norm_w = r.vec1(h)?;
     let inv_freq = r.vec1(hd / 2)?;
-    let wq = r.mat(qd, h)?;
-    let wk = r.mat(kvd, h)?;
-    let wo = r.mat(h, qd)?;
+    let t = shape.dtypes;
+    let wq = r.mat_of(qd, h, t.q)?;
+    let wk = r.mat_of(kvd, h, t.k)?;
+    let wv = r.mat_of(kvd, h, t.v)?;
+    let wo = r.mat_of(h, qd, t.o)?;
     let bq = r.vec1(qd)?;
     let bk = r.vec1(kvd)?;
     let mut q = r.b.alloc(qd)?;
@@ -602,7 +721,7 @@ pub fn predict_decode(
     r.take("q_proj", 1.0, l);
     r.b.matmul(&mut k, &hn, &wk, kb, 1)?;
     r.take("k_proj", 1.0, l);
-    r.b.matmul(&mut v, &hn, &wk, kb, 1)?;
+    r.b.matmul(&mut v, &hn, &wv, kb, 1)?;
     r.take("v_proj", 1.0, l);
     r.b.rope(&mut q, 1, nh, hd, &layout, &inv_freq)?;
     r.take("rope_q", 1.0, l);
@@ -621,26 +740,27 @@ pub fn predict_decode(
     r.take("o_proj", 1.0, l);
     r.b.add_rms_norm(&mut hn, &mut res, &o, &norm_w, 1, 1e-6)?;
     r.take("post_norm", 1.0, l);
-    drop((wq, wk, wo));
-    let wg = r.mat(shape.inter, h)?;
+    drop((wq, wk, wv, wo));
+    let wg = r.mat_of(shape.inter, h, t.gate)?;
+    let wu = r.mat_of(shape.inter, h, t.up)?;
     let mut gate = r.b.alloc(shape.inter)?;
     let mut up = r.b.alloc(shape.inter)?;
     let _ = r.b.driver().take_counters();
     r.b.matmul(&mut gate, &hn, &wg, None, 1)?;
     r.take("gate_proj", 1.0, l);
-    r.b.matmul(&mut up, &hn, &wg, None, 1)?;
+    r.b.matmul(&mut up, &hn, &wu, None, 1)?;
     r.take("up_proj", 1.0, l);
     r.b.silu_mul(&mut gate, &up, shape.inter)?;
     r.take("silu_mul", 1.0, l);
-    drop(wg);
-    let wd = r.mat(h, shape.inter)?;
+    drop((wg, wu));
+    let wd = r.mat_of(h, shape.inter, t.down)?;
     let _ = r.b.driver().take_counters();
     r.b.matmul(&mut o, &gate, &wd, None, 1)?;
     r.take("down_proj", 1.0, l);
     drop(wd);
 
     // once per token
-    let emb = r.mat(4, h)?;
+    let emb = r.mat_of(4, h, t.lm_head)?;
     let _ = r.b.driver().take_counters();
     let mut e = r.b.alloc(h)?;
     r.b.embed(&mut e, &emb, &[3])?;
@@ -648,7 +768,7 @@ pub fn predict_decode(
     r.b.add_rms_norm(&mut hn, &mut res, &o, &norm_w, 1, 1e-6)?;
     r.take("final_norm", 1.0, 1);
     let rows = LM_HEAD_ROWS.min(shape.vocab);
-    let wl = r.mat(rows, h)?;
+    let wl = r.mat_of(rows, h, t.lm_head)?;
     let mut logits = r.b.alloc(shape.vocab)?;
     let _ = r.b.driver().take_counters();
     r.b.matmul(&mut logits, &hn, &wl, None, 1)?;

@@ -66,6 +66,8 @@ registry! {
     "rmsnorm.ptx" => [rms_norm_f32, add_rms_norm_f32, head_rms_norm_f32],
     "rope.ptx" => [rope_f32],
     "matvec.ptx" => [matvec_bf16, matvec_f16, matvec_f32],
+    "matvec_q.ptx" => [matvec_q8_0, matvec_q4_0, matvec_q4_1, matvec_q4_k, matvec_q6_k],
+    "embed_q.ptx" => [embed_q8_0, embed_q4_0, embed_q4_1, embed_q4_k, embed_q6_k],
     "gemm.ptx" => [gemm_bf16, gemm_f16],
     "attention.ptx" => [attn_split_f32, attn_combine_f32, attn_prefill_f32],
     "elementwise.ptx" => [silu_mul_f32, add_f32, copy_f32],

@@ -395,6 +395,11 @@ pub struct BenchArgs {
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
+    /// With --device sim: instead of timing the interpreter, predict a decode step on GPU[,GPU]
+    /// (h200, a100) from its counters (per kernel and per token: µs, limiting resource,
+    /// fraction of bandwidth), at --ctx positions (default 1024)
+    #[arg(long, value_name = "GPU[,GPU]")]
+    pub predict: Option<String>,
     #[command(flatten)]
     pub load: LoadArgs,
 }

@@ -200,6 +200,9 @@ fn is_gguf(path: &Path) -> bool {
 
 pub fn bench(a: &BenchArgs, out: &mut Out) -> Res {
     use minfer::bench;
+    if let Some(gpus) = &a.predict {
+        return bench_predict(a, gpus, out);
+    }
     let opts = bench::BenchOptions {
         prompt_len: a.prompt_len,
         gen_len: a.gen_len,
@@ -381,4 +384,34 @@ fn print_profile(rows: &[minfer::backend::OpProfile], wall: f64, bw_gb_s: f64, p
         }
     }
     note!("{table}");
+}
+
+/// `minfer bench --device sim --predict GPU[,GPU]`: the performance model's decode step.
+fn bench_predict(a: &BenchArgs, gpus: &str, out: &mut Out) -> Res {
+    if load_options(&a.load)?.device != minfer::Device::Sim {
+        return Err(CliError::msg(
+            "--predict works from the PTX interpreter's counters",
+            "add --device sim",
+        ));
+    }
+    let ctx = a.load.ctx.unwrap_or(1024);
+    let preds = minfer::bench::predict_decode(&a.model, a.dtype.dtype(), gpus, ctx)?;
+    for p in &preds {
+        if a.json {
+            let v = json!({
+                "model": a.model, "gpu": p.gpu, "context": ctx, "predicted": true,
+                "launches_per_token": p.launches,
+                "device_us_per_token": json_f64(p.device_us),
+                "token_us_without_graph": json_f64(p.token_us),
+                "weight_bytes_per_token": json_f64(p.weight_bytes),
+                "fraction_of_copy_bandwidth_graph": json_f64(p.bw_fraction_graph),
+                "fraction_of_copy_bandwidth": json_f64(p.bw_fraction),
+            });
+            outln!(out, "{v}");
+        } else {
+            outln!(out, "{}", p.table);
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
