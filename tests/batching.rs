@@ -100,6 +100,8 @@ fn greedy_tokens_are_the_same_alone_together_and_through_generate() {
 fn a_shared_prefix_is_reused_and_changes_no_token() {
     let dir = fixture("llama_gqa_untied");
     let mut b = Batcher::new(load(&dir, 4, 128, 8)).unwrap();
+    // Reuse every cached position (not only the bit-exact resume points).
+    b.set_exact_prefix(false);
     let vocab = b.model().config().vocab_size as u32;
     let mut rng = common::Rng::new(4);
     let system: Vec<u32> = (0..29).map(|_| rng.below(vocab)).collect();
@@ -128,6 +130,47 @@ fn a_shared_prefix_is_reused_and_changes_no_token() {
     let want_c = run_together(&mut fresh, std::slice::from_ref(&c), 6);
     let got_c = run_together(&mut b, std::slice::from_ref(&c), 6);
     assert_eq!(got_c, want_c, "a prompt continuing a cached prefix");
+}
+
+/// The default, exact prefix reuse: a prompt resumes from a cached prefix only at a point from
+/// which the rest computes bit-identical logits, so sharing changes no logit at all.
+#[test]
+fn exact_prefix_reuse_resumes_at_safe_points_and_changes_no_logit() {
+    let dir = fixture("qwen2_sliding");
+    let vocab = {
+        let m = load(&dir, 1, 256, 8);
+        m.config().vocab_size as u32
+    };
+    let mut rng = common::Rng::new(5);
+    let system: Vec<u32> = (0..100).map(|_| rng.below(vocab)).collect();
+    let with = |tail: &[u32]| [&system[..], tail].concat();
+    let a = with(&(0..40).map(|_| rng.below(vocab)).collect::<Vec<_>>());
+    let c = with(&(0..40).map(|_| rng.below(vocab)).collect::<Vec<_>>());
+    let short = with(&[1, 2, 3]);
+    let mut fresh = Batcher::new(load(&dir, 4, 256, 8)).unwrap();
+    fresh.set_prefix_cache(false);
+    let logits_of = |b: &mut Batcher, p: &[u32]| {
+        let id = b.add(p, 4).unwrap();
+        while !b.prefill(id, 64).unwrap() {}
+        let (l, cached) = (b.logits(id).unwrap().to_vec(), b.cached_tokens(id));
+        b.remove(id);
+        (l, cached)
+    };
+    let mut b = Batcher::new(load(&dir, 4, 256, 8)).unwrap();
+    logits_of(&mut b, &a);
+    // 100 shared tokens, max_batch 64: resume at 96 (a multiple of 32 whose first chunk,
+    // 96..128, has 32 rows).
+    let (got, cached) = logits_of(&mut b, &c);
+    assert_eq!(cached, 96);
+    assert_eq!(got, logits_of(&mut fresh, &c).0, "logits after exact reuse");
+    // 103 tokens: from 96 the chunk would be 7 rows; from 64 (a whole-prefill boundary) exact.
+    let (got, cached) = logits_of(&mut b, &short);
+    assert_eq!(cached, 64);
+    assert_eq!(
+        got,
+        logits_of(&mut fresh, &short).0,
+        "logits after exact reuse"
+    );
 }
 
 #[test]

@@ -61,8 +61,14 @@ pub struct Batcher {
     /// Entries per block table (a sequence of `context_len` positions).
     max_blocks: usize,
     prefix_cache: bool,
+    /// Reuse cached prefixes only where the result is bit-identical (see `exact_resume_point`).
+    exact: bool,
     layout: StepLayout,
 }
+
+/// Granule of exact prefix reuse: chunks of at least this many rows take the many-row paths
+/// of matmul (more than the 16 rows of the batched matvec) and attention (8 or more rows).
+const EXACT_GRANULE: usize = 32;
 
 impl Batcher {
     /// Take `model` and serve up to its `max_seqs` sequences at once from its KV pool.
@@ -76,6 +82,7 @@ impl Batcher {
             next: 0,
             max_blocks: sizes.ctx.div_ceil(kv.block_size),
             prefix_cache: true,
+            exact: true,
             layout: StepLayout::default(),
             model,
         })
@@ -84,6 +91,14 @@ impl Batcher {
     /// Turn prefix sharing on (the default) or off.
     pub fn set_prefix_cache(&mut self, on: bool) {
         self.prefix_cache = on;
+    }
+
+    /// Reuse cached prefixes only from positions where the continuation computes bit-identical
+    /// values to a whole prefill (the default: outputs never depend on what was served before),
+    /// or (false) from the end of the longest cached match (up to max_batch + 31 more tokens
+    /// reused per prompt, with logits that can differ in the last bits).
+    pub fn set_exact_prefix(&mut self, on: bool) {
+        self.exact = on;
     }
 
     /// The model (config, tokenizer, EOS ids).
@@ -148,12 +163,31 @@ impl Batcher {
         Ok(())
     }
 
+    /// The latest position at or below `t` from which prefilling the rest of a prompt of `len`
+    /// tokens computes every row exactly as prefilling it whole would: a chunk boundary of a
+    /// whole prefill (a multiple of max_batch), or a multiple of [`EXACT_GRANULE`] whose first
+    /// chunk still has at least `EXACT_GRANULE` rows (so its rows take the same many-row
+    /// kernels as in the whole prefill, and attention's key tiles sit at the same places).
+    fn exact_resume_point(&self, len: usize, t: usize) -> usize {
+        let mb = self.model.engine.sizes().max_batch;
+        let mut t = t / EXACT_GRANULE * EXACT_GRANULE;
+        while t > 0 && !t.is_multiple_of(mb) && len.min((t / mb + 1) * mb) - t < EXACT_GRANULE {
+            t -= EXACT_GRANULE;
+        }
+        t
+    }
+
     /// Blocks a new sequence needs beyond what the cache provides, and the match.
     fn plan(&self, prompt: &[u32], max_new: usize) -> (usize, super::blocks::PrefixMatch) {
         let bs = self.blocks.block_size();
         let hit = if self.prefix_cache {
             // At least the last prompt token is computed, for its logits.
-            self.blocks.lookup(prompt, prompt.len() - 1)
+            let mut hit = self.blocks.lookup(prompt, prompt.len() - 1);
+            if self.exact {
+                let t = self.exact_resume_point(prompt.len(), hit.len(bs));
+                hit.truncate(t, bs);
+            }
+            hit
         } else {
             Default::default()
         };

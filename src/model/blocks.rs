@@ -27,11 +27,29 @@ pub struct PrefixMatch {
     pub partial: Option<(u32, usize)>,
 }
 
-#[cfg(test)]
 impl PrefixMatch {
     /// Positions whose keys and values come from the cache.
-    pub fn tokens(&self, block_size: usize) -> usize {
+    pub fn len(&self, block_size: usize) -> usize {
         self.shared.len() * block_size + self.partial.map_or(0, |(_, n)| n)
+    }
+
+    /// Keep only the first `t` positions (t <= len): whole blocks below t stay shared, and the
+    /// block holding position t, if t is inside it, becomes the partial copy.
+    pub fn truncate(&mut self, t: usize, block_size: usize) {
+        if t >= self.len(block_size) {
+            return;
+        }
+        let (full, rest) = (t / block_size, t % block_size);
+        let cut = if full < self.shared.len() {
+            Some(self.shared[full])
+        } else {
+            self.partial.map(|(b, _)| b)
+        };
+        self.shared.truncate(full);
+        self.partial = match cut {
+            Some(b) if rest > 0 => Some((b, rest)),
+            _ => None,
+        };
     }
 }
 
@@ -294,7 +312,13 @@ mod tests {
         let hit = m.lookup(&b, b.len() - 1);
         assert_eq!(hit.shared, vec![a[0], a[1]]);
         assert_eq!(hit.partial, Some((a[2], 1)));
-        assert_eq!(hit.tokens(4), 9);
+        assert_eq!(hit.len(4), 9);
+        let mut cut = hit.clone();
+        cut.truncate(6, 4);
+        assert_eq!(cut.shared, vec![a[0]]);
+        assert_eq!(cut.partial, Some((a[1], 2)));
+        cut.truncate(4, 4);
+        assert_eq!((cut.shared.len(), cut.partial), (1, None));
         // A different first token matches nothing.
         assert_eq!(m.lookup(&[7, 1, 2, 3, 4], 4), PrefixMatch::default());
         // The limit stops the walk (a prompt must leave one token to compute).
