@@ -3,8 +3,8 @@
 //! Each target is a pure function from bytes to an outcome. The engine runs it on a worker
 //! thread so that it can
 //! - catch panics (`catch_unwind`): a panic is a bug;
-//! - time every input: an input that has used [`HANG_BOUND`] of CPU time (or [`HANG_WALL`] of
-//!   wall time) is a hang;
+//! - time every input: an input that has used [`HANG_BOUND`] of its worker's CPU time (or
+//!   [`HANG_PROCESS_CPU`] of the process's, or [`HANG_WALL`] of wall time) is a hang;
 //! - watch allocations (the counting [`Guard`] allocator below): one allocation over
 //!   [`ALLOC_LIMIT`] is a bug, one over [`ALLOC_FATAL`] is refused after the input has been saved
 //!   (the process then aborts, as it would in the field, but the case is on disk);
@@ -40,9 +40,13 @@ pub const HANG_BOUND: Duration = Duration::from_secs(5);
 pub const ALLOC_LIMIT: usize = 256 << 20;
 /// Allocations above this are refused (after saving the input) rather than attempted.
 pub const ALLOC_FATAL: usize = 4 << 30;
-/// Wall-clock backstop for a hang, for inputs whose work runs off the worker thread (rayon) or
-/// when /proc cannot say the worker's CPU time.
-pub const HANG_WALL: Duration = Duration::from_secs(60);
+/// An input during which the whole process used this much CPU time is a hang too (work that
+/// runs off the worker thread, on rayon's pool).
+pub const HANG_PROCESS_CPU: Duration = Duration::from_secs(20);
+/// Wall-clock backstop for a hang, when /proc cannot say CPU times. Generous: a campaign under
+/// `nice -n 19` on a loaded machine can wait a minute for the CPU (a 60 s backstop raised one
+/// false alarm on a 91 ms input).
+pub const HANG_WALL: Duration = Duration::from_secs(600);
 /// The corpus stops growing at this many inputs or bytes.
 const CORPUS_MAX: usize = 8192;
 const CORPUS_BYTES: usize = 512 << 20;
@@ -498,6 +502,14 @@ impl Worker {
     }
 }
 
+/// CPU time of this process, all threads (Linux: /proc/self/stat, clock ticks of 10 ms).
+fn process_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let f: Vec<&str> = s[s.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// CPU time of thread `tid` of this process: /proc schedstat (ns), else stat (clock ticks).
 fn thread_cpu(tid: u64) -> Option<Duration> {
     let dir = format!("/proc/self/task/{tid}");
@@ -613,6 +625,7 @@ pub fn campaign(t: Target) {
                     replay: Option<&Path>| {
         let start = Instant::now();
         let cpu0 = worker.cpu();
+        let p0 = process_cpu();
         cov.reset();
         worker.tx.send(input.clone()).expect("fuzz worker alive");
         let v = loop {
@@ -626,7 +639,11 @@ pub fn campaign(t: Target) {
                         _ => start.elapsed(),
                     };
                     let wall = start.elapsed();
-                    if cpu >= HANG_BOUND || wall >= HANG_WALL {
+                    let process = match (p0, process_cpu()) {
+                        (Some(a), Some(b)) => b.saturating_sub(a),
+                        _ => Duration::ZERO,
+                    };
+                    if cpu >= HANG_BOUND || process >= HANG_PROCESS_CPU || wall >= HANG_WALL {
                         // The worker is stuck: abandon it (the thread is leaked), start another.
                         *worker = spawn_worker(t.name, t.run.clone());
                         break Verdict::Fail(
