@@ -76,6 +76,12 @@ fn gguf_counts_and_extents_are_checked() {
     let e = gguf_error("overlap.gguf", &file);
     assert!(e.contains("overlap"), "{e}");
     let _ = std::fs::remove_dir_all(scratch("bounds-gguf"));
+    // An empty q_proj in a file claiming 2^32 - 2 heads: refused at once, not a loop over the
+    // heads (the campaign's hang-59674e49e56cd06d: seconds of CPU in the test profile).
+    let start = Instant::now();
+    assert!(gguf::unpermute_rows(0, u32::MAX as usize - 1).is_none());
+    assert!(gguf::unpermute_rows(8, 2).is_some());
+    assert!(start.elapsed() < Duration::from_millis(100));
 }
 
 #[test]

@@ -411,18 +411,42 @@ pub struct Target {
     pub run: RunFn,
 }
 
-/// A scratch directory of this process, for targets that read files (in memory when /dev/shm
-/// exists); a campaign removes its own when it ends.
+/// A scratch directory of this process and thread, for targets that read files (in memory when
+/// /dev/shm exists); a campaign removes its own when it ends. Per thread: a worker abandoned as
+/// hung may still have the previous input's file mapped, and rewriting that file under it would
+/// kill the process with SIGBUS (the limit README.md documents), so its successor writes
+/// elsewhere.
 pub fn scratch(target: &str) -> PathBuf {
+    let thread: String = format!("{:?}", std::thread::current().id())
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let dir = scratch_base().join(format!("{}-t{thread}", scratch_prefix(target)));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn scratch_base() -> PathBuf {
     let base = Path::new("/dev/shm");
-    let base = if base.is_dir() {
+    if base.is_dir() {
         base.to_path_buf()
     } else {
         std::env::temp_dir()
-    };
-    let dir = base.join(format!("minfer-fuzz-{}-{target}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+    }
+}
+
+fn scratch_prefix(target: &str) -> String {
+    format!("minfer-fuzz-{}-{target}", std::process::id())
+}
+
+/// Remove every scratch directory `target` made in this process.
+fn remove_scratch(target: &str) {
+    let prefix = format!("{}-t", scratch_prefix(target));
+    for e in std::fs::read_dir(scratch_base()).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn fuzz_dir() -> PathBuf {
@@ -753,7 +777,7 @@ pub fn campaign(t: Target) {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    let _ = std::fs::remove_dir_all(scratch(t.name));
+    remove_scratch(t.name);
     eprintln!(
         "fuzz {}: {execs} execs in {secs:.1} s ({:.0}/s), seed {seed}, {} regression cases, \
          corpus {} ({} outcome shapes), coverage {} edges / {} features of {} counters, \
