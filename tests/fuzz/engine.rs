@@ -442,7 +442,11 @@ fn scratch_prefix(target: &str) -> String {
 /// Remove every scratch directory `target` made in this process.
 fn remove_scratch(target: &str) {
     let prefix = format!("{}-t", scratch_prefix(target));
-    for e in std::fs::read_dir(scratch_base()).into_iter().flatten().flatten() {
+    for e in std::fs::read_dir(scratch_base())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         if e.file_name().to_string_lossy().starts_with(&prefix) {
             let _ = std::fs::remove_dir_all(e.path());
         }
@@ -538,7 +542,11 @@ fn process_cpu() -> Option<Duration> {
 fn thread_cpu(tid: u64) -> Option<Duration> {
     let dir = format!("/proc/self/task/{tid}");
     if let Ok(s) = std::fs::read_to_string(format!("{dir}/schedstat")) {
-        if let Some(ns) = s.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()) {
+        if let Some(ns) = s
+            .split_whitespace()
+            .next()
+            .and_then(|x| x.parse::<u64>().ok())
+        {
             return Some(Duration::from_nanos(ns));
         }
     }
@@ -643,69 +651,67 @@ pub fn campaign(t: Target) {
 
     // One input through the worker: (Some(shape) when it passed, whether it reached new
     // coverage).
-    let mut exec = |worker: &mut Worker,
-                    cov: &mut Coverage,
-                    input: Arc<Vec<u8>>,
-                    replay: Option<&Path>| {
-        let start = Instant::now();
-        let cpu0 = worker.cpu();
-        let p0 = process_cpu();
-        cov.reset();
-        worker.tx.send(input.clone()).expect("fuzz worker alive");
-        let v = loop {
-            match worker.rx.recv_timeout(Duration::from_millis(250)) {
-                Ok(v) => break v,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    // A hang is HANG_BOUND of the worker's own CPU time (a loaded machine that
-                    // starves the worker is not a hang), or HANG_WALL of wall time.
-                    let cpu = match (cpu0, worker.cpu()) {
-                        (Some(a), Some(b)) => b.saturating_sub(a),
-                        _ => start.elapsed(),
-                    };
-                    let wall = start.elapsed();
-                    let process = match (p0, process_cpu()) {
-                        (Some(a), Some(b)) => b.saturating_sub(a),
-                        _ => Duration::ZERO,
-                    };
-                    if cpu >= HANG_BOUND || process >= HANG_PROCESS_CPU || wall >= HANG_WALL {
-                        // The worker is stuck: abandon it (the thread is leaked), start another.
+    let mut exec =
+        |worker: &mut Worker, cov: &mut Coverage, input: Arc<Vec<u8>>, replay: Option<&Path>| {
+            let start = Instant::now();
+            let cpu0 = worker.cpu();
+            let p0 = process_cpu();
+            cov.reset();
+            worker.tx.send(input.clone()).expect("fuzz worker alive");
+            let v = loop {
+                match worker.rx.recv_timeout(Duration::from_millis(250)) {
+                    Ok(v) => break v,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        // A hang is HANG_BOUND of the worker's own CPU time (a loaded machine that
+                        // starves the worker is not a hang), or HANG_WALL of wall time.
+                        let cpu = match (cpu0, worker.cpu()) {
+                            (Some(a), Some(b)) => b.saturating_sub(a),
+                            _ => start.elapsed(),
+                        };
+                        let wall = start.elapsed();
+                        let process = match (p0, process_cpu()) {
+                            (Some(a), Some(b)) => b.saturating_sub(a),
+                            _ => Duration::ZERO,
+                        };
+                        if cpu >= HANG_BOUND || process >= HANG_PROCESS_CPU || wall >= HANG_WALL {
+                            // The worker is stuck: abandon it (the thread is leaked), start another.
+                            *worker = spawn_worker(t.name, t.run.clone());
+                            break Verdict::Fail(
+                                "hang",
+                                format!("still running after {cpu:.1?} of CPU ({wall:.1?} wall)"),
+                            );
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
                         *worker = spawn_worker(t.name, t.run.clone());
-                        break Verdict::Fail(
-                            "hang",
-                            format!("still running after {cpu:.1?} of CPU ({wall:.1?} wall)"),
-                        );
+                        break Verdict::Fail("hang", "the worker thread died".into());
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    *worker = spawn_worker(t.name, t.run.clone());
-                    break Verdict::Fail("hang", "the worker thread died".into());
+            };
+            let novel = cov.collect();
+            let took = start.elapsed();
+            slowest = slowest.max(took);
+            let passed = match v {
+                Verdict::Pass(s) => Some(s),
+                Verdict::Fail(kind, why) => {
+                    let key = format!("{kind}: {}", shape(&why));
+                    if failure_shapes.insert(key) || replay.is_some() {
+                        let path = match replay {
+                            Some(p) => p.to_path_buf(),
+                            None => save_regression(t.name, kind, &input),
+                        };
+                        n_failures.set(n_failures.get() + 1);
+                        failures.push(format!(
+                            "{kind} on {} ({} bytes): {why}",
+                            path.display(),
+                            input.len()
+                        ));
+                    }
+                    None
                 }
-            }
+            };
+            (passed, novel)
         };
-        let novel = cov.collect();
-        let took = start.elapsed();
-        slowest = slowest.max(took);
-        let passed = match v {
-            Verdict::Pass(s) => Some(s),
-            Verdict::Fail(kind, why) => {
-                let key = format!("{kind}: {}", shape(&why));
-                if failure_shapes.insert(key) || replay.is_some() {
-                    let path = match replay {
-                        Some(p) => p.to_path_buf(),
-                        None => save_regression(t.name, kind, &input),
-                    };
-                    n_failures.set(n_failures.get() + 1);
-                    failures.push(format!(
-                        "{kind} on {} ({} bytes): {why}",
-                        path.display(),
-                        input.len()
-                    ));
-                }
-                None
-            }
-        };
-        (passed, novel)
-    };
 
     // Regression cases first, then the committed corpus and the fixture seeds.
     let regressions = read_dir_inputs(&fuzz_dir().join("regressions").join(t.name));
@@ -751,10 +757,7 @@ pub fn campaign(t: Target) {
         } else {
             novel_shape
         };
-        if novel
-            && corpus.len() < CORPUS_MAX
-            && corpus_bytes + child.len() <= CORPUS_BYTES
-        {
+        if novel && corpus.len() < CORPUS_MAX && corpus_bytes + child.len() <= CORPUS_BYTES {
             corpus_bytes += child.len();
             corpus.push(child);
         }
