@@ -48,17 +48,19 @@ one() {
   FUZZ_SECONDS=$seconds FUZZ_SEED=$seed FUZZ_PROGRESS=60 FUZZ_RESULTS=$results.$t \
     /usr/bin/time -v -o "$run/$t.time" nice -n 19 "$bin" --exact "$t" --nocapture \
     >"$run/$t.log" 2>&1 || true
-  local user sys
+  local user sys line
   user=$(awk -F': ' '/User time/ {print $2}' "$run/$t.time")
   sys=$(awk -F': ' '/System time/ {print $2}' "$run/$t.time")
   if [ -s "$results.$t" ]; then
-    sed "s/\$/\t$user\t$sys/" "$results.$t" >>"$results"
+    line=$(sed "s/\$/\t$user\t$sys/" "$results.$t")
   else
-    printf '%s\t%s\tno result (see %s)\t\t\t\t\t\t\t\t\t%s\t%s\n' "$t" "$seed" "$run/$t.log" \
-      "$user" "$sys" >>"$results"
+    # Killed (see the .time file's signal) or failed before its summary.
+    line=$(printf '%s\t%s\tno result (see %s)\t\t\t\t\t\t\t\t\t%s\t%s' "$t" "$seed" \
+      "$run/$t.log" "$user" "$sys")
   fi
+  echo "$line" >>"$results"
   rm -f "$results.$t"
-  echo "done: $t ($(tail -1 "$results"))"
+  echo "done: $line"
 }
 
 jobs=${FUZZ_JOBS:-0}
