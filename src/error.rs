@@ -246,7 +246,8 @@ pub(crate) fn catch_panic<T>(op: &str, f: impl FnOnce() -> Result<T>) -> Result<
 }
 
 /// **Not part of the API** (tests only): make the CPU backend panic inside a parallel op, to
-/// check that the panic reaches the caller as [`Error::Internal`] and the process lives on.
+/// check that the panic reaches the caller as [`Error::Internal`](crate::Error::Internal) and the
+/// process lives on.
 #[doc(hidden)]
 pub mod fault {
     use std::sync::atomic::{AtomicUsize, Ordering};
