@@ -90,6 +90,16 @@ pub enum Error {
     Device(String),
     /// A PTX program failed to parse, or faulted while being interpreted.
     Ptx(String),
+    /// A bug in minfer: code inside `op` panicked (on a thread-pool worker or the calling
+    /// thread), and the panic was caught at the API boundary and turned into this error for the
+    /// one call that hit it. The process, the thread pool and the model stay usable; the KV cache
+    /// keeps what the last successful call left. Please report it with `message`.
+    Internal {
+        /// What was running: the op ("matmul mlp.down_proj", "rms_norm" ...), or the API call.
+        op: String,
+        /// The panic's message.
+        message: String,
+    },
 }
 
 impl Error {
@@ -169,6 +179,10 @@ impl fmt::Display for Error {
             Error::Tokenizer(m) => write!(f, "tokenizer: {m}"),
             Error::Device(m) => write!(f, "device: {m}"),
             Error::Ptx(m) => write!(f, "ptx: {m}"),
+            Error::Internal { op, message } => write!(
+                f,
+                "internal error in {op}: {message} (a bug in minfer, please report it)"
+            ),
         }
     }
 }
@@ -179,5 +193,80 @@ impl std::error::Error for Error {
             Error::Io { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+/// The payload a backend re-raises a worker's panic with, so that the API boundary can name the
+/// op that panicked rather than the call around it.
+pub(crate) struct OpPanic {
+    pub(crate) op: String,
+    pub(crate) message: String,
+}
+
+/// A panic payload's message (`panic!` gives a `&str` or a `String`).
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(o) = p.downcast_ref::<OpPanic>() {
+        o.message.clone()
+    } else if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
+}
+
+impl Error {
+    /// [`Error::Internal`] from a caught panic inside `op` (or the op an [`OpPanic`] names).
+    pub(crate) fn from_panic(op: &str, p: Box<dyn std::any::Any + Send>) -> Error {
+        match p.downcast::<OpPanic>() {
+            Ok(o) => Error::Internal {
+                op: o.op,
+                message: o.message,
+            },
+            Err(p) => Error::Internal {
+                op: op.to_string(),
+                message: panic_message(&*p),
+            },
+        }
+    }
+}
+
+/// Run `f`; a panic inside it (any thread whose panic rayon carries back) becomes
+/// [`Error::Internal`] naming `op`. The API boundary: what the library computes, never a
+/// caller's callback.
+pub(crate) fn catch_panic<T>(op: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    // AssertUnwindSafe: on a panic the caller gets an error and the state `f` touched is
+    // either plain data (scratch buffers, KV rows past the cached prefix, which the next call
+    // overwrites) or behind mutexes whose users recover from poisoning.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => Err(Error::from_panic(op, p)),
+    }
+}
+
+/// **Not part of the API** (tests only): make the CPU backend panic inside a parallel op, to
+/// check that the panic reaches the caller as [`Error::Internal`](crate::Error::Internal) and the
+/// process lives on.
+#[doc(hidden)]
+pub mod fault {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static CPU_OP_COUNTDOWN: AtomicUsize = AtomicUsize::new(0);
+
+    /// Panic inside the `n`-th CPU op (counting from 1) run from now on, on a pool worker; 0
+    /// disarms. Global to the process: use from a test binary of its own.
+    pub fn panic_in_cpu_op(n: usize) {
+        CPU_OP_COUNTDOWN.store(n, Ordering::SeqCst);
+    }
+
+    /// Counts one op; true for the op that should panic. One relaxed load when disarmed.
+    pub(crate) fn tick() -> bool {
+        if CPU_OP_COUNTDOWN.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        CPU_OP_COUNTDOWN
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok_and(|n| n == 1)
     }
 }

@@ -20,6 +20,7 @@ pub use crate::loader::{
 pub mod quant {
     pub use crate::quant::*;
 }
+pub use crate::error::fault;
 pub use crate::rng::Rng;
 pub use crate::sampler::Sampler;
 /// Random-weight models with published shapes.

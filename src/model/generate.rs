@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use super::Model;
-use crate::error::{Error, Result};
+use crate::error::{catch_panic, Error, Result};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::transformer::Logits;
 
@@ -74,6 +74,8 @@ impl Model {
     /// Generate after `prompt`, calling `on_token` with each new id as soon as it is chosen;
     /// return false from the callback to stop. The KV cache keeps the conversation: a later
     /// call whose prompt extends this one's prompt and output only computes the new tokens.
+    /// A panic inside minfer (a bug) is returned as [`Error::Internal`] and the model stays
+    /// usable; one in `on_token` is the caller's and unwinds as usual.
     pub fn generate(
         &mut self,
         prompt: &[u32],
@@ -110,7 +112,10 @@ impl Model {
         self.cached.truncate(reuse);
 
         let t0 = Instant::now();
-        self.engine.forward(&prompt[reuse..], reuse, Logits::Last)?;
+        let engine = &mut self.engine;
+        catch_panic("forward (prefill)", || {
+            engine.forward(&prompt[reuse..], reuse, Logits::Last)
+        })?;
         self.cached.extend_from_slice(&prompt[reuse..]);
         let mut history: Vec<u32> = prompt.to_vec();
         let mut next = self.choose(&mut sampler, &history)?;
@@ -140,8 +145,10 @@ impl Model {
             if self.cached.len() >= ctx {
                 break StopReason::ContextFull;
             }
-            self.engine
-                .forward(&[next], self.cached.len(), Logits::Last)?;
+            let (engine, pos) = (&mut self.engine, self.cached.len());
+            catch_panic("forward (decode)", || {
+                engine.forward(&[next], pos, Logits::Last)
+            })?;
             self.cached.push(next);
             steps += 1;
             next = self.choose(&mut sampler, &history)?;
@@ -162,11 +169,13 @@ impl Model {
 
     /// The next token from the logits of the last forward step.
     fn choose(&mut self, sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
-        if sampler.config.is_greedy() {
-            return self.engine.argmax(0);
-        }
-        self.engine.read_logits(0, &mut self.logits)?;
-        Ok(sampler.sample(&mut self.logits, history))
+        catch_panic("sampling", || {
+            if sampler.config.is_greedy() {
+                return self.engine.argmax(0);
+            }
+            self.engine.read_logits(0, &mut self.logits)?;
+            Ok(sampler.sample(&mut self.logits, history))
+        })
     }
 }
 

@@ -12,7 +12,7 @@ use crate::backend::{
 };
 use crate::config::ModelConfig;
 use crate::device::Device;
-use crate::error::{Error, Result};
+use crate::error::{catch_panic, Error, Result};
 use crate::loader::{self, ModelFiles};
 use crate::tensor::{DType, Weights};
 use crate::tokenizer::Tokenizer;
@@ -189,7 +189,13 @@ pub struct Model {
 impl Model {
     /// Load a checkpoint (Hugging Face directory, .safetensors file with config.json beside it,
     /// or .gguf file) onto the CPU.
+    ///
+    /// A panic inside minfer while loading (a bug) is returned as [`Error::Internal`].
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
+        catch_panic("Model::load", || Self::load_unguarded(path, opts))
+    }
+
+    fn load_unguarded(path: &Path, opts: &LoadOptions) -> Result<Model> {
         let device = opts.device.resolve()?;
         // Every backend computes on block-quantized weights (the CUDA backend dequantizes the
         // block types it has no kernel for at upload).
@@ -269,12 +275,14 @@ impl Model {
         opts: &LoadOptions,
         backend: B,
     ) -> Result<Model> {
-        let mut ck = loader::open(path, opts.keep_quantized)?;
-        let tokenizer = ck.tokenizer.take();
-        let mut model =
-            Self::from_parts(ck.config, &ck.weights, backend, ck.eos_ids, opts, ck.files)?;
-        model.tokenizer = tokenizer;
-        Ok(model)
+        catch_panic("Model::load_with_backend", || {
+            let mut ck = loader::open(path, opts.keep_quantized)?;
+            let tokenizer = ck.tokenizer.take();
+            let mut model =
+                Self::from_parts(ck.config, &ck.weights, backend, ck.eos_ids, opts, ck.files)?;
+            model.tokenizer = tokenizer;
+            Ok(model)
+        })
     }
 
     /// Build a model from already-loaded weights on any backend.
@@ -412,14 +420,16 @@ impl Model {
     /// A random-weight model with the published shapes of `preset` (`synthetic:NAME` in the CLI):
     /// for benchmarks without a download.
     pub fn synthetic(preset: &str, dtype: DType, opts: &LoadOptions) -> Result<Model> {
-        let config = crate::synthetic::preset_config(preset)?;
-        let weights = crate::synthetic::random_weights(&config, dtype, 0x5eed)?;
-        let files = ModelFiles {
-            dir: PathBuf::from(format!("synthetic:{preset}")),
-            weights: PathBuf::new(),
-        };
-        let eos = config.eos_token_ids.clone();
-        Self::on_device(config, &weights, eos, opts, files)
+        catch_panic("Model::synthetic", || {
+            let config = crate::synthetic::preset_config(preset)?;
+            let weights = crate::synthetic::random_weights(&config, dtype, 0x5eed)?;
+            let files = ModelFiles {
+                dir: PathBuf::from(format!("synthetic:{preset}")),
+                weights: PathBuf::new(),
+            };
+            let eos = config.eos_token_ids.clone();
+            Self::on_device(config, &weights, eos, opts, files)
+        })
     }
 
     /// Every op's output since the last call, in execution order (needs
@@ -456,7 +466,8 @@ impl Model {
     }
 
     /// Run `tokens` from an empty cache and hand the logits of every position to `f`
-    /// (position, logits). Needs `LoadOptions::all_logits`.
+    /// (position, logits). Needs `LoadOptions::all_logits`. A panic inside minfer (a bug)
+    /// is returned as [`Error::Internal`]; one in `f` is the caller's and unwinds as usual.
     pub fn for_each_position_logits(
         &mut self,
         tokens: &[u32],
@@ -475,9 +486,10 @@ impl Model {
         let mut pos = 0;
         let result = (|| {
             for part in tokens.chunks(chunk) {
-                self.engine.forward(part, pos, Logits::All)?;
+                let engine = &mut self.engine;
+                catch_panic("forward", || engine.forward(part, pos, Logits::All))?;
                 for r in 0..part.len() {
-                    self.engine.read_logits(r, &mut row)?;
+                    catch_panic("read_logits", || engine.read_logits(r, &mut row))?;
                     f(pos + r, &row);
                 }
                 pos += part.len();

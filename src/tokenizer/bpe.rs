@@ -9,22 +9,37 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 use std::sync::Mutex;
 
-/// FxHash (as in rustc): much faster than SipHash on the short keys here (id pairs, token
-/// strings). Not DoS-resistant; the only map keyed by user input is the size-capped cache.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FxHasher(u64);
+/// A fast keyed hash for the maps built from a tokenizer file (vocabulary, merges) and the
+/// piece cache: one 64x64->128-bit multiply per 8 bytes, folded (as in aHash's fallback and
+/// foldhash), with two keys drawn once per process from the standard library's random source.
+/// Unkeyed FxHash let a hostile tokenizer.json choose merge pairs (or token strings) whose hashes
+/// agree in their low bits, every entry in one bucket: a quadratic load (tests/fuzz/bounds.rs
+/// `huge_and_colliding_merge_tables_are_bounded`). The keys hide the bucket of any id or string.
+#[derive(Clone, Copy)]
+pub(crate) struct KeyedHasher {
+    h: u64,
+    k: u64,
+}
 
-impl FxHasher {
+#[inline]
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let p = (a as u128).wrapping_mul(b as u128);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+const MUL: u64 = 0x5851_f42d_4c95_7f2d;
+
+impl KeyedHasher {
     #[inline]
     fn add(&mut self, x: u64) {
-        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        self.h = folded_multiply(self.h ^ x, MUL ^ self.k);
     }
 }
 
-impl Hasher for FxHasher {
+impl Hasher for KeyedHasher {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
         let mut chunks = bytes.chunks_exact(8);
@@ -33,8 +48,11 @@ impl Hasher for FxHasher {
             b.copy_from_slice(c);
             self.add(u64::from_le_bytes(b));
         }
-        for &b in chunks.remainder() {
-            self.add(b as u64);
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b) ^ ((rest.len() as u64) << 59));
         }
     }
     #[inline]
@@ -55,11 +73,41 @@ impl Hasher for FxHasher {
     }
     #[inline]
     fn finish(&self) -> u64 {
-        self.0
+        folded_multiply(self.h, self.k.rotate_left(32) | 1)
     }
 }
 
-pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// Builds [`KeyedHasher`]s with this process's keys.
+#[derive(Clone, Copy)]
+pub(crate) struct KeyedState {
+    k0: u64,
+    k1: u64,
+}
+
+impl Default for KeyedState {
+    fn default() -> Self {
+        static KEYS: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+        let &(k0, k1) = KEYS.get_or_init(|| {
+            use std::hash::BuildHasher;
+            let s = std::collections::hash_map::RandomState::new();
+            (s.hash_one(0x6b65_7930u64), s.hash_one(0x6b65_7931u64))
+        });
+        KeyedState { k0, k1 }
+    }
+}
+
+impl std::hash::BuildHasher for KeyedState {
+    type Hasher = KeyedHasher;
+    #[inline]
+    fn build_hasher(&self) -> KeyedHasher {
+        KeyedHasher {
+            h: self.k0,
+            k: self.k1,
+        }
+    }
+}
+
+pub(crate) type FastMap<K, V> = HashMap<K, V, KeyedState>;
 
 /// Piece text -> its ids.
 type PieceCache = FastMap<Box<[u8]>, Box<[u32]>>;

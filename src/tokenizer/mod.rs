@@ -538,8 +538,12 @@ impl Tokenizer {
             )));
         }
         let mut pieces: Vec<Option<String>> = vec![None; max_id as usize + 1];
-        for (k, &id) in &vocab {
-            pieces[id as usize] = Some(k.clone());
+        // In the file's order (the map's order is random per process): when two strings share
+        // an id, the same one decodes every time.
+        for (k, v) in vocab_json {
+            if let Some(id) = v.as_u64() {
+                pieces[id as usize] = Some(k.clone());
+            }
         }
         let mut added_by_id = HashMap::new();
         for (i, t) in added.iter().enumerate() {

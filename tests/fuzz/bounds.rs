@@ -76,6 +76,12 @@ fn gguf_counts_and_extents_are_checked() {
     let e = gguf_error("overlap.gguf", &file);
     assert!(e.contains("overlap"), "{e}");
     let _ = std::fs::remove_dir_all(scratch("bounds-gguf"));
+    // An empty q_proj in a file claiming 2^32 - 2 heads: refused at once, not a loop over the
+    // heads (the campaign's hang-59674e49e56cd06d: seconds of CPU in the test profile).
+    let start = Instant::now();
+    assert!(gguf::unpermute_rows(0, u32::MAX as usize - 1).is_none());
+    assert!(gguf::unpermute_rows(8, 2).is_some());
+    assert!(start.elapsed() < Duration::from_millis(100));
 }
 
 #[test]
@@ -243,4 +249,76 @@ fn ten_megabyte_word_is_bounded() {
             assert!(!ids.is_empty());
         }
     }
+}
+
+/// A BPE tokenizer.json with `n` merges "t{a} t{b}", b given by `right(a)` (< 2^19), and filler
+/// tokens so that every id below 2^19 is defined.
+fn merge_table(n: u32, right: impl Fn(u32) -> u32) -> Value {
+    const IDS: u32 = 1 << 19;
+    let mut merges = Vec::with_capacity(n as usize);
+    let mut merged = Vec::with_capacity(n as usize);
+    for a in 0..n {
+        let b = right(a);
+        merges.push(json!(format!("t{a} t{b}")));
+        merged.push(format!("t{a}t{b}"));
+    }
+    let mut vocab = serde_json::Map::new();
+    for id in 0..IDS {
+        vocab.insert(format!("t{id}"), json!(id));
+    }
+    for (i, m) in merged.into_iter().enumerate() {
+        vocab.insert(m, json!(IDS + i as u32));
+    }
+    json!({"model": {"type": "BPE", "vocab": vocab, "merges": merges}})
+}
+
+/// rustc's FxHash of a (left id, right id) pair, as a `HashMap<(u32, u32), _>` with an unkeyed
+/// FxHash would compute it: a hostile file can choose ids whose hashes agree in their low bits.
+fn fx_pair(a: u32, b: u32) -> u64 {
+    const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+    let h = (a as u64).wrapping_mul(K);
+    (h.rotate_left(5) ^ b as u64).wrapping_mul(K)
+}
+
+/// A huge merge table (2^17 merges over 2^19 tokens) loads in time linear in its size, and one
+/// crafted so that every (left, right) pair's FxHash agrees in its low 19 bits (every merge in
+/// one hash-table bucket: quadratic for an unkeyed hash) loads about as fast as an ordinary one.
+/// The bound: at most 3x the CPU time of the ordinary table, plus 0.5 s, and under 30 s.
+#[test]
+fn huge_and_colliding_merge_tables_are_bounded() {
+    let n = 1 << 17;
+    let low = (1u64 << 19) - 1;
+    // rotl5(a·K) ^ b has the same low 19 bits (zero) for every a when b = rotl5(a·K) & low.
+    let crafted = |a: u32| {
+        ((a as u64)
+            .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95)
+            .rotate_left(5)
+            & low) as u32
+    };
+    assert!((0..64).all(|a| fx_pair(a, crafted(a)) & low == fx_pair(0, crafted(0)) & low));
+    let ordinary = |a: u32| a.wrapping_mul(2_654_435_761) >> 13;
+    let mut times = Vec::new();
+    for (name, right) in [
+        ("ordinary", &ordinary as &dyn Fn(u32) -> u32),
+        ("colliding", &crafted),
+    ] {
+        let json = merge_table(n, right);
+        let start = thread_time();
+        let tok = Tokenizer::from_json(&json, None);
+        let load = thread_time().saturating_sub(start);
+        assert!(tok.is_ok(), "{name}: {:?}", tok.err());
+        eprintln!("{name} merge table ({n} merges): loaded in {load:.2?}");
+        times.push(load);
+    }
+    assert!(
+        times[1] < Duration::from_secs(30),
+        "colliding merges: load {:?}",
+        times[1]
+    );
+    assert!(
+        times[1].as_secs_f64() < 3.0 * times[0].as_secs_f64() + 0.5,
+        "colliding merges load in {:?}, ordinary ones in {:?}",
+        times[1],
+        times[0]
+    );
 }

@@ -141,9 +141,32 @@ impl CpuBackend {
         f: impl FnOnce() -> T + Send,
     ) -> T {
         let t = self.begin();
-        let r = self.pool.install(f);
-        self.end(t, op, bytes, flops);
-        r
+        let inject = crate::error::fault::tick();
+        // A panic in the op, on whichever worker, comes back here through rayon; re-raise it
+        // naming the op, for `scoped` (or the Model API) to turn into Error::Internal.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.pool.install(|| {
+                if inject {
+                    let last = self.threads.max(2) - 1;
+                    (0..=last).into_par_iter().for_each(|i| {
+                        if i == last {
+                            panic!("injected fault (minfer::internals::fault)");
+                        }
+                    });
+                }
+                f()
+            })
+        }));
+        match r {
+            Ok(r) => {
+                self.end(t, op, bytes, flops);
+                r
+            }
+            Err(p) => std::panic::resume_unwind(Box::new(crate::error::OpPanic {
+                op: op(),
+                message: crate::error::panic_message(&*p),
+            })),
+        }
     }
 }
 
@@ -735,7 +758,8 @@ impl Backend for CpuBackend {
     }
 
     fn scoped(&self, f: &mut (dyn FnMut() -> Result<()> + Send)) -> Result<()> {
-        self.pool.install(f)
+        // A panic in any op of the step is an error for this call, not a dead process.
+        crate::error::catch_panic("forward step", || self.pool.install(f))
     }
 
     fn take_activations(&self) -> Vec<Activation> {

@@ -266,7 +266,13 @@ pub fn hf_tensor_name(gguf: &str) -> Option<String> {
 /// pairs (its `permute`): GGUF row `h·d + 2i + j` holds HF row `h·d + j·d/2 + i`. This returns,
 /// for each HF row, the GGUF row to take it from.
 pub fn unpermute_rows(rows: usize, n_head: usize) -> Option<Vec<usize>> {
-    if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
+    // More heads than rows (a hostile head count with an empty tensor) would loop over the
+    // heads doing nothing: 2^32 iterations for a header that claims 2^32 - 2 heads.
+    if n_head == 0
+        || n_head > rows
+        || !rows.is_multiple_of(n_head)
+        || !(rows / n_head).is_multiple_of(2)
+    {
         return None;
     }
     let d = rows / n_head;
