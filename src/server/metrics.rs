@@ -70,6 +70,7 @@ impl Metrics {
     }
 
     /// Requests that ended with `o` so far.
+    #[cfg(test)]
     pub fn requests(&self, o: Outcome) -> u64 {
         let i = OUTCOMES.iter().position(|(x, _)| *x == o).unwrap_or(0);
         self.requests[i].load(Relaxed)
@@ -83,6 +84,7 @@ impl Metrics {
     }
 
     /// The pool occupancy last published.
+    #[cfg(test)]
     pub fn kv(&self) -> KvUsage {
         KvUsage {
             blocks_total: self.kv_total.load(Relaxed) as usize,

@@ -48,8 +48,9 @@ pub trait Engine {
     fn max_seqs(&self) -> usize;
     /// Prompt tokens one prefill call should take (one forward step).
     fn prefill_chunk(&self) -> usize;
-    /// Whether a sequence of `prompt_len + max_new` tokens fits now.
-    fn can_admit(&self, prompt_len: usize, max_new: usize) -> bool;
+    /// Whether a sequence of `prompt` and up to `max_new` new tokens fits now (the prompt, for
+    /// the blocks a cached prefix provides).
+    fn can_admit(&self, prompt: &[u32], max_new: usize) -> bool;
     /// Register a sequence (reserving its KV blocks); returns its id.
     fn add(&mut self, prompt: &[u32], max_new: usize) -> Result<u64>;
     /// Prompt tokens of `id` reused from the prefix cache.
@@ -175,6 +176,7 @@ impl<'t, E: Engine> Scheduler<'t, E> {
     }
 
     /// The engine (tests look at its state).
+    #[cfg(test)]
     pub fn engine(&self) -> &E {
         &self.engine
     }
@@ -200,11 +202,13 @@ impl<'t, E: Engine> Scheduler<'t, E> {
     }
 
     /// Queue a job (as if it came from the channel).
+    #[cfg(test)]
     pub fn submit(&mut self, job: Job) {
         self.waiting.push_back(job);
     }
 
     /// Whether any work is left.
+    #[cfg(test)]
     pub fn busy(&self) -> bool {
         !self.active.is_empty() || !self.waiting.is_empty()
     }
@@ -243,7 +247,7 @@ impl<'t, E: Engine> Scheduler<'t, E> {
                 break;
             };
             // An empty engine that cannot take the job never will: let `add` say why.
-            if !self.engine.can_admit(job.prompt.len(), job.max_new) && !self.active.is_empty() {
+            if !self.engine.can_admit(&job.prompt, job.max_new) && !self.active.is_empty() {
                 break;
             }
             let job = self.waiting.pop_front().expect("front exists");
@@ -717,9 +721,9 @@ mod tests {
         fn prefill_chunk(&self) -> usize {
             3
         }
-        fn can_admit(&self, prompt_len: usize, max_new: usize) -> bool {
+        fn can_admit(&self, prompt: &[u32], max_new: usize) -> bool {
             self.seqs.len() < self.max_seqs
-                && self.used() + (prompt_len + max_new).div_ceil(4) <= self.blocks_total
+                && self.used() + (prompt.len() + max_new).div_ceil(4) <= self.blocks_total
         }
         fn add(&mut self, prompt: &[u32], max_new: usize) -> Result<u64> {
             let id = self.next_id;

@@ -35,8 +35,8 @@ impl Engine for Serial {
     fn prefill_chunk(&self) -> usize {
         self.model.engine.max_batch()
     }
-    fn can_admit(&self, p: usize, n: usize) -> bool {
-        !self.live && p + n <= self.model.context_len()
+    fn can_admit(&self, p: &[u32], n: usize) -> bool {
+        !self.live && p.len() + n <= self.model.context_len()
     }
     fn add(&mut self, prompt: &[u32], _max_new: usize) -> Result<u64> {
         if self.live {
