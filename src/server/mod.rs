@@ -13,10 +13,10 @@
 //! authentication (bind it to 127.0.0.1, the default, or put a proxy in front).
 
 mod api;
+mod engine;
 mod http;
 mod metrics;
 mod scheduler;
-mod serial;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +44,9 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// Threads of the HTTP runtime (the model computes on its own threads).
     pub http_threads: usize,
+    /// Reuse the KV blocks of earlier prompts' common prefixes (see
+    /// [`Batcher::set_prefix_cache`](crate::Batcher::set_prefix_cache)).
+    pub prefix_cache: bool,
 }
 
 impl Default for ServeOptions {
@@ -55,6 +58,7 @@ impl Default for ServeOptions {
             max_waiting: 64,
             max_body_bytes: 4 << 20,
             http_threads: 2,
+            prefix_cache: true,
         }
     }
 }
@@ -80,8 +84,8 @@ pub(crate) struct ModelInfo {
 }
 
 impl Server {
-    /// Load-time checks, then serve `model` (loaded with `LoadOptions::max_seqs` = the number
-    /// of sequences to run at once) on `opts.host:opts.port`.
+    /// Serve `model` on `opts.host:opts.port`: it becomes a [`Batcher`](crate::Batcher), so
+    /// load it with `LoadOptions::max_seqs` = the number of sequences to decode together.
     pub fn start(mut model: crate::Model, opts: &ServeOptions) -> Result<Server> {
         let tokenizer = model.take_tokenizer()?;
         let files = model.files();
@@ -98,7 +102,9 @@ impl Server {
             vocab: model.config().vocab_size,
             name,
         };
-        Self::start_engine(serial::Serial::new(model), info, opts)
+        let mut batcher = crate::model::Batcher::new(model)?;
+        batcher.set_prefix_cache(opts.prefix_cache);
+        Self::start_engine(batcher, info, opts)
     }
 
     /// Bind and start serving `engine`.

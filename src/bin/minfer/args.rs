@@ -151,6 +151,9 @@ pub struct ServeArgs {
     /// The model name clients send (default: the file name without extension)
     #[arg(long, value_name = "NAME")]
     pub alias: Option<String>,
+    /// Compute every prompt in full instead of reusing the KV blocks of a common prefix
+    #[arg(long)]
+    pub no_prefix_cache: bool,
     #[command(flatten)]
     pub load: LoadArgs,
 }
