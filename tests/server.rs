@@ -99,7 +99,14 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
         .expect("a header block");
     let head = String::from_utf8(raw[..split].to_vec()).unwrap();
     let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -121,7 +128,10 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+        let eol = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
         let size_hex = std::str::from_utf8(&b[..eol]).unwrap();
         let size = usize::from_str_radix(size_hex.split(';').next().unwrap().trim(), 16).unwrap();
         b = &b[eol + 2..];
@@ -172,7 +182,12 @@ fn content_of_stream(r: &Reply, chat: bool) -> (String, Vec<Value>) {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     let events = r.events();
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{}", r.body);
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{}",
+        r.body
+    );
     let chunks: Vec<Value> = events[..events.len() - 1]
         .iter()
         .map(|e| serde_json::from_str(e).unwrap())
@@ -193,7 +208,9 @@ fn content_of_stream(r: &Reply, chat: bool) -> (String, Vec<Value>) {
 
 #[test]
 fn answers_equal_the_library_json_and_stream() {
-    let Some(path) = common::real_model() else { return };
+    let Some(path) = common::real_model() else {
+        return;
+    };
     let server = start(&path, 4, 16);
     let addr = server.local_addr();
     let name = server.model_name().to_string();
@@ -234,7 +251,9 @@ fn answers_equal_the_library_json_and_stream() {
     let (text, chunks) = content_of_stream(&r, true);
     assert_eq!(text, want);
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
     assert!(chunks.iter().all(|c| c["id"] == chunks[0]["id"]));
     let last = chunks.last().unwrap();
     assert_eq!(last["choices"], json!([]));
@@ -246,7 +265,11 @@ fn answers_equal_the_library_json_and_stream() {
 
     // /v1/completions on raw text (tokenized with BOS, as Model::generate_text does).
     let text_prompt = "The three primary colors are";
-    let ids = model.tokenizer().unwrap().encode(text_prompt, true).unwrap();
+    let ids = model
+        .tokenizer()
+        .unwrap()
+        .encode(text_prompt, true)
+        .unwrap();
     let (want, want_n, _) = library_greedy(&mut model, &ids, 16);
     let body = json!({"prompt": text_prompt, "max_tokens": 16, "temperature": 0});
     let v = post(addr, "/v1/completions", &body).json();
@@ -280,7 +303,10 @@ fn answers_equal_the_library_json_and_stream() {
     )
     .json();
     let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
-    assert_eq!(content.len(), v["usage"]["completion_tokens"].as_u64().unwrap() as usize);
+    assert_eq!(
+        content.len(),
+        v["usage"]["completion_tokens"].as_u64().unwrap() as usize
+    );
     for e in content {
         let top = e["top_logprobs"].as_array().unwrap();
         assert_eq!(top.len(), 3);
@@ -307,8 +333,10 @@ fn mixed_requests() -> Vec<Value> {
     for (i, t) in topics.iter().enumerate() {
         v.push(json!({"messages": [{"role": "user", "content": format!("Write one sentence about {t}.")}],
                       "max_tokens": 12, "temperature": 0}));
-        v.push(json!({"messages": [{"role": "user", "content": format!("Tell me a fact about {t}.")}],
-                      "max_tokens": 12, "temperature": 0.9, "top_p": 0.95, "seed": 100 + i}));
+        v.push(
+            json!({"messages": [{"role": "user", "content": format!("Tell me a fact about {t}.")}],
+                      "max_tokens": 12, "temperature": 0.9, "top_p": 0.95, "seed": 100 + i}),
+        );
     }
     v
 }
@@ -317,7 +345,9 @@ fn mixed_requests() -> Vec<Value> {
 /// steps): every answer, greedy or seeded, equals the same request run alone.
 #[test]
 fn sixteen_concurrent_requests_equal_their_solo_runs() {
-    let Some(path) = common::real_model() else { return };
+    let Some(path) = common::real_model() else {
+        return;
+    };
     concurrent_equals_solo(&path, 7, false);
 }
 
@@ -330,14 +360,18 @@ fn sixteen_concurrent_requests_equal_their_solo_runs() {
 #[test]
 #[ignore = "needs the row-invariant quantized matmul (batch invariance at 8+ rows); run with --ignored"]
 fn sixteen_requests_in_one_batch_equal_their_solo_runs() {
-    let Some(path) = common::real_model() else { return };
+    let Some(path) = common::real_model() else {
+        return;
+    };
     concurrent_equals_solo(&path, 16, false);
 }
 
 #[test]
 #[ignore = "needs prefill rows computed alike at every chunk size (prefix sharing); run with --ignored"]
 fn sixteen_concurrent_requests_equal_their_solo_runs_with_prefix_sharing() {
-    let Some(path) = common::real_model() else { return };
+    let Some(path) = common::real_model() else {
+        return;
+    };
     concurrent_equals_solo(&path, 7, true);
 }
 
@@ -361,7 +395,11 @@ fn concurrent_equals_solo(path: &Path, parallel: usize, prefix_cache: bool) {
     });
     assert!(t0.elapsed() < Duration::from_secs(300));
     for (i, (a, b)) in solo.iter().zip(&together).enumerate() {
-        assert_eq!(a, b, "parallel {parallel}, prefix cache {prefix_cache}, request {i}: {}", reqs[i]);
+        assert_eq!(
+            a, b,
+            "parallel {parallel}, prefix cache {prefix_cache}, request {i}: {}",
+            reqs[i]
+        );
     }
     // Seeds matter: two sampled answers to different prompts differ from their greedy twins.
     assert!((0..8).any(|i| solo[2 * i] != solo[2 * i + 1]));
@@ -370,19 +408,29 @@ fn concurrent_equals_solo(path: &Path, parallel: usize, prefix_cache: bool) {
 
 #[test]
 fn a_client_that_disconnects_mid_stream_frees_its_sequence() {
-    let Some(path) = common::real_model() else { return };
+    let Some(path) = common::real_model() else {
+        return;
+    };
     let server = start(&path, 2, 8);
     let addr = server.local_addr();
     let mut s = connect(addr);
     let body = json!({"prompt": "Once upon a time", "max_tokens": 400, "temperature": 0,
                       "ignore_eos": true, "stream": true});
-    send(&mut s, "POST", "/v1/completions", body.to_string().as_bytes());
+    send(
+        &mut s,
+        "POST",
+        "/v1/completions",
+        body.to_string().as_bytes(),
+    );
     let mut reader = BufReader::new(s);
     let mut line = String::new();
     let mut data_lines = 0;
     while data_lines < 3 {
         line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "stream ended early");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "stream ended early"
+        );
         if line.contains("data: {") {
             data_lines += 1;
         }
@@ -395,7 +443,11 @@ fn a_client_that_disconnects_mid_stream_frees_its_sequence() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(metric(addr, "minfer_sequences_running"), 0.0);
-    assert_eq!(metric(addr, "minfer_kv_blocks_in_use"), 0.0, "blocks still held");
+    assert_eq!(
+        metric(addr, "minfer_kv_blocks_in_use"),
+        0.0,
+        "blocks still held"
+    );
     let generated = metric(addr, "minfer_generated_tokens_total");
     assert!(generated < 400.0, "generation went on: {generated}");
     // The server still answers.
@@ -424,7 +476,9 @@ fn assert_error(r: &Reply, status: u16, param: Option<&str>) {
 
 #[test]
 fn bad_requests_get_openai_errors() {
-    let Some(path) = common::real_model() else { return };
+    let Some(path) = common::real_model() else {
+        return;
+    };
     let server = start(&path, 2, 8);
     let addr = server.local_addr();
     let chat = "/v1/chat/completions";
@@ -443,7 +497,10 @@ fn bad_requests_get_openai_errors() {
         ("seed", r#""seed": 1.5"#),
         ("stream", r#""stream": 1"#),
         ("top_logprobs", r#""top_logprobs": 3"#),
-        ("messages[0].role", r#""messages": [{"role": 1, "content": "x"}]"#),
+        (
+            "messages[0].role",
+            r#""messages": [{"role": 1, "content": "x"}]"#,
+        ),
     ] {
         let body = if field.starts_with("messages") {
             format!("{{{bad}}}")
@@ -461,7 +518,11 @@ fn bad_requests_get_openai_errors() {
     let long = "word ".repeat(CTX + 10);
     let r = post(addr, "/v1/completions", &json!({"prompt": long}));
     assert_error(&r, 400, Some("prompt"));
-    let r = post(addr, "/v1/completions", &json!({"prompt": [1, 2, 99999999]}));
+    let r = post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": [1, 2, 99999999]}),
+    );
     assert_error(&r, 400, Some("prompt"));
     // Over the body limit (64 KiB here).
     let big = format!(r#"{{{m}, "user": "{}"}}"#, "x".repeat(100 << 10));
@@ -478,7 +539,11 @@ fn bad_requests_get_openai_errors() {
 
     // A full queue: 503 with Retry-After.
     let server = start(&path, 1, 0);
-    let r = post(server.local_addr(), chat, &json!({"messages": [{"role": "user", "content": "hi"}]}));
+    let r = post(
+        server.local_addr(),
+        chat,
+        &json!({"messages": [{"role": "user", "content": "hi"}]}),
+    );
     assert_error(&r, 503, None);
     assert_eq!(r.header("retry-after"), Some("1"));
     server.shutdown().unwrap();
@@ -486,9 +551,20 @@ fn bad_requests_get_openai_errors() {
 
 #[test]
 fn the_cli_serves_on_an_ephemeral_port() {
-    let Some(path) = common::real_model() else { return };
+    let Some(path) = common::real_model() else {
+        return;
+    };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_minfer"))
-        .args(["serve", path.to_str().unwrap(), "--port", "0", "--ctx", "256", "--threads", "1"])
+        .args([
+            "serve",
+            path.to_str().unwrap(),
+            "--port",
+            "0",
+            "--ctx",
+            "256",
+            "--threads",
+            "1",
+        ])
         .args(["--parallel", "2", "--alias", "smol"])
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -197,7 +197,10 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<Request, ApiErro
         }
         if let Some(b) = opt_uint(&o, "best_of")? {
             if b != 1 {
-                return Err(ApiError::invalid("best_of", "only best_of = 1 is supported"));
+                return Err(ApiError::invalid(
+                    "best_of",
+                    "only best_of = 1 is supported",
+                ));
             }
         }
         if opt_str(&o, "suffix")?.is_some_and(|s| !s.is_empty()) {
@@ -209,14 +212,20 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<Request, ApiErro
         None => opt_uint(&o, "max_tokens")?.map(|n| ("max_tokens", n)),
     };
     if let Some((field, 0)) = max_tokens {
-        return Err(ApiError::invalid(field, format!("{field} must be at least 1")));
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} must be at least 1"),
+        ));
     }
     let max_tokens = max_tokens.map(|(_, n)| n as usize);
 
     let d = SamplerConfig::default();
     let temperature = opt_num(&o, "temperature")?.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid("temperature", "temperature must be in [0, 2]"));
+        return Err(ApiError::invalid(
+            "temperature",
+            "temperature must be in [0, 2]",
+        ));
     }
     let top_p = opt_num(&o, "top_p")?.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
@@ -225,7 +234,10 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<Request, ApiErro
     let penalty = |name: &str| -> Result<f64, ApiError> {
         let p = opt_num(&o, name)?.unwrap_or(0.0);
         if !(-2.0..=2.0).contains(&p) {
-            return Err(ApiError::invalid(name, format!("{name} must be in [-2, 2]")));
+            return Err(ApiError::invalid(
+                name,
+                format!("{name} must be in [-2, 2]"),
+            ));
         }
         Ok(p)
     };
@@ -585,7 +597,7 @@ pub struct Usage {
 
 impl Usage {
     /// The `usage` object.
-    pub fn to_json(&self) -> Value {
+    pub fn to_json(self) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -611,9 +623,8 @@ pub struct TokenLogprob {
 pub fn logprobs_json(endpoint: Endpoint, lps: &[TokenLogprob], offset0: usize) -> Value {
     match endpoint {
         Endpoint::Chat => {
-            let entry = |t: &str, lp: f32| {
-                json!({"token": t, "logprob": lp, "bytes": t.as_bytes()})
-            };
+            let entry =
+                |t: &str, lp: f32| json!({"token": t, "logprob": lp, "bytes": t.as_bytes()});
             let content: Vec<Value> = lps
                 .iter()
                 .map(|l| {
@@ -809,7 +820,10 @@ mod tests {
     fn completion_prompts() {
         let p = |b: &str| parse_request(Endpoint::Completions, b.as_bytes()).map(|r| r.prompt);
         assert_eq!(p(r#"{"prompt":"hi"}"#).unwrap(), Prompt::Text("hi".into()));
-        assert_eq!(p(r#"{"prompt":["hi"]}"#).unwrap(), Prompt::Text("hi".into()));
+        assert_eq!(
+            p(r#"{"prompt":["hi"]}"#).unwrap(),
+            Prompt::Text("hi".into())
+        );
         assert_eq!(p(r#"{"prompt":[1,2]}"#).unwrap(), Prompt::Ids(vec![1, 2]));
         assert_eq!(p(r#"{"prompt":[[1,2]]}"#).unwrap(), Prompt::Ids(vec![1, 2]));
         for bad in [
@@ -822,7 +836,11 @@ mod tests {
             r#"{"prompt":7}"#,
             r#"{}"#,
         ] {
-            assert_eq!(param(p(bad).map(|_| unreachable!())), Some("prompt".into()), "{bad}");
+            assert_eq!(
+                param(p(bad).map(|_| unreachable!())),
+                Some("prompt".into()),
+                "{bad}"
+            );
         }
     }
 
@@ -834,9 +852,15 @@ mod tests {
             (r#"{"messages":"hi"}"#, "messages"),
             (r#"{"messages":[3]}"#, "messages[0]"),
             (r#"{"messages":[{"content":"x"}]}"#, "messages[0].role"),
-            (r#"{"messages":[{"role":"wizard","content":"x"}]}"#, "messages[0].role"),
+            (
+                r#"{"messages":[{"role":"wizard","content":"x"}]}"#,
+                "messages[0].role",
+            ),
             (r#"{"messages":[{"role":"user"}]}"#, "messages[0].content"),
-            (r#"{"messages":[{"role":"user","content":5}]}"#, "messages[0].content"),
+            (
+                r#"{"messages":[{"role":"user","content":5}]}"#,
+                "messages[0].content",
+            ),
             (
                 r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
                 "messages[0].content[0].type",
@@ -866,7 +890,10 @@ mod tests {
             (r#""stop":[""]"#, "stop"),
             (r#""stop":[1]"#, "stop"),
             (r#""stream":"yes""#, "stream"),
-            (r#""stream_options":{"include_usage":true}"#, "stream_options"),
+            (
+                r#""stream_options":{"include_usage":true}"#,
+                "stream_options",
+            ),
             (
                 r#""stream":true,"stream_options":{"include_usage":1}"#,
                 "stream_options.include_usage",

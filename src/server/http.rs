@@ -275,8 +275,7 @@ async fn submit(
     let room = st.ctx - ids.len();
     let max_new = match req.max_tokens {
         Some(n) if n > room => {
-            let field = if endpoint == Endpoint::Chat && body_has(&body, "max_completion_tokens")
-            {
+            let field = if endpoint == Endpoint::Chat && body_has(&body, "max_completion_tokens") {
                 "max_completion_tokens"
             } else {
                 "max_tokens"
@@ -357,7 +356,10 @@ fn tokenize(st: &AppState, prompt: &Prompt) -> Result<Vec<u32>, ApiError> {
             if let Some(bad) = ids.iter().find(|&&t| t as usize >= st.vocab) {
                 return Err(ApiError::invalid(
                     "prompt",
-                    format!("token id {bad} is out of range for a vocabulary of {}", st.vocab),
+                    format!(
+                        "token id {bad} is out of range for a vocabulary of {}",
+                        st.vocab
+                    ),
                 ));
             }
             Ok(ids.clone())
@@ -456,7 +458,10 @@ impl SseState {
         if !self.started {
             self.started = true;
             if self.meta.endpoint == Endpoint::Chat {
-                frame(&mut out, &self.meta.chunk(true, Some(""), None, None, usage_field));
+                frame(
+                    &mut out,
+                    &self.meta.chunk(true, Some(""), None, None, usage_field),
+                );
             }
         }
         match ev {

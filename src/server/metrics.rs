@@ -122,9 +122,19 @@ impl Metrics {
         let reqs: Vec<(String, String)> = OUTCOMES
             .iter()
             .zip(&self.requests)
-            .map(|((_, name), c)| (format!("{{outcome=\"{name}\"}}"), c.load(Relaxed).to_string()))
+            .map(|((_, name), c)| {
+                (
+                    format!("{{outcome=\"{name}\"}}"),
+                    c.load(Relaxed).to_string(),
+                )
+            })
             .collect();
-        metric("minfer_requests_total", "counter", "Completion requests by how they ended.", &reqs);
+        metric(
+            "minfer_requests_total",
+            "counter",
+            "Completion requests by how they ended.",
+            &reqs,
+        );
         metric(
             "minfer_prompt_tokens_total",
             "counter",
@@ -147,7 +157,13 @@ impl Metrics {
             "minfer_generation_tokens_per_second",
             "gauge",
             "Generated tokens per second over the last 10 s.",
-            &[(String::new(), format!("{:.3}", f64::from_bits(self.tokens_per_second.load(Relaxed))))],
+            &[(
+                String::new(),
+                format!(
+                    "{:.3}",
+                    f64::from_bits(self.tokens_per_second.load(Relaxed))
+                ),
+            )],
         );
         metric(
             "minfer_sequences_running",
@@ -200,7 +216,12 @@ impl Metrics {
         let mut ttft: Vec<(String, String)> = TTFT_BOUNDS
             .iter()
             .zip(&self.ttft_buckets)
-            .map(|(le, b)| (format!("_bucket{{le=\"{le}\"}}"), b.load(Relaxed).to_string()))
+            .map(|(le, b)| {
+                (
+                    format!("_bucket{{le=\"{le}\"}}"),
+                    b.load(Relaxed).to_string(),
+                )
+            })
             .collect();
         let n = self.ttft_count.load(Relaxed);
         ttft.push(("_bucket{le=\"+Inf\"}".into(), n.to_string()));

@@ -116,7 +116,11 @@ impl Server {
         let listener = std::net::TcpListener::bind((opts.host.as_str(), opts.port))
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| {
-                Error::option("host", format!("{}:{}", opts.host, opts.port), e.to_string())
+                Error::option(
+                    "host",
+                    format!("{}:{}", opts.host, opts.port),
+                    e.to_string(),
+                )
             })?;
         let addr = listener
             .local_addr()

@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -156,12 +156,7 @@ pub struct Scheduler<'t, E: Engine> {
 
 impl<'t, E: Engine> Scheduler<'t, E> {
     /// A scheduler over `engine`.
-    pub fn new(
-        engine: E,
-        tok: &'t Tokenizer,
-        cfg: SchedulerConfig,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(engine: E, tok: &'t Tokenizer, cfg: SchedulerConfig, metrics: Arc<Metrics>) -> Self {
         let kv = engine.kv_usage();
         metrics.set_kv(kv);
         Scheduler {
@@ -191,11 +186,8 @@ impl<'t, E: Engine> Scheduler<'t, E> {
                     Err(_) => return,
                 }
             }
-            loop {
-                match rx.try_recv() {
-                    Ok(job) => self.waiting.push_back(job),
-                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-                }
+            while let Ok(job) = rx.try_recv() {
+                self.waiting.push_back(job);
             }
             self.step();
         }
@@ -253,17 +245,23 @@ impl<'t, E: Engine> Scheduler<'t, E> {
             let job = self.waiting.pop_front().expect("front exists");
             self.metrics.waiting.fetch_sub(1, Relaxed);
             let engine = &mut self.engine;
-            let added = catch_unwind(AssertUnwindSafe(|| {
-                engine.add(&job.prompt, job.max_new)
-            }));
+            let added = catch_unwind(AssertUnwindSafe(|| engine.add(&job.prompt, job.max_new)));
             let id = match added {
                 Ok(Ok(id)) => id,
                 Ok(Err(e)) => {
-                    fail(&self.metrics, &job, ApiError::internal(format!("could not admit the request: {e}")));
+                    fail(
+                        &self.metrics,
+                        &job,
+                        ApiError::internal(format!("could not admit the request: {e}")),
+                    );
                     continue;
                 }
                 Err(p) => {
-                    fail(&self.metrics, &job, panic_error("admitting the request", &p));
+                    fail(
+                        &self.metrics,
+                        &job,
+                        panic_error("admitting the request", &p),
+                    );
                     continue;
                 }
             };
@@ -276,8 +274,12 @@ impl<'t, E: Engine> Scheduler<'t, E> {
                 }
             };
             let cached = self.engine.cached_tokens(id);
-            self.metrics.prompt_tokens.fetch_add(job.prompt.len() as u64, Relaxed);
-            self.metrics.cached_prompt_tokens.fetch_add(cached as u64, Relaxed);
+            self.metrics
+                .prompt_tokens
+                .fetch_add(job.prompt.len() as u64, Relaxed);
+            self.metrics
+                .cached_prompt_tokens
+                .fetch_add(cached as u64, Relaxed);
             let text = TextState::new(self.tok, job.stop.clone());
             self.active.push(Active {
                 id,
@@ -338,7 +340,9 @@ impl<'t, E: Engine> Scheduler<'t, E> {
         let engine = &mut self.engine;
         let r = catch_unwind(AssertUnwindSafe(|| engine.decode(&batch)));
         self.metrics.decode_steps.fetch_add(1, Relaxed);
-        self.metrics.decode_rows.fetch_add(batch.len() as u64, Relaxed);
+        self.metrics
+            .decode_rows
+            .fetch_add(batch.len() as u64, Relaxed);
         let failure = match r {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(ApiError::internal(format!("decode step failed: {e}"))),
@@ -360,11 +364,18 @@ impl<'t, E: Engine> Scheduler<'t, E> {
     /// Sample the next token of `active[i]` from its logits and act on it.
     fn next_token(&mut self, i: usize) {
         let Some(logits) = self.engine.logits(self.active[i].id) else {
-            self.kill(i, ApiError::internal("the engine has no logits for the sequence"));
+            self.kill(
+                i,
+                ApiError::internal("the engine has no logits for the sequence"),
+            );
             return;
         };
         if logits.len() != self.cfg.vocab {
-            let msg = format!("the engine gave {} logits for a vocabulary of {}", logits.len(), self.cfg.vocab);
+            let msg = format!(
+                "the engine gave {} logits for a vocabulary of {}",
+                logits.len(),
+                self.cfg.vocab
+            );
             self.kill(i, ApiError::internal(msg));
             return;
         }
@@ -374,7 +385,9 @@ impl<'t, E: Engine> Scheduler<'t, E> {
         let r = catch_unwind(AssertUnwindSafe(|| a.advance(logits, eos, tok)));
         match r {
             Ok(Ok(generated)) => {
-                self.metrics.generated_tokens.fetch_add(generated as u64, Relaxed);
+                self.metrics
+                    .generated_tokens
+                    .fetch_add(generated as u64, Relaxed);
                 self.rate.add(generated);
             }
             Ok(Err(e)) => self.kill(i, e),
@@ -436,7 +449,9 @@ impl<'t> Active<'t> {
             let name = |id: u32| tok.decode(&[id], false).unwrap_or_default();
             self.pending_lps.push(TokenLogprob {
                 token: name(t),
-                logprob: logits.get(t as usize).map_or(f32::NEG_INFINITY, |&l| l - lse),
+                logprob: logits
+                    .get(t as usize)
+                    .map_or(f32::NEG_INFINITY, |&l| l - lse),
                 top: top.into_iter().map(|(id, lp)| (name(id), lp)).collect(),
             });
         }
@@ -604,7 +619,6 @@ impl<'t> TextState<'t> {
         self.sent = safe;
         (out, false)
     }
-
 }
 
 /// Generated tokens over the last few seconds, for the tokens/s gauge.
@@ -786,7 +800,9 @@ mod tests {
     }
 
     /// Text, finish and usage of a finished request (or its error).
-    fn collect(rx: &mut UnboundedReceiver<Event>) -> std::result::Result<(String, Finish, Usage), ApiError> {
+    fn collect(
+        rx: &mut UnboundedReceiver<Event>,
+    ) -> std::result::Result<(String, Finish, Usage), ApiError> {
         let mut text = String::new();
         while let Ok(ev) = rx.try_recv() {
             match ev {
@@ -854,7 +870,7 @@ mod tests {
             assert_eq!(usage.completion_tokens, gen);
         }
         let e = s.engine();
-        assert!(e.batch_sizes.iter().any(|&b| b == 3), "{:?}", e.batch_sizes);
+        assert!(e.batch_sizes.contains(&3), "{:?}", e.batch_sizes);
         assert!(e.batch_sizes.iter().all(|&b| b <= 3));
         assert!(e.seqs.is_empty() && e.used() == 0);
         assert_eq!(metrics.requests(Outcome::Ok), 4);
@@ -880,7 +896,11 @@ mod tests {
         assert_eq!(s.engine().seqs.len(), 2);
         drop(rx_a);
         s.step();
-        assert_eq!(s.engine().seqs.len(), 1, "the cancelled sequence is removed");
+        assert_eq!(
+            s.engine().seqs.len(),
+            1,
+            "the cancelled sequence is removed"
+        );
         assert_eq!(s.engine().removed, [1]);
         drive(&mut s);
         assert!(collect(&mut rx_b).is_ok());
@@ -915,7 +935,10 @@ mod tests {
     fn stop_strings_never_leak_and_cut_the_text() {
         let tok = tokenizer();
         let ids = tok
-            .encode("Hello world, this is a test of the stop strings. The end.", false)
+            .encode(
+                "Hello world, this is a test of the stop strings. The end.",
+                false,
+            )
             .unwrap();
         let full = tok.decode(&ids, true).unwrap();
         let text = full.as_str();

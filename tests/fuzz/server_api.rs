@@ -11,18 +11,67 @@ use crate::engine::{campaign, Outcome, Target};
 use crate::json_mut;
 
 const DICT: &[&str] = &[
-    "model", "messages", "role", "content", "system", "developer", "user", "assistant", "tool",
-    "type", "text", "image_url", "prompt", "max_tokens", "max_completion_tokens", "temperature",
-    "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
-    "seed", "stop", "stream", "stream_options", "include_usage", "logprobs", "top_logprobs", "n",
-    "echo", "best_of", "suffix", "ignore_eos", "user",
+    "model",
+    "messages",
+    "role",
+    "content",
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "type",
+    "text",
+    "image_url",
+    "prompt",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "include_usage",
+    "logprobs",
+    "top_logprobs",
+    "n",
+    "echo",
+    "best_of",
+    "suffix",
+    "ignore_eos",
+    "user",
 ];
 
 const FIELDS: &[&str] = &[
-    "model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-    "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed",
-    "stop", "stream", "stream_options", "logprobs", "top_logprobs", "n", "echo", "best_of",
-    "suffix", "ignore_eos",
+    "model",
+    "messages",
+    "prompt",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "logprobs",
+    "top_logprobs",
+    "n",
+    "echo",
+    "best_of",
+    "suffix",
+    "ignore_eos",
 ];
 
 fn run(bytes: &[u8]) -> Outcome {
@@ -43,7 +92,10 @@ fn run(bytes: &[u8]) -> Outcome {
             }
             Ok(r) => {
                 if r.sampling.validate().is_err() {
-                    return Err(format!("{endpoint:?}: accepted invalid sampling {:?}", r.sampling));
+                    return Err(format!(
+                        "{endpoint:?}: accepted invalid sampling {:?}",
+                        r.sampling
+                    ));
                 }
                 let empty = match &r.prompt {
                     Prompt::Chat(m) => m.is_empty(),
