@@ -139,8 +139,6 @@ struct Active<'t> {
     pending_lps: Vec<TokenLogprob>,
     /// Nothing more to do: remove it.
     done: bool,
-    /// It ended normally (Done was sent), for the outcome counter.
-    completed: bool,
 }
 
 /// The loop's state. `run` drives it until the job channel closes and nothing is left.
@@ -293,7 +291,6 @@ impl<'t, E: Engine> Scheduler<'t, E> {
                 scratch: Vec::new(),
                 pending_lps: Vec::new(),
                 done: false,
-                completed: false,
             });
         }
     }
@@ -382,7 +379,8 @@ impl<'t, E: Engine> Scheduler<'t, E> {
         let a = &mut self.active[i];
         let eos = &self.cfg.eos_ids;
         let tok = self.tok;
-        let r = catch_unwind(AssertUnwindSafe(|| a.advance(logits, eos, tok)));
+        let metrics = &*self.metrics;
+        let r = catch_unwind(AssertUnwindSafe(|| a.advance(logits, eos, tok, metrics)));
         match r {
             Ok(Ok(generated)) => {
                 self.metrics
@@ -406,13 +404,9 @@ impl<'t, E: Engine> Scheduler<'t, E> {
 
     fn reap(&mut self) {
         let engine = &mut self.engine;
-        let metrics = &self.metrics;
         self.active.retain(|a| {
             if a.done {
                 engine.remove(a.id);
-                if a.completed {
-                    metrics.count(Outcome::Ok);
-                }
             }
             !a.done
         });
@@ -434,13 +428,14 @@ impl<'t> Active<'t> {
         logits: &[f32],
         eos: &[u32],
         tok: &Tokenizer,
+        metrics: &Metrics,
     ) -> std::result::Result<usize, ApiError> {
         self.scratch.clear();
         self.scratch.extend_from_slice(logits);
         let lp = self.job.logprobs.map(|k| log_softmax_top(logits, k));
         let t = self.sampler.sample(&mut self.scratch, &self.history);
         if !self.job.ignore_eos && eos.contains(&t) {
-            self.finish(Finish::Stop);
+            self.finish(Finish::Stop, metrics);
             return Ok(0);
         }
         self.generated += 1;
@@ -461,11 +456,11 @@ impl<'t> Active<'t> {
             .map_err(|e| ApiError::internal(format!("decoding token {t}: {e}")))?;
         self.emit(text);
         if stopped {
-            self.finish(Finish::Stop);
+            self.finish(Finish::Stop, metrics);
         } else if self.generated >= self.job.max_new {
             let rest = self.text.flush();
             self.emit(rest);
-            self.finish(Finish::Length);
+            self.finish(Finish::Length, metrics);
         } else {
             self.phase = Phase::Decode { next: t };
         }
@@ -480,7 +475,7 @@ impl<'t> Active<'t> {
         let _ = self.job.events.send(Event::Delta { text, logprobs });
     }
 
-    fn finish(&mut self, finish: Finish) {
+    fn finish(&mut self, finish: Finish, metrics: &Metrics) {
         if finish == Finish::Stop && !self.text.stopped {
             let rest = self.text.flush();
             self.emit(rest);
@@ -493,9 +488,10 @@ impl<'t> Active<'t> {
             cached_tokens: self.cached,
             completion_tokens: self.generated,
         };
+        // Counted before the client can hear of it (and scrape /metrics).
+        metrics.count(Outcome::Ok);
         let _ = self.job.events.send(Event::Done { finish, usage });
         self.done = true;
-        self.completed = true;
     }
 }
 

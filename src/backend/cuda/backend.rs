@@ -1251,7 +1251,10 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         }
         check_len(op, "x", x.len, rows * heads * head_dim)?;
         u32_arg(op, "rows * heads * head_dim / 2", pairs)?;
-        if let Some(&p) = layout.host.positions[..rows].iter().find(|&&p| p >= 1 << 24) {
+        if let Some(&p) = layout.host.positions[..rows]
+            .iter()
+            .find(|&&p| p >= 1 << 24)
+        {
             return Err(Error::arg(format!(
                 "{op}: position {p} is not exact in f32"
             )));
@@ -1632,7 +1635,6 @@ pub(crate) fn quant_layout(d: DType) -> Option<QuantLayout> {
         _ => None,
     }
 }
-
 
 /// A quantized matrix's bytes in the device layout (see [`CudaMat`]): every block's body, then
 /// every block's head. Returns the bytes and the head section's byte offset.

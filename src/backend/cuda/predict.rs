@@ -334,7 +334,11 @@ impl DecodeShape {
     /// llama3-8b), bf16 weights.
     pub fn preset(name: &str) -> Result<DecodeShape> {
         let c = crate::synthetic::preset_config(name)?;
-        Ok(DecodeShape::of_config(name, &c, MatDTypes::all(DType::BF16)))
+        Ok(DecodeShape::of_config(
+            name,
+            &c,
+            MatDTypes::all(DType::BF16),
+        ))
     }
 
     /// The decode step of a model with this config and these weight dtypes.
@@ -639,7 +643,12 @@ impl Runner {
                 }
                 _ => {
                     let h: Vec<half::bf16> = v.into_iter().map(half::bf16::from_f32).collect();
-                    WeightTensor::from_bytes("w", DType::BF16, vec![n, k], bytemuck::cast_slice(&h))?
+                    WeightTensor::from_bytes(
+                        "w",
+                        DType::BF16,
+                        vec![n, k],
+                        bytemuck::cast_slice(&h),
+                    )?
                 }
             }
         };
