@@ -285,6 +285,16 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<Request, ApiErro
         frequency_penalty: frequency_penalty as f32,
         seed: seed.unwrap_or(d.seed),
     };
+    // Again after the conversion to f32: a tiny positive top_p or repetition_penalty rounds to
+    // 0 (found by the server_api fuzz target).
+    if let Err(e) = sampling.validate() {
+        return Err(match e {
+            crate::Error::InvalidOption { field, reason, .. } => {
+                ApiError::invalid(field, format!("{field} {reason}"))
+            }
+            other => ApiError::bad_request(other.to_string()),
+        });
+    }
 
     let stop = match o.get("stop") {
         None | Some(Value::Null) => Vec::new(),
@@ -881,6 +891,8 @@ mod tests {
             (r#""top_k":1.5"#, "top_k"),
             (r#""min_p":2"#, "min_p"),
             (r#""repetition_penalty":0"#, "repetition_penalty"),
+            (r#""repetition_penalty":1e-300"#, "repetition_penalty"),
+            (r#""top_p":1e-300"#, "top_p"),
             (r#""presence_penalty":3"#, "presence_penalty"),
             (r#""frequency_penalty":"x""#, "frequency_penalty"),
             (r#""seed":"x""#, "seed"),
