@@ -44,5 +44,8 @@ if [ -s "$SKIPS" ]; then
   cat "$SKIPS"
 fi
 
+step "minfer serve: the official openai Python client (pip, into .cache/openai-venv) on 127.0.0.1"
+scripts/test-openai-client.sh
+
 step "fuzz: regression cases, corpus and 3 s per target (test profile: overflow checks on)"
 cargo test --test fuzz

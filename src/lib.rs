@@ -51,6 +51,8 @@ mod model;
 mod quant;
 mod rng;
 mod sampler;
+#[cfg(feature = "server")]
+pub mod server;
 #[allow(missing_docs)]
 mod synthetic;
 mod tensor;

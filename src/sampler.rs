@@ -1,8 +1,9 @@
-//! Turning logits into the next token: greedy, temperature, top-k, top-p, min-p and a
-//! repetition penalty, seeded and reproducible.
+//! Turning logits into the next token: greedy, temperature, top-k, top-p, min-p, a
+//! repetition penalty and OpenAI's presence and frequency penalties, seeded and reproducible.
 //!
-//! The order follows Hugging Face's logits processors: repetition penalty on the raw logits,
-//! then temperature, then top-k, top-p and min-p filtering, then a draw. The sampler keeps its
+//! The order follows Hugging Face's logits processors: repetition penalty on the raw logits
+//! (then the presence and frequency penalties, over the tokens this sampler chose), then
+//! temperature, then top-k, top-p and min-p filtering, then a draw. The sampler keeps its
 //! candidate buffer between calls, so sampling allocates nothing per token.
 
 use crate::error::{Error, Result};
@@ -21,6 +22,12 @@ pub struct SamplerConfig {
     pub min_p: f32,
     /// > 1 discourages tokens already seen (logit / r if positive, × r if negative); 1 = off.
     pub repetition_penalty: f32,
+    /// Subtracted once from the logit of every token this sampler already chose (OpenAI's
+    /// presence_penalty, in [-2, 2]); 0 = off.
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time this sampler chose it (OpenAI's
+    /// frequency_penalty, in [-2, 2]); 0 = off.
+    pub frequency_penalty: f32,
     /// Seed of the random generator: the same seed gives the same text.
     pub seed: u64,
 }
@@ -33,6 +40,8 @@ impl Default for SamplerConfig {
             top_p: 1.0,
             min_p: 0.0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             seed: 0,
         }
     }
@@ -61,12 +70,23 @@ impl SamplerConfig {
                 "must be a positive number",
             ));
         }
+        for (field, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(Error::option(field, v, "must be in [-2, 2]"));
+            }
+        }
         Ok(())
     }
 
     /// Greedy decoding with no penalty: the argmax can be taken on the device.
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0 && self.repetition_penalty == 1.0
+        self.temperature == 0.0
+            && self.repetition_penalty == 1.0
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
     }
 }
 
@@ -76,6 +96,8 @@ pub struct Sampler {
     pub config: SamplerConfig,
     rng: Rng,
     cand: Vec<(u32, f32)>,
+    /// How often this sampler chose each token (for the presence and frequency penalties).
+    chosen: std::collections::HashMap<u32, u32>,
 }
 
 impl Sampler {
@@ -87,6 +109,7 @@ impl Sampler {
             config,
             rng,
             cand: Vec::new(),
+            chosen: Default::default(),
         })
     }
 
@@ -110,6 +133,22 @@ impl Sampler {
     /// Choose the next token from `logits` (modified in place), given the tokens so far.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         self.penalize(logits, history);
+        let (presence, frequency) = (self.config.presence_penalty, self.config.frequency_penalty);
+        if presence != 0.0 || frequency != 0.0 {
+            for (&t, &n) in &self.chosen {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= presence + frequency * n as f32;
+                }
+            }
+        }
+        let id = self.draw(logits);
+        if presence != 0.0 || frequency != 0.0 {
+            *self.chosen.entry(id).or_insert(0) += 1;
+        }
+        id
+    }
+
+    fn draw(&mut self, logits: &mut [f32]) -> u32 {
         let c = &self.config;
         if c.temperature == 0.0 {
             return crate::backend::cpu::argmax(logits) as u32;
@@ -267,7 +306,28 @@ mod tests {
     }
 
     #[test]
+    fn presence_and_frequency_penalties_count_the_chosen_tokens() {
+        let mut s = Sampler::new(SamplerConfig {
+            presence_penalty: 0.5,
+            frequency_penalty: 1.0,
+            ..Default::default()
+        })
+        .unwrap();
+        // Token 0 leads by 2.4: chosen twice (penalty 1.5 after the first, 2.5 after the
+        // second), then token 1 wins.
+        let logits = [3.4f32, 1.0, 0.0];
+        let got: Vec<u32> = (0..3).map(|_| s.sample(&mut logits.clone(), &[])).collect();
+        assert_eq!(got, [0, 0, 1]);
+        assert!(!s.config.is_greedy());
+    }
+
+    #[test]
     fn invalid_settings_are_errors() {
+        assert!(Sampler::new(SamplerConfig {
+            presence_penalty: 2.5,
+            ..Default::default()
+        })
+        .is_err());
         assert!(Sampler::new(SamplerConfig {
             top_p: 0.0,
             ..Default::default()

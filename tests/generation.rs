@@ -274,6 +274,7 @@ fn sampled_generation_equals_a_sampler_fed_by_a_scoring_loop() {
         min_p: 0.01,
         repetition_penalty: 1.2,
         seed: 99,
+        ..Default::default()
     };
     let mut m = model(V);
     let opts = GenerateOptions {

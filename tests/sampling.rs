@@ -40,6 +40,7 @@ fn config(c: &Value, seed: u64) -> SamplerConfig {
         min_p: c["min_p"].as_f64().unwrap() as f32,
         repetition_penalty: c["repetition_penalty"].as_f64().unwrap() as f32,
         seed,
+        ..Default::default()
     }
 }
 

@@ -119,6 +119,43 @@ Examples:
   minfer bench model.gguf --prompt-len 128 --gen-len 64 --profile --trace /tmp/trace.json
   minfer bench synthetic:qwen2-1.5b --dtype bf16 --device cuda")]
     Bench(BenchArgs),
+
+    /// Serve the model over an OpenAI-compatible HTTP API, batching concurrent requests.
+    #[command(after_help = "\
+Examples:
+  minfer serve model.gguf --port 8080 --parallel 8 --threads 2
+  curl http://127.0.0.1:8080/v1/chat/completions -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'
+
+Endpoints: POST /v1/chat/completions, POST /v1/completions (stream true or false), GET /v1/models,
+GET /health, GET /metrics (Prometheus text). The `model` field of a request may be left out or be
+the name GET /v1/models lists. --port 0 takes any free port; the address is printed on stderr.")]
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The model: directory, .safetensors or .gguf (with a tokenizer)
+    pub model: PathBuf,
+    /// Address to listen on
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 = any free port)
+    #[arg(long, value_name = "N", default_value_t = 8080)]
+    pub port: u16,
+    /// Sequences decoded together in one batch
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub parallel: usize,
+    /// Requests that may wait for a free sequence before new ones get 503
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub queue: usize,
+    /// The model name clients send (default: the file name without extension)
+    #[arg(long, value_name = "NAME")]
+    pub alias: Option<String>,
+    /// Compute every prompt in full instead of reusing the KV blocks of a common prefix
+    #[arg(long)]
+    pub no_prefix_cache: bool,
+    #[command(flatten)]
+    pub load: LoadArgs,
 }
 
 /// Where and how to load the model.

@@ -12,6 +12,7 @@
 mod args;
 mod options;
 mod run;
+mod serve;
 mod tools;
 
 use std::fmt;
@@ -319,6 +320,7 @@ fn try_main() -> Res {
         Some(Command::Inspect(a)) => tools::inspect(&a, &mut out),
         Some(Command::Convert(a)) => tools::convert(&a),
         Some(Command::Bench(a)) => tools::bench(&a, &mut out),
+        Some(Command::Serve(a)) => serve::serve(&a),
     }
 }
 

@@ -31,6 +31,7 @@ pub fn sampler_config(a: &SamplingArgs) -> SamplerConfig {
         min_p: a.min_p.unwrap_or(d.min_p),
         repetition_penalty: a.repeat_penalty.unwrap_or(d.repetition_penalty),
         seed: a.seed.unwrap_or(d.seed),
+        ..d
     }
 }
 
