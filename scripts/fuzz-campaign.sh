@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all="gguf safetensors safetensors_index config tokenizer_json encode_decode chat_template ptx"
+all="gguf safetensors safetensors_index config tokenizer_json encode_decode chat_template ptx server_api"
 if [ $# -lt 1 ]; then
   echo "usage: scripts/fuzz-campaign.sh MINUTES [SEED] [TARGET...]" >&2
   echo "targets: $all" >&2
@@ -33,7 +33,7 @@ echo "building the instrumented fuzz binary in $CARGO_TARGET_DIR"
 # --target: the flags then reach only the target's code, not build scripts or proc macros (which
 # would not link without the counters hook).
 host=$(rustc -vV | sed -n "s/^host: //p")
-bin=$(nice -n 19 cargo test --test fuzz --no-run --no-default-features --target "$host" --message-format=json \
+bin=$(nice -n 19 cargo test --test fuzz --no-run --no-default-features --features server --target "$host" --message-format=json \
   2>"$CARGO_TARGET_DIR.build.log" \
   | grep -o '"executable":"[^"]*fuzz-[^"]*"' | tail -1 | cut -d'"' -f4)
 [ -x "$bin" ] || { echo "no fuzz binary built" >&2; exit 1; }

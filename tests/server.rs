@@ -361,13 +361,11 @@ fn sixteen_requests_in_one_batch_equal_their_solo_runs() {
     concurrent_equals_solo(&path, 16, false);
 }
 
-// Fails on main as of 1f7bb7d (found by this test): a prompt prefilled after a cached prefix
-// computes only its remaining rows, and a prefill step of under 16 rows runs the batched
-// matvec while the full prompt (16+ rows) runs the packed GEMM, so the first logits differ in
-// the last bits and a greedy answer can change. It passes once prefill rows are computed the
-// same way at every chunk size (or the prefix cache is bypassed where that matters).
+/// Prefix sharing on: the prompts share the chat template's system prompt. This failed while
+/// a prompt resumed after any cached prefix (its remaining rows ran the batched matvec where the
+/// full prompt ran the packed GEMM); the Batcher's exact prefix reuse resumes only where the rest
+/// computes bit-identical values.
 #[test]
-#[ignore = "prefill after a cached prefix is not bit-identical to a full prefill (GEMM vs matvec by row count); run with --ignored"]
 fn sixteen_concurrent_requests_equal_their_solo_runs_with_prefix_sharing() {
     let Some(path) = common::real_model() else {
         return;

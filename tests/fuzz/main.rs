@@ -11,6 +11,7 @@ mod bounds;
 mod engine;
 mod gguf_mut;
 mod json_mut;
+#[cfg(feature = "server")]
 mod server_api;
 
 use std::path::{Path, PathBuf};
