@@ -180,7 +180,10 @@ pub fn loads_in_flight(kernel: &str) -> f64 {
         // issues all three before the sin/cos (SASS: 3 LDG, no loop).
         "rope_f32" => 3.0,
         // grid-stride elementwise kernels: a binary op's two loads per trip.
-        "silu_mul_f32" | "add_f32" | "copy_f32" | "kv_append_f32" => 2.0,
+        "silu_mul_f32" | "add_f32" | "copy_f32" => 2.0,
+        // paged kv_append: k, v, position and table index in flight, then the table entry
+        // (5 loads in 2 dependent rounds)
+        "kv_append_f32" => 2.5,
         _ => 1.0,
     }
 }
