@@ -40,7 +40,13 @@ macro_rules! cuda_quant_tests {
 pub(crate) use cuda_quant_tests;
 
 /// The block types with GPU kernels.
-pub const TYPES: [DType; 5] = [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4K, DType::Q6K];
+pub const TYPES: [DType; 5] = [
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q4K,
+    DType::Q6K,
+];
 
 fn put_f16(b: &mut [u8], at: usize, v: f32) {
     b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
@@ -158,7 +164,9 @@ pub fn quant_embed<B: Backend>(b: &B) {
                 .map(|&v| v as f64)
                 .collect();
             // The same f32 operations as the reference dequantization, unfused: bit-equal.
-            assert_close(&format!("embed {dtype} {vocab}x{dim}"), &got, &want, |_| 0.0);
+            assert_close(&format!("embed {dtype} {vocab}x{dim}"), &got, &want, |_| {
+                0.0
+            });
             assert!(
                 b.embed(&mut out, &t, &[vocab as u32]).is_err(),
                 "token id = vocab must be an error"
@@ -205,7 +213,10 @@ pub fn quant_preconditions<B: Backend>(b: &B) {
                 .sum::<f64>()
         })
         .collect();
-    assert_close("matmul Q5_K (f32 fallback)", &download(b, &out, n), &want, |_| {
-        1e-4
-    });
+    assert_close(
+        "matmul Q5_K (f32 fallback)",
+        &download(b, &out, n),
+        &want,
+        |_| 1e-4,
+    );
 }

@@ -508,9 +508,8 @@ impl<D: GpuDriver> CudaBackend<D> {
         // attn_split_f32's shared memory: 8 KB of P·V partials, then q, scores, m, l of the
         // group and the chunk's key slots: 4·(group·(hd + chunk + 2) + chunk) B
         const PV_PARTIALS: usize = 8192;
-        let max_chunk_smem = ((MAX_DYNAMIC_SHARED - PV_PARTIALS) / 4)
-            .saturating_sub(group * (hd + 2))
-            / (group + 1);
+        let max_chunk_smem =
+            ((MAX_DYNAMIC_SHARED - PV_PARTIALS) / 4).saturating_sub(group * (hd + 2)) / (group + 1);
         let target_splits = (ATTN_TARGET_BLOCKS / (nkv * len)).max(1);
         let mut chunk = longest
             .div_ceil(target_splits)
@@ -1253,7 +1252,10 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         }
         check_len(op, "x", x.len, rows * heads * head_dim)?;
         u32_arg(op, "rows * heads * head_dim / 2", pairs)?;
-        if let Some(&p) = layout.host.positions[..rows].iter().find(|&&p| p >= 1 << 24) {
+        if let Some(&p) = layout.host.positions[..rows]
+            .iter()
+            .find(|&&p| p >= 1 << 24)
+        {
             return Err(Error::arg(format!(
                 "{op}: position {p} is not exact in f32"
             )));
@@ -1634,7 +1636,6 @@ pub(crate) fn quant_layout(d: DType) -> Option<QuantLayout> {
         _ => None,
     }
 }
-
 
 /// A quantized matrix's bytes in the device layout (see [`CudaMat`]): every block's body, then
 /// every block's head. Returns the bytes and the head section's byte offset.
