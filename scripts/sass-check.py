@@ -31,6 +31,13 @@ EXPECT = {
     "argmax_f32": (0, False, "argmax"),  # 4 independent scalar loads per trip (see its header)
     "attn_split_f32": (8, False, None),  # P.V: 16-byte V loads, key loop unrolled by ptxas
     "attn_combine_f32": (8, False, None),  # split loop branch-free, unrolled: 16-byte acc loads
+    # quantized matvec: per unit 16-byte quant loads and 8 (Q4_K, Q6_K: 16) 16-byte x loads in
+    # flight; the f16 scale is a narrow load by nature
+    "matvec_q8_0": (9, False, None),
+    "matvec_q4_0": (9, False, None),
+    "matvec_q4_1": (9, False, None),
+    "matvec_q4_k": (16, False, None),
+    "matvec_q6_k": (16, False, None),
 }
 
 LABEL = re.compile(r"^\s*(\.L_x_\d+):")

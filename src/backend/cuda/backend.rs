@@ -505,10 +505,11 @@ impl<D: GpuDriver> CudaBackend<D> {
             .max()
             .unwrap_or(1);
         let total: usize = (r0..r0 + len).map(|r| Self::visible(a, r)).sum();
-        // attn_split_f32's shared memory: 8 KB of P·V partials, then q, scores, m, l of the group
+        // attn_split_f32's shared memory: 8 KB of P·V partials, then q, scores, m, l of the
+        // group and the chunk's key slots: 4·(group·(hd + chunk + 2) + chunk) B
         const PV_PARTIALS: usize = 8192;
         let max_chunk_smem =
-            ((MAX_DYNAMIC_SHARED - PV_PARTIALS) / 4 / group).saturating_sub(hd + 2);
+            ((MAX_DYNAMIC_SHARED - PV_PARTIALS) / 4).saturating_sub(group * (hd + 2)) / (group + 1);
         let target_splits = (ATTN_TARGET_BLOCKS / (nkv * len)).max(1);
         let mut chunk = longest
             .div_ceil(target_splits)
@@ -529,7 +530,7 @@ impl<D: GpuDriver> CudaBackend<D> {
                 "{op}: {n_splits} splits exceed the grid limit"
             )));
         }
-        let smem = PV_PARTIALS + 4 * group * (hd + chunk + 2);
+        let smem = PV_PARTIALS + 4 * group * (hd + chunk + 2) + 4 * chunk;
         let parts = len * nh * n_splits;
         let mut sc = lock(&self.scratch);
         let acc = self.grow(&mut sc.attn_acc, parts * hd * 4)?;

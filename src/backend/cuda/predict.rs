@@ -121,18 +121,19 @@ pub const REGS_SM90: &[(&str, u32)] = &[
     ("matvec_f32", 40),
     ("gemm_bf16", 72),
     ("gemm_f16", 72),
-    ("attn_split_f32", 31),
+    ("attn_split_f32", 32),
     ("attn_combine_f32", 40),
     ("attn_prefill_f32", 32),
     ("rms_norm_f32", 30),
     ("add_rms_norm_f32", 28),
     ("head_rms_norm_f32", 18),
     ("argmax_f32", 23),
-    ("matvec_q8_0", 50),
+    ("matvec_q8_0", 38),
     ("matvec_q4_0", 44),
     ("matvec_q4_1", 44),
     ("matvec_q4_k", 44),
-    ("matvec_q6_k", 38),
+    ("matvec_q6_k", 50),
+    ("kv_append_f32", 32),
 ];
 
 fn regs(kernel: &str) -> u32 {
@@ -154,13 +155,12 @@ pub fn loads_in_flight(kernel: &str) -> f64 {
         "matvec_bf16" | "matvec_f16" => 12.0,
         "matvec_f32" => 12.0,
         // quantized matvec (kernels/matvec_q.ptx): one unit per lane per trip, every load of
-        // the unit issued before its FMAs: Q8_0 2 quant + 1 scale + 8 x loads; Q4_0/Q4_1 1 + 1
-        // + 8; Q4_K 1 header + 2 quant + 8 x (the second half's 8 x loads follow); Q6_K 4
-        // quant/scale + 1 d + 8 x.
+        // the unit issued before its FMAs (SASS hot_ldg): Q8_0 2 quant + 1 scale + 8 x; Q4_0 /
+        // Q4_1 1 + 1 + 8; Q4_K 1 header + 2 quant + 16 x; Q6_K 3 quant + scales + d + 16 x.
         "matvec_q8_0" => 11.0,
         "matvec_q4_0" | "matvec_q4_1" => 10.0,
-        "matvec_q4_k" => 11.0,
-        "matvec_q6_k" => 13.0,
+        "matvec_q4_k" => 19.0,
+        "matvec_q6_k" => 21.0,
         // v2: four independent scalar loads per trip, one trip per thread for a vocabulary.
         // v1 (one block) had the same 4 per trip (ptxas's unroll) but ~148 trips.
         "argmax_f32" => 4.0,
@@ -180,7 +180,10 @@ pub fn loads_in_flight(kernel: &str) -> f64 {
         // issues all three before the sin/cos (SASS: 3 LDG, no loop).
         "rope_f32" => 3.0,
         // grid-stride elementwise kernels: a binary op's two loads per trip.
-        "silu_mul_f32" | "add_f32" | "copy_f32" | "kv_append_f32" => 2.0,
+        "silu_mul_f32" | "add_f32" | "copy_f32" => 2.0,
+        // paged kv_append: k, v, position and table index in flight, then the table entry
+        // (5 loads in 2 dependent rounds)
+        "kv_append_f32" => 2.5,
         _ => 1.0,
     }
 }
