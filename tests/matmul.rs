@@ -37,7 +37,8 @@ fn weight(dtype: DType, n_out: usize, n_in: usize, vals: &[f32]) -> (WeightTenso
 }
 
 /// Every table this CPU supports, plus the AVX-512 table with the bf16 dot product switched
-/// off, so both bf16 paths run.
+/// off, so both bf16 paths run, and with the integer prefill GEMM switched off, so both
+/// quantized prefill paths run.
 fn tables() -> Vec<Kernels> {
     let (mut v, mut not_run) = (Vec::new(), Vec::new());
     for isa in Isa::ALL {
@@ -45,6 +46,9 @@ fn tables() -> Vec<Kernels> {
             Some(k) => {
                 if k.has_bf16_dot() {
                     v.push(k.without_bf16_dot());
+                }
+                if k.has_vnni() {
+                    v.push(k.without_bf16_dot().without_int_prefill());
                 }
                 v.push(k);
             }
@@ -259,7 +263,7 @@ fn quantized_matmul_matches_dequantized() {
                         .expect("sizes match");
                     let wf = dequantize_to_vec(dtype, &bytes, n_out * n_in).expect("dequantize");
                     let bias_v = rng.vec(n_out);
-                    for rows in [1usize, 2, 3, 5, 9, 16, 17] {
+                    for rows in [1usize, 2, 3, 5, 9, 16, 17, 40] {
                         // Activations with a spread of magnitudes, so block scales differ.
                         let x: Vec<f32> = (0..rows * n_in)
                             .map(|i| rng.f32() * if i % 7 == 0 { 4.0 } else { 1.0 })

@@ -29,11 +29,21 @@
 //! The integer path serves decode and decode batches (rows <= `MATVEC_MAX_ROWS` = 16; each
 //! weight row is read once per call and met by every activation row, and a row's result is
 //! bit-identical to a one-row call: the tiles keep per-row accumulators in one fixed order,
-//! and Q5_K's `dequant_dot` is per row too). From 17 rows on, each weight
-//! row is dequantized (with `crate::quant`'s reference code) once per call into the packed f32
-//! GEMM (`gemm`): the per-block scale work of this integer path is paid once per activation
-//! row and made it ~2x slower there, and the activations stay exact. (A prefill integer GEMM
-//! with q8 activations and VNNI / maddubs over packed panels is the next step; not here yet.)
+//! and Q5_K's `dequant_dot` is per row too).
+//!
+//! Prefill (17 rows and more), with AVX-512 VNNI: the integer GEMM (`qgemm`). The activations
+//! are quantized as above and packed into panels of 16 rows; each thread unpacks 4 weight rows
+//! at a time into bytes and per-group scales once per call and sweeps them over every panel
+//! with a register-blocked tile (`x86::qgemm_tile`: per group, 8 `vpdpbusd` steps of a
+//! broadcast weight dword against 16 rows' dwords, then one f32 FMA per half-group for the
+//! scales). Q8_0's signed weights are stored as w + 128 and the exact integer 128·Σqx is taken
+//! off before the scale. The result is the same arithmetic as the decode path (q8
+//! activations), summed in another order: a prefill row is batch-invariant among prefills, not
+//! bit-identical to decode. `MINFER_INT_PREFILL=0` (`Kernels::without_int_prefill`) and CPUs
+//! without VNNI instead dequantize each weight row (with `crate::quant`'s reference code) once
+//! per call into the packed f32 GEMM (`gemm`), with exact f32 activations. Not written yet: an
+//! AVX2 `maddubs` form of the prefill GEMM (Q8_0's w + 128 does not fit its 16-bit pair sums,
+//! so it would need the sign trick per activation row) and Q5_K (dequantized f32 GEMM).
 //!
 //! Measured (one core of the Zen 4 dev machine, thread CPU time, SmolLM2-shaped matrices
 //! cycled beyond the L3): q8_0 19.7, q4_0 10.7, q4_1 11.2, q4_k 10.1, q6_k 12.1 GB/s of
@@ -661,6 +671,177 @@ pub(crate) mod x86 {
         }
     }
 
+    /// Pointers into [`super::QPanels`] at a first panel, with the panel strides (bytes for `q`,
+    /// elements for the others).
+    #[derive(Clone, Copy)]
+    pub(crate) struct QPanelPtrs {
+        pub(crate) q: *const u8,
+        pub(crate) d: *const f32,
+        pub(crate) s0: *const f32,
+        pub(crate) s1: *const f32,
+        pub(crate) isum: *const i32,
+        pub(crate) pq: usize,
+        pub(crate) pf: usize,
+    }
+
+    /// An integer GEMM tile: `(u, a, b, groups, panels, out)`, see [`qgemm_tile`].
+    pub(crate) type QGemmFn =
+        unsafe fn(*const u8, *const f32, *const f32, usize, QPanelPtrs, *mut f32);
+
+    /// The tiles (1 and 2 panels) for a format's flags, when `k` has VNNI.
+    pub(crate) fn qgemm_tiles(
+        k: &crate::backend::cpu::simd::Kernels,
+        signed: bool,
+        split: bool,
+    ) -> Option<[QGemmFn; 2]> {
+        use super::QMR;
+        if !k.has_vnni() {
+            return None;
+        }
+        Some(match (signed, split) {
+            (true, false) => [
+                qgemm_vnni::<QMR, 1, false, true>,
+                qgemm_vnni::<QMR, 2, false, true>,
+            ],
+            (false, false) => [
+                qgemm_vnni::<QMR, 1, false, false>,
+                qgemm_vnni::<QMR, 2, false, false>,
+            ],
+            (false, true) => [
+                qgemm_vnni::<QMR, 1, true, false>,
+                qgemm_vnni::<QMR, 2, true, false>,
+            ],
+            (true, true) => return None,
+        })
+    }
+
+    /// The integer GEMM micro-kernel: `MR` packed weight rows × `NRV` panels of 16 activation
+    /// rows. Per group of 32: eight `vpdpbusd` steps (4 bytes each: the weight row's 4 bytes
+    /// broadcast, the 16 rows' 4 bytes in the panel) give the exact integer sums Σ u·qx of
+    /// every (weight row, activation row) pair in i32 lanes (split formats: per half); then,
+    /// in f32, `acc += Σu·qx · (a · dx) + b · s` (Q8_0: the integer sum less 128·Σqx first).
+    /// `out[i · NRV·16 + j]` for weight row i, activation row j of the panels.
+    ///
+    /// # Safety
+    /// `u`, `a`, `b` hold `groups` groups of MR rows as [`super::QWPack`] lays them out; `x`
+    /// points at NRV panels of `groups` groups ([`super::QPanels`]); `out` is writable for
+    /// `MR · NRV · 16`; AVX-512 F/BW/VL/VNNI are enabled by the caller.
+    #[inline(always)]
+    unsafe fn qgemm_tile<
+        const MR: usize,
+        const NRV: usize,
+        const SPLIT: bool,
+        const SIGNED: bool,
+    >(
+        u: *const u8,
+        a: *const f32,
+        b: *const f32,
+        groups: usize,
+        x: QPanelPtrs,
+        out: *mut f32,
+    ) {
+        // SAFETY (whole body): every read stays inside the packed tile and panels the caller
+        // vouched for; writes in out[..MR·NRV·16].
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NRV]; MR];
+            for g in 0..groups {
+                let mut ia = [[_mm512_setzero_si512(); NRV]; MR];
+                let mut lo = [[_mm512_setzero_si512(); NRV]; MR];
+                for t in 0..8 {
+                    if SPLIT && t == 4 {
+                        lo = ia;
+                        ia = [[_mm512_setzero_si512(); NRV]; MR];
+                    }
+                    let xv: [__m512i; NRV] = std::array::from_fn(|v| {
+                        _mm512_loadu_si512(x.q.add(v * x.pq + (g * 8 + t) * 64) as *const _)
+                    });
+                    for (i, row) in ia.iter_mut().enumerate() {
+                        let wv = _mm512_set1_epi32(
+                            (u.add((g * MR + i) * 32 + 4 * t) as *const i32).read_unaligned(),
+                        );
+                        for (acc, xv) in row.iter_mut().zip(xv.iter()) {
+                            *acc = _mm512_dpbusd_epi32(*acc, wv, *xv);
+                        }
+                    }
+                }
+                for v in 0..NRV {
+                    let f = v * x.pf + g * 16;
+                    let dx = _mm512_loadu_ps(x.d.add(f));
+                    let s1 = _mm512_loadu_ps(x.s1.add(f));
+                    let s0 = if SPLIT {
+                        _mm512_loadu_ps(x.s0.add(f))
+                    } else {
+                        _mm512_setzero_ps()
+                    };
+                    let isum = if SIGNED {
+                        _mm512_loadu_si512(x.isum.add(f) as *const _)
+                    } else {
+                        _mm512_setzero_si512()
+                    };
+                    for i in 0..MR {
+                        let ab = (g * MR + i) * 2;
+                        let a0 = _mm512_set1_ps(*a.add(ab));
+                        if SPLIT {
+                            let a1 = _mm512_set1_ps(*a.add(ab + 1));
+                            acc[i][v] = _mm512_fmadd_ps(
+                                _mm512_cvtepi32_ps(lo[i][v]),
+                                _mm512_mul_ps(a0, dx),
+                                acc[i][v],
+                            );
+                            acc[i][v] = _mm512_fmadd_ps(
+                                _mm512_cvtepi32_ps(ia[i][v]),
+                                _mm512_mul_ps(a1, dx),
+                                acc[i][v],
+                            );
+                            acc[i][v] = _mm512_fmadd_ps(_mm512_set1_ps(*b.add(ab)), s0, acc[i][v]);
+                            acc[i][v] =
+                                _mm512_fmadd_ps(_mm512_set1_ps(*b.add(ab + 1)), s1, acc[i][v]);
+                        } else {
+                            let iv = if SIGNED {
+                                _mm512_sub_epi32(ia[i][v], isum)
+                            } else {
+                                ia[i][v]
+                            };
+                            acc[i][v] = _mm512_fmadd_ps(
+                                _mm512_cvtepi32_ps(iv),
+                                _mm512_mul_ps(a0, dx),
+                                acc[i][v],
+                            );
+                            if !SIGNED {
+                                acc[i][v] =
+                                    _mm512_fmadd_ps(_mm512_set1_ps(*b.add(ab)), s1, acc[i][v]);
+                            }
+                        }
+                    }
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                for (v, a) in row.iter().enumerate() {
+                    _mm512_storeu_ps(out.add(i * NRV * 16 + v * 16), *a);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn qgemm_vnni<
+        const MR: usize,
+        const NRV: usize,
+        const SPLIT: bool,
+        const SIGNED: bool,
+    >(
+        u: *const u8,
+        a: *const f32,
+        b: *const f32,
+        groups: usize,
+        x: QPanelPtrs,
+        out: *mut f32,
+    ) {
+        // SAFETY: forwarded contract; only reachable through `qgemm_tiles`, which checks VNNI
+        // on a CPU-checked AVX-512 `Kernels`.
+        unsafe { qgemm_tile::<MR, NRV, SPLIT, SIGNED>(u, a, b, groups, x, out) }
+    }
+
     /// The activation quantizer with AVX2: the same format, bounds and rounding (half away
     /// from zero) as `quantize_scalar`, so every instruction set gives the same integers.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -760,6 +941,22 @@ pub(crate) fn matmul_quant(
         });
     }
     let row_bytes = n_in / be * bb;
+    if rows >= PREFILL_MIN_ROWS && k.int_prefill() {
+        #[cfg(target_arch = "x86_64")]
+        if k.has_vnni() {
+            let done = match dtype {
+                DType::Q8_0 => qgemm::<Q8_0>(k, out, x, rows, w, n_out, n_in, row_bytes, bias),
+                DType::Q4_0 => qgemm::<Q4_0>(k, out, x, rows, w, n_out, n_in, row_bytes, bias),
+                DType::Q4_1 => qgemm::<Q4_1>(k, out, x, rows, w, n_out, n_in, row_bytes, bias),
+                DType::Q4K => qgemm::<Q4K>(k, out, x, rows, w, n_out, n_in, row_bytes, bias),
+                DType::Q6K => qgemm::<Q6K>(k, out, x, rows, w, n_out, n_in, row_bytes, bias),
+                _ => false,
+            };
+            if done {
+                return Ok(());
+            }
+        }
+    }
     if rows >= PREFILL_MIN_ROWS {
         // Prefill: dequantize each weight row once per call and run the packed f32 GEMM over
         // all activation rows (exact activations; the integer path pays its per-block scale
@@ -888,6 +1085,223 @@ fn dequant_dot(
             }
         },
     );
+}
+
+// ---- prefill: the integer GEMM (AVX-512 VNNI) ------------------------------------------------
+
+/// Activation rows per panel of the integer GEMM: one 512-bit register of i32 lanes.
+const QNR: usize = 16;
+/// Weight rows per integer GEMM tile.
+#[cfg(target_arch = "x86_64")]
+const QMR: usize = 4;
+
+/// The quantized activations of a prefill call rearranged into panels of [`QNR`] rows for the
+/// integer GEMM (rows past the end are zero, and so contribute nothing):
+/// - `q`: per panel, per group of 32, per step t of 4 bytes: the 4 bytes of each of the 16
+///   rows (`[panel][group][t < 8][row < 16][4]`): one `vpdpbusd` operand per step.
+/// - `d`: dx per panel, group, row; `s0`/`s1`: the activation sums the `b` terms need (split
+///   formats: the first half and the second half; the others: 0 and the whole group);
+///   `isum`: 128 · Σ qx over the group as i32 (the Q8_0 offset correction, exact).
+#[derive(Default)]
+struct QPanels {
+    q: Vec<u8>,
+    d: Vec<f32>,
+    s0: Vec<f32>,
+    s1: Vec<f32>,
+    isum: Vec<i32>,
+}
+
+impl QPanels {
+    fn pack(&mut self, qa: &QActs, rows: usize, split: bool) {
+        let n_in = qa.n_in;
+        let gn = n_in / 32;
+        let panels = rows.div_ceil(QNR);
+        self.q.clear();
+        self.q.resize(panels * gn * 32 * QNR, 0);
+        for v in [&mut self.d, &mut self.s0, &mut self.s1] {
+            v.clear();
+            v.resize(panels * gn * QNR, 0.0);
+        }
+        self.isum.clear();
+        self.isum.resize(panels * gn * QNR, 0);
+        for r in 0..rows {
+            let (p, j) = (r / QNR, r % QNR);
+            let xr = &qa.qs[r * n_in..(r + 1) * n_in];
+            for g in 0..gn {
+                let base = (p * gn + g) * 32 * QNR;
+                let xg = &xr[g * 32..g * 32 + 32];
+                for t in 0..8 {
+                    for b in 0..4 {
+                        self.q[base + t * 4 * QNR + j * 4 + b] = xg[4 * t + b] as u8;
+                    }
+                }
+                let fi = (p * gn + g) * QNR + j;
+                self.d[fi] = qa.d[r * gn + g];
+                let (lo, all) = (qa.s[r * 2 * gn + 2 * g], qa.s[r * 2 * gn + 2 * g + 1]);
+                if split {
+                    self.s0[fi] = lo;
+                    self.s1[fi] = all - lo;
+                } else {
+                    self.s1[fi] = all;
+                }
+                self.isum[fi] = 128 * xg.iter().map(|&v| v as i32).sum::<i32>();
+            }
+        }
+    }
+}
+
+/// One tile of packed weights for the integer GEMM: [`QMR`] rows, per group g and row i the 32
+/// unsigned integers `u` (Q8_0: w + 128), `a` and `b` (two halves each, see the module header).
+#[derive(Default)]
+struct QWPack {
+    u: Vec<u8>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+impl QWPack {
+    /// Packs weight rows `o..o + m` (m <= mr) of `w`; rows m..mr are zero.
+    fn pack<F: QFormat>(&mut self, w: &[u8], row_bytes: usize, o: usize, m: usize, mr: usize) {
+        let gn = row_bytes / F::BYTES * (F::ELEMS / 32);
+        let gpb = F::ELEMS / 32;
+        self.u.clear();
+        self.u.resize(gn * mr * 32, 0);
+        self.a.clear();
+        self.a.resize(gn * mr * 2, 0.0);
+        self.b.clear();
+        self.b.resize(gn * mr * 2, 0.0);
+        for i in 0..m {
+            let row = &w[(o + i) * row_bytes..(o + i + 1) * row_bytes];
+            for (bi, blk) in row.chunks_exact(F::BYTES).enumerate() {
+                F::groups(blk, |g, u, a, b| {
+                    let gi = bi * gpb + g;
+                    let dst = &mut self.u[(gi * mr + i) * 32..(gi * mr + i + 1) * 32];
+                    if F::SIGNED {
+                        // Signed bytes as unsigned: w + 128 (0..=255); the kernel subtracts
+                        // 128 · Σ qx exactly (`QPanels::isum`).
+                        for (d, s) in dst.iter_mut().zip(u) {
+                            *d = s.wrapping_add(128);
+                        }
+                    } else {
+                        dst.copy_from_slice(u);
+                        self.b[(gi * mr + i) * 2..(gi * mr + i + 1) * 2].copy_from_slice(&b);
+                    }
+                    self.a[(gi * mr + i) * 2..(gi * mr + i + 1) * 2].copy_from_slice(&a);
+                });
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Activation panels of the current integer-GEMM call (calling thread).
+    static QP_BUF: RefCell<QPanels> = RefCell::new(QPanels::default());
+    /// The weight tile of each worker thread.
+    static QW_BUF: RefCell<QWPack> = RefCell::new(QWPack::default());
+}
+
+/// Prefill with block-quantized weights in integer arithmetic (AVX-512 VNNI): the activations
+/// are quantized to q8 per block of 32 (as at decode), packed into panels of 16 rows
+/// ([`QPanels`]); each thread unpacks [`QMR`] weight rows at a time into bytes and scales
+/// ([`QWPack`], once per call) and sweeps them over every panel with the register-blocked
+/// `x86::qgemm_tile` (`vpdpbusd`: 64 multiply-adds per instruction, against 16 for an f32 FMA).
+/// Each output sums its groups in order in one f32 lane, whatever the tile or the thread, so
+/// prefill stays batch-invariant. Returns false (nothing written) when the format has no
+/// integer kernel.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn qgemm<F: QFormat>(
+    k: &Kernels,
+    out: &mut [f32],
+    x: &[f32],
+    rows: usize,
+    w: &[u8],
+    n_out: usize,
+    n_in: usize,
+    row_bytes: usize,
+    bias: Option<&[f32]>,
+) -> bool {
+    let Some(tiles) = x86::qgemm_tiles(k, F::SIGNED, F::SPLIT) else {
+        return false;
+    };
+    let quantize = QTable::for_kernels(k).quantize;
+    let gn = n_in / 32;
+    let mut go = |qa: &mut QActs, qp: &mut QPanels| {
+        qa.quantize(quantize, x, rows, n_in);
+        qp.pack(qa, rows, F::SPLIT);
+        let qp = &*qp;
+        let panels = rows.div_ceil(QNR);
+        let (pq, pf) = (gn * 32 * QNR, gn * QNR);
+        let dst = SyncPtr(out.as_mut_ptr());
+        split_columns(
+            n_out,
+            rows.saturating_mul(n_out).saturating_mul(n_in),
+            QMR,
+            |o0, o1| {
+                // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
+                #[allow(clippy::redundant_locals)]
+                let dst = dst;
+                let run = |wp: &mut QWPack| {
+                    let mut tmp = [0f32; QMR * 2 * QNR];
+                    let mut o = o0;
+                    while o < o1 {
+                        let m = QMR.min(o1 - o);
+                        wp.pack::<F>(w, row_bytes, o, m, QMR);
+                        let mut p = 0;
+                        while p < panels {
+                            let nrv = (panels - p).min(2);
+                            let width = nrv * QNR;
+                            // SAFETY: the weight tile holds gn groups of QMR rows (pack); panels
+                            // p..p + nrv exist in every panel array (p + nrv <= panels), at
+                            // strides pq / pf; tmp holds QMR × 2 × QNR. The table came from a
+                            // VNNI-checked `Kernels`.
+                            unsafe {
+                                tiles[nrv - 1](
+                                    wp.u.as_ptr(),
+                                    wp.a.as_ptr(),
+                                    wp.b.as_ptr(),
+                                    gn,
+                                    x86::QPanelPtrs {
+                                        q: qp.q[p * pq..].as_ptr(),
+                                        d: qp.d[p * pf..].as_ptr(),
+                                        s0: qp.s0[p * pf..].as_ptr(),
+                                        s1: qp.s1[p * pf..].as_ptr(),
+                                        isum: qp.isum[p * pf..].as_ptr(),
+                                        pq,
+                                        pf,
+                                    },
+                                    tmp.as_mut_ptr(),
+                                )
+                            };
+                            let r0 = p * QNR;
+                            for j in 0..width.min(rows - r0) {
+                                let row = (r0 + j) * n_out + o;
+                                for i in 0..m {
+                                    let v = tmp[i * width + j] + bias.map_or(0.0, |b| b[o + i]);
+                                    // SAFETY: (r0 + j, o + i) is inside out (r0 + j < rows,
+                                    // o + i < o1 <= n_out) and in this task's columns o0..o1.
+                                    unsafe { *dst.0.add(row + i) = v };
+                                }
+                            }
+                            p += nrv;
+                        }
+                        o += m;
+                    }
+                };
+                QW_BUF.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut wp) => run(&mut wp),
+                    Err(_) => run(&mut QWPack::default()),
+                });
+            },
+        );
+    };
+    QX_BUF.with(|cx| {
+        QP_BUF.with(|cp| match (cx.try_borrow_mut(), cp.try_borrow_mut()) {
+            (Ok(mut qa), Ok(mut qp)) => go(&mut qa, &mut qp),
+            _ => go(&mut QActs::default(), &mut QPanels::default()),
+        })
+    });
+    true
 }
 
 /// Quantizes rows of f32 to Q8_0 bytes (34 per 32 values), exactly as

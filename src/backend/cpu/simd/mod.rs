@@ -6,7 +6,9 @@
 //! process-wide table is picked on first use and cached ([`kernels`]). `MINFER_SIMD=scalar|avx2|
 //! avx512|neon` overrides the choice at start-up (an ISA the CPU lacks falls back to the best
 //! available one: the library cannot print, and refusing to run would help nobody), and
-//! `MINFER_BF16_DOT=1` opts in to `vdpbf16ps` for bf16-weight prefill (activations rounded to bf16).
+//! `MINFER_BF16_DOT=1` opts in to `vdpbf16ps` for bf16-weight prefill (activations rounded to bf16),
+//! and `MINFER_INT_PREFILL=0` opts out of the integer (VNNI) GEMM for quantized-weight prefill
+//! (q8-rounded activations, as at decode) in favour of dequantized weights × exact activations.
 //!
 //! Deliberately not here: threading (callers split work with rayon) and anything that
 //! allocates per call.
@@ -141,6 +143,9 @@ pub struct Kernels {
     fma_chains: unsafe fn(usize, f32) -> f32,
     /// Present when the CPU has AVX-512 BF16 and it was not switched off.
     pub(crate) tiles_bf16dot: Option<Bf16DotTable>,
+    /// Prefill with block-quantized weights in integer arithmetic (q8 activations) where the
+    /// CPU has a kernel for it (AVX-512 VNNI); off: dequantized weights, exact f32 activations.
+    int_prefill: bool,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -174,6 +179,7 @@ impl Kernels {
                     gemm: gemm_table!(gemm_avx2, 6, 8),
                     fma_chains: fma_chains_avx2,
                     tiles_bf16dot: None,
+                    int_prefill: true,
                 }
             }),
             #[cfg(target_arch = "x86_64")]
@@ -203,6 +209,7 @@ impl Kernels {
                     gemm: gemm_table!(gemm_avx512, 12, 16),
                     fma_chains: fma_chains_avx512,
                     tiles_bf16dot: t.has_bf16().then_some(bf16dot),
+                    int_prefill: true,
                 }
             }),
             #[cfg(target_arch = "aarch64")]
@@ -225,6 +232,7 @@ impl Kernels {
                     gemm: gemm_table!(gemm_neon, 8, 4),
                     fma_chains: fma_chains_neon,
                     tiles_bf16dot: None,
+                    int_prefill: true,
                 }
             }),
             #[allow(unreachable_patterns)]
@@ -248,6 +256,7 @@ impl Kernels {
             gemm: gemm_table!(gemm, 4, 8),
             fma_chains,
             tiles_bf16dot: None,
+            int_prefill: true,
         }
     }
 
@@ -263,10 +272,28 @@ impl Kernels {
         let k = forced.and_then(Kernels::for_isa).unwrap_or(best);
         // Rounding activations to bf16 moves logits by ~1e-2 relative, which breaks parity with
         // transformers (f32 activations over bf16 weights): opt in with MINFER_BF16_DOT=1.
-        match std::env::var("MINFER_BF16_DOT").as_deref() {
+        let k = match std::env::var("MINFER_BF16_DOT").as_deref() {
             Ok("1") | Ok("on") | Ok("true") => k,
             _ => k.without_bf16_dot(),
+        };
+        // Quantized prefill with q8 activations (as llama.cpp, and as minfer's decode) is the
+        // default; MINFER_INT_PREFILL=0 keeps f32 activations (dequantized weights).
+        match std::env::var("MINFER_INT_PREFILL").as_deref() {
+            Ok("0") | Ok("off") | Ok("false") => k.without_int_prefill(),
+            _ => k,
         }
+    }
+
+    /// The same table with quantized-weight prefill in f32 (weights dequantized, activations
+    /// exact) rather than the integer GEMM.
+    pub fn without_int_prefill(mut self) -> Kernels {
+        self.int_prefill = false;
+        self
+    }
+
+    /// Whether quantized-weight prefill may use the integer GEMM (when the CPU has one).
+    pub fn int_prefill(&self) -> bool {
+        self.int_prefill
     }
 
     /// The same table with bf16-weight products computed in f32 (activations not rounded).
@@ -297,6 +324,9 @@ impl Kernels {
         }
         if self.vnni {
             s.push_str("+vnni");
+            if !self.int_prefill {
+                s.push_str("(f32 prefill)");
+            }
         }
         s
     }
