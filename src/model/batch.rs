@@ -301,7 +301,8 @@ impl Batcher {
 
     /// Prefill up to `budget` pending prompt tokens of `id`, one forward step of at most
     /// `max_batch` positions per chunk (chunks end at multiples of `max_batch`, as
-    /// [`Model::generate`]'s do). Returns true once the whole prompt is in the cache and
+    /// [`Model::generate`]'s do; with exact prefix reuse on, the default, a chunk is never cut
+    /// short by the budget, so the budget is rounded up to whole chunks). Returns true once the whole prompt is in the cache and
     /// [`Batcher::logits`] holds the distribution of the first new token.
     pub fn prefill(&mut self, id: SeqId, budget: usize) -> Result<bool> {
         let max_batch = self.model.engine.sizes().max_batch;
@@ -315,10 +316,12 @@ impl Batcher {
                 return Ok(false);
             }
             let start = s.computed;
-            let end = s
-                .prompt_len
-                .min((start / max_batch + 1) * max_batch)
-                .min(start + left);
+            let mut end = s.prompt_len.min((start / max_batch + 1) * max_batch);
+            if !self.exact {
+                // Exact mode runs whole chunks whatever the budget: a chunk cut short would
+                // take the few-row kernels and change the prompt's values in the last bits.
+                end = end.min(start + left);
+            }
             let chunk = s.tokens[start..end].to_vec();
             let table: Vec<u32> = table_row(&s.table, self.max_blocks).collect();
             let mut layout = std::mem::take(&mut self.layout);
@@ -335,7 +338,7 @@ impl Batcher {
                 .forward_step(&chunk, &layout, Logits::Last);
             self.layout = layout;
             r?;
-            left -= end - start;
+            left = left.saturating_sub(end - start);
             let vocab = self.model.config().vocab_size;
             let done = end == self.seq(id)?.prompt_len;
             let mut row = Vec::new();
