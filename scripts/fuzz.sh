@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets="gguf safetensors safetensors_index config tokenizer_json encode_decode chat_template ptx"
+targets="gguf safetensors safetensors_index config tokenizer_json encode_decode chat_template ptx server_api"
 if [ "${1:-}" = list ] || [ $# -lt 2 ]; then
   echo "usage: scripts/fuzz.sh TARGET SECONDS [SEED]"
   echo "targets: $targets"

@@ -14,6 +14,12 @@ mod json_mut;
 #[cfg(feature = "server")]
 mod server_api;
 
+#[cfg(feature = "server")]
+#[test]
+fn server_api() {
+    server_api::campaign_server_api();
+}
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
