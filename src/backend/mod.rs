@@ -68,6 +68,20 @@ impl KvShape {
         }
     }
 
+    /// Check that every block of `pairs` (for [`Backend::copy_kv_blocks`]) is in the pool.
+    pub fn check_block_pairs(&self, pairs: &[(u32, u32)]) -> Result<()> {
+        match pairs
+            .iter()
+            .find(|&&(a, b)| a as usize >= self.blocks || b as usize >= self.blocks)
+        {
+            Some(&(a, b)) => Err(Error::arg(format!(
+                "copy_kv_blocks: block {a} or {b} is outside the pool of {}",
+                self.blocks
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Positions the pool holds in all (`blocks · block_size`).
     pub fn slots(&self) -> usize {
         self.blocks * self.block_size

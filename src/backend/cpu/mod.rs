@@ -290,15 +290,7 @@ impl Backend for CpuBackend {
         let s = kv.shape;
         let layer = s.layer_len()?;
         let block = s.block_size * s.n_kv_heads * s.head_dim;
-        if let Some(&(a, b)) = pairs
-            .iter()
-            .find(|&&(a, b)| a as usize >= s.blocks || b as usize >= s.blocks)
-        {
-            return Err(Error::arg(format!(
-                "copy_kv_blocks: block {a} or {b} is outside the pool of {}",
-                s.blocks
-            )));
-        }
+        s.check_block_pairs(pairs)?;
         for l in 0..s.layers {
             for &(src, dst) in pairs {
                 let (src, dst) = (

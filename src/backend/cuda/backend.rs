@@ -794,15 +794,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
 
     fn copy_kv_blocks(&self, kv: &mut CudaKv<D>, pairs: &[(u32, u32)]) -> Result<()> {
         let s = kv.shape;
-        if let Some(&(a, b)) = pairs
-            .iter()
-            .find(|&&(a, b)| a as usize >= s.blocks || b as usize >= s.blocks)
-        {
-            return Err(Error::arg(format!(
-                "copy_kv_blocks: block {a} or {b} is outside the pool of {}",
-                s.blocks
-            )));
-        }
+        s.check_block_pairs(pairs)?;
         let block = s.block_size * s.n_kv_heads * s.head_dim;
         let layer = s.layer_len()?;
         let n32 = u32_arg("copy_kv_blocks", "block values", block)?;
