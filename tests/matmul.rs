@@ -47,7 +47,7 @@ fn tables() -> Vec<Kernels> {
                 if k.has_bf16_dot() {
                     v.push(k.without_bf16_dot());
                 }
-                if k.has_vnni() {
+                if k.has_int_gemm() {
                     v.push(k.without_bf16_dot().without_int_prefill());
                 }
                 v.push(k);

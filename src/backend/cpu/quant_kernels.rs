@@ -177,6 +177,10 @@ pub(crate) trait QFormat {
     const SIGNED: bool;
     /// a (and b) differ between the two halves of a group (Q6_K).
     const SPLIT: bool;
+    /// How many 4-byte steps of `vpmaddubsw` pair sums (each at most 2 · max u · 127) the AVX2
+    /// GEMM may add in i16 lanes before widening: 32767 / (254 · max u), so 8 for the 4-bit
+    /// formats (u <= 15), 2 for Q6_K (u <= 63), 1 for Q8_0 (|w| <= 128).
+    const I16_STEPS: usize;
     /// Calls `f(g, u, a, b)` for each group g of the block at `blk` (BYTES long), u as bytes.
     fn groups(blk: &[u8], f: impl FnMut(usize, &[u8; 32], [f32; 2], [f32; 2]));
 }
@@ -202,6 +206,7 @@ impl QFormat for Q8_0 {
     const BYTES: usize = 34;
     const SIGNED: bool = true;
     const SPLIT: bool = false;
+    const I16_STEPS: usize = 1;
     #[inline(always)]
     fn groups(blk: &[u8], mut f: impl FnMut(usize, &[u8; 32], [f32; 2], [f32; 2])) {
         let d = f16_at(blk, 0);
@@ -216,6 +221,7 @@ impl QFormat for Q4_0 {
     const BYTES: usize = 18;
     const SIGNED: bool = false;
     const SPLIT: bool = false;
+    const I16_STEPS: usize = 8;
     #[inline(always)]
     fn groups(blk: &[u8], mut f: impl FnMut(usize, &[u8; 32], [f32; 2], [f32; 2])) {
         let d = f16_at(blk, 0);
@@ -228,6 +234,7 @@ impl QFormat for Q4_1 {
     const BYTES: usize = 20;
     const SIGNED: bool = false;
     const SPLIT: bool = false;
+    const I16_STEPS: usize = 8;
     #[inline(always)]
     fn groups(blk: &[u8], mut f: impl FnMut(usize, &[u8; 32], [f32; 2], [f32; 2])) {
         let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
@@ -252,6 +259,7 @@ impl QFormat for Q4K {
     const BYTES: usize = 144;
     const SIGNED: bool = false;
     const SPLIT: bool = false;
+    const I16_STEPS: usize = 8;
     #[inline(always)]
     fn groups(blk: &[u8], mut f: impl FnMut(usize, &[u8; 32], [f32; 2], [f32; 2])) {
         let ab = q4k_scales(blk);
@@ -272,6 +280,7 @@ impl QFormat for Q6K {
     const BYTES: usize = 210;
     const SIGNED: bool = false;
     const SPLIT: bool = true;
+    const I16_STEPS: usize = 2;
     #[inline(always)]
     fn groups(blk: &[u8], mut f: impl FnMut(usize, &[u8; 32], [f32; 2], [f32; 2])) {
         let d = f16_at(blk, 208);
@@ -688,31 +697,156 @@ pub(crate) mod x86 {
     pub(crate) type QGemmFn =
         unsafe fn(*const u8, *const f32, *const f32, usize, QPanelPtrs, *mut f32);
 
-    /// The tiles (1 and 2 panels) for a format's flags, when `k` has VNNI.
-    pub(crate) fn qgemm_tiles(
+    /// The integer GEMM tiles of one instruction set for one format.
+    #[derive(Clone, Copy)]
+    pub(crate) struct QGemmTiles {
+        /// Weight rows per tile.
+        pub(crate) mr: usize,
+        /// `tiles[n - 1]` takes n panels of 16 activation rows; `nrv` entries are filled.
+        pub(crate) tiles: [QGemmFn; 2],
+        pub(crate) nrv: usize,
+    }
+
+    /// The tiles for a format: AVX-512 VNNI where `k` has it (4 weight rows × 1 or 2 panels),
+    /// else AVX2 for the 4-bit formats (2 weight rows × 1 panel); None otherwise.
+    pub(crate) fn qgemm_tiles<F: QFormat>(
         k: &crate::backend::cpu::simd::Kernels,
-        signed: bool,
-        split: bool,
-    ) -> Option<[QGemmFn; 2]> {
+    ) -> Option<QGemmTiles> {
         use super::QMR;
-        if !k.has_vnni() {
+        use crate::backend::cpu::simd::Isa;
+        if k.has_vnni() {
+            let tiles = match (F::SIGNED, F::SPLIT) {
+                (true, false) => [
+                    qgemm_vnni::<QMR, 1, false, true> as QGemmFn,
+                    qgemm_vnni::<QMR, 2, false, true>,
+                ],
+                (false, false) => [
+                    qgemm_vnni::<QMR, 1, false, false> as QGemmFn,
+                    qgemm_vnni::<QMR, 2, false, false>,
+                ],
+                (false, true) => [
+                    qgemm_vnni::<QMR, 1, true, false> as QGemmFn,
+                    qgemm_vnni::<QMR, 2, true, false>,
+                ],
+                (true, true) => return None,
+            };
+            return Some(QGemmTiles {
+                mr: QMR,
+                tiles,
+                nrv: 2,
+            });
+        }
+        if !matches!(k.isa(), Isa::Avx2 | Isa::Avx512) {
             return None;
         }
-        Some(match (signed, split) {
-            (true, false) => [
-                qgemm_vnni::<QMR, 1, false, true>,
-                qgemm_vnni::<QMR, 2, false, true>,
-            ],
-            (false, false) => [
-                qgemm_vnni::<QMR, 1, false, false>,
-                qgemm_vnni::<QMR, 2, false, false>,
-            ],
-            (false, true) => [
-                qgemm_vnni::<QMR, 1, true, false>,
-                qgemm_vnni::<QMR, 2, true, false>,
-            ],
-            (true, true) => return None,
+        const MR: usize = QMR_AVX2;
+        // Only the 4-bit formats: their pair sums add in i16 over a whole group, so a step
+        // costs one `vpmaddubsw` and one `vpaddw`. Q8_0 (sign trick: four instructions per
+        // step) and Q6_K (widened every two steps) ran at 0.65-0.85x of the dequantized f32
+        // GEMM on a Zen 3 core (benches/matmul.rs, one thread), so they take that path.
+        if F::SIGNED || F::SPLIT || F::I16_STEPS != 8 {
+            return None;
+        }
+        let tile: QGemmFn = qgemm_avx2::<MR, 8>;
+        Some(QGemmTiles {
+            mr: MR,
+            tiles: [tile, tile],
+            nrv: 1,
         })
+    }
+
+    /// Weight rows per AVX2 tile: 2 rows × 16 activation rows keep 4 f32 and 4 integer
+    /// accumulators, 2 activation vectors and the broadcast weight in 11 of 16 ymm registers
+    /// (3 rows spilled at each group's end, measured slower).
+    pub(crate) const QMR_AVX2: usize = 2;
+
+    /// The AVX2 integer GEMM micro-kernel for the unsigned, unsplit formats (Q4_0, Q4_1,
+    /// Q4_K): `MR` packed weight rows × one panel of 16 activation rows (two ymm registers of
+    /// 8 rows' 4 bytes). Per step of 4 bytes, for each weight row, `vpmaddubsw` of its
+    /// broadcast 4 bytes against the panel gives pair sums in i16 lanes; these are added in
+    /// i16 for `S16` steps (no overflow: `QFormat::I16_STEPS`) and then widened by `vpmaddwd`
+    /// with ones into the group's exact i32 sums. The f32 part per group is the VNNI tile's
+    /// arithmetic in the same order, so both instruction sets give bit-identical results.
+    ///
+    /// # Safety
+    /// As [`qgemm_tile`], with one panel, and AVX2 and FMA enabled by the caller.
+    #[inline(always)]
+    unsafe fn qgemm_tile_avx2<const MR: usize, const S16: usize>(
+        u: *const u8,
+        a: *const f32,
+        b: *const f32,
+        groups: usize,
+        x: QPanelPtrs,
+        out: *mut f32,
+    ) {
+        // SAFETY (whole body): every read stays inside the packed tile and panel the caller
+        // vouched for; writes in out[..MR·16].
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            for g in 0..groups {
+                let mut ia = [[_mm256_setzero_si256(); 2]; MR];
+                let mut h = [[_mm256_setzero_si256(); 2]; MR];
+                for t in 0..8 {
+                    let base = x.q.add((g * 8 + t) * 64);
+                    let xv = [
+                        _mm256_loadu_si256(base as *const __m256i),
+                        _mm256_loadu_si256(base.add(32) as *const __m256i),
+                    ];
+                    for i in 0..MR {
+                        let wv = _mm256_set1_epi32(
+                            (u.add((g * MR + i) * 32 + 4 * t) as *const i32).read_unaligned(),
+                        );
+                        for v in 0..2 {
+                            let p = _mm256_maddubs_epi16(wv, xv[v]);
+                            h[i][v] = if t % S16 == 0 {
+                                p
+                            } else {
+                                _mm256_add_epi16(h[i][v], p)
+                            };
+                            if t % S16 == S16 - 1 {
+                                ia[i][v] =
+                                    _mm256_add_epi32(ia[i][v], _mm256_madd_epi16(h[i][v], ones));
+                            }
+                        }
+                    }
+                }
+                for v in 0..2 {
+                    let f = g * 16 + v * 8;
+                    let dx = _mm256_loadu_ps(x.d.add(f));
+                    let s1 = _mm256_loadu_ps(x.s1.add(f));
+                    for i in 0..MR {
+                        let ab = (g * MR + i) * 2;
+                        let a0 = _mm256_set1_ps(*a.add(ab));
+                        acc[i][v] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(ia[i][v]),
+                            _mm256_mul_ps(a0, dx),
+                            acc[i][v],
+                        );
+                        acc[i][v] = _mm256_fmadd_ps(_mm256_set1_ps(*b.add(ab)), s1, acc[i][v]);
+                    }
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                for (v, a) in row.iter().enumerate() {
+                    _mm256_storeu_ps(out.add(i * 16 + v * 8), *a);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn qgemm_avx2<const MR: usize, const S16: usize>(
+        u: *const u8,
+        a: *const f32,
+        b: *const f32,
+        groups: usize,
+        x: QPanelPtrs,
+        out: *mut f32,
+    ) {
+        // SAFETY: forwarded contract; only reachable through `qgemm_tiles`, which checks for an
+        // AVX2 (or AVX-512) `Kernels`, itself CPU-checked.
+        unsafe { qgemm_tile_avx2::<MR, S16>(u, a, b, groups, x, out) }
     }
 
     /// The integer GEMM micro-kernel: `MR` packed weight rows × `NRV` panels of 16 activation
@@ -943,7 +1077,7 @@ pub(crate) fn matmul_quant(
     let row_bytes = n_in / be * bb;
     if rows >= PREFILL_MIN_ROWS && k.int_prefill() {
         #[cfg(target_arch = "x86_64")]
-        if k.has_vnni() {
+        {
             let done = match dtype {
                 DType::Q8_0 => qgemm::<Q8_0>(k, out, x, rows, w, n_out, n_in, row_bytes, bias),
                 DType::Q4_0 => qgemm::<Q4_0>(k, out, x, rows, w, n_out, n_in, row_bytes, bias),
@@ -1221,9 +1355,10 @@ fn qgemm<F: QFormat>(
     row_bytes: usize,
     bias: Option<&[f32]>,
 ) -> bool {
-    let Some(tiles) = x86::qgemm_tiles(k, F::SIGNED, F::SPLIT) else {
+    let Some(qt) = x86::qgemm_tiles::<F>(k) else {
         return false;
     };
+    let (mr, tiles) = (qt.mr, qt.tiles);
     let quantize = QTable::for_kernels(k).quantize;
     let gn = n_in / 32;
     let mut go = |qa: &mut QActs, qp: &mut QPanels| {
@@ -1236,7 +1371,7 @@ fn qgemm<F: QFormat>(
         split_columns(
             n_out,
             rows.saturating_mul(n_out).saturating_mul(n_in),
-            QMR,
+            mr,
             |o0, o1| {
                 // Rebinding makes the closure capture the Sync wrapper, not its raw-pointer field.
                 #[allow(clippy::redundant_locals)]
@@ -1245,16 +1380,17 @@ fn qgemm<F: QFormat>(
                     let mut tmp = [0f32; QMR * 2 * QNR];
                     let mut o = o0;
                     while o < o1 {
-                        let m = QMR.min(o1 - o);
-                        wp.pack::<F>(w, row_bytes, o, m, QMR);
+                        let m = mr.min(o1 - o);
+                        wp.pack::<F>(w, row_bytes, o, m, mr);
                         let mut p = 0;
                         while p < panels {
-                            let nrv = (panels - p).min(2);
+                            let nrv = (panels - p).min(qt.nrv);
                             let width = nrv * QNR;
-                            // SAFETY: the weight tile holds gn groups of QMR rows (pack); panels
-                            // p..p + nrv exist in every panel array (p + nrv <= panels), at
-                            // strides pq / pf; tmp holds QMR × 2 × QNR. The table came from a
-                            // VNNI-checked `Kernels`.
+                            // SAFETY: the weight tile holds gn groups of mr rows (pack, packed
+                            // with the tiles' offset); panels p..p + nrv exist in every panel
+                            // array (p + nrv <= panels <= qt.nrv), at strides pq / pf; tmp holds
+                            // QMR × 2 × QNR >= mr × nrv × QNR. The tiles came from a CPU-checked
+                            // `Kernels` (`qgemm_tiles`).
                             unsafe {
                                 tiles[nrv - 1](
                                     wp.u.as_ptr(),

@@ -7,7 +7,7 @@
 //! avx512|neon` overrides the choice at start-up (an ISA the CPU lacks falls back to the best
 //! available one: the library cannot print, and refusing to run would help nobody), and
 //! `MINFER_BF16_DOT=1` opts in to `vdpbf16ps` for bf16-weight prefill (activations rounded to bf16),
-//! and `MINFER_INT_PREFILL=0` opts out of the integer (VNNI) GEMM for quantized-weight prefill
+//! and `MINFER_INT_PREFILL=0` opts out of the integer (AVX2 / VNNI) GEMM for quantized-weight prefill
 //! (q8-rounded activations, as at decode) in favour of dequantized weights × exact activations.
 //!
 //! Deliberately not here: threading (callers split work with rayon) and anything that
@@ -144,7 +144,8 @@ pub struct Kernels {
     /// Present when the CPU has AVX-512 BF16 and it was not switched off.
     pub(crate) tiles_bf16dot: Option<Bf16DotTable>,
     /// Prefill with block-quantized weights in integer arithmetic (q8 activations) where the
-    /// CPU has a kernel for it (AVX-512 VNNI); off: dequantized weights, exact f32 activations.
+    /// CPU has a kernel for it (AVX2 or AVX-512 VNNI); off: dequantized weights, exact f32
+    /// activations.
     int_prefill: bool,
 }
 
@@ -316,6 +317,13 @@ impl Kernels {
         self.vnni
     }
 
+    /// Whether this instruction set has an integer prefill GEMM for block-quantized weights
+    /// (AVX2 `vpmaddubsw`, or AVX-512 VNNI `vpdpbusd`), used unless switched off
+    /// ([`Kernels::without_int_prefill`]).
+    pub fn has_int_gemm(&self) -> bool {
+        matches!(self.isa, Isa::Avx2 | Isa::Avx512)
+    }
+
     /// "avx512+bf16+vnni", "avx2", "scalar" ...
     pub fn describe(&self) -> String {
         let mut s = self.isa.name().to_string();
@@ -324,9 +332,9 @@ impl Kernels {
         }
         if self.vnni {
             s.push_str("+vnni");
-            if !self.int_prefill {
-                s.push_str("(f32 prefill)");
-            }
+        }
+        if self.has_int_gemm() && !self.int_prefill {
+            s.push_str("(f32 prefill)");
         }
         s
     }
