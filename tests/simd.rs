@@ -180,3 +180,59 @@ fn fma_peak_probe_runs_on_every_isa() {
         }
     }
 }
+
+/// The strided attention kernels are the per-key `dot_f32` / `axpy` calls, bit for bit (decode
+/// attention's results must not change with how its keys are grouped), on awkward head widths,
+/// run lengths and strides, and they never read a row that does not fit the slice.
+#[test]
+fn strided_attention_kernels_equal_per_key_calls() {
+    let mut rng = Rng::new(7);
+    for k in tables() {
+        for hd in [1usize, 3, 8, 17, 32, 64, 70, 128] {
+            for stride in [hd, hd + 5, 3 * hd] {
+                for n in [1usize, 2, 5, 31, 33] {
+                    let q = rng.vec(hd);
+                    let keys = rng.vec((n - 1) * stride + hd);
+                    let p = rng.vec(n);
+                    let mut got = vec![f32::NAN; n + 1];
+                    k.dots_strided(&q, &keys, stride, &mut got[..n]);
+                    for j in 0..n {
+                        let want = k.dot_f32(&q, &keys[j * stride..j * stride + hd]);
+                        assert_eq!(
+                            got[j].to_bits(),
+                            want.to_bits(),
+                            "dots_strided {}: hd={hd} stride={stride} n={n} j={j}",
+                            k.describe()
+                        );
+                    }
+                    assert!(got[n].is_nan(), "dots_strided wrote past its n outputs");
+                    // A slice one element short of the last row: that row is left alone.
+                    let mut short = vec![f32::NAN; n];
+                    k.dots_strided(&q, &keys[..keys.len() - 1], stride, &mut short);
+                    assert!(
+                        short[n - 1].is_nan(),
+                        "dots_strided read a row that does not fit"
+                    );
+
+                    let acc0 = rng.vec(hd);
+                    let mut want = acc0.clone();
+                    for j in 0..n {
+                        k.axpy(&mut want, p[j], &keys[j * stride..j * stride + hd]);
+                    }
+                    let mut got = acc0.clone();
+                    k.axpy_strided(&mut got, &p, &keys, stride);
+                    let (gb, wb): (Vec<u32>, Vec<u32>) = (
+                        got.iter().map(|v| v.to_bits()).collect(),
+                        want.iter().map(|v| v.to_bits()).collect(),
+                    );
+                    assert_eq!(
+                        gb,
+                        wb,
+                        "axpy_strided {}: hd={hd} stride={stride} n={n}",
+                        k.describe()
+                    );
+                }
+            }
+        }
+    }
+}

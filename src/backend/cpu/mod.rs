@@ -926,13 +926,17 @@ impl AttnGeometry<'_> {
     #[allow(clippy::too_many_arguments)]
     fn fold(&self, acc: &mut [f32], st: &mut Softmax, q: &[f32], g: usize, j0: usize, j1: usize) {
         let (hd, off) = (self.hd, g * self.hd);
+        let kern = simd::kernels();
         let mut scores = [0f32; KEY_BLOCK];
+        // Keys in runs of consecutive slots (one KV block each): one kernel call per run.
+        self.for_runs(j0, j1, off, |j, n, at| {
+            let out = &mut scores[j - j0..j - j0 + n];
+            kern.dots_strided(q, &self.kc[at..], self.kv_dim, out);
+        });
         let mut bm = f32::NEG_INFINITY;
-        for j in j0..j1 {
-            let at = self.at(j, off);
-            let sc = simd::dot_f32(q, &self.kc[at..at + hd]) * self.scale;
-            scores[j - j0] = sc;
-            bm = bm.max(sc);
+        for sc in &mut scores[..j1 - j0] {
+            *sc *= self.scale;
+            bm = bm.max(*sc);
         }
         let new_m = st.m.max(bm);
         let correction = (st.m - new_m).exp();
@@ -943,13 +947,26 @@ impl AttnGeometry<'_> {
         let p = &mut scores[..j1 - j0];
         p.iter_mut().for_each(|x| *x -= new_m);
         exp_inplace(p);
-        for j in j0..j1 {
-            let pj = p[j - j0];
+        for pj in p.iter() {
             st.l += pj;
-            let at = self.at(j, off);
-            simd::axpy(acc, pj, &self.vc[at..at + hd]);
         }
+        self.for_runs(j0, j1, off, |j, n, at| {
+            kern.axpy_strided(acc, &p[j - j0..j - j0 + n], &self.vc[at..], self.kv_dim);
+        });
+        debug_assert_eq!(acc.len(), hd);
         st.m = new_m;
+    }
+
+    /// Calls `f(j, n, at)` for each run of keys `j..j + n` inside `j0..j1` that sit in
+    /// consecutive slots (one KV block), `at` being key j's offset at column `off`.
+    fn for_runs(&self, j0: usize, j1: usize, off: usize, mut f: impl FnMut(usize, usize, usize)) {
+        let bs = self.block_size.max(1);
+        let mut j = j0;
+        while j < j1 {
+            let end = j1.min((j / bs + 1) * bs);
+            f(j, end - j, self.at(j, off));
+            j = end;
+        }
     }
 
     /// softmax(q·Kᵀ · scale) · V for query row `r`, head `h`, into `out` (`[hd]`).

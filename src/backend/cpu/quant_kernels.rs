@@ -628,6 +628,11 @@ pub(crate) mod x86 {
         }
     }
 
+    /// How far ahead of the block being read the decode tiles prefetch. Without it the loop
+    /// keeps too few misses in flight for its ~17 instructions per 34-byte Q8_0 block: one
+    /// Zen 3 core read 5-7 GB/s of Q8_0/Q4_1 weights against 13 GB/s for f32 rows.
+    const PF_AHEAD: usize = 2048;
+
     #[inline(always)]
     unsafe fn qtile<F: SimdFormat, D: IDot, const NX: usize>(w: *const u8, x: QX, out: *mut f32) {
         let nb = x.n_in / F::ELEMS;
@@ -644,6 +649,9 @@ pub(crate) mod x86 {
             };
             for b in 0..nb {
                 st.g0 = b * gpb;
+                // Software prefetch PF_AHEAD bytes ahead (past the row end it reaches into the
+                // next rows, which the caller reads next; a prefetch never faults).
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(b * F::BYTES + PF_AHEAD) as *const i8);
                 F::groups_simd(w.add(b * F::BYTES), &mut st);
             }
             for r in 0..NX {

@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
-use vector::{DotRowsFn, GemmFn, DOT_ROWS_MAX};
+use vector::{AxpyStridedFn, DotRowsFn, DotsStridedFn, GemmFn, DOT_ROWS_MAX};
 
 /// An instruction set a [`Kernels`] table can be built for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -133,6 +133,8 @@ pub struct Kernels {
     dot_bf16: unsafe fn(&[f32], &[bf16]) -> f32,
     dot_f16: unsafe fn(&[f32], &[f16]) -> f32,
     axpy: unsafe fn(&mut [f32], f32, &[f32]),
+    dots_strided: DotsStridedFn,
+    axpy_strided: AxpyStridedFn,
     widen_bf16: unsafe fn(&mut [f32], &[bf16]),
     widen_f16: unsafe fn(&mut [f32], &[f16]),
     /// Several activation rows against one weight row (batched decode).
@@ -163,7 +165,8 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86::Avx2::new().map(|_| {
                 use x86::{
-                    axpy_avx2, dot_avx2, dot_rows_avx2, fma_chains_avx2, gemm_avx2, widen_avx2,
+                    axpy_avx2, axpy_strided_avx2, dot_avx2, dot_rows_avx2, dots_strided_avx2,
+                    fma_chains_avx2, gemm_avx2, widen_avx2,
                 };
                 Kernels {
                     isa,
@@ -172,6 +175,8 @@ impl Kernels {
                     dot_bf16: dot_avx2::<bf16>,
                     dot_f16: dot_avx2::<f16>,
                     axpy: axpy_avx2,
+                    dots_strided: dots_strided_avx2,
+                    axpy_strided: axpy_strided_avx2,
                     widen_bf16: widen_avx2::<bf16>,
                     widen_f16: widen_avx2::<f16>,
                     // 3 rows × 4 accumulators + weight + x = 14 of 16 ymm registers.
@@ -186,8 +191,9 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => x86::Avx512::new().map(|t| {
                 use x86::{
-                    axpy_avx512, dot_avx512, dot_rows_avx512, fma_chains_avx512, gemm_avx512,
-                    tile_bf16dot as bd, widen_avx512,
+                    axpy_avx512, axpy_strided_avx512, dot_avx512, dot_rows_avx512,
+                    dots_strided_avx512, fma_chains_avx512, gemm_avx512, tile_bf16dot as bd,
+                    widen_avx512,
                 };
                 let bf16dot: Bf16DotTable = [
                     [bd::<1, 1>, bd::<1, 4>],
@@ -202,6 +208,8 @@ impl Kernels {
                     dot_bf16: dot_avx512::<bf16>,
                     dot_f16: dot_avx512::<f16>,
                     axpy: axpy_avx512,
+                    dots_strided: dots_strided_avx512,
+                    axpy_strided: axpy_strided_avx512,
                     widen_bf16: widen_avx512::<bf16>,
                     widen_f16: widen_avx512::<f16>,
                     // 4 rows × 4 accumulators + weight + x = 18 of 32 zmm registers.
@@ -216,7 +224,8 @@ impl Kernels {
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => neon::Neon::new().map(|_| {
                 use neon::{
-                    axpy_neon, dot_neon, dot_rows_neon, fma_chains_neon, gemm_neon, widen_neon,
+                    axpy_neon, axpy_strided_neon, dot_neon, dot_rows_neon, dots_strided_neon,
+                    fma_chains_neon, gemm_neon, widen_neon,
                 };
                 Kernels {
                     isa,
@@ -225,6 +234,8 @@ impl Kernels {
                     dot_bf16: dot_neon::<bf16>,
                     dot_f16: dot_neon::<f16>,
                     axpy: axpy_neon,
+                    dots_strided: dots_strided_neon,
+                    axpy_strided: axpy_strided_neon,
                     widen_bf16: widen_neon::<bf16>,
                     widen_f16: widen_neon::<f16>,
                     // 4 rows × 4 accumulators + weight + x = 18 of 32 q registers.
@@ -242,7 +253,7 @@ impl Kernels {
     }
 
     fn scalar() -> Kernels {
-        use scalar::{axpy, dot, dot_rows, fma_chains, gemm, widen};
+        use scalar::{axpy, axpy_strided, dot, dot_rows, dots_strided, fma_chains, gemm, widen};
         Kernels {
             isa: Isa::Scalar,
             vnni: false,
@@ -250,6 +261,8 @@ impl Kernels {
             dot_bf16: dot::<bf16>,
             dot_f16: dot::<f16>,
             axpy,
+            dots_strided,
+            axpy_strided,
             widen_bf16: widen::<bf16>,
             widen_f16: widen::<f16>,
             // Eight-lane arrays are two SSE2 registers each: two rows already fill the 16.
@@ -374,6 +387,32 @@ impl Kernels {
         // SAFETY: as in `dot_f32`.
         unsafe { (self.axpy)(y, alpha, x) }
     }
+
+    /// `out[j] = dot_f32(q, k[j·stride..j·stride + q.len()])` for every `j < out.len()` whose
+    /// row fits in `k` (decode attention scores over consecutive KV slots); bit-identical to
+    /// the per-key calls.
+    pub fn dots_strided(&self, q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+        let hd = q.len();
+        let n = rows_that_fit(k.len(), stride, hd).min(out.len());
+        if n == 0 {
+            return;
+        }
+        // SAFETY: q has hd elements; rows 0..n of k (stride `stride`, hd long) lie inside k
+        // (`rows_that_fit`); out has n slots; the table was built after checking the CPU.
+        unsafe { (self.dots_strided)(q.as_ptr(), hd, k.as_ptr(), stride, n, out.as_mut_ptr()) }
+    }
+
+    /// `acc += p[j] · v[j·stride..j·stride + acc.len()]` for every `j < p.len()` whose row fits
+    /// in `v`, in order; bit-identical to calling [`Kernels::axpy`] once per row.
+    pub fn axpy_strided(&self, acc: &mut [f32], p: &[f32], v: &[f32], stride: usize) {
+        let hd = acc.len();
+        let n = rows_that_fit(v.len(), stride, hd).min(p.len());
+        if n == 0 {
+            return;
+        }
+        // SAFETY: as in `dots_strided`, with acc (hd) read and written and p (n) read.
+        unsafe { (self.axpy_strided)(acc.as_mut_ptr(), hd, p.as_ptr(), v.as_ptr(), stride, n) }
+    }
 }
 
 impl Kernels {
@@ -408,6 +447,18 @@ impl Kernels {
             best = best.min(t.elapsed().as_secs_f64());
         }
         (threads * iters * 12 * lanes * 2) as f64 / best / 1e9
+    }
+}
+
+/// How many rows of `width` elements at `stride` fit in `len` elements (the last row needs only
+/// `width`, not a whole stride).
+fn rows_that_fit(len: usize, stride: usize, width: usize) -> usize {
+    if len < width {
+        0
+    } else if stride == 0 {
+        usize::MAX
+    } else {
+        (len - width) / stride + 1
     }
 }
 

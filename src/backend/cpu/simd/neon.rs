@@ -96,6 +96,32 @@ pub(super) unsafe fn widen_neon<E: Elem>(dst: &mut [f32], src: &[E]) {
 }
 
 #[target_feature(enable = "neon")]
+pub(super) unsafe fn dots_strided_neon(
+    q: *const f32,
+    hd: usize,
+    k: *const f32,
+    stride: usize,
+    n: usize,
+    out: *mut f32,
+) {
+    // SAFETY: forwarded pointer contract; the ISA is guaranteed by the token that built the table.
+    unsafe { vector::dots_strided::<Neon>(q, hd, k, stride, n, out) }
+}
+
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn axpy_strided_neon(
+    acc: *mut f32,
+    hd: usize,
+    p: *const f32,
+    v: *const f32,
+    stride: usize,
+    n: usize,
+) {
+    // SAFETY: forwarded pointer contract; the ISA is guaranteed by the token that built the table.
+    unsafe { vector::axpy_strided::<Neon>(acc, hd, p, v, stride, n) }
+}
+
+#[target_feature(enable = "neon")]
 pub(super) unsafe fn axpy_neon(y: &mut [f32], alpha: f32, x: &[f32]) {
     // SAFETY: as above.
     unsafe { vector::axpy::<Neon>(y, alpha, x) }

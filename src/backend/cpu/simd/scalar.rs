@@ -79,6 +79,30 @@ pub(super) unsafe fn widen<E: vector::Elem>(dst: &mut [f32], src: &[E]) {
     unsafe { vector::widen::<Scalar, E>(dst, src) }
 }
 
+pub(super) unsafe fn dots_strided(
+    q: *const f32,
+    hd: usize,
+    k: *const f32,
+    stride: usize,
+    n: usize,
+    out: *mut f32,
+) {
+    // SAFETY: forwarded pointer contract; Scalar needs no CPU feature.
+    unsafe { vector::dots_strided::<Scalar>(q, hd, k, stride, n, out) }
+}
+
+pub(super) unsafe fn axpy_strided(
+    acc: *mut f32,
+    hd: usize,
+    p: *const f32,
+    v: *const f32,
+    stride: usize,
+    n: usize,
+) {
+    // SAFETY: forwarded pointer contract; Scalar needs no CPU feature.
+    unsafe { vector::axpy_strided::<Scalar>(acc, hd, p, v, stride, n) }
+}
+
 pub(super) unsafe fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     // SAFETY: Scalar needs no CPU feature.
     unsafe { vector::axpy::<Scalar>(y, alpha, x) }

@@ -173,6 +173,89 @@ pub(crate) unsafe fn axpy<S: Simd>(y: &mut [f32], alpha: f32, x: &[f32]) {
     }
 }
 
+/// Decode attention scores over a run of consecutive KV slots: `out[j] = Σ_i q[i] · k[j·stride
+/// + i]` for `j < n`, `i < hd`. Each score is exactly [`dot`]`(q, key j)` (the same
+/// operations in the same order), only without a dispatch and a bounds check per key.
+///
+/// # Safety
+/// `q` readable for `hd`, `k` for `(n - 1)·stride + hd` (n > 0), `out` writable for `n`; the
+/// caller runs with `S`'s ISA enabled.
+#[inline(always)]
+pub(crate) unsafe fn dots_strided<S: Simd>(
+    q: *const f32,
+    hd: usize,
+    k: *const f32,
+    stride: usize,
+    n: usize,
+    out: *mut f32,
+) {
+    for j in 0..n {
+        // SAFETY: key j lies inside k's run (caller), out[j] is writable.
+        unsafe { dot_rows::<S, f32, 1>(q, 0, k.add(j * stride), hd, out.add(j)) };
+    }
+}
+
+/// `acc[i] += Σ_j p[j] · v[j·stride + i]` for `i < hd`, the keys `j < n` added in order:
+/// exactly [`axpy`]`(acc, p[j], value j)` called for j = 0, 1, ..., but with each stretch of
+/// `acc` held in registers across the keys instead of loaded and stored once per key. (Each
+/// element sees the same fused multiply-adds in the same order either way; the elements past
+/// the last whole vector use the same unfused `+= p · v` as `axpy`'s tail.)
+///
+/// # Safety
+/// `acc` readable and writable for `hd`, `p` readable for `n`, `v` for `(n - 1)·stride + hd`
+/// (n > 0); the caller runs with `S`'s ISA enabled.
+#[inline(always)]
+pub(crate) unsafe fn axpy_strided<S: Simd>(
+    acc: *mut f32,
+    hd: usize,
+    p: *const f32,
+    v: *const f32,
+    stride: usize,
+    n: usize,
+) {
+    let l = S::LANES;
+    // SAFETY (whole body): every vector access covers [i, i + LANES) with i + LANES <= hd, in
+    // acc and in each value row; p[j] for j < n; the caller vouches for all of them.
+    unsafe {
+        let mut i = 0;
+        while i + 4 * l <= hd {
+            let mut a = [S::zero(); 4];
+            for (u, a) in a.iter_mut().enumerate() {
+                *a = S::load(acc.add(i + u * l));
+            }
+            for j in 0..n {
+                let pj = S::splat(*p.add(j));
+                let row = v.add(j * stride + i);
+                for (u, a) in a.iter_mut().enumerate() {
+                    *a = S::fma(pj, S::load(row.add(u * l)), *a);
+                }
+            }
+            for (u, a) in a.iter().enumerate() {
+                S::store(acc.add(i + u * l), *a);
+            }
+            i += 4 * l;
+        }
+        while i + l <= hd {
+            let mut a = S::load(acc.add(i));
+            for j in 0..n {
+                a = S::fma(S::splat(*p.add(j)), S::load(v.add(j * stride + i)), a);
+            }
+            S::store(acc.add(i), a);
+            i += l;
+        }
+        for t in i..hd {
+            for j in 0..n {
+                *acc.add(t) += *p.add(j) * *v.add(j * stride + t);
+            }
+        }
+    }
+}
+
+/// A [`dots_strided`] instance as stored in the dispatch table.
+pub(crate) type DotsStridedFn = unsafe fn(*const f32, usize, *const f32, usize, usize, *mut f32);
+/// An [`axpy_strided`] instance as stored in the dispatch table.
+pub(crate) type AxpyStridedFn = unsafe fn(*mut f32, usize, *const f32, *const f32, usize, usize);
+
 /// `dst[i] = src[i]` widened to f32, over the common length.
 #[inline(always)]
 pub(crate) unsafe fn widen<S: Simd, E: Elem>(dst: &mut [f32], src: &[E]) {

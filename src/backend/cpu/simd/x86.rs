@@ -190,6 +190,32 @@ pub(super) unsafe fn widen_avx2<E: Elem>(dst: &mut [f32], src: &[E]) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dots_strided_avx2(
+    q: *const f32,
+    hd: usize,
+    k: *const f32,
+    stride: usize,
+    n: usize,
+    out: *mut f32,
+) {
+    // SAFETY: forwarded pointer contract; the ISA is guaranteed by the token that built the table.
+    unsafe { vector::dots_strided::<Avx2>(q, hd, k, stride, n, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn axpy_strided_avx2(
+    acc: *mut f32,
+    hd: usize,
+    p: *const f32,
+    v: *const f32,
+    stride: usize,
+    n: usize,
+) {
+    // SAFETY: forwarded pointer contract; the ISA is guaranteed by the token that built the table.
+    unsafe { vector::axpy_strided::<Avx2>(acc, hd, p, v, stride, n) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn axpy_avx2(y: &mut [f32], alpha: f32, x: &[f32]) {
     // SAFETY: as above.
     unsafe { vector::axpy::<Avx2>(y, alpha, x) }
@@ -238,6 +264,32 @@ pub(super) unsafe fn dot_rows_avx512<E: Elem, const NX: usize>(
 pub(super) unsafe fn widen_avx512<E: Elem>(dst: &mut [f32], src: &[E]) {
     // SAFETY: this function only runs where an Avx512 token was built.
     unsafe { vector::widen::<Avx512, E>(dst, src) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) unsafe fn dots_strided_avx512(
+    q: *const f32,
+    hd: usize,
+    k: *const f32,
+    stride: usize,
+    n: usize,
+    out: *mut f32,
+) {
+    // SAFETY: forwarded pointer contract; the ISA is guaranteed by the token that built the table.
+    unsafe { vector::dots_strided::<Avx512>(q, hd, k, stride, n, out) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) unsafe fn axpy_strided_avx512(
+    acc: *mut f32,
+    hd: usize,
+    p: *const f32,
+    v: *const f32,
+    stride: usize,
+    n: usize,
+) {
+    // SAFETY: forwarded pointer contract; the ISA is guaranteed by the token that built the table.
+    unsafe { vector::axpy_strided::<Avx512>(acc, hd, p, v, stride, n) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
