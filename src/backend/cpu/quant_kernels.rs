@@ -245,7 +245,14 @@ impl QFormat for Q4_1 {
 /// Q4_K per-group (a, b) for the 8 groups of a super-block.
 #[inline(always)]
 fn q4k_scales(blk: &[u8]) -> [(f32, f32); 8] {
-    let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+    q4k_scales_with(f16_at(blk, 0), f16_at(blk, 2), blk)
+}
+
+/// [`q4k_scales`] with the block's `d` and `dmin` already widened (the SIMD kernels widen
+/// both with one `vcvtph2ps`: `half`'s conversion through a runtime feature check cost more
+/// than the rest of a decode super-block's scale work).
+#[inline(always)]
+fn q4k_scales_with(d: f32, dmin: f32, blk: &[u8]) -> [(f32, f32); 8] {
     let mut sc = [0u8; 12];
     sc.copy_from_slice(&blk[4..16]);
     std::array::from_fn(|j| {
@@ -507,7 +514,8 @@ pub(crate) mod x86 {
         unsafe fn groups_simd<S: Sink>(blk: *const u8, f: &mut S) {
             // SAFETY: one 144-byte block (caller).
             unsafe {
-                let ab = super::q4k_scales(std::slice::from_raw_parts(blk, 16));
+                let (d, dmin) = f16_pair(blk);
+                let ab = super::q4k_scales_with(d, dmin, std::slice::from_raw_parts(blk, 16));
                 let m = _mm256_set1_epi8(0x0F);
                 for c in 0..4 {
                     let q = _mm256_loadu_si256(blk.add(16 + 32 * c) as *const __m256i);
