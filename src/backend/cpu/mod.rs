@@ -863,6 +863,8 @@ fn with_attn_bufs<R>(f: impl FnOnce(&mut AttnBufs) -> R) -> R {
 
 /// Most query heads per KV head that the tiled path keeps state for on the stack.
 const MAX_GROUP: usize = 16;
+/// GEMM tiles of `nr` keys per prefill attention key block (`attend_gemm`).
+const KEY_TILES: usize = 2;
 
 /// Where one sequence's rows read from in one layer: the layer's pools (`[slots, kv_dim]` for K
 /// and V) through the sequence's block table, its queries (`[rows, q_dim]`, row 0 at position
@@ -1010,6 +1012,11 @@ impl AttnGeometry<'_> {
     ) {
         let gm = kern.gemm;
         let (mr, nr, lanes) = (gm.mr, gm.nr(), gm.lanes);
+        // Keys per block: KEY_TILES tiles of nr. Each block pays a fixed online-softmax cost per
+        // query (max, exp of the correction, rescaling o) and one P·V call per nr columns of
+        // head_dim; two tiles per block halve both against one (F32 pp512: attention was 20%
+        // of prefill at 16 keys per block).
+        let kb = KEY_TILES * nr;
         let (hd, group) = (self.hd, self.group);
         let nq = (r1 - r0) * group;
         let nq_pad = nq.next_multiple_of(mr);
@@ -1018,8 +1025,8 @@ impl AttnGeometry<'_> {
         b.o.clear();
         b.o.resize(nq_pad * hd, 0.0);
         b.p.clear();
-        b.p.resize(nq_pad * nr, 0.0);
-        b.kt.resize(hd * nr, 0.0);
+        b.p.resize(nq_pad * kb, 0.0);
+        b.kt.resize(KEY_TILES * hd * nr, 0.0);
         b.m.clear();
         b.m.resize(nq_pad, f32::NEG_INFINITY);
         b.l.clear();
@@ -1034,39 +1041,51 @@ impl AttnGeometry<'_> {
         let lo = self.key_range(r0).0;
         let hi = self.key_range(r1 - 1).1;
         let mut tmp = [0f32; gemm::TMP_MAX];
-        // Key blocks start at multiples of nr (whatever the chunk) and never cross a KV block,
+        let mut scores = [0f32; KEY_TILES * gemm::TMP_MAX];
+        // Key blocks start at multiples of kb (whatever the chunk) and never cross a KV block,
         // so the keys of one block are consecutive slots.
-        let mut j0 = lo - lo % nr;
+        let mut j0 = lo - lo % kb;
         while j0 <= hi {
             let block_end = (j0 / self.block_size + 1) * self.block_size;
-            let bk = nr.min(hi + 1 - j0).min(block_end - j0);
+            let bk = kb.min(hi + 1 - j0).min(block_end - j0);
+            let tiles = bk.div_ceil(nr);
+            // kt: `tiles` panels of [hd][nr], the keys transposed (past bk: zero).
             for j in 0..bk {
                 let krow = &self.kc[self.at(j0 + j, off)..][..hd];
+                let panel = &mut b.kt[(j / nr) * hd * nr..];
                 for (d, v) in krow.iter().enumerate() {
-                    b.kt[d * nr + j] = *v;
+                    panel[d * nr + j % nr] = *v;
                 }
             }
-            if bk < nr {
+            if bk % nr != 0 {
+                let panel = &mut b.kt[(bk / nr) * hd * nr..];
                 for d in 0..hd {
-                    b.kt[d * nr + bk..(d + 1) * nr].fill(0.0);
+                    panel[d * nr + bk % nr..(d + 1) * nr].fill(0.0);
                 }
             }
             for c0 in (0..nq_pad).step_by(mr) {
-                // SAFETY: q holds mr rows of hd from c0 (nq_pad is a multiple of mr), kt holds
-                // hd rows of nr, tmp holds TMP_MAX >= mr·nr; CPU-checked table.
-                unsafe {
-                    (gm.tiles[1])(
-                        b.q[c0 * hd..].as_ptr(),
-                        hd,
-                        b.kt.as_ptr(),
-                        nr,
-                        hd,
-                        tmp.as_mut_ptr(),
-                    )
-                };
+                for t in 0..tiles {
+                    // SAFETY: q holds mr rows of hd from c0 (nq_pad is a multiple of mr), panel t
+                    // of kt holds hd rows of nr (t < tiles <= KEY_TILES), tmp holds TMP_MAX >=
+                    // mr·nr; CPU-checked table.
+                    unsafe {
+                        (gm.tiles[1])(
+                            b.q[c0 * hd..].as_ptr(),
+                            hd,
+                            b.kt[t * hd * nr..].as_ptr(),
+                            nr,
+                            hd,
+                            tmp.as_mut_ptr(),
+                        )
+                    };
+                    for i in 0..mr {
+                        scores[i * kb + t * nr..i * kb + (t + 1) * nr]
+                            .copy_from_slice(&tmp[i * nr..(i + 1) * nr]);
+                    }
+                }
                 for i in 0..mr {
                     let qi = c0 + i;
-                    let p = &mut b.p[qi * nr..(qi + 1) * nr];
+                    let p = &mut b.p[qi * kb..(qi + 1) * kb];
                     let (ja, jb) = if qi < nq {
                         let (first, last) = self.key_range(r0 + qi / group);
                         (
@@ -1080,7 +1099,7 @@ impl AttnGeometry<'_> {
                         p.fill(0.0);
                         continue;
                     }
-                    let s = &tmp[i * nr..(i + 1) * nr];
+                    let s = &scores[i * kb..(i + 1) * kb];
                     let bm = s[ja..jb].iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let new_m = b.m[qi].max(bm);
                     let correction = (b.m[qi] - new_m).exp();
@@ -1101,14 +1120,14 @@ impl AttnGeometry<'_> {
                 let mut d0 = 0;
                 while d0 < hd {
                     let w = nr.min(hd - d0);
-                    // SAFETY: p holds mr rows of nr from c0 (bk <= nr read); positions
+                    // SAFETY: p holds mr rows of kb from c0 (bk <= kb read); positions
                     // j0..j0+bk sit in consecutive slots of one KV block (bk stops at the block
                     // end), each holding columns off+d0..off+d0+w (d0 + w <= hd); tmp as above;
                     // CPU-checked table.
                     unsafe {
                         (gm.tiles[w / lanes - 1])(
-                            b.p[c0 * nr..].as_ptr(),
-                            nr,
+                            b.p[c0 * kb..].as_ptr(),
+                            kb,
                             self.vc[self.at(j0, off) + d0..].as_ptr(),
                             self.kv_dim,
                             bk,

@@ -31,24 +31,36 @@
 //! bit-identical to a one-row call: the tiles keep per-row accumulators in one fixed order,
 //! and Q5_K's `dequant_dot` is per row too).
 //!
-//! Prefill (17 rows and more), with AVX-512 VNNI: the integer GEMM (`qgemm`). The activations
-//! are quantized as above and packed into panels of 16 rows; each thread unpacks 4 weight rows
-//! at a time into bytes and per-group scales once per call and sweeps them over every panel
-//! with a register-blocked tile (`x86::qgemm_tile`: per group, 8 `vpdpbusd` steps of a
-//! broadcast weight dword against 16 rows' dwords, then one f32 FMA per half-group for the
-//! scales). Q8_0's signed weights are stored as w + 128 and the exact integer 128·Σqx is taken
-//! off before the scale. The result is the same arithmetic as the decode path (q8
-//! activations), summed in another order: a prefill row is batch-invariant among prefills, not
-//! bit-identical to decode. `MINFER_INT_PREFILL=0` (`Kernels::without_int_prefill`) and CPUs
-//! without VNNI instead dequantize each weight row (with `crate::quant`'s reference code) once
-//! per call into the packed f32 GEMM (`gemm`), with exact f32 activations. Not written yet: an
-//! AVX2 `maddubs` form of the prefill GEMM (Q8_0's w + 128 does not fit its 16-bit pair sums,
-//! so it would need the sign trick per activation row) and Q5_K (dequantized f32 GEMM).
+//! Prefill (17 rows and more): the integer GEMM (`qgemm`). The activations are quantized as
+//! above and packed into panels of 16 rows; each thread unpacks a few weight rows at a time
+//! into bytes and per-group scales once per call and sweeps them over every panel with a
+//! register-blocked tile, then one f32 FMA per half-group applies the scales:
+//! - AVX-512 VNNI (`x86::qgemm_tile`, every format but Q5_K): 4 weight rows × 16 or 32
+//!   activation rows; per group, 8 `vpdpbusd` steps of a broadcast weight dword against 16
+//!   rows' dwords. Q8_0's signed weights are stored as w + 128 and the exact integer 128·Σqx
+//!   is taken off before the scale.
+//! - AVX2 (`x86::qgemm_tile_avx2`, the 4-bit formats Q4_0, Q4_1, Q4_K): 2 weight rows × 16
+//!   activation rows; per step `vpmaddubsw` of the broadcast weight dword against the panel,
+//!   the i16 pair sums added over the whole group (at most 8 · 2 · 15 · 127 < 2^15) and
+//!   widened once by `vpmaddwd`. Its f32 part is the VNNI tile's, in the same order. Q8_0 (sign
+//!   trick, four instructions per step) and Q6_K (widened every two steps) measured 0.65-0.85x
+//!   of the dequantized f32 GEMM on a Zen 3 core, so on AVX2 they take that path.
 //!
-//! Measured (one core of the Zen 4 dev machine, thread CPU time, SmolLM2-shaped matrices
-//! cycled beyond the L3): q8_0 19.7, q4_0 10.7, q4_1 11.2, q4_k 10.1, q6_k 12.1 GB/s of
-//! weights, against ~18-20 for f32/bf16/f16 and ~15-18 for a plain streaming sum: the 4-bit
-//! formats are bound by the ~5 cycles of per-block work, not by memory, on one core.
+//! The result is the same arithmetic as the decode path (q8 activations), summed in another
+//! order: a prefill row is batch-invariant among prefills, not bit-identical to decode.
+//! `MINFER_INT_PREFILL=0` (`Kernels::without_int_prefill`), and the formats or CPUs without an
+//! integer tile, instead dequantize each weight row (with `crate::quant`'s reference code)
+//! once per call into the packed f32 GEMM (`gemm`), with exact f32 activations.
+//!
+//! Decode reads each weight row once, so it is bound by how many cache misses a core keeps in
+//! flight: the tiles prefetch 2 KiB ahead of the block they read (`PF_AHEAD`). Measured, one
+//! core, weights cycled beyond the L3 (`cargo bench --bench matmul -- quick only=matvec`):
+//! - Zen 4 (AVX-512 VNNI), before the prefetch: q8_0 19.7, q4_0 10.7, q4_1 11.2, q4_k 10.1,
+//!   q6_k 12.1 GB/s of weights, against ~18-20 for f32/bf16/f16.
+//! - Zen 3 (AVX2), without / with the prefetch: q8_0 6.9 / 11.5, q4_1 5.4 / 7.3 GB/s, against
+//!   12.6 for f32 (whose plain stream the hardware prefetcher follows alone: a software
+//!   prefetch there cost 15%). The 4-bit formats and the K-quants (q4_k 4.5, q6_k 4.0) stay
+//!   bound by their per-block unpacking and scale work on one core.
 //!
 //! Not here: quantizing weights other than Q8_0 (minfer reads quantized files; `--quantize
 //! q8_0` is the one conversion it makes), NEON integer dot products (aarch64 uses the scalar
@@ -1237,7 +1249,7 @@ fn dequant_dot(
     );
 }
 
-// ---- prefill: the integer GEMM (AVX-512 VNNI) ------------------------------------------------
+// ---- prefill: the integer GEMM (AVX-512 VNNI, AVX2) ------------------------------------------------
 
 /// Activation rows per panel of the integer GEMM: one 512-bit register of i32 lanes.
 const QNR: usize = 16;
@@ -1350,11 +1362,12 @@ thread_local! {
     static QW_BUF: RefCell<QWPack> = RefCell::new(QWPack::default());
 }
 
-/// Prefill with block-quantized weights in integer arithmetic (AVX-512 VNNI): the activations
-/// are quantized to q8 per block of 32 (as at decode), packed into panels of 16 rows
-/// ([`QPanels`]); each thread unpacks [`QMR`] weight rows at a time into bytes and scales
-/// ([`QWPack`], once per call) and sweeps them over every panel with the register-blocked
-/// `x86::qgemm_tile` (`vpdpbusd`: 64 multiply-adds per instruction, against 16 for an f32 FMA).
+/// Prefill with block-quantized weights in integer arithmetic (AVX-512 VNNI, or AVX2 for the
+/// 4-bit formats): the activations are quantized to q8 per block of 32 (as at decode), packed
+/// into panels of 16 rows ([`QPanels`]); each thread unpacks the tile's weight rows at a time
+/// into bytes and scales ([`QWPack`], once per call) and sweeps them over every panel with the
+/// register-blocked tile (`x86::qgemm_tile`, `vpdpbusd`: 64 multiply-adds per instruction, or
+/// `x86::qgemm_tile_avx2`, `vpmaddubsw`: 32, against 16 / 8 for an f32 FMA).
 /// Each output sums its groups in order in one f32 lane, whatever the tile or the thread, so
 /// prefill stays batch-invariant. Returns false (nothing written) when the format has no
 /// integer kernel.
