@@ -242,6 +242,49 @@ impl WeightTensor {
         )
     }
 
+    /// The rows of `parts` one after another, as one owned tensor named `name`: `[Σ n_i, k]`
+    /// for matrices `[n_i, k]`, `[Σ n_i]` for vectors. This is how linear layers that read the
+    /// same input (q/k/v, gate/up) are fused at load into one matrix, and their biases into one
+    /// vector. Row-major storage makes it a byte concatenation for every dtype, the GGML block
+    /// types included, as long as each row is whole blocks. None when the parts differ in dtype,
+    /// rank or row width, or a row is not whole blocks (such layers stay apart).
+    pub fn concat_rows(name: impl Into<String>, parts: &[&WeightTensor]) -> Option<WeightTensor> {
+        let first = parts.first()?;
+        let rank = first.shape.len();
+        let same = parts.iter().all(|p| {
+            p.dtype == first.dtype && p.shape.len() == rank && p.shape[1..] == first.shape[1..]
+        });
+        if !same || !(rank == 1 || rank == 2) {
+            return None;
+        }
+        let (per_block, _) = first.dtype.block();
+        if rank == 2 && !first.shape[1].is_multiple_of(per_block) {
+            return None;
+        }
+        let mut shape = first.shape.clone();
+        shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+        // Written straight into the owned storage: one copy, never two.
+        let len: usize = parts.iter().map(|p| p.len).sum();
+        let mut words = vec![0u64; len.div_ceil(8)];
+        let mut at = 0;
+        for p in parts {
+            bytemuck::cast_slice_mut::<u64, u8>(&mut words)[at..at + p.len]
+                .copy_from_slice(p.bytes());
+            at += p.len;
+        }
+        let storage = Arc::new(Storage::Owned(words));
+        WeightTensor::new(
+            name,
+            first.dtype,
+            shape,
+            storage,
+            0,
+            len,
+            Path::new("<fused>"),
+        )
+        .ok()
+    }
+
     /// The tensor's bytes, in the stored layout.
     pub fn bytes(&self) -> &[u8] {
         &self.storage.bytes()[self.start..self.start + self.len]
