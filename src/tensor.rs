@@ -410,3 +410,42 @@ impl Weights {
         self.tensors.contains_key(name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concat_rows_joins_rows_in_order_and_refuses_what_cannot_be_one_matrix() {
+        let a = WeightTensor::from_f32("a", vec![2, 3], &[1., 2., 3., 4., 5., 6.]);
+        let b = WeightTensor::from_f32("b", vec![1, 3], &[7., 8., 9.]);
+        let ab = WeightTensor::concat_rows("a+b", &[&a, &b]).expect("same dtype and width");
+        assert_eq!((ab.name.as_str(), ab.shape.clone()), ("a+b", vec![3, 3]));
+        assert_eq!(
+            ab.to_f32_vec().unwrap(),
+            (1..=9).map(|v| v as f32).collect::<Vec<_>>()
+        );
+        // vectors (biases)
+        let (u, v) = (
+            WeightTensor::from_f32("u", vec![2], &[1., 2.]),
+            WeightTensor::from_f32("v", vec![1], &[3.]),
+        );
+        let uv = WeightTensor::concat_rows("u+v", &[&u, &v]).unwrap();
+        assert_eq!(uv.to_f32_vec().unwrap(), vec![1., 2., 3.]);
+        // another width, another dtype, another rank: apart
+        let c = WeightTensor::from_f32("c", vec![1, 2], &[1., 2.]);
+        assert!(WeightTensor::concat_rows("a+c", &[&a, &c]).is_none());
+        let h = WeightTensor::from_bytes("h", DType::BF16, vec![1, 3], &[0; 6]).unwrap();
+        assert!(WeightTensor::concat_rows("a+h", &[&a, &h]).is_none());
+        assert!(WeightTensor::concat_rows("a+u", &[&a, &u]).is_none());
+        // block types: rows of whole blocks are a byte concatenation
+        let q = |n| WeightTensor::from_bytes("q", DType::Q8_0, vec![n, 64], &vec![n as u8; n * 68]);
+        let qq = WeightTensor::concat_rows("q+q", &[&q(1).unwrap(), &q(2).unwrap()]).unwrap();
+        assert_eq!(qq.shape, vec![3, 64]);
+        assert_eq!(&qq.bytes()[..68], &[1u8; 68][..]);
+        assert_eq!(&qq.bytes()[68..], &[2u8; 136][..]);
+        // a row that is not whole blocks cannot be cut between rows
+        let odd = WeightTensor::from_bytes("o", DType::Q8_0, vec![2, 16], &[0; 34]).unwrap();
+        assert!(WeightTensor::concat_rows("o+o", &[&odd, &odd]).is_none());
+    }
+}

@@ -456,6 +456,7 @@ impl<B: Backend> Transformer<B> {
                 let post = self.layers[l - 1].post_mlp_norm.as_ref();
                 add_normed_then_norm(&**b, s, post, &w.input_layernorm, n, eps)?;
             }
+            // q, k, v = h·Wqᵀ (+bq), h·Wkᵀ (+bk), h·Wvᵀ (+bv): one matmul when fused at load
             let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
             let mut qkv = [(&mut s.q, q_dim), (&mut s.k, kv_dim), (&mut s.v, kv_dim)];
             project(&**b, &w.qkv, &s.h, n, &mut s.qkv, &mut qkv)?;
