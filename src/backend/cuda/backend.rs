@@ -222,8 +222,8 @@ struct Launch {
 /// Graphs kept at once (decode with and without all-row logits, a second model shape ...).
 const MAX_GRAPHS: usize = 4;
 
-/// What the CUDA-graph path did, for tests and `minfer bench`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What the CUDA-graph path did, for tests and the GPU check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GraphStats {
     /// Replayable steps run with eager launches (first sight, or a step that was not).
     pub eager_steps: u64,
@@ -233,6 +233,8 @@ pub struct GraphStats {
     pub replays: u64,
     /// Kernel launches in those replays (what they saved the host from issuing).
     pub replayed_launches: u64,
+    /// Why a capture failed (the graph path is then off for this backend).
+    pub capture_error: Option<String>,
 }
 
 /// The CUDA-graph state (see the module docs).
@@ -245,7 +247,21 @@ struct Graphs {
     candidate: Option<Vec<Launch>>,
     /// Captured graphs with the launch lists they hold, most recently used last.
     cache: Vec<(Vec<Launch>, GraphId)>,
-    stats: GraphStats,
+    stats: GraphStatsHandle,
+}
+
+/// The graph statistics of a backend, readable after the backend has moved into a `Model`.
+#[derive(Clone, Default)]
+pub struct GraphStatsHandle(Arc<Mutex<GraphStats>>);
+
+impl GraphStatsHandle {
+    /// The statistics now.
+    pub fn get(&self) -> GraphStats {
+        lock(&self.0).clone()
+    }
+    fn bump(&self, f: impl FnOnce(&mut GraphStats)) {
+        f(&mut lock(&self.0))
+    }
 }
 
 #[derive(Default, Clone, Copy)]
@@ -345,7 +361,7 @@ impl<D: GpuDriver> CudaBackend<D> {
                 queue: None,
                 candidate: None,
                 cache: Vec::new(),
-                stats: GraphStats::default(),
+                stats: GraphStatsHandle::default(),
             }),
         })
     }
@@ -359,7 +375,13 @@ impl<D: GpuDriver> CudaBackend<D> {
 
     /// What the graph path has done so far.
     pub fn graph_stats(&self) -> GraphStats {
-        lock(&self.graphs).stats
+        lock(&self.graphs).stats.get()
+    }
+
+    /// A handle on the graph statistics that stays readable after the backend has moved into
+    /// a `Model` (tests).
+    pub fn graph_stats_handle(&self) -> GraphStatsHandle {
+        lock(&self.graphs).stats.clone()
     }
 
     /// Before any device operation that is not a launch (a copy, an allocation, a wait): the
@@ -384,13 +406,15 @@ impl<D: GpuDriver> CudaBackend<D> {
             let entry = g.cache.remove(i);
             let id = entry.1;
             g.cache.push(entry);
-            g.stats.replays += 1;
-            g.stats.replayed_launches += q.len() as u64;
+            g.stats.bump(|s| {
+                s.replays += 1;
+                s.replayed_launches += q.len() as u64;
+            });
             drop(g);
             return self.drv.launch_graph(id);
         }
         if g.candidate.as_ref() != Some(&q) {
-            g.stats.eager_steps += 1;
+            g.stats.bump(|s| s.eager_steps += 1);
             g.candidate = Some(q.clone());
             drop(g);
             return self.issue(&q);
@@ -403,14 +427,17 @@ impl<D: GpuDriver> CudaBackend<D> {
                     let _ = self.drv.free_graph(old);
                 }
                 g.cache.push((q, id));
-                g.stats.captures += 1;
+                g.stats.bump(|s| s.captures += 1);
                 drop(g);
                 self.drv.launch_graph(id)
             }
-            Err(_) => {
+            Err(e) => {
                 // A driver that cannot capture this step: never try again, run it eagerly.
                 g.enabled = false;
-                g.stats.eager_steps += 1;
+                g.stats.bump(|s| {
+                    s.eager_steps += 1;
+                    s.capture_error = Some(e.to_string());
+                });
                 drop(g);
                 self.issue(&q)
             }
@@ -1831,7 +1858,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             (Ok(()), None) => {
                 // the step turned eager part-way (a copy or an allocation among its launches)
                 let mut g = lock(&self.graphs);
-                g.stats.eager_steps += 1;
+                g.stats.bump(|s| s.eager_steps += 1);
                 g.candidate = None;
                 Ok(())
             }
