@@ -1599,12 +1599,17 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             bs32,
         };
         if segs.iter().all(|&(_, len)| len == 1) {
-            // Decode: the split geometry covers every position the tables can reach (within
-            // the window), not the rows' current positions, so a decode step's launches are the
-            // same at every position (what a replayed CUDA graph needs); splits past a row's
-            // position are empty.
+            // Decode. One row (batch-1, the step a CUDA graph replays): the split geometry
+            // covers every position the table can reach (within the window), not the row's
+            // current position, so the step's launches are the same at every position; splits
+            // past the position are empty. Several rows (batched decode, not replayed): the
+            // longest row's range, as it spreads short contexts over more blocks.
             let reach = host.max_blocks * s.block_size;
-            let span = if window > 0 { reach.min(window) } else { reach };
+            let span = match (rows, window) {
+                (1, 0) => reach,
+                (1, w) => reach.min(w),
+                _ => 0,
+            };
             return self.attn_split(out, q, &a, 0, rows, span, p);
         }
         for &(r0, len) in &segs {
