@@ -285,6 +285,22 @@ impl WeightTensor {
         .ok()
     }
 
+    /// Tell the OS that this tensor's bytes will not be read again (they were copied into a
+    /// fused tensor): pages of a memory-mapped file leave the process's resident set instead of
+    /// staying beside the copy. Nothing for owned storage. Only a hint: the bytes stay readable.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        if let Storage::Mmap(m) = &*self.storage {
+            // SAFETY: `m` is a read-only shared mapping of a file (Storage::map). MADV_DONTNEED
+            // drops this process's page-table entries for the range; a later read faults the
+            // same bytes back in from the file, so every view of the mapping (this tensor's,
+            // its neighbours' on the shared first and last page) keeps reading what it read.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.start, self.len)
+            };
+        }
+    }
+
     /// The tensor's bytes, in the stored layout.
     pub fn bytes(&self) -> &[u8] {
         &self.storage.bytes()[self.start..self.start + self.len]

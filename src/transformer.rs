@@ -185,10 +185,11 @@ impl<B: Backend> Transformer<B> {
             };
             if let (Some(w), Some(b)) = (one, one_bias) {
                 let bias = b.map(|b| backend.upload(&b)).transpose()?;
-                return Ok(Fused::One {
-                    w: backend.upload(&w)?,
-                    bias,
-                });
+                let w = backend.upload(&w)?;
+                // The parts are never read again: their mapped pages need not stay resident
+                // beside the fused copy.
+                ws.iter().chain(&bs).for_each(|p| p.release_pages());
+                return Ok(Fused::One { w, bias });
             }
             let apart = ws.iter().enumerate().map(|(j, w)| {
                 let b = bs.get(j).map(|b| backend.upload(b)).transpose()?;
