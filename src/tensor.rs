@@ -242,6 +242,65 @@ impl WeightTensor {
         )
     }
 
+    /// The rows of `parts` one after another, as one owned tensor named `name`: `[Σ n_i, k]`
+    /// for matrices `[n_i, k]`, `[Σ n_i]` for vectors. This is how linear layers that read the
+    /// same input (q/k/v, gate/up) are fused at load into one matrix, and their biases into one
+    /// vector. Row-major storage makes it a byte concatenation for every dtype, the GGML block
+    /// types included, as long as each row is whole blocks. None when the parts differ in dtype,
+    /// rank or row width, or a row is not whole blocks (such layers stay apart).
+    pub fn concat_rows(name: impl Into<String>, parts: &[&WeightTensor]) -> Option<WeightTensor> {
+        let first = parts.first()?;
+        let rank = first.shape.len();
+        let same = parts.iter().all(|p| {
+            p.dtype == first.dtype && p.shape.len() == rank && p.shape[1..] == first.shape[1..]
+        });
+        if !same || !(rank == 1 || rank == 2) {
+            return None;
+        }
+        let (per_block, _) = first.dtype.block();
+        if rank == 2 && !first.shape[1].is_multiple_of(per_block) {
+            return None;
+        }
+        let mut shape = first.shape.clone();
+        shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+        // Written straight into the owned storage: one copy, never two.
+        let len: usize = parts.iter().map(|p| p.len).sum();
+        let mut words = vec![0u64; len.div_ceil(8)];
+        let mut at = 0;
+        for p in parts {
+            bytemuck::cast_slice_mut::<u64, u8>(&mut words)[at..at + p.len]
+                .copy_from_slice(p.bytes());
+            at += p.len;
+        }
+        let storage = Arc::new(Storage::Owned(words));
+        WeightTensor::new(
+            name,
+            first.dtype,
+            shape,
+            storage,
+            0,
+            len,
+            Path::new("<fused>"),
+        )
+        .ok()
+    }
+
+    /// Tell the OS that this tensor's bytes will not be read again (they were copied into a
+    /// fused tensor): pages of a memory-mapped file leave the process's resident set instead of
+    /// staying beside the copy. Nothing for owned storage. Only a hint: the bytes stay readable.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        if let Storage::Mmap(m) = &*self.storage {
+            // SAFETY: `m` is a read-only shared mapping of a file (Storage::map). MADV_DONTNEED
+            // drops this process's page-table entries for the range; a later read faults the
+            // same bytes back in from the file, so every view of the mapping (this tensor's,
+            // its neighbours' on the shared first and last page) keeps reading what it read.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.start, self.len)
+            };
+        }
+    }
+
     /// The tensor's bytes, in the stored layout.
     pub fn bytes(&self) -> &[u8] {
         &self.storage.bytes()[self.start..self.start + self.len]
@@ -365,5 +424,44 @@ impl Weights {
     /// Whether the checkpoint has the tensor.
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concat_rows_joins_rows_in_order_and_refuses_what_cannot_be_one_matrix() {
+        let a = WeightTensor::from_f32("a", vec![2, 3], &[1., 2., 3., 4., 5., 6.]);
+        let b = WeightTensor::from_f32("b", vec![1, 3], &[7., 8., 9.]);
+        let ab = WeightTensor::concat_rows("a+b", &[&a, &b]).expect("same dtype and width");
+        assert_eq!((ab.name.as_str(), ab.shape.clone()), ("a+b", vec![3, 3]));
+        assert_eq!(
+            ab.to_f32_vec().unwrap(),
+            (1..=9).map(|v| v as f32).collect::<Vec<_>>()
+        );
+        // vectors (biases)
+        let (u, v) = (
+            WeightTensor::from_f32("u", vec![2], &[1., 2.]),
+            WeightTensor::from_f32("v", vec![1], &[3.]),
+        );
+        let uv = WeightTensor::concat_rows("u+v", &[&u, &v]).unwrap();
+        assert_eq!(uv.to_f32_vec().unwrap(), vec![1., 2., 3.]);
+        // another width, another dtype, another rank: apart
+        let c = WeightTensor::from_f32("c", vec![1, 2], &[1., 2.]);
+        assert!(WeightTensor::concat_rows("a+c", &[&a, &c]).is_none());
+        let h = WeightTensor::from_bytes("h", DType::BF16, vec![1, 3], &[0; 6]).unwrap();
+        assert!(WeightTensor::concat_rows("a+h", &[&a, &h]).is_none());
+        assert!(WeightTensor::concat_rows("a+u", &[&a, &u]).is_none());
+        // block types: rows of whole blocks are a byte concatenation
+        let q = |n| WeightTensor::from_bytes("q", DType::Q8_0, vec![n, 64], &vec![n as u8; n * 68]);
+        let qq = WeightTensor::concat_rows("q+q", &[&q(1).unwrap(), &q(2).unwrap()]).unwrap();
+        assert_eq!(qq.shape, vec![3, 64]);
+        assert_eq!(&qq.bytes()[..68], &[1u8; 68][..]);
+        assert_eq!(&qq.bytes()[68..], &[2u8; 136][..]);
+        // a row that is not whole blocks cannot be cut between rows
+        let odd = WeightTensor::from_bytes("o", DType::Q8_0, vec![2, 16], &[0; 34]).unwrap();
+        assert!(WeightTensor::concat_rows("o+o", &[&odd, &odd]).is_none());
     }
 }

@@ -5,12 +5,14 @@
 //! for each layer:
 //!     h = rmsnorm(x) · attn_norm
 //!     q, k, v = h·Wqᵀ (+bq), h·Wkᵀ (+bk), h·Wvᵀ (+bv)  // (rows, heads·hd), (rows, kv_heads·hd) ×2
+//!                                                     // one matmul: Wqkv = Wq ++ Wk ++ Wv
 //!     q, k = qk_norm(q), qk_norm(k)                   // Qwen3, Gemma
 //!     q, k = rope(q, pos), rope(k, pos)               // per-layer base: Gemma's local layers
 //!     a = attention(q, K-cache ++ k, V-cache ++ v)    // causal, GQA, optional sliding window
 //!     o = a·Woᵀ (; o = rmsnorm(o) · post_attn_norm)   // sandwich norms: Gemma
 //!     x = x + o ;  h = rmsnorm(x) · mlp_norm          // fused: add_rms_norm
 //!     o = (act(h·Wgateᵀ) ⊙ h·Wupᵀ)·Wdownᵀ             // act: silu, or gelu_tanh (Gemma)
+//!                                                     // one matmul: Wgate ++ Wup
 //!     (o = rmsnorm(o) · post_mlp_norm) ; x = x + o    // the add is fused into the next norm
 //! logits = (rmsnorm(x) · final_norm) · Wlmᵀ           // Wlm = embed when tied
 //! ```
@@ -19,6 +21,11 @@
 //! bases, sandwich norms, the MLP activation, the embedding scale, the norm weights' offset);
 //! there is no per-architecture branch below. Buffers are allocated once in [`Transformer::new`], sized
 //! for `max_batch` rows, so `forward` allocates nothing.
+//!
+//! Linear layers that read the same input are fused at load ([`Fused`]): q/k/v into one matrix
+//! with their rows concatenated, gate/up likewise, so each is one matmul (one pass over the
+//! input, one kernel launch). A checkpoint that stores them in different dtypes (Gemma's
+//! Q4_K_M keeps v in Q6_K) keeps them apart.
 
 use std::sync::Arc;
 
@@ -31,34 +38,44 @@ use crate::tensor::{WeightTensor, Weights};
 struct Layer<M> {
     input_layernorm: M,        // (hidden)
     post_attn_norm: Option<M>, // (hidden)        Gemma: post_attention_layernorm
-    q_proj: M,                 // (heads·hd, hidden)
-    k_proj: M,                 // (kv_heads·hd, hidden)
-    v_proj: M,                 // (kv_heads·hd, hidden)
-    q_bias: Option<M>,         // (heads·hd)      Qwen2
-    k_bias: Option<M>,         // (kv_heads·hd)   Qwen2
-    v_bias: Option<M>,         // (kv_heads·hd)   Qwen2
-    q_norm: Option<M>,         // (hd)            Qwen3
-    k_norm: Option<M>,         // (hd)            Qwen3
-    o_proj: M,                 // (hidden, heads·hd)
+    qkv: Fused<M>, // q_proj (heads·hd, hidden) ++ k_proj, v_proj (kv_heads·hd, hidden); biases: Qwen2
+    q_norm: Option<M>, // (hd)            Qwen3
+    k_norm: Option<M>, // (hd)            Qwen3
+    o_proj: M,     // (hidden, heads·hd)
     pre_mlp_norm: M, // (hidden)        llama: post_attention_layernorm; Gemma: pre_feedforward_layernorm
     post_mlp_norm: Option<M>, // (hidden)        Gemma: post_feedforward_layernorm
-    gate_proj: M,    // (intermediate, hidden)
-    up_proj: M,      // (intermediate, hidden)
+    gate_up: Fused<M>, // gate_proj ++ up_proj (intermediate, hidden) each
     down_proj: M,    // (hidden, intermediate)
+}
+
+/// Linear layers that read the same input: fused at load into one matrix whose rows are the
+/// parts' rows one after another (`q_proj+k_proj+v_proj`, `gate_proj+up_proj`), or kept apart
+/// when the checkpoint stores them in different dtypes.
+enum Fused<M> {
+    One { w: M, bias: Option<M> }, // (Σ out, in), (Σ out)
+    Apart(Vec<(M, Option<M>)>),    // (out_j, in), (out_j) each
+}
+
+impl<M> Fused<M> {
+    fn is_fused(&self) -> bool {
+        matches!(self, Fused::One { .. })
+    }
 }
 
 /// Activation buffers, allocated once.
 struct Scratch<B> {
     x: B,        // (max_batch, hidden)      the residual stream
     h: B,        // (max_batch, hidden)      normed input of a sub-block
+    qkv: B,      // (max_batch, (heads + 2·kv_heads)·hd)  fused q/k/v output (1 element if none)
     q: B,        // (max_batch, heads·hd)
     k: B,        // (max_batch, kv_heads·hd)
     v: B,        // (max_batch, kv_heads·hd)
     att: B,      // (max_batch, heads·hd)    attention output before o_proj
     o: B,        // (max_batch, hidden)      o_proj / down_proj output
     o_normed: B, // (max_batch, hidden)    o after a sandwich norm (Gemma; 1 element otherwise)
+    gate_up: B,  // (max_batch, 2·intermediate)  fused gate/up output (1 element if none)
     gate: B,     // (max_batch, intermediate)
-    up: B,       // (max_batch, intermediate)
+    up: B,       // (max_batch, intermediate)    (1 element if every layer is fused)
     last: B,     // (1, hidden)              final-normed last row
     logits: B,   // (logits_rows, vocab)
 }
@@ -128,9 +145,6 @@ impl<B: Backend> Transformer<B> {
         let (hidden, inter, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
         let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
         let up = |name: &str| -> Result<B::Mat> { backend.upload(weights.get(name)?) };
-        let opt = |name: &str, present: bool| -> Result<Option<B::Mat>> {
-            present.then(|| up(name)).transpose()
-        };
         // RMSNorm weights: Gemma's norms scale by (1 + w); the 1 is added here, once, in f32
         // (as Gemma3RMSNorm does: `output * (1.0 + self.weight.float())`).
         let norm = |name: &str| -> Result<B::Mat> {
@@ -147,6 +161,41 @@ impl<B: Backend> Transformer<B> {
         };
         let opt_norm = |name: &str, present: bool| -> Result<Option<B::Mat>> {
             present.then(|| norm(name)).transpose()
+        };
+
+        // Fuse layers that read the same input when their dtypes agree (the parts are checked
+        // against the schema above); else upload them apart.
+        let fused = |name: &str, parts: &[&str], bias: bool| -> Result<Fused<B::Mat>> {
+            let get = |p: &str, what: &str| weights.get(&format!("{p}.{what}"));
+            let ws = parts
+                .iter()
+                .map(|p| get(p, "weight"))
+                .collect::<Result<Vec<_>>>()?;
+            let bs = match bias {
+                true => parts
+                    .iter()
+                    .map(|p| get(p, "bias"))
+                    .collect::<Result<Vec<_>>>()?,
+                false => Vec::new(),
+            };
+            let one = WeightTensor::concat_rows(format!("{name}.weight"), &ws);
+            let one_bias = match bias {
+                true => WeightTensor::concat_rows(format!("{name}.bias"), &bs).map(Some),
+                false => Some(None),
+            };
+            if let (Some(w), Some(b)) = (one, one_bias) {
+                let bias = b.map(|b| backend.upload(&b)).transpose()?;
+                let w = backend.upload(&w)?;
+                // The parts are never read again: their mapped pages need not stay resident
+                // beside the fused copy.
+                ws.iter().chain(&bs).for_each(|p| p.release_pages());
+                return Ok(Fused::One { w, bias });
+            }
+            let apart = ws.iter().enumerate().map(|(j, w)| {
+                let b = bs.get(j).map(|b| backend.upload(b)).transpose()?;
+                Ok((backend.upload(w)?, b))
+            });
+            Ok(Fused::Apart(apart.collect::<Result<Vec<_>>>()?))
         };
 
         let embed_tokens = up("model.embed_tokens.weight")?;
@@ -171,17 +220,23 @@ impl<B: Backend> Transformer<B> {
                     &format!("{p}.post_feedforward_layernorm.weight"),
                     sandwich,
                 )?,
-                q_proj: up(&format!("{p}.self_attn.q_proj.weight"))?,
-                k_proj: up(&format!("{p}.self_attn.k_proj.weight"))?,
-                v_proj: up(&format!("{p}.self_attn.v_proj.weight"))?,
-                q_bias: opt(&format!("{p}.self_attn.q_proj.bias"), bias)?,
-                k_bias: opt(&format!("{p}.self_attn.k_proj.bias"), bias)?,
-                v_bias: opt(&format!("{p}.self_attn.v_proj.bias"), bias)?,
+                qkv: fused(
+                    &format!("{p}.self_attn.q_proj+k_proj+v_proj"),
+                    &[
+                        &format!("{p}.self_attn.q_proj"),
+                        &format!("{p}.self_attn.k_proj"),
+                        &format!("{p}.self_attn.v_proj"),
+                    ],
+                    bias,
+                )?,
                 q_norm: opt_norm(&format!("{p}.self_attn.q_norm.weight"), c.qk_norm)?,
                 k_norm: opt_norm(&format!("{p}.self_attn.k_norm.weight"), c.qk_norm)?,
                 o_proj: up(&format!("{p}.self_attn.o_proj.weight"))?,
-                gate_proj: up(&format!("{p}.mlp.gate_proj.weight"))?,
-                up_proj: up(&format!("{p}.mlp.up_proj.weight"))?,
+                gate_up: fused(
+                    &format!("{p}.mlp.gate_proj+up_proj"),
+                    &[&format!("{p}.mlp.gate_proj"), &format!("{p}.mlp.up_proj")],
+                    false,
+                )?,
                 down_proj: up(&format!("{p}.mlp.down_proj.weight"))?,
             });
         }
@@ -221,9 +276,26 @@ impl<B: Backend> Transformer<B> {
         let a = |n: usize| backend.alloc(n);
         // A step has at most max_batch rows (prefill) or max_seqs rows (a decode batch).
         let max_batch = max_batch.max(max_seqs);
+        let any = |f: fn(&Layer<B::Mat>) -> bool| layers.iter().any(f);
+        let qkv_width = if any(|l| l.qkv.is_fused()) {
+            q_dim + 2 * kv_dim
+        } else {
+            0
+        };
+        let gate_up_width = if any(|l| l.gate_up.is_fused()) {
+            2 * inter
+        } else {
+            0
+        };
+        let up_width = if any(|l| !l.gate_up.is_fused()) {
+            inter
+        } else {
+            0
+        };
         let s = Scratch {
             x: a(max_batch * hidden)?,
             h: a(max_batch * hidden)?,
+            qkv: a((max_batch * qkv_width).max(1))?,
             q: a(max_batch * q_dim)?,
             k: a(max_batch * kv_dim)?,
             v: a(max_batch * kv_dim)?,
@@ -234,8 +306,9 @@ impl<B: Backend> Transformer<B> {
             } else {
                 1
             })?,
+            gate_up: a((max_batch * gate_up_width).max(1))?,
             gate: a(max_batch * inter)?,
-            up: a(max_batch * inter)?,
+            up: a((max_batch * up_width).max(1))?,
             last: a(hidden)?,
             logits: a(logits_rows * vocab)?,
         };
@@ -349,7 +422,13 @@ impl<B: Backend> Transformer<B> {
         }
         self.backend.set_layout(&mut self.layout, layout)?;
         let backend = Arc::clone(&self.backend);
-        backend.scoped(&mut || self.step(tokens, which))
+        let mut step = || self.step(tokens, which);
+        // A one-row step (decode) launches the same kernels every time: a GPU backend may
+        // replay it from a CUDA graph.
+        match n {
+            1 => backend.repeated_step(&mut step),
+            _ => backend.scoped(&mut step),
+        }
     }
 
     /// Copy KV blocks (every layer, K and V): copy-on-write of shared blocks.
@@ -378,9 +457,10 @@ impl<B: Backend> Transformer<B> {
                 let post = self.layers[l - 1].post_mlp_norm.as_ref();
                 add_normed_then_norm(&**b, s, post, &w.input_layernorm, n, eps)?;
             }
-            b.matmul(&mut s.q, &s.h, &w.q_proj, w.q_bias.as_ref(), n)?;
-            b.matmul(&mut s.k, &s.h, &w.k_proj, w.k_bias.as_ref(), n)?;
-            b.matmul(&mut s.v, &s.h, &w.v_proj, w.v_bias.as_ref(), n)?;
+            // q, k, v = h·Wqᵀ (+bq), h·Wkᵀ (+bk), h·Wvᵀ (+bv): one matmul when fused at load
+            let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
+            let mut qkv = [(&mut s.q, q_dim), (&mut s.k, kv_dim), (&mut s.v, kv_dim)];
+            project(&**b, &w.qkv, &s.h, n, &mut s.qkv, &mut qkv)?;
             if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
                 b.head_rms_norm(&mut s.q, qn, n, c.num_heads, eps)?;
                 b.head_rms_norm(&mut s.k, kn, n, c.num_kv_heads, eps)?;
@@ -406,12 +486,7 @@ impl<B: Backend> Transformer<B> {
             // h = norm(x), then the gated MLP.
             let post = w.post_attn_norm.as_ref();
             add_normed_then_norm(&**b, s, post, &w.pre_mlp_norm, n, eps)?;
-            b.matmul(&mut s.gate, &s.h, &w.gate_proj, None, n)?;
-            b.matmul(&mut s.up, &s.h, &w.up_proj, None, n)?;
-            match c.mlp_activation {
-                MlpActivation::Silu => b.silu_mul(&mut s.gate, &s.up, n * inter)?,
-                MlpActivation::GeluTanh => b.gelu_tanh_mul(&mut s.gate, &s.up, n * inter)?,
-            }
+            gated_mlp(&**b, &w.gate_up, s, n, inter, c.mlp_activation)?; // s.gate = act(gate) ⊙ up
             b.matmul(&mut s.o, &s.gate, &w.down_proj, None, n)?; // x += o happens in the next norm
         }
 
@@ -452,6 +527,63 @@ impl<B: Backend> Transformer<B> {
     }
 }
 
+/// `x · Wᵀ (+ bias)` for each linear layer of `f`, into `parts` (buffer, width) in order. Fused:
+/// one matmul into `joint` (`[rows, Σ widths]`), then split into `parts`, unless `parts` is
+/// empty (the caller reads `joint` itself). Apart: one matmul per part.
+fn project<B: Backend>(
+    b: &B,
+    f: &Fused<B::Mat>,
+    x: &B::Buf,
+    rows: usize,
+    joint: &mut B::Buf,
+    parts: &mut [(&mut B::Buf, usize)],
+) -> Result<()> {
+    match f {
+        Fused::One { w, bias } => {
+            b.matmul(joint, x, w, bias.as_ref(), rows)?;
+            match parts.is_empty() {
+                true => Ok(()),
+                false => b.split_columns(joint, rows, parts),
+            }
+        }
+        Fused::Apart(ws) => {
+            if ws.len() != parts.len() {
+                return Err(Error::arg(format!(
+                    "{} linear layers for {} outputs",
+                    ws.len(),
+                    parts.len()
+                )));
+            }
+            for ((w, bias), (out, _)) in ws.iter().zip(parts.iter_mut()) {
+                b.matmul(out, x, w, bias.as_ref(), rows)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `s.gate = act(h·Wgateᵀ) ⊙ h·Wupᵀ`: fused, one matmul into `s.gate_up` and the activation
+/// reading both halves; apart, two matmuls and the activation.
+fn gated_mlp<B: Backend>(
+    b: &B,
+    gate_up: &Fused<B::Mat>,
+    s: &mut Scratch<B::Buf>,
+    n: usize,
+    inter: usize,
+    act: MlpActivation,
+) -> Result<()> {
+    if gate_up.is_fused() {
+        project(b, gate_up, &s.h, n, &mut s.gate_up, &mut [])?;
+        return b.gated_act(&mut s.gate, &mut s.gate_up, n, inter, act);
+    }
+    let mut parts = [(&mut s.gate, inter), (&mut s.up, inter)];
+    project(b, gate_up, &s.h, n, &mut s.gate_up, &mut parts)?;
+    match act {
+        MlpActivation::Silu => b.silu_mul(&mut s.gate, &s.up, n * inter),
+        MlpActivation::GeluTanh => b.gelu_tanh_mul(&mut s.gate, &s.up, n * inter),
+    }
+}
+
 /// `x += post_norm(o)` (or `x += o` without a post norm), then `h = rmsnorm(x) · next`: a
 /// sub-block's residual add fused with the next norm. The post norm (Gemma's sandwich norms)
 /// writes to its own buffer, as the norm ops never work in place.
@@ -469,5 +601,179 @@ fn add_normed_then_norm<B: Backend>(
             b.add_rms_norm(&mut s.h, &mut s.x, &s.o_normed, next, n, eps)
         }
         None => b.add_rms_norm(&mut s.h, &mut s.x, &s.o, next, n, eps),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::cuda::{backend::GraphStats, sim::SimDriver, CudaBackend};
+    use crate::tensor::DType;
+    use std::path::Path;
+
+    /// The fixture's weights twice, with the same values: once with q/k/v and gate/up in one
+    /// dtype (fused at load), once with v_proj and up_proj stored as bf16 (kept apart). Both
+    /// hold v_proj and up_proj rounded to bf16, so only the fusion differs.
+    fn fused_and_apart(fixture: &str) -> (ModelConfig, Weights, Weights) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models")
+            .join(fixture);
+        let mut a = crate::loader::open(&dir, true).expect("fixture");
+        let mut b = crate::loader::open(&dir, true).expect("fixture").weights;
+        for name in a.weights.tensors.keys().cloned().collect::<Vec<_>>() {
+            if !(name.ends_with("v_proj.weight") || name.ends_with("up_proj.weight")) {
+                continue;
+            }
+            let t = &a.weights.tensors[&name];
+            assert_eq!(t.dtype, DType::F32, "{name}: the test wants f32 fixtures");
+            let v: Vec<half::bf16> = t
+                .to_f32_vec()
+                .unwrap()
+                .iter()
+                .map(|&x| half::bf16::from_f32(x))
+                .collect();
+            let rounded: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
+            let shape = t.shape.clone();
+            b.tensors.insert(
+                name.clone(),
+                WeightTensor::from_bytes(
+                    &name,
+                    DType::BF16,
+                    shape.clone(),
+                    bytemuck::cast_slice(&v),
+                )
+                .unwrap(),
+            );
+            a.weights
+                .tensors
+                .insert(name.clone(), WeightTensor::from_f32(&name, shape, &rounded));
+        }
+        (a.config, a.weights, b)
+    }
+
+    /// Logits of every position of a 5-token prompt, then of 3 single-token steps.
+    fn run<B: Backend>(config: &ModelConfig, w: &Weights, backend: B) -> (bool, Vec<f32>) {
+        let sizes = Sizes {
+            ctx: 16,
+            max_batch: 8,
+            max_seqs: 1,
+            block_size: 4,
+            all_logits: true,
+        };
+        let mut t = Transformer::new(config.clone(), w, backend, sizes).unwrap();
+        let fused = t
+            .layers
+            .iter()
+            .all(|l| l.qkv.is_fused() && l.gate_up.is_fused());
+        let vocab = config.vocab_size;
+        let mut out = Vec::new();
+        let mut row = vec![0f32; vocab];
+        t.forward(&[1, 5, 9, 2, 7], 0, Logits::All).unwrap();
+        for r in 0..5 {
+            t.read_logits(r, &mut row).unwrap();
+            out.extend_from_slice(&row);
+        }
+        for (i, tok) in [3u32, 4, 11].into_iter().enumerate() {
+            t.forward(&[tok], 5 + i, Logits::Last).unwrap();
+            t.read_logits(0, &mut row).unwrap();
+            out.extend_from_slice(&row);
+        }
+        (fused, out)
+    }
+
+    fn assert_close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len());
+        let max = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        // Same weights, same f32 arithmetic per output; only the f32 and bf16 kernels' sum
+        // orders differ (a few ulps of each dot product).
+        assert!(
+            diff <= 1e-5 * max,
+            "{what}: fused vs apart differ by {diff} (max {max})"
+        );
+    }
+
+    /// Greedy decode of `steps` tokens after a 30-token prompt on the interpreter, graphs on
+    /// or off: the logits of every step, and the graph statistics.
+    fn decode_on_sim(graphs: bool, steps: usize) -> (Vec<Vec<f32>>, Vec<u32>, GraphStats) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen2_bias");
+        let ck = crate::loader::open(&dir, true).expect("fixture");
+        let backend = CudaBackend::new(SimDriver::new())
+            .unwrap()
+            .with_f32_prefill(true)
+            .with_graphs(graphs);
+        let sizes = Sizes {
+            ctx: 64,
+            max_batch: 32,
+            max_seqs: 1,
+            block_size: 4,
+            all_logits: false,
+        };
+        let mut t = Transformer::new(ck.config.clone(), &ck.weights, backend, sizes).unwrap();
+        let prompt: Vec<u32> = (0..30).map(|i| (i * 7 + 3) % 50).collect();
+        t.forward(&prompt, 0, Logits::Last).unwrap();
+        let mut row = vec![0f32; ck.config.vocab_size];
+        let (mut logits, mut tokens) = (Vec::new(), Vec::new());
+        let mut next = t.argmax(0).unwrap();
+        for i in 0..steps {
+            // positions 30..: the attention range crosses a 32-key chunk on the way
+            t.forward(&[next], prompt.len() + i, Logits::Last).unwrap();
+            t.read_logits(0, &mut row).unwrap();
+            logits.push(row.clone());
+            next = t.argmax(0).unwrap();
+            tokens.push(next);
+        }
+        let stats = t.backend().graph_stats();
+        (logits, tokens, stats)
+    }
+
+    #[test]
+    fn replayed_decode_steps_equal_eager_launches_bit_for_bit() {
+        let steps = 8;
+        let (eager, eager_tokens, off) = decode_on_sim(false, steps);
+        let (replayed, tokens, on) = decode_on_sim(true, steps);
+        assert_eq!(off, GraphStats::default(), "graphs off: no graph work");
+        // Step 1 allocates attention's split scratch (the prompt ran the prefill kernel): a
+        // device operation among its launches, so it runs eagerly. Step 2 runs eagerly and is
+        // remembered, step 3 repeats its launches and is captured, and every later step
+        // replays that one graph although its position differs. A launch argument that changed
+        // with the position (a position passed by value, a split count following the context)
+        // would make each step's launches differ: more captures, fewer replays.
+        assert_eq!(
+            (on.eager_steps, on.captures, on.replays),
+            (2, 1, steps as u64 - 3),
+            "{on:?}"
+        );
+        assert!(on.replayed_launches > 0);
+        assert_eq!(tokens, eager_tokens);
+        for (i, (a, b)) in replayed.iter().zip(&eager).enumerate() {
+            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "decode step {i}: replayed logits differ from eager ones"
+            );
+        }
+    }
+
+    #[test]
+    fn fused_projections_match_separate_ones_on_cpu_and_interpreter() {
+        // qwen2_bias: q/k/v biases are fused too; gemma3_mixed: GeGLU and sandwich norms.
+        for fixture in ["qwen2_bias", "llama_gqa_untied", "gemma3_mixed"] {
+            let (config, fused_w, apart_w) = fused_and_apart(fixture);
+            let (f, cpu_fused) = run(&config, &fused_w, CpuBackend::new(1).unwrap());
+            let (a, cpu_apart) = run(&config, &apart_w, CpuBackend::new(1).unwrap());
+            assert!(f && !a, "{fixture}: the dtypes should decide the fusion");
+            assert_close(&cpu_fused, &cpu_apart, &format!("{fixture} cpu"));
+            let sim = || {
+                CudaBackend::new(SimDriver::new())
+                    .unwrap()
+                    .with_f32_prefill(true)
+            };
+            let (_, sim_fused) = run(&config, &fused_w, sim());
+            let (_, sim_apart) = run(&config, &apart_w, sim());
+            assert_close(&sim_fused, &sim_apart, &format!("{fixture} sim"));
+            assert_close(&sim_fused, &cpu_fused, &format!("{fixture} sim vs cpu"));
+        }
     }
 }

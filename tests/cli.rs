@@ -206,13 +206,20 @@ fn logits_can_show_every_intermediate_value() {
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let acts = v["activations"].as_array().unwrap();
     let ops: Vec<&str> = acts.iter().map(|a| a["op"].as_str().unwrap()).collect();
-    // embed, 2 layers × (norm, q, k, v, q_norm, k_norm, rope q, rope k, attention, o, residual,
-    // norm, gate, up, silu, down, add) = 17, final norm, lm_head.
-    assert_eq!(ops.len(), 1 + 2 * 17 + 2, "{ops:?}");
+    // embed, 2 layers × (norm, q+k+v (fused at load: one matmul), q_norm, k_norm, rope q,
+    // rope k, attention, o, residual, norm, gate+up (fused), silu, down, add) = 14, final norm,
+    // lm_head.
+    assert_eq!(ops.len(), 1 + 2 * 14 + 2, "{ops:?}");
     assert_eq!(ops[0], "embed");
-    assert_eq!(ops[2], "model.layers.0.self_attn.q_proj");
+    // The fused projection is named after the checkpoint tensors it joins.
+    assert_eq!(ops[2], "model.layers.0.self_attn.q_proj+k_proj+v_proj");
     assert_eq!(ops[ops.len() - 1], "model.embed_tokens"); // tied lm_head
-                                                          // The q_proj output is [3 rows, 4 heads × 32]: mean and rms are consistent with its values.
-    assert_eq!(acts[2]["len"], 3 * 128);
+                                                          // Its output is [3 rows, q (4 heads × 32) | k (2 × 32) | v (2 × 32)]: mean and rms are
+                                                          // consistent with its values.
+    assert_eq!(acts[2]["len"], 3 * (128 + 64 + 64));
     assert!(acts[2]["rms"].as_f64().unwrap() > 0.0);
+    assert!(
+        ops.contains(&"model.layers.1.mlp.gate_proj+up_proj"),
+        "{ops:?}"
+    );
 }

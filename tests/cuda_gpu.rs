@@ -47,6 +47,13 @@ mod gpu {
         crate::ops::cuda_quant::cuda_quant_tests!(super::gpu());
     }
 
+    /// Decode replayed from CUDA graphs (stream capture, cuGraphLaunch) gives the tokens of
+    /// eager launches: the first run of the cudarc graph path.
+    #[test]
+    fn graph_decode() {
+        ops::cuda_only::graph_decode(&|graphs| gpu().map(|b| b.with_graphs(graphs)));
+    }
+
     fn load_gpu(dir: &Path, all_logits: bool, f32_prefill: bool) -> Option<Model> {
         let b = gpu()?.with_f32_prefill(f32_prefill);
         let opts = LoadOptions {

@@ -34,6 +34,13 @@ mod cuda_quant {
     crate::ops::cuda_quant::cuda_quant_tests!(Some(super::sim()));
 }
 
+/// Decode replayed from graphs (the interpreter's recorded launch lists) gives the tokens of
+/// eager launches.
+#[test]
+fn graph_decode() {
+    ops::cuda_only::graph_decode(&|graphs| Some(sim().with_graphs(graphs)));
+}
+
 #[test]
 fn buffers_are_freed() {
     use minfer::backend::Backend;

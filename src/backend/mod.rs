@@ -21,6 +21,7 @@ pub(crate) mod cpu;
 #[allow(missing_docs)]
 pub(crate) mod cuda;
 
+pub use crate::config::MlpActivation;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::WeightTensor;
@@ -213,11 +214,37 @@ pub struct AttnParams {
     pub window: Option<usize>,
 }
 
+/// An activation buffer's values, where they live in host memory. The few [`Backend`] ops
+/// with a default implementation (moving columns between buffers) use it; a backend whose
+/// buffers live on a device answers None and implements those ops itself.
+pub trait HostBuf {
+    /// The values, when in host memory.
+    fn host(&self) -> Option<&[f32]>;
+    /// The values, mutably, when in host memory.
+    fn host_mut(&mut self) -> Option<&mut [f32]>;
+}
+
+impl HostBuf for Vec<f32> {
+    fn host(&self) -> Option<&[f32]> {
+        Some(self)
+    }
+    fn host_mut(&mut self) -> Option<&mut [f32]> {
+        Some(self)
+    }
+}
+
+/// The error of a default op on a buffer that is not in host memory.
+fn not_on_host(op: &str) -> Error {
+    Error::Device(format!(
+        "{op}: the backend's buffers are not in host memory and it does not implement {op}"
+    ))
+}
+
 /// The ops the transformer runs, implemented once per device (see the module docs for the
 /// conventions every implementation follows).
 pub trait Backend: Send + Sync {
     /// An activation buffer.
-    type Buf: Send;
+    type Buf: Send + HostBuf;
     /// An uploaded weight (matrix, vector or table).
     type Mat: Send + Sync;
     /// The KV cache of all layers.
@@ -330,6 +357,83 @@ pub trait Backend: Send + Sync {
     /// `gate[i] = gelu_tanh(gate[i]) · up[i]` for `i < len` (GeGLU, Gemma), with PyTorch's
     /// tanh approximation gelu_tanh(x) = x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³))).
     fn gelu_tanh_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
+    /// Split the columns of `x` (`[rows, Σ widths]`, the output of a fused projection such as
+    /// q/k/v) into `outs`: `outs[j].0[r, :]` = the `outs[j].1` columns of row r after those of
+    /// the parts before it. At most 3 parts. The default works on host buffers.
+    fn split_columns(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        outs: &mut [(&mut Self::Buf, usize)],
+    ) -> Result<()> {
+        let op = "split_columns";
+        let total: usize = outs.iter().map(|o| o.1).sum();
+        let src = x.host().ok_or_else(|| not_on_host(op))?;
+        if outs.len() > 3 || src.len() < rows * total {
+            return Err(Error::arg(format!(
+                "{op}: {} parts of {total} columns × {rows} rows from a buffer of {}",
+                outs.len(),
+                src.len()
+            )));
+        }
+        let mut col = 0;
+        for (dst, width) in outs.iter_mut() {
+            let w = *width;
+            let dst = dst.host_mut().ok_or_else(|| not_on_host(op))?;
+            if dst.len() < rows * w {
+                return Err(Error::arg(format!(
+                    "{op}: a part of {w} columns × {rows} rows into a buffer of {}",
+                    dst.len()
+                )));
+            }
+            for r in 0..rows {
+                let from = r * total + col;
+                dst[r * w..(r + 1) * w].copy_from_slice(&src[from..from + w]);
+            }
+            col += w;
+        }
+        Ok(())
+    }
+    /// The gated MLP's activation on a fused gate/up projection: `gate_up` is `[rows, 2 ·
+    /// width]`, gate in columns `0..width`, up in `width..2 · width`; writes `out[r, i] =
+    /// act(gate[r, i]) · up[r, i]` (`[rows, width]`) by [`Backend::silu_mul`] or
+    /// [`Backend::gelu_tanh_mul`]'s arithmetic. `gate_up` is scratch afterwards. The default
+    /// works on host buffers: it moves the gate columns to `out`, packs the up columns at the
+    /// front of `gate_up`, and calls the backend's own op.
+    fn gated_act(
+        &self,
+        out: &mut Self::Buf,
+        gate_up: &mut Self::Buf,
+        rows: usize,
+        width: usize,
+        act: MlpActivation,
+    ) -> Result<()> {
+        let op = "gated_act";
+        {
+            let (o, x) = (
+                out.host_mut().ok_or_else(|| not_on_host(op))?,
+                gate_up.host_mut().ok_or_else(|| not_on_host(op))?,
+            );
+            if o.len() < rows * width || x.len() < rows * 2 * width {
+                return Err(Error::arg(format!(
+                    "{op}: {rows} rows of 2 × {width} columns from a buffer of {} into one of {}",
+                    x.len(),
+                    o.len()
+                )));
+            }
+            // Row r's up part moves to r · width, never past what row r still needs (its gate,
+            // at 2r · width, was copied out first).
+            for r in 0..rows {
+                let g = 2 * r * width;
+                o[r * width..(r + 1) * width].copy_from_slice(&x[g..g + width]);
+                x.copy_within(g + width..g + 2 * width, r * width);
+            }
+        }
+        match act {
+            MlpActivation::Silu => self.silu_mul(out, gate_up, rows * width),
+            MlpActivation::GeluTanh => self.gelu_tanh_mul(out, gate_up, rows * width),
+        }
+    }
     /// `x[i] *= s` for `i < len` (Gemma's embedding scale).
     fn scale(&self, x: &mut Self::Buf, s: f32, len: usize) -> Result<()>;
     /// `x[i] += y[i]` for `i < len`.
@@ -354,6 +458,15 @@ pub trait Backend: Send + Sync {
     /// (hundreds per token).
     fn scoped(&self, f: &mut (dyn FnMut() -> Result<()> + Send)) -> Result<()> {
         f()
+    }
+
+    /// Run one forward step (as [`Backend::scoped`]) that the caller repeats step after step
+    /// with the same shapes (batch-1 decode): only device-resident values (positions, block
+    /// tables, the token) change between calls. A GPU backend may capture the step's launches
+    /// once and replay them (a CUDA graph) whenever the step launches exactly the same kernels
+    /// with the same arguments again.
+    fn repeated_step(&self, f: &mut (dyn FnMut() -> Result<()> + Send)) -> Result<()> {
+        self.scoped(f)
     }
 
     /// Per-op timings gathered since the last call, when the backend was built with profiling

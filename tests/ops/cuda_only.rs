@@ -96,3 +96,41 @@ pub fn casts<D: GpuDriver + 'static>(b: &CudaBackend<D>) {
         );
     }
 }
+
+/// Greedy decoding through `Model::generate` with CUDA graphs on and off (`make(graphs)` gives
+/// the backend, None: no device): the same tokens, and the graph path really replayed: after
+/// the first steps, every decode step is one graph launch although its position changes.
+pub fn graph_decode<D: GpuDriver + 'static>(make: &dyn Fn(bool) -> Option<CudaBackend<D>>) {
+    let dir = crate::common::fixtures_dir().join("llama_gqa_untied");
+    let tokens = |graphs: bool| {
+        let b = make(graphs)?;
+        let stats = b.graph_stats_handle();
+        let opts = minfer::LoadOptions {
+            context_len: Some(128),
+            ..minfer::LoadOptions::default()
+        };
+        let mut m = minfer::Model::load_with_backend(&dir, &opts, b).expect("fixture loads");
+        let gen = minfer::GenerateOptions {
+            max_new_tokens: 40,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        m.generate(&[1, 2, 3, 4, 5], &gen, |t| {
+            out.push(t);
+            true
+        })
+        .expect("generate");
+        Some((out, stats.get()))
+    };
+    let (Some((eager, off)), Some((replayed, on))) = (tokens(false), tokens(true)) else {
+        return;
+    };
+    assert_eq!(off.captures + off.replays, 0, "graphs off: {off:?}");
+    assert_eq!(on.capture_error, None);
+    // 39 decode steps (the first token comes from the prefill): a few eager ones, one capture,
+    // replays for the rest
+    assert_eq!(on.captures, 1, "{on:?}");
+    assert!(on.replays >= 35, "{on:?}");
+    assert_eq!(replayed, eager);
+}

@@ -30,7 +30,7 @@ pub mod cuda_quant;
 pub mod reference;
 
 use half::{bf16, f16};
-use minfer::backend::{AttnParams, Backend, KvShape, StepLayout};
+use minfer::backend::{AttnParams, Backend, KvShape, MlpActivation, StepLayout};
 use minfer::{DType, WeightTensor};
 
 /// Test inputs come from the one shared generator.
@@ -95,6 +95,7 @@ macro_rules! op_parity_tests {
             gemm,
             matmul_large,
             silu_mul_add,
+            fused_outputs,
             copy_rows,
             argmax,
             attention,
@@ -504,6 +505,80 @@ pub fn silu_mul_add<B: Backend>(b: &B, _: &Numerics) {
             &download(b, &xb, len),
             &reference::add_f32(&g, &u),
         );
+    }
+}
+
+/// What follows a fused projection: `split_columns` (q/k/v) is a copy, exact; `gated_act`
+/// (gate/up) computes exactly what `silu_mul` / `gelu_tanh_mul` compute on the halves apart.
+pub fn fused_outputs<B: Backend>(b: &B, _: &Numerics) {
+    let mut rng = Rng::new(15);
+    for &(rows, widths) in &[
+        (1usize, [7usize, 3, 3]),
+        (3, [128, 32, 32]),
+        (5, [1, 300, 0]),
+        (2, [257, 0, 0]),
+    ] {
+        let total: usize = widths.iter().sum();
+        let x = rng.vec(rows * total);
+        let xb = upload_rows(b, &x, rows, total);
+        let mut outs: Vec<B::Buf> = widths
+            .iter()
+            .map(|&w| upload_buf(b, &rng.vec((rows * w).max(1))))
+            .collect();
+        let parts = widths.iter().filter(|&&w| w > 0).count().max(1);
+        {
+            let mut args: Vec<(&mut B::Buf, usize)> =
+                outs.iter_mut().zip(widths).take(parts).collect();
+            b.split_columns(&xb, rows, &mut args)
+                .expect("split_columns");
+        }
+        let mut col = 0;
+        for (j, &w) in widths.iter().enumerate().take(parts) {
+            let want: Vec<f32> = (0..rows)
+                .flat_map(|r| x[r * total + col..r * total + col + w].to_vec())
+                .collect();
+            assert_exact(
+                &format!("split_columns part {j} of {widths:?} x {rows}"),
+                &download(b, &outs[j], rows * w),
+                &want,
+            );
+            col += w;
+        }
+    }
+    for &(rows, width) in &[(1usize, 1usize), (1, 300), (3, 257), (4, 64)] {
+        for act in [MlpActivation::Silu, MlpActivation::GeluTanh] {
+            let gu: Vec<f32> = rng.vec(rows * 2 * width).iter().map(|v| v * 8.0).collect();
+            let gate: Vec<f32> = (0..rows)
+                .flat_map(|r| gu[r * 2 * width..r * 2 * width + width].to_vec())
+                .collect();
+            let up: Vec<f32> = (0..rows)
+                .flat_map(|r| gu[r * 2 * width + width..(r + 1) * 2 * width].to_vec())
+                .collect();
+            let mut gub = upload_rows(b, &gu, rows, 2 * width);
+            let mut out = upload_buf(b, &rng.vec(rows * width));
+            b.gated_act(&mut out, &mut gub, rows, width, act)
+                .expect("gated_act");
+            let mut gb = upload_buf(b, &gate);
+            let ub = upload_buf(b, &up);
+            match act {
+                MlpActivation::Silu => b.silu_mul(&mut gb, &ub, rows * width),
+                MlpActivation::GeluTanh => b.gelu_tanh_mul(&mut gb, &ub, rows * width),
+            }
+            .expect("gated op apart");
+            let apart = download(b, &gb, rows * width);
+            assert_exact(
+                &format!("gated_act {act:?} {rows}x{width} vs the op on the halves"),
+                &download(b, &out, rows * width),
+                &apart,
+            );
+            if act == MlpActivation::Silu {
+                let r = reference::silu_mul(&gate, &up);
+                // as silu_mul_add: 1e-6 relative
+                assert_close(&format!("gated_act silu {rows}x{width}"), &apart, &r, |i| {
+                    1e-6 * (1e-3 + r[i].abs())
+                });
+            }
+        }
     }
 }
 

@@ -20,15 +20,25 @@
 //!   body and head sections, see [`CudaMat`]) and run on kernels/matvec_q.ptx; other block
 //!   types (Q5_K) are dequantized to f32 at upload.
 //!
-//! Not here: CUDA graphs (each op is its own launch: see kernels/README.md for the count per
-//! token), a bf16 KV cache.
+//! CUDA graphs (batch-1 decode, [`Backend::repeated_step`]): the step's host code runs every
+//! time (checks, launch shapes, the token upload), its launches are queued instead of issued,
+//! and the queue is compared with the launch lists of the graphs already captured: an equal
+//! list replays its graph (one `cuGraphLaunch` for the whole step), a list seen twice in a
+//! row is captured, anything else runs eagerly. A graph is therefore only ever replayed with
+//! exactly the arguments eager launches would have had; kernels read positions, block tables
+//! and the token from device memory, and attention's split geometry depends on the cache's
+//! capacity, not on the position, so decode steps repeat the same list. `MINFER_CUDA_GRAPH=0`
+//! (or [`CudaBackend::with_graphs`]) turns it off; profiling turns it off.
+//!
+//! Not here: a bf16 KV cache.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::driver::{DevPtr, GpuDriver, KernelArg, KernelCounters, LaunchConfig};
+use super::driver::{DevPtr, FuncId, GpuDriver, GraphId, KernelArg, KernelCounters, LaunchConfig};
 use super::registry::{Kernel, Kernels};
-use crate::backend::{AttnParams, Backend, KvShape, OpProfile, StepLayout};
+use crate::backend::{AttnParams, Backend, HostBuf, KvShape, OpProfile, StepLayout};
+use crate::config::MlpActivation;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, WeightTensor};
 
@@ -70,6 +80,17 @@ impl<D: GpuDriver> CudaBuf<D> {
     }
     pub fn ptr(&self) -> DevPtr {
         self.ptr
+    }
+}
+
+/// Device memory: the ops with host defaults ([`Backend::split_columns`],
+/// [`Backend::gated_act`]) have kernels here.
+impl<D: GpuDriver> HostBuf for CudaBuf<D> {
+    fn host(&self) -> Option<&[f32]> {
+        None
+    }
+    fn host_mut(&mut self) -> Option<&mut [f32]> {
+        None
     }
 }
 
@@ -190,6 +211,59 @@ struct Scratch {
     argmax: Grow,
 }
 
+/// One launch as issued: what a captured graph node holds.
+#[derive(Clone, Debug, PartialEq)]
+struct Launch {
+    func: FuncId,
+    cfg: LaunchConfig,
+    args: Vec<KernelArg>,
+}
+
+/// Graphs kept at once (decode with and without all-row logits, a second model shape ...).
+const MAX_GRAPHS: usize = 4;
+
+/// What the CUDA-graph path did, for tests and the GPU check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GraphStats {
+    /// Replayable steps run with eager launches (first sight, or a step that was not).
+    pub eager_steps: u64,
+    /// Graphs captured.
+    pub captures: u64,
+    /// Steps replayed from a graph.
+    pub replays: u64,
+    /// Kernel launches in those replays (what they saved the host from issuing).
+    pub replayed_launches: u64,
+    /// Why a capture failed (the graph path is then off for this backend).
+    pub capture_error: Option<String>,
+}
+
+/// The CUDA-graph state (see the module docs).
+struct Graphs {
+    enabled: bool,
+    /// Launches of the replayable step in progress, queued instead of issued; None outside
+    /// such a step or once the step turned eager.
+    queue: Option<Vec<Launch>>,
+    /// The last replayable step's launches, run eagerly: captured if the next step repeats them.
+    candidate: Option<Vec<Launch>>,
+    /// Captured graphs with the launch lists they hold, most recently used last.
+    cache: Vec<(Vec<Launch>, GraphId)>,
+    stats: GraphStatsHandle,
+}
+
+/// The graph statistics of a backend, readable after the backend has moved into a `Model`.
+#[derive(Clone, Default)]
+pub struct GraphStatsHandle(Arc<Mutex<GraphStats>>);
+
+impl GraphStatsHandle {
+    /// The statistics now.
+    pub fn get(&self) -> GraphStats {
+        lock(&self.0).clone()
+    }
+    fn bump(&self, f: impl FnOnce(&mut GraphStats)) {
+        f(&mut lock(&self.0))
+    }
+}
+
 #[derive(Default, Clone, Copy)]
 struct Tally {
     calls: u64,
@@ -207,6 +281,7 @@ pub struct CudaBackend<D: GpuDriver> {
     tally: Mutex<Option<BTreeMap<&'static str, Tally>>>,
     /// Keep bf16 matmuls on the f32-activation matvec kernel at every row count.
     f32_prefill: bool,
+    graphs: Mutex<Graphs>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -281,7 +356,109 @@ impl<D: GpuDriver> CudaBackend<D> {
             scratch: Mutex::new(Scratch::default()),
             tally: Mutex::new(None),
             f32_prefill: false,
+            graphs: Mutex::new(Graphs {
+                enabled: std::env::var("MINFER_CUDA_GRAPH").map_or(true, |v| v.trim() != "0"),
+                queue: None,
+                candidate: None,
+                cache: Vec::new(),
+                stats: GraphStatsHandle::default(),
+            }),
         })
+    }
+
+    /// Replay batch-1 decode steps from CUDA graphs (on by default unless the environment sets
+    /// `MINFER_CUDA_GRAPH=0`); see the module docs.
+    pub fn with_graphs(self, on: bool) -> Self {
+        lock(&self.graphs).enabled = on;
+        self
+    }
+
+    /// What the graph path has done so far.
+    pub fn graph_stats(&self) -> GraphStats {
+        lock(&self.graphs).stats.get()
+    }
+
+    /// A handle on the graph statistics that stays readable after the backend has moved into
+    /// a `Model` (tests).
+    pub fn graph_stats_handle(&self) -> GraphStatsHandle {
+        lock(&self.graphs).stats.clone()
+    }
+
+    /// Before any device operation that is not a launch (a copy, an allocation, a wait): the
+    /// launches a replayable step has queued must reach the stream first, and the rest of the
+    /// step then runs eagerly. Operations before the step's first launch (its token upload)
+    /// change nothing.
+    fn before_device_op(&self) -> Result<()> {
+        let queued = {
+            let mut g = lock(&self.graphs);
+            match g.queue.as_ref() {
+                Some(q) if !q.is_empty() => g.queue.take(),
+                _ => None,
+            }
+        };
+        self.issue(&queued.unwrap_or_default())
+    }
+
+    /// The end of a replayable step whose launches are `q`: replay, capture or run them.
+    fn finish_step(&self, q: Vec<Launch>) -> Result<()> {
+        let mut g = lock(&self.graphs);
+        if let Some(i) = g.cache.iter().position(|(l, _)| *l == q) {
+            let entry = g.cache.remove(i);
+            let id = entry.1;
+            g.cache.push(entry);
+            g.stats.bump(|s| {
+                s.replays += 1;
+                s.replayed_launches += q.len() as u64;
+            });
+            drop(g);
+            return self.drv.launch_graph(id);
+        }
+        if g.candidate.as_ref() != Some(&q) {
+            g.stats.bump(|s| s.eager_steps += 1);
+            g.candidate = Some(q.clone());
+            drop(g);
+            return self.issue(&q);
+        }
+        g.candidate = None;
+        match self.capture(&q) {
+            Ok(id) => {
+                if g.cache.len() == MAX_GRAPHS {
+                    let (_, old) = g.cache.remove(0);
+                    let _ = self.drv.free_graph(old);
+                }
+                g.cache.push((q, id));
+                g.stats.bump(|s| s.captures += 1);
+                drop(g);
+                self.drv.launch_graph(id)
+            }
+            Err(e) => {
+                // A driver that cannot capture this step: never try again, run it eagerly.
+                g.enabled = false;
+                g.stats.bump(|s| {
+                    s.eager_steps += 1;
+                    s.capture_error = Some(e.to_string());
+                });
+                drop(g);
+                self.issue(&q)
+            }
+        }
+    }
+
+    fn issue(&self, q: &[Launch]) -> Result<()> {
+        for l in q {
+            self.drv.launch(l.func, l.cfg, &l.args)?;
+        }
+        Ok(())
+    }
+
+    /// Capture `q` into a graph (nothing runs yet).
+    fn capture(&self, q: &[Launch]) -> Result<GraphId> {
+        self.drv.begin_capture()?;
+        let issued = self.issue(q);
+        // end the capture whatever happened, so the stream leaves capture mode
+        let g = self.drv.end_capture();
+        issued?;
+        g
     }
 
     /// Run bf16 / f16 matmuls of many rows on the matrix-vector kernel with f32 activations
@@ -306,6 +483,7 @@ impl<D: GpuDriver> CudaBackend<D> {
 
     /// Wait for all queued work.
     pub fn synchronize(&self) -> Result<()> {
+        self.before_device_op()?;
         self.drv.synchronize()
     }
 
@@ -336,7 +514,20 @@ impl<D: GpuDriver> CudaBackend<D> {
             block: (block, 1, 1),
             shared_bytes,
         };
-        self.drv.launch(k.func, cfg, args)?;
+        let queued = match lock(&self.graphs).queue.as_mut() {
+            Some(q) => {
+                q.push(Launch {
+                    func: k.func,
+                    cfg,
+                    args: args.to_vec(),
+                });
+                true
+            }
+            None => false,
+        };
+        if !queued {
+            self.drv.launch(k.func, cfg, args)?;
+        }
         if let Some(t) = lock(&self.tally).as_mut() {
             let e = t.entry(k.name).or_default();
             e.calls += 1;
@@ -353,12 +544,14 @@ impl<D: GpuDriver> CudaBackend<D> {
             if g.bytes >= bytes {
                 return Ok(p);
             }
+            self.before_device_op()?;
             // Freeing synchronizes with the device on the real driver, so no queued kernel
             // still reads the old buffer.
             self.drv.synchronize()?;
             self.drv.free(p)?;
             g.ptr = None;
         }
+        self.before_device_op()?;
         // Grow geometrically so a slowly lengthening prompt does not reallocate every call.
         let want = bytes.max(g.bytes.saturating_mul(2));
         let p = self.drv.alloc(want)?;
@@ -368,6 +561,7 @@ impl<D: GpuDriver> CudaBackend<D> {
     }
 
     fn alloc_f32_zeroed(&self, len: usize) -> Result<DevPtr> {
+        self.before_device_op()?;
         let bytes = len
             .checked_mul(4)
             .ok_or_else(|| Error::arg(format!("alloc: {len} f32 elements overflow")))?;
@@ -482,7 +676,9 @@ impl<D: GpuDriver> CudaBackend<D> {
     }
 
     /// Split (flash-decoding) attention of rows `r0..r0 + len`, each with its own position and
-    /// table (grid.z = len), then the combine kernel.
+    /// table (grid.z = len), then the combine kernel. The splits cover `span` keys (at least
+    /// the longest visible range of the rows).
+    #[allow(clippy::too_many_arguments)]
     fn attn_split(
         &self,
         out: &mut CudaBuf<D>,
@@ -490,20 +686,21 @@ impl<D: GpuDriver> CudaBackend<D> {
         a: &AttnLaunch<'_, D>,
         r0: usize,
         len: usize,
+        span: usize,
         p: &AttnParams,
     ) -> Result<()> {
         let op = "attention";
         let (hd, nh, nkv) = (p.head_dim, p.n_heads, p.n_kv_heads);
         let group = nh / nkv;
-        // Split the longest visible range into chunks. Aim at ~256 blocks (about two per SM on
-        // an H100/H200) so one decode row's KV read is spread over the GPU; chunks of at least
-        // 32 keys keep the partials (4·hd B per head and split) small next to the K/V bytes
-        // (8·hd B per key and kv head) they summarise. Rows whose range is shorter leave their
-        // last splits empty.
+        // Split the span into chunks. Aim at ~256 blocks (about two per SM on an H100/H200) so
+        // one decode row's KV read is spread over the GPU; chunks of at least 32 keys keep the
+        // partials (4·hd B per head and split) small next to the K/V bytes (8·hd B per key and
+        // kv head) they summarise. Rows whose range is shorter leave their last splits empty.
         let longest = (r0..r0 + len)
             .map(|r| Self::visible(a, r))
             .max()
-            .unwrap_or(1);
+            .unwrap_or(1)
+            .max(span);
         let total: usize = (r0..r0 + len).map(|r| Self::visible(a, r)).sum();
         // attn_split_f32's shared memory: 8 KB of P·V partials, then q, scores, m, l of the
         // group and the chunk's key slots: 4·(group·(hd + chunk + 2) + chunk) B
@@ -727,6 +924,10 @@ impl<D: GpuDriver> CudaBackend<D> {
 
 impl<D: GpuDriver> Drop for CudaBackend<D> {
     fn drop(&mut self) {
+        let g = self.graphs.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (_, id) in g.cache.drain(..) {
+            let _ = self.drv.free_graph(id);
+        }
         let s = self.scratch.get_mut().unwrap_or_else(|e| e.into_inner());
         for g in [&s.tokens, &s.bf16, &s.attn_acc, &s.attn_ml, &s.argmax] {
             if let Some(p) = g.ptr {
@@ -763,6 +964,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
     }
 
     fn set_layout(&self, dst: &mut CudaLayout<D>, src: &StepLayout) -> Result<()> {
+        self.before_device_op()?;
         let rows = src.rows();
         if src.seq_of_row.len() != rows {
             return Err(Error::arg(format!(
@@ -828,6 +1030,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
     }
 
     fn upload(&self, w: &WeightTensor) -> Result<CudaMat<D>> {
+        self.before_device_op()?;
         let mut head = 0;
         let (bytes, dtype): (Vec<u8>, DType) = match (w.dtype, w.shape.len()) {
             // 1-D weights (norm scales, biases, inv_freq) are small; f32 keeps their kernels
@@ -951,6 +1154,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             }
             let mut s = lock(&self.scratch);
             let tok = self.grow(&mut s.tokens, rows * 4)?;
+            self.before_device_op()?;
             self.drv.copy_to_device(tok, bytemuck::cast_slice(tokens))?;
             let row_bytes = dim / ql.elems * (ql.body + ql.head);
             return self.launch(
@@ -982,6 +1186,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         };
         let mut s = lock(&self.scratch);
         let tok = self.grow(&mut s.tokens, rows * 4)?;
+        self.before_device_op()?;
         self.drv.copy_to_device(tok, bytemuck::cast_slice(tokens))?;
         let elem = table.dtype.block().1;
         self.launch(
@@ -1394,13 +1599,24 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             bs32,
         };
         if segs.iter().all(|&(_, len)| len == 1) {
-            return self.attn_split(out, q, &a, 0, rows, p);
+            // Decode. One row (batch-1, the step a CUDA graph replays): the split geometry
+            // covers every position the table can reach (within the window), not the row's
+            // current position, so the step's launches are the same at every position; splits
+            // past the position are empty. Several rows (batched decode, not replayed): the
+            // longest row's range, as it spreads short contexts over more blocks.
+            let reach = host.max_blocks * s.block_size;
+            let span = match (rows, window) {
+                (1, 0) => reach,
+                (1, w) => reach.min(w),
+                _ => 0,
+            };
+            return self.attn_split(out, q, &a, 0, rows, span, p);
         }
         for &(r0, len) in &segs {
             if len > 1 && hd <= PREFILL_MAX_HEAD_DIM {
                 self.attn_prefill(out, q, &a, r0, len, p)?;
             } else {
-                self.attn_split(out, q, &a, r0, len, p)?;
+                self.attn_split(out, q, &a, r0, len, 0, p)?;
             }
         }
         Ok(())
@@ -1418,6 +1634,94 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             up,
             len,
             9.0,
+        )
+    }
+
+    fn split_columns(
+        &self,
+        x: &CudaBuf<D>,
+        rows: usize,
+        outs: &mut [(&mut CudaBuf<D>, usize)],
+    ) -> Result<()> {
+        let op = "split_columns";
+        if outs.is_empty() || outs.len() > 3 {
+            return Err(Error::arg(format!(
+                "{op}: {} parts; split_cols_f32 takes 1 to 3",
+                outs.len()
+            )));
+        }
+        let total: usize = outs.iter().map(|o| o.1).sum();
+        if rows == 0 || total == 0 {
+            return Ok(());
+        }
+        if rows > MAX_GRID_YZ {
+            return Err(Error::arg(format!(
+                "{op}: {rows} rows exceed the grid limit {MAX_GRID_YZ}"
+            )));
+        }
+        check_len(op, "x", x.len, rows * total)?;
+        u32_arg(op, "rows * columns", rows * total)?;
+        let mut args = vec![
+            KernelArg::Ptr(x.ptr),
+            KernelArg::U32(u32_arg(op, "columns", total)?),
+        ];
+        for j in 0..3 {
+            match outs.get(j) {
+                Some((dst, w)) => {
+                    check_len(op, "part", dst.len, rows * w)?;
+                    args.push(KernelArg::Ptr(dst.ptr));
+                    args.push(KernelArg::U32(*w as u32));
+                }
+                None => args.extend([KernelArg::Ptr(DevPtr(0)), KernelArg::U32(0)]),
+            }
+        }
+        self.launch(
+            self.k.split_cols_f32,
+            (total.div_ceil(BLOCK as usize) as u32, rows as u32, 1),
+            BLOCK,
+            0,
+            &args,
+            8.0 * (rows * total) as f64,
+            0.0,
+        )
+    }
+
+    fn gated_act(
+        &self,
+        out: &mut CudaBuf<D>,
+        gate_up: &mut CudaBuf<D>,
+        rows: usize,
+        width: usize,
+        act: MlpActivation,
+    ) -> Result<()> {
+        let op = "gated_act";
+        if rows == 0 || width == 0 {
+            return Ok(());
+        }
+        if rows > MAX_GRID_YZ {
+            return Err(Error::arg(format!(
+                "{op}: {rows} rows exceed the grid limit {MAX_GRID_YZ}"
+            )));
+        }
+        check_len(op, "gate_up", gate_up.len, rows * 2 * width)?;
+        check_len(op, "out", out.len, rows * width)?;
+        u32_arg(op, "rows * 2 * width", rows * 2 * width)?;
+        let (kernel, flops) = match act {
+            MlpActivation::Silu => (self.k.glu_silu_f32, 5.0),
+            MlpActivation::GeluTanh => (self.k.glu_gelu_tanh_f32, 9.0),
+        };
+        self.launch(
+            kernel,
+            (width.div_ceil(BLOCK as usize) as u32, rows as u32, 1),
+            BLOCK,
+            0,
+            &[
+                KernelArg::Ptr(out.ptr),
+                KernelArg::Ptr(gate_up.ptr),
+                KernelArg::U32(width as u32),
+            ],
+            12.0 * (rows * width) as f64,
+            flops * (rows * width) as f64,
         )
     }
 
@@ -1496,6 +1800,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
 
     fn read(&self, buf: &CudaBuf<D>, offset: usize, out: &mut [f32]) -> Result<()> {
         check_len("read", "buffer", buf.len.saturating_sub(offset), out.len())?;
+        self.before_device_op()?;
         if out.is_empty() {
             return Ok(());
         }
@@ -1516,6 +1821,7 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
         }
         let mut s = lock(&self.scratch);
         let res = self.grow(&mut s.argmax, 8)?;
+        self.before_device_op()?;
         // the kernel folds (value, index) keys into *res with red.max: start from 0
         self.drv.memset_zero(res, 8)?;
         self.launch(
@@ -1538,6 +1844,35 @@ impl<D: GpuDriver + 'static> Backend for CudaBackend<D> {
             return Err(Error::Device(format!("{op}: all {len} values are NaN")));
         }
         Ok(id)
+    }
+
+    fn repeated_step(&self, f: &mut (dyn FnMut() -> Result<()> + Send)) -> Result<()> {
+        {
+            let mut g = lock(&self.graphs);
+            // Profiling times each launch (events around it), which a graph cannot hold.
+            if !g.enabled || lock(&self.tally).is_some() || g.queue.is_some() {
+                drop(g);
+                return f();
+            }
+            g.queue = Some(Vec::new());
+        }
+        let r = f();
+        let queued = lock(&self.graphs).queue.take();
+        match (r, queued) {
+            (Ok(()), Some(q)) => self.finish_step(q),
+            (Ok(()), None) => {
+                // the step turned eager part-way (a copy or an allocation among its launches)
+                let mut g = lock(&self.graphs);
+                g.stats.bump(|s| s.eager_steps += 1);
+                g.candidate = None;
+                Ok(())
+            }
+            (Err(e), q) => {
+                // what eager launches would have done before the error
+                let _ = self.issue(&q.unwrap_or_default());
+                Err(e)
+            }
+        }
     }
 
     fn take_profile(&self) -> Vec<OpProfile> {

@@ -8,8 +8,11 @@
 //! calls into libcuda, so [`device_count`] probes for the library first, and every error is
 //! formatted from the plain `CUresult` code, never through cudarc's `Display`.
 //!
-//! All work goes to one stream owned by the driver. Not here: CUDA graphs, multiple streams,
-//! raising the dynamic shared-memory limit (no kernel needs more than 48 KB).
+//! All work goes to one stream owned by the driver. CUDA graphs by stream capture
+//! (`cuStreamBeginCapture` in thread-local mode, `cuStreamEndCapture`, `cuGraphInstantiate`,
+//! `cuGraphLaunch`): written against the driver API's documentation and compiled, **not yet
+//! run on a GPU** (the interpreter's graphs, sim.rs, are what the tests exercise). Not here:
+//! multiple streams, raising the dynamic shared-memory limit (no kernel needs more than 48 KB).
 
 use std::collections::BTreeMap;
 use std::ffi::{c_void, CString};
@@ -19,7 +22,9 @@ use std::sync::Mutex;
 use cudarc::driver::result;
 use cudarc::driver::sys;
 
-use super::driver::{DevPtr, FuncId, GpuDriver, KernelArg, KernelCounters, LaunchConfig, ModuleId};
+use super::driver::{
+    DevPtr, FuncId, GpuDriver, GraphId, KernelArg, KernelCounters, LaunchConfig, ModuleId,
+};
 use crate::error::{Error, Result};
 
 fn err(what: &str) -> impl Fn(result::DriverError) -> Error + '_ {
@@ -61,7 +66,12 @@ pub struct CudarcDriver {
     funcs: Mutex<Vec<(sys::CUfunction, String)>>,
     profiling: AtomicBool,
     timed: Mutex<Vec<Timed>>,
+    /// Instantiated graphs; None once freed.
+    graphs: Mutex<Vec<Option<GraphExec>>>,
 }
+
+/// An instantiated graph handle (`CUgraphExec`).
+struct GraphExec(sys::CUgraphExec);
 
 // SAFETY: the raw handles (context, stream, modules, functions, events) are plain identifiers
 // that the CUDA driver lets any thread use once the context is current on that thread; every
@@ -117,6 +127,7 @@ impl CudarcDriver {
             funcs: Mutex::new(Vec::new()),
             profiling: AtomicBool::new(false),
             timed: Mutex::new(Vec::new()),
+            graphs: Mutex::new(Vec::new()),
         })
     }
 
@@ -324,6 +335,63 @@ impl GpuDriver for CudarcDriver {
         unsafe { result::stream::synchronize(self.stream) }.map_err(err("cuStreamSynchronize"))
     }
 
+    fn begin_capture(&self) -> Result<()> {
+        self.bind()?;
+        // Thread-local mode: only this thread's potentially unsafe calls (allocations,
+        // synchronous copies) would invalidate the capture, and the backend issues nothing
+        // but launches until end_capture.
+        let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        // SAFETY: live stream, not already capturing (the backend captures one step at a time).
+        unsafe { result::stream::begin_capture(self.stream, mode) }
+            .map_err(err("cuStreamBeginCapture"))
+    }
+
+    fn end_capture(&self) -> Result<GraphId> {
+        self.bind()?;
+        // SAFETY: the stream is capturing (begin_capture above, same thread).
+        let graph = unsafe { result::stream::end_capture(self.stream) }
+            .map_err(err("cuStreamEndCapture"))?;
+        if graph.is_null() {
+            return Err(Error::Device(
+                "cuStreamEndCapture: the capture was invalidated".into(),
+            ));
+        }
+        // SAFETY: `graph` was just returned by cuStreamEndCapture; the executable graph keeps
+        // its own copy of the nodes, so the graph is destroyed right after instantiation.
+        let exec = unsafe {
+            let exec = result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0));
+            let _ = result::graph::destroy(graph);
+            exec
+        }
+        .map_err(err("cuGraphInstantiateWithFlags"))?;
+        let mut graphs = lock(&self.graphs);
+        graphs.push(Some(GraphExec(exec)));
+        Ok(GraphId(graphs.len() - 1))
+    }
+
+    fn launch_graph(&self, graph: GraphId) -> Result<()> {
+        self.bind()?;
+        let graphs = lock(&self.graphs);
+        let exec = graphs
+            .get(graph.0)
+            .and_then(|g| g.as_ref())
+            .ok_or_else(|| Error::Device(format!("launch_graph: unknown graph {}", graph.0)))?;
+        // SAFETY: a live executable graph (freed only by free_graph, which removes it from the
+        // list) and the driver's live stream.
+        unsafe { result::graph::launch(exec.0, self.stream) }.map_err(err("cuGraphLaunch"))
+    }
+
+    fn free_graph(&self, graph: GraphId) -> Result<()> {
+        self.bind()?;
+        let exec = lock(&self.graphs)
+            .get_mut(graph.0)
+            .and_then(|g| g.take())
+            .ok_or_else(|| Error::Device(format!("free_graph: unknown graph {}", graph.0)))?;
+        // SAFETY: taken out of the list above, so destroyed exactly once; launches of it that
+        // are still queued keep running (the driver defers the release).
+        unsafe { result::graph::exec_destroy(exec.0) }.map_err(err("cuGraphExecDestroy"))
+    }
+
     fn set_profiling(&self, on: bool) {
         self.profiling.store(on, Ordering::Relaxed);
     }
@@ -410,6 +478,12 @@ impl Drop for CudarcDriver {
             for t in std::mem::take(&mut *lock(&self.timed)) {
                 let _ = result::event::destroy(t.start);
                 let _ = result::event::destroy(t.end);
+            }
+            for g in std::mem::take(&mut *lock(&self.graphs))
+                .into_iter()
+                .flatten()
+            {
+                let _ = result::graph::exec_destroy(g.0);
             }
             for m in std::mem::take(&mut *lock(&self.modules)) {
                 let _ = result::module::unload(m);

@@ -7,7 +7,7 @@
 //! Device memory is addressed by plain 64-bit device addresses ([`DevPtr`]), so host code can
 //! offset into an allocation (`ptr + bytes`) exactly as CUDA code does.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A device address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -36,6 +36,11 @@ pub enum KernelArg {
     U64(u64),
     F32(f32),
 }
+
+/// A captured and instantiated sequence of launches (a CUDA graph), replayed by
+/// [`GpuDriver::launch_graph`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GraphId(pub usize);
 
 /// Grid and block dimensions and dynamic shared memory of one launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +102,27 @@ pub trait GpuDriver: Send + Sync {
     /// Launch asynchronously on the driver's one stream.
     fn launch(&self, f: FuncId, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
+
+    /// Start capturing the stream: launches from here to [`GpuDriver::end_capture`] are
+    /// recorded with their arguments as given, not run. Nothing but launches may be issued
+    /// meanwhile (no copy, allocation, free or wait: CUDA would invalidate the capture; the
+    /// interpreter refuses them).
+    fn begin_capture(&self) -> Result<()> {
+        Err(Error::Device(format!("{}: no graph capture", self.name())))
+    }
+    /// Stop capturing and instantiate what was recorded.
+    fn end_capture(&self) -> Result<GraphId> {
+        Err(Error::Device(format!("{}: no graph capture", self.name())))
+    }
+    /// Run a captured graph on the stream, after the work queued before it (asynchronously,
+    /// like a launch): every recorded launch, in order, with its recorded arguments.
+    fn launch_graph(&self, _graph: GraphId) -> Result<()> {
+        Err(Error::Device(format!("{}: no graph capture", self.name())))
+    }
+    /// Release a graph.
+    fn free_graph(&self, _graph: GraphId) -> Result<()> {
+        Ok(())
+    }
 
     /// Turn per-kernel counters/timing on or off (off by default: timing costs syncs).
     fn set_profiling(&self, _on: bool) {}

@@ -27,9 +27,12 @@
 //! it names a cause the model lacks.
 
 use super::backend::CudaBackend;
-use super::driver::{DevPtr, FuncId, GpuDriver, KernelArg, KernelCounters, LaunchConfig, ModuleId};
+use super::driver::{
+    DevPtr, FuncId, GpuDriver, GraphId, KernelArg, KernelCounters, LaunchConfig, ModuleId,
+};
 use super::sim::SimDriver;
 use crate::backend::{AttnParams, Backend, KvShape, StepLayout};
+use crate::config::MlpActivation;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, WeightTensor};
 
@@ -181,6 +184,9 @@ pub fn loads_in_flight(kernel: &str) -> f64 {
         "rope_f32" => 3.0,
         // grid-stride elementwise kernels: a binary op's two loads per trip.
         "silu_mul_f32" | "add_f32" | "copy_f32" => 2.0,
+        // one element per thread: the gate and up loads (glu), the one source load (split)
+        "glu_silu_f32" | "glu_gelu_tanh_f32" => 2.0,
+        "split_cols_f32" => 1.0,
         // paged kv_append: k, v, position and table index in flight, then the table entry
         // (5 loads in 2 dependent rounds)
         "kv_append_f32" => 2.5,
@@ -423,6 +429,16 @@ impl DecodePrediction {
     pub fn launches(&self) -> u64 {
         self.kernels.iter().map(|k| k.per_token).sum()
     }
+    /// Launch calls the host makes per token: every kernel without a graph; with one (the
+    /// backend's batch-1 decode), one `cuGraphLaunch` for the step and the argmax launch after
+    /// it (plus the step's two small uploads and the argmax read, which are copies).
+    pub fn host_launches(&self, graph: bool) -> u64 {
+        if graph {
+            2
+        } else {
+            self.launches()
+        }
+    }
     /// Device time per token (a CUDA graph replaying the step), µs.
     pub fn device_us(&self) -> f64 {
         self.kernels.iter().map(|k| k.us * k.per_token as f64).sum()
@@ -498,8 +514,9 @@ impl DecodePrediction {
         }
         let floor = self.shape.weight_bytes() / self.gpu.copy_bytes_per_s() * 1e6;
         s += &format!(
-            "per token: {} launches, {:.1} MB; floor {:.0} us; device (graph) {:.0} us = {:.0}% of copy bandwidth; without a graph {:.0} us = {:.0}% ({})\n",
+            "per token: {} kernel launches ({} host launch calls with the CUDA graph), {:.1} MB; floor {:.0} us; device (graph) {:.0} us = {:.0}% of copy bandwidth; without a graph {:.0} us = {:.0}% ({})\n",
             self.launches(),
+            self.host_launches(true),
             self.bytes() / 1e6,
             floor,
             self.device_us(),
@@ -577,6 +594,18 @@ impl GpuDriver for OverrideDriver {
     }
     fn synchronize(&self) -> Result<()> {
         self.inner.synchronize()
+    }
+    fn begin_capture(&self) -> Result<()> {
+        self.inner.begin_capture()
+    }
+    fn end_capture(&self) -> Result<GraphId> {
+        self.inner.end_capture()
+    }
+    fn launch_graph(&self, graph: GraphId) -> Result<()> {
+        self.inner.launch_graph(graph)
+    }
+    fn free_graph(&self, graph: GraphId) -> Result<()> {
+        self.inner.free_graph(graph)
     }
     fn set_profiling(&self, on: bool) {
         self.inner.set_profiling(on)
@@ -703,12 +732,11 @@ pub fn predict_decode(
     let norm_w = r.vec1(h)?;
     let inv_freq = r.vec1(hd / 2)?;
     let t = shape.dtypes;
-    let wq = r.mat_of(qd, h, t.q)?;
-    let wk = r.mat_of(kvd, h, t.k)?;
-    let wv = r.mat_of(kvd, h, t.v)?;
+    // q/k/v (and gate/up below) are one matrix when their dtypes agree, as the transformer
+    // fuses them at load: one matmul, then a split (the activation, for gate/up).
+    let fuse_qkv = t.q == t.k && t.k == t.v;
+    let fuse_gate_up = t.gate == t.up;
     let wo = r.mat_of(h, qd, t.o)?;
-    let bq = r.vec1(qd)?;
-    let bk = r.vec1(kvd)?;
     let mut q = r.b.alloc(qd)?;
     let mut k = r.b.alloc(kvd)?;
     let mut v = r.b.alloc(kvd)?;
@@ -724,17 +752,34 @@ pub fn predict_decode(
     // one layer
     r.b.add_rms_norm(&mut hn, &mut res, &x, &norm_w, 1, 1e-6)?;
     r.take("input_norm", 1.0, l);
-    let (qb, kb) = if shape.qkv_bias {
-        (Some(&bq), Some(&bk))
+    if fuse_qkv {
+        let wqkv = r.mat_of(qd + 2 * kvd, h, t.q)?;
+        let bqkv = r.vec1(qd + 2 * kvd)?;
+        let mut qkv = r.b.alloc(qd + 2 * kvd)?;
+        let _ = r.b.driver().take_counters();
+        r.b.matmul(&mut qkv, &hn, &wqkv, shape.qkv_bias.then_some(&bqkv), 1)?;
+        r.take("qkv_proj", 1.0, l);
+        let mut parts = [(&mut q, qd), (&mut k, kvd), (&mut v, kvd)];
+        r.b.split_columns(&qkv, 1, &mut parts)?;
+        r.take("split_qkv", 1.0, l);
     } else {
-        (None, None)
-    };
-    r.b.matmul(&mut q, &hn, &wq, qb, 1)?;
-    r.take("q_proj", 1.0, l);
-    r.b.matmul(&mut k, &hn, &wk, kb, 1)?;
-    r.take("k_proj", 1.0, l);
-    r.b.matmul(&mut v, &hn, &wv, kb, 1)?;
-    r.take("v_proj", 1.0, l);
+        let wq = r.mat_of(qd, h, t.q)?;
+        let wk = r.mat_of(kvd, h, t.k)?;
+        let wv = r.mat_of(kvd, h, t.v)?;
+        let bq = r.vec1(qd)?;
+        let bk = r.vec1(kvd)?;
+        let (qb, kb) = match shape.qkv_bias {
+            true => (Some(&bq), Some(&bk)),
+            false => (None, None),
+        };
+        let _ = r.b.driver().take_counters();
+        r.b.matmul(&mut q, &hn, &wq, qb, 1)?;
+        r.take("q_proj", 1.0, l);
+        r.b.matmul(&mut k, &hn, &wk, kb, 1)?;
+        r.take("k_proj", 1.0, l);
+        r.b.matmul(&mut v, &hn, &wv, kb, 1)?;
+        r.take("v_proj", 1.0, l);
+    }
     r.b.rope(&mut q, 1, nh, hd, &layout, &inv_freq)?;
     r.take("rope_q", 1.0, l);
     r.b.rope(&mut k, 1, nkv, hd, &layout, &inv_freq)?;
@@ -752,19 +797,28 @@ pub fn predict_decode(
     r.take("o_proj", 1.0, l);
     r.b.add_rms_norm(&mut hn, &mut res, &o, &norm_w, 1, 1e-6)?;
     r.take("post_norm", 1.0, l);
-    drop((wq, wk, wv, wo));
-    let wg = r.mat_of(shape.inter, h, t.gate)?;
-    let wu = r.mat_of(shape.inter, h, t.up)?;
+    drop(wo);
     let mut gate = r.b.alloc(shape.inter)?;
-    let mut up = r.b.alloc(shape.inter)?;
-    let _ = r.b.driver().take_counters();
-    r.b.matmul(&mut gate, &hn, &wg, None, 1)?;
-    r.take("gate_proj", 1.0, l);
-    r.b.matmul(&mut up, &hn, &wu, None, 1)?;
-    r.take("up_proj", 1.0, l);
-    r.b.silu_mul(&mut gate, &up, shape.inter)?;
-    r.take("silu_mul", 1.0, l);
-    drop((wg, wu));
+    if fuse_gate_up {
+        let wgu = r.mat_of(2 * shape.inter, h, t.gate)?;
+        let mut gu = r.b.alloc(2 * shape.inter)?;
+        let _ = r.b.driver().take_counters();
+        r.b.matmul(&mut gu, &hn, &wgu, None, 1)?;
+        r.take("gate_up_proj", 1.0, l);
+        r.b.gated_act(&mut gate, &mut gu, 1, shape.inter, MlpActivation::Silu)?;
+        r.take("glu", 1.0, l);
+    } else {
+        let wg = r.mat_of(shape.inter, h, t.gate)?;
+        let wu = r.mat_of(shape.inter, h, t.up)?;
+        let mut up = r.b.alloc(shape.inter)?;
+        let _ = r.b.driver().take_counters();
+        r.b.matmul(&mut gate, &hn, &wg, None, 1)?;
+        r.take("gate_proj", 1.0, l);
+        r.b.matmul(&mut up, &hn, &wu, None, 1)?;
+        r.take("up_proj", 1.0, l);
+        r.b.silu_mul(&mut gate, &up, shape.inter)?;
+        r.take("silu_mul", 1.0, l);
+    }
     let wd = r.mat_of(h, shape.inter, t.down)?;
     let _ = r.b.driver().take_counters();
     r.b.matmul(&mut o, &gate, &wd, None, 1)?;
