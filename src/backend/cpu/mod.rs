@@ -20,7 +20,9 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::{Activation, AttnParams, Backend, KvShape, OpProfile, StepLayout, TraceEvent};
+use super::{
+    Activation, AttnParams, Backend, KvShape, MlpActivation, OpProfile, StepLayout, TraceEvent,
+};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, WeightTensor};
 
@@ -694,6 +696,52 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn gated_act(
+        &self,
+        out: &mut Vec<f32>,
+        gate_up: &mut Vec<f32>,
+        rows: usize,
+        width: usize,
+        act: MlpActivation,
+    ) -> Result<()> {
+        let t0 = self.begin();
+        if width == 0 {
+            return Ok(());
+        }
+        check_len("gated_act out", out.len(), rows * width)?;
+        check_len("gated_act gate_up", gate_up.len(), rows * 2 * width)?;
+        // Row by row, in parallel over rows (prefill): the row's gate half is copied to its
+        // output row and activated there against the up half in place, so the fused
+        // projection's output is read once and nothing is moved single-threaded.
+        let f = match act {
+            MlpActivation::Silu => silu_mul_chunk,
+            MlpActivation::GeluTanh => gemma_ops::gelu_tanh_mul,
+        };
+        let rows_par = par_rows(rows, 2 * width);
+        self.pool.install(|| {
+            out[..rows * width]
+                .par_chunks_mut(width)
+                .with_min_len(rows_par)
+                .zip(gate_up[..rows * 2 * width].par_chunks(2 * width))
+                .for_each(|(o, gu)| {
+                    o.copy_from_slice(&gu[..width]);
+                    f(o, &gu[width..]);
+                })
+        });
+        let name = match act {
+            MlpActivation::Silu => "silu_mul",
+            MlpActivation::GeluTanh => "gelu_tanh_mul",
+        };
+        self.end(
+            t0,
+            || name.into(),
+            (rows * width * 12) as f64,
+            (rows * width * if act == MlpActivation::Silu { 5 } else { 9 }) as f64,
+        );
+        self.observe(|| name.into(), 0, &out[..rows * width]);
+        Ok(())
+    }
+
     fn scale(&self, x: &mut Vec<f32>, s: f32, len: usize) -> Result<()> {
         let t0 = self.begin();
         check_len("scale", x.len(), len)?;
@@ -1057,7 +1105,7 @@ impl AttnGeometry<'_> {
                     panel[d * nr + j % nr] = *v;
                 }
             }
-            if bk % nr != 0 {
+            if !bk.is_multiple_of(nr) {
                 let panel = &mut b.kt[(bk / nr) * hd * nr..];
                 for d in 0..hd {
                     panel[d * nr + bk % nr..(d + 1) * nr].fill(0.0);

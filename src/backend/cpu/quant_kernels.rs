@@ -1274,7 +1274,7 @@ struct QPanels {
 }
 
 impl QPanels {
-    fn pack(&mut self, qa: &QActs, rows: usize, split: bool) {
+    fn pack(&mut self, qa: &QActs, rows: usize, split: bool, offset128: bool) {
         let n_in = qa.n_in;
         let gn = n_in / 32;
         let panels = rows.div_ceil(QNR);
@@ -1292,10 +1292,12 @@ impl QPanels {
             for g in 0..gn {
                 let base = (p * gn + g) * 32 * QNR;
                 let xg = &xr[g * 32..g * 32 + 32];
-                for t in 0..8 {
-                    for b in 0..4 {
-                        self.q[base + t * 4 * QNR + j * 4 + b] = xg[4 * t + b] as u8;
-                    }
+                // 4 bytes at a time (one step's dword per row): a byte loop here was 6% of a
+                // Q4_1 prefill's instructions.
+                let xb: &[u8] = bytemuck::cast_slice(xg);
+                for (t, step) in xb.chunks_exact(4).enumerate() {
+                    let at = base + t * 4 * QNR + j * 4;
+                    self.q[at..at + 4].copy_from_slice(step);
                 }
                 let fi = (p * gn + g) * QNR + j;
                 self.d[fi] = qa.d[r * gn + g];
@@ -1306,7 +1308,9 @@ impl QPanels {
                 } else {
                     self.s1[fi] = all;
                 }
-                self.isum[fi] = 128 * xg.iter().map(|&v| v as i32).sum::<i32>();
+                if offset128 {
+                    self.isum[fi] = 128 * xg.iter().map(|&v| v as i32).sum::<i32>();
+                }
             }
         }
     }
@@ -1392,7 +1396,8 @@ fn qgemm<F: QFormat>(
     let gn = n_in / 32;
     let mut go = |qa: &mut QActs, qp: &mut QPanels| {
         qa.quantize(quantize, x, rows, n_in);
-        qp.pack(qa, rows, F::SPLIT);
+        // Only the VNNI tile stores Q8_0 as w + 128 and needs the 128 · Σqx correction.
+        qp.pack(qa, rows, F::SPLIT, F::SIGNED && k.has_vnni());
         let qp = &*qp;
         let panels = rows.div_ceil(QNR);
         let (pq, pf) = (gn * 32 * QNR, gn * QNR);

@@ -455,10 +455,8 @@ impl Kernels {
 fn rows_that_fit(len: usize, stride: usize, width: usize) -> usize {
     if len < width {
         0
-    } else if stride == 0 {
-        usize::MAX
     } else {
-        (len - width) / stride + 1
+        (len - width).checked_div(stride).map_or(usize::MAX, |n| n + 1)
     }
 }
 

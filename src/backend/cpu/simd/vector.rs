@@ -173,9 +173,9 @@ pub(crate) unsafe fn axpy<S: Simd>(y: &mut [f32], alpha: f32, x: &[f32]) {
     }
 }
 
-/// Decode attention scores over a run of consecutive KV slots: `out[j] = Σ_i q[i] · k[j·stride
-/// + i]` for `j < n`, `i < hd`. Each score is exactly [`dot`]`(q, key j)` (the same
-/// operations in the same order), only without a dispatch and a bounds check per key.
+/// Decode attention scores over a run of consecutive KV slots: `out[j] = Σ_i q[i] ·
+/// k[j·stride + i]` for `j < n`, `i < hd`. Each score is exactly [`dot`]`(q, key j)` (the
+/// same operations in the same order), only without a dispatch and a bounds check per key.
 ///
 /// # Safety
 /// `q` readable for `hd`, `k` for `(n - 1)·stride + hd` (n > 0), `out` writable for `n`; the
