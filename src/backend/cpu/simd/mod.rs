@@ -456,7 +456,9 @@ fn rows_that_fit(len: usize, stride: usize, width: usize) -> usize {
     if len < width {
         0
     } else {
-        (len - width).checked_div(stride).map_or(usize::MAX, |n| n + 1)
+        (len - width)
+            .checked_div(stride)
+            .map_or(usize::MAX, |n| n + 1)
     }
 }
 
