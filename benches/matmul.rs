@@ -12,7 +12,7 @@
 //! - matmat (batched decode, rows = 4 and 8, weights in cache; prefill, rows = 128 and 512):
 //!   GFLOP/s, and the fraction of the f32 FMA peak measured at the start of the run (12 FMA
 //!   chains per thread).
-//! - attention at several context lengths with `simd::dot_f32` / `simd::axpy`: one query per
+//! - attention at several context lengths with the strided dot / axpy kernels: one query per
 //!   head (decode), q·K, softmax, Σ p·V; GB/s of K and V read.
 
 use std::time::Instant;
@@ -326,7 +326,9 @@ fn main() {
         }
     }
     if run("attn") {
-        println!("\n== attention, one decode query (simd::dot_f32 / axpy, heads in parallel) ==");
+        println!(
+            "\n== attention, one decode query (strided dot / axpy kernels, heads in parallel) =="
+        );
         println!(
             "{:<34} {:>6} {:>10} {:>9}",
             "model", "ctx", "us/call", "GB/s"
@@ -352,10 +354,12 @@ fn main() {
                         .for_each(|(h, (o, sc))| {
                             let off = (h / (heads / kv_heads)) * hd;
                             let qh = &q[h * hd..(h + 1) * hd];
+                            // As the CPU backend's decode attention: one strided call for
+                            // the scores of a run of keys, one for Σ p·V.
+                            k.dots_strided(qh, &kc[off..], stride, sc);
                             let mut m = f32::NEG_INFINITY;
-                            for (j, s) in sc.iter_mut().enumerate() {
-                                *s = k.dot_f32(qh, &kc[j * stride + off..j * stride + off + hd])
-                                    * scale;
+                            for s in sc.iter_mut() {
+                                *s *= scale;
                                 m = m.max(*s);
                             }
                             let mut z = 0.0;
@@ -363,10 +367,9 @@ fn main() {
                                 *s = (*s - m).exp();
                                 z += *s;
                             }
+                            sc.iter_mut().for_each(|s| *s /= z);
                             o.fill(0.0);
-                            for (j, s) in sc.iter().enumerate() {
-                                k.axpy(o, s / z, &vc[j * stride + off..j * stride + off + hd]);
-                            }
+                            k.axpy_strided(o, sc, &vc[off..], stride);
                         });
                 });
                 let bytes = 2 * ctx * kv_heads * hd * 4;

@@ -191,15 +191,22 @@ pub(crate) fn gemm(
                                     tmp.as_mut_ptr(),
                                 )
                             };
-                            for j in 0..width.min(rows - r0) {
-                                let row = (r0 + j) * n_out + o;
-                                for i in 0..m {
-                                    let v = tmp[i * width + j] + bias.map_or(0.0, |b| b[o + i]);
-                                    // SAFETY: (r0 + j, o + i) is inside out (r0 + j < rows,
-                                    // o + i < o1 <= n_out) and in this task's columns o0..o1.
-                                    unsafe { *dst.0.add(row + i) = v };
-                                }
-                            }
+                            // SAFETY: rows r0..r0 + min(width, rows - r0) and columns
+                            // o..o + m (o + m <= o1 <= n_out) are inside out and in this task's
+                            // columns o0..o1; tmp holds m × width results.
+                            unsafe {
+                                store_tile(
+                                    dst,
+                                    n_out,
+                                    &tmp,
+                                    m,
+                                    width.min(rows - r0),
+                                    width,
+                                    r0,
+                                    o,
+                                    bias,
+                                )
+                            };
                             r0 += width;
                         }
                         o += m;
@@ -208,6 +215,36 @@ pub(crate) fn gemm(
             },
         );
     });
+}
+
+/// Writes a micro-tile's results to `out` (row stride `n_out`) through a shared pointer:
+/// `out[r0 + j, o + i] = tmp[i · width + j] (+ bias[o + i])` for `i < m`, `j < real`, where
+/// `width` is the tile's activation-row count (its padding rows past `real` are dropped).
+///
+/// # Safety
+/// `dst` points at a `[rows, n_out]` buffer with `r0 + real <= rows` and `o + m <= n_out`, no
+/// other thread writes those columns meanwhile, and `tmp` holds `m · width` values.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) unsafe fn store_tile(
+    dst: SyncPtr<f32>,
+    n_out: usize,
+    tmp: &[f32],
+    m: usize,
+    real: usize,
+    width: usize,
+    r0: usize,
+    o: usize,
+    bias: Option<&[f32]>,
+) {
+    for j in 0..real {
+        let row = (r0 + j) * n_out + o;
+        for i in 0..m {
+            let v = tmp[i * width + j] + bias.map_or(0.0, |b| b[o + i]);
+            // SAFETY: (r0 + j, o + i) is inside out and in the caller's columns (contract).
+            unsafe { *dst.0.add(row + i) = v };
+        }
+    }
 }
 
 /// Room for the largest micro-tile of any table (AVX-512: 12 × 32).

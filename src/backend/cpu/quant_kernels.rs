@@ -71,7 +71,7 @@ use std::cell::RefCell;
 use half::f16;
 use rayon::prelude::*;
 
-use super::gemm::{gemm, split_columns, SyncPtr, WeightRows};
+use super::gemm::{gemm, split_columns, store_tile, SyncPtr, WeightRows};
 use super::simd::{Isa, Kernels};
 
 /// From this many activation rows on, products dequantize weight rows and use f32 arithmetic;
@@ -1444,15 +1444,22 @@ fn qgemm<F: QFormat>(
                                 )
                             };
                             let r0 = p * QNR;
-                            for j in 0..width.min(rows - r0) {
-                                let row = (r0 + j) * n_out + o;
-                                for i in 0..m {
-                                    let v = tmp[i * width + j] + bias.map_or(0.0, |b| b[o + i]);
-                                    // SAFETY: (r0 + j, o + i) is inside out (r0 + j < rows,
-                                    // o + i < o1 <= n_out) and in this task's columns o0..o1.
-                                    unsafe { *dst.0.add(row + i) = v };
-                                }
-                            }
+                            // SAFETY: rows r0..r0 + min(width, rows - r0) and columns o..o + m
+                            // (o + m <= o1 <= n_out) are inside out and in this task's columns
+                            // o0..o1; tmp holds mr × width >= m × width results.
+                            unsafe {
+                                store_tile(
+                                    dst,
+                                    n_out,
+                                    &tmp,
+                                    m,
+                                    width.min(rows - r0),
+                                    width,
+                                    r0,
+                                    o,
+                                    bias,
+                                )
+                            };
                             p += nrv;
                         }
                         o += m;
